@@ -1,0 +1,50 @@
+# Thin wrappers; README shows these exact commands. Logic lives in scripts/ and model/.
+SHELL   := /bin/bash
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+
+MODEL   ?= vit_small
+PATCH   ?= 8
+WEIGHTS ?=
+IMG     ?= data/samples/astronaut.jpg
+OUT     ?= out/$(basename $(notdir $(IMG))).json
+# Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in model/variants.py.
+NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
+URL      = http://127.0.0.1:8080/predictions/$(NAME)
+
+.PHONY: install archive serve stop predict test demo clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || { \
+	  echo "TorchServe needs Java 17+: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
+	python3 -m venv .venv
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+archive: install
+	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --export-path model_store
+
+serve: install
+	$(PY) -m scripts.serve start --model-name $(NAME)
+
+stop: install
+	$(PY) -m scripts.serve stop
+
+predict:
+	@mkdir -p $(dir $(OUT))
+	curl -sS --fail-with-body -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
+	@echo "saved $(OUT)"
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(MAKE) archive WEIGHTS=random
+	$(MAKE) serve
+	$(MAKE) predict
+
+clean:
+	rm -rf build logs out model_store/*.mar

@@ -1,0 +1,35 @@
+"""Attention extraction and maths: image -> normalised tensor -> [CLS] attention maps."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .vit import VisionTransformer
+
+
+def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """RGB PIL image -> normalised float32 tensor (3, H, W), as torchvision's ToTensor + Normalize."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)  # (H, W, 3) in [0, 1]
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    std_t = torch.tensor(std, dtype=torch.float32)
+    return ((arr - mean_t) / std_t).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+@torch.inference_mode()
+def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+    """[CLS] attention over the patch grid: (B, 3, H, W) -> (B, heads, H/p, W/p), float32.
+
+    CLS->CLS is dropped, so each map sums to <= 1; rows are image y (top to bottom), columns x.
+    """
+    B, _, H, W = batch.shape
+    p = model.patch_size
+    row = model.get_cls_attention(batch, layer)  # (B, heads, 1 + N)
+    return row[:, :, 1:].reshape(B, row.shape[1], H // p, W // p).float()  # (B, heads, H/p, W/p)
+
+
+def upsample_nearest(maps: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upsampling by an integer factor, as DINO: (heads, h, w) -> (heads, h*f, w*f)."""
+    heads, h, w = maps.shape
+    tiled = np.broadcast_to(maps[:, :, None, :, None], (heads, h, factor, w, factor))
+    return np.ascontiguousarray(tiled.reshape(heads, h * factor, w * factor))

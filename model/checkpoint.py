@@ -1,0 +1,114 @@
+"""DINO checkpoints: read safely, filter to the backbone (a pure function), load strictly."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .variants import Variant
+from .vit import VisionTransformer
+
+# Keys of DINO's training checkpoints that may hold the backbone, in order of preference.
+CHECKPOINT_KEYS: tuple[str, ...] = ("teacher", "student")
+# Wrappers DINO adds around the backbone: DistributedDataParallel, then MultiCropWrapper.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
+# The projection head of MultiCropWrapper (DINOHead); the backbone does not use it.
+HEAD_PREFIX = "head."
+RANDOM_WEIGHTS = "random"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the model."""
+
+
+def read_checkpoint(path: str | Path) -> Mapping[str, object]:
+    """``torch.load`` with ``weights_only=True`` (no arbitrary pickle code), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass WEIGHTS=path/to/file.pth or WEIGHTS=random")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict or DINO checkpoint")
+    return obj
+
+
+def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
+    """Backbone state_dict from any DINO layout; pure (the input is not modified).
+
+    Accepts a plain backbone state_dict, or a full training checkpoint whose ``checkpoint_key``
+    (default: ``teacher``, else ``student``) holds one. Strips ``module.`` and ``backbone.``
+    prefixes and drops the DINO projection head (``head.*``).
+    """
+    keys = (checkpoint_key,) if checkpoint_key else CHECKPOINT_KEYS
+    state = next((checkpoint[k] for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
+    if state is None:
+        if checkpoint_key:
+            raise CheckpointError(f"checkpoint has no {checkpoint_key!r} entry; top-level keys: {sorted(checkpoint)}")
+        state = checkpoint
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        if key.startswith(HEAD_PREFIX):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor; is this a state_dict?")
+        out[key] = value
+    return out
+
+
+def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """Best-effort 'embed_dim=384, patch=8' description, to say which variant a checkpoint is."""
+    parts = []
+    if isinstance(state.get("cls_token"), torch.Tensor):
+        parts.append(f"embed_dim={state['cls_token'].shape[-1]}")
+    proj = state.get("patch_embed.proj.weight")
+    if isinstance(proj, torch.Tensor) and proj.ndim == 4:
+        parts.append(f"patch={proj.shape[-1]}")
+    return ", ".join(parts) or "unrecognised layout"
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys (if any)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            "checkpoint does not match the model "
+            f"(checkpoint looks like: {describe_state_dict(state)}).\n"
+            f"  missing keys ({len(missing)}): {missing}\n"
+            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
+            f"  shape mismatches ({len(shapes)}): {shapes}\n"
+            "Pick the MODEL/PATCH the checkpoint was trained with, or another checkpoint."
+        )
+
+
+def build_model(variant: Variant, state: Mapping[str, torch.Tensor] | None) -> VisionTransformer:
+    """The variant's network in eval mode; ``state=None`` keeps DINO's random initialisation."""
+    model = VisionTransformer.from_variant(variant)
+    if state is not None:
+        check_state_dict(model, state)
+        model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def weights_tag(path: str | Path, digits: int = 12) -> str:
+    """'file.pth@sha256:<prefix>' identifying a weights file in every response."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{Path(path).name}@sha256:{digest.hexdigest()[:digits]}"

@@ -1,0 +1,200 @@
+"""The serving pipeline, independent of any model server.
+
+``AttentionService.handle(payloads)`` takes a batch of request payloads (see ``request.py``) and
+returns one ``Reply`` (HTTP status, body bytes, content type) per payload. A bad request gets its
+own 4xx reply and does not affect the others; requests of the same size and layer share one
+forward pass.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from http import HTTPStatus
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention import patch_attention, to_tensor, upsample_nearest
+from .checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
+from .encoding import JSON_CONTENT_TYPE, encode_error, encode_json
+from .errors import RequestError
+from .image import PreparedImage, prepare_image
+from .options import Options, parse_options
+from .request import split_payload
+from .variants import Variant, get_variant
+from .vit import VisionTransformer
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SEED = 0  # random-weight models are reproducible across workers and restarts
+
+
+class ConfigError(ValueError):
+    """Invalid handler settings (model-config.yaml ``handler:`` section)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Handler settings; every field can be set in model-config.yaml under ``handler:``."""
+
+    model: str = "vit_small"
+    patch_size: int = 8
+    weights: str = ""  # tag written by the archiver: "file.pth@sha256:<prefix>" or "random"
+    short_side: int = 480  # default resize when a request gives none of short_side/scale/size
+    upsample: bool = True
+    max_tokens: int = 16384  # patch tokens per image (1024x1024 at patch 8); over it -> 413
+    max_pixels: int = 40_000_000  # decoded pixels per image; over it -> 413 (decompression bombs)
+    threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, object]) -> "ServiceConfig":
+        """Build from a dict, rejecting unknown keys and ill-typed values with a clear message."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
+        for name, value in settings.items():
+            expected = type(getattr(cls, name))
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"handler setting {name}={value!r} must be {expected.__name__}")
+        config = cls(**settings)
+        for name in ("short_side", "max_tokens", "max_pixels"):
+            if getattr(config, name) < 1:
+                raise ConfigError(f"handler setting {name} must be positive")
+        return config
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON_CONTENT_TYPE
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One validated request, ready for the network."""
+
+    tensor: torch.Tensor  # (3, H, W), normalised
+    image: PreparedImage
+    options: Options
+
+
+class AttentionService:
+    """Bytes + options in, attention JSON out, for one model on one device."""
+
+    def __init__(
+        self, model: VisionTransformer, variant: Variant, config: ServiceConfig, device: torch.device | str = "cpu"
+    ) -> None:
+        self.variant = variant
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def prepare(self, payload: Mapping[str, object]) -> Prepared:
+        """Parse, decode, resize and crop one request; ``RequestError`` if anything is wrong."""
+        data, raw_options = split_payload(payload)
+        options = parse_options(
+            raw_options,
+            depth=self.model.depth,
+            num_heads=self.variant.num_heads,
+            default_short_side=self.config.short_side,
+            default_upsample=self.config.upsample,
+        )
+        image = prepare_image(
+            data,
+            patch_size=self.variant.patch_size,
+            max_pixels=self.config.max_pixels,
+            max_tokens=self.config.max_tokens,
+            short_side=options.short_side,
+            scale=options.scale,
+            size=options.size,
+        )
+        return Prepared(to_tensor(image.image, self.variant.mean, self.variant.std), image, options)
+
+    def predict(self, items: Sequence[Prepared]) -> list[np.ndarray]:
+        """Patch-grid attention (heads, H/p, W/p) per item; same-size same-layer items share a forward."""
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault((tuple(item.tensor.shape), item.options.layer), []).append(i)
+        results: list[np.ndarray] = [np.empty(0)] * len(items)
+        for (_, layer), indices in groups.items():
+            batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
+            maps = patch_attention(self.model, batch, layer).cpu().numpy()  # (B, heads, H/p, W/p)
+            for i, m in zip(indices, maps):
+                results[i] = m
+        return results
+
+    def encode(self, item: Prepared, maps: np.ndarray) -> bytes:
+        """The JSON response for one item, given its (heads, H/p, W/p) maps."""
+        p = self.variant.patch_size
+        maps = maps[list(item.options.heads)]  # (heads requested, H/p, W/p)
+        attention = upsample_nearest(maps, p) if item.options.upsample else np.ascontiguousarray(maps)
+        return encode_json(
+            {
+                "model": self.variant.name,
+                "patch_size": p,
+                "layer": item.options.layer,
+                "num_heads": self.variant.num_heads,
+                "heads": list(item.options.heads),
+                "weights": self.config.weights,
+                "input_size": list(item.image.input_size),
+                "resized_size": list(item.image.resized_size),
+                "image_size": list(item.image.image_size),
+                "grid": list(maps.shape[1:]),
+                "upsampled": item.options.upsample,
+                "attention": attention,
+            }
+        )
+
+    def handle(self, payloads: Sequence[Mapping[str, object]]) -> list[Reply]:
+        """One reply per payload: 200 with the attention, or the request's own 4xx error."""
+        replies: list[Reply | None] = [None] * len(payloads)
+        good: list[tuple[int, Prepared]] = []
+        for i, payload in enumerate(payloads):
+            try:
+                good.append((i, self.prepare(payload)))
+            except RequestError as e:
+                logger.info("request %d rejected (%d): %s", i, e.status, e)
+                replies[i] = Reply(int(e.status), encode_error(str(e)))
+        maps = self.predict([item for _, item in good])
+        for (i, item), m in zip(good, maps):
+            replies[i] = Reply(int(HTTPStatus.OK), self.encode(item, m))
+        return replies  # type: ignore[return-value]  # every slot is filled above
+
+
+def select_device(gpu_id: int | str | None) -> torch.device:
+    """The GPU the caller assigned (e.g. TorchServe's ``gpu_id``) when CUDA is available, else the CPU."""
+    if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(gpu_id)}")
+    return torch.device("cpu")
+
+
+def create_service(
+    settings: Mapping[str, object], weights_path: str | Path | None, device: torch.device | str = "cpu"
+) -> AttentionService:
+    """Build the service from handler settings and the archived weights (``None`` for random weights)."""
+    config = ServiceConfig.from_mapping(settings)
+    try:
+        variant = get_variant(config.model, config.patch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    if weights_path is None:
+        if config.weights != RANDOM_WEIGHTS:
+            raise ConfigError(
+                "the archive carries no weights file; archive with WEIGHTS=path/to/dino.pth "
+                "(or WEIGHTS=random for an untrained model)"
+            )
+        logger.warning("%s has RANDOM weights: attention maps are noise (archived with WEIGHTS=random)", variant.archive_name)
+        torch.manual_seed(RANDOM_SEED)
+        model = build_model(variant, None)
+    else:
+        model = build_model(variant, filter_state_dict(read_checkpoint(weights_path)))
+        if not config.weights:
+            config = replace(config, weights=weights_tag(weights_path))
+    logger.info("loaded %s (%s) on %s", variant.archive_name, config.weights, device)
+    return AttentionService(model, variant, config, device)

@@ -1,0 +1,71 @@
+"""The one table of model variants and constants. Nothing here is re-typed elsewhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# DINO's checkpoints were trained at 224x224; the stored position embedding is that grid.
+PRETRAIN_IMG_SIZE = 224
+DEPTH = 12
+MLP_RATIO = 4.0
+LAYER_NORM_EPS = 1e-6
+PATCH_SIZES: tuple[int, ...] = (8, 16)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Width of one ViT family member; DINO's depth/MLP ratio/eps are shared."""
+
+    embed_dim: int
+    num_heads: int
+    hub_prefix: str  # DINO torch.hub naming: dino_vits8, dino_vitb16, ...
+
+
+ARCHS: dict[str, Arch] = {
+    "vit_tiny": Arch(embed_dim=192, num_heads=3, hub_prefix="dino_vitt"),
+    "vit_small": Arch(embed_dim=384, num_heads=6, hub_prefix="dino_vits"),
+    "vit_base": Arch(embed_dim=768, num_heads=12, hub_prefix="dino_vitb"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A concrete model: architecture x patch size, with its preprocessing constants."""
+
+    name: str
+    patch_size: int
+    embed_dim: int
+    num_heads: int
+    depth: int = DEPTH
+    mlp_ratio: float = MLP_RATIO
+    eps: float = LAYER_NORM_EPS
+    pretrain_img_size: int = PRETRAIN_IMG_SIZE
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def archive_name(self) -> str:
+        """DINO hub-style name, e.g. ``dino_vits8``; used for the .mar and the URL."""
+        return f"{ARCHS[self.name].hub_prefix}{self.patch_size}"
+
+    @property
+    def pretrain_grid(self) -> int:
+        """Side of the position-embedding grid stored in the checkpoint (224 / patch)."""
+        return self.pretrain_img_size // self.patch_size
+
+
+def get_variant(name: str, patch_size: int) -> Variant:
+    """Look up a variant; raise ``ValueError`` naming the valid choices."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHS)}")
+    if patch_size not in PATCH_SIZES:
+        raise ValueError(f"unsupported patch size {patch_size!r}; choose one of {list(PATCH_SIZES)}")
+    arch = ARCHS[name]
+    return Variant(name=name, patch_size=patch_size, embed_dim=arch.embed_dim, num_heads=arch.num_heads)
+
+
+def all_variants() -> list[Variant]:
+    """Every (architecture, patch size) pair, in table order."""
+    return [get_variant(name, p) for name in ARCHS for p in PATCH_SIZES]

@@ -1,0 +1,199 @@
+"""DINO's Vision Transformer (inference only), with a fast path for [CLS] attention.
+
+state_dict keys are identical to DINO's ``vision_transformer.py`` so its checkpoints load with
+``strict=True``. Dropout and stochastic depth are omitted: they hold no parameters and do nothing
+at inference.
+
+Attention path, decided once here:
+* blocks before the requested layer run ``F.scaled_dot_product_attention`` (fused, no N x N tensor
+  is materialised by the flash/memory-efficient kernels);
+* the requested block computes only the [CLS] query's row of attention, (B, heads, N);
+* blocks after it never run.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .variants import Variant
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, 3, H, W) -> (B, H/p * W/p, C)."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d); same scale d**-0.5
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of the [CLS] query (token 0) over all N tokens: (B, N, C) -> (B, heads, N).
+
+        Only the CLS query and the keys are projected (no values, no N x N scores).
+        """
+        w_q, w_k, _ = self.qkv.weight.chunk(3)  # each (C, C)
+        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.chunk(3)[:2]
+        q = self._split_heads(F.linear(x[:, :1], w_q, b_q))  # (B, heads, 1, d)
+        k = self._split_heads(F.linear(x, w_k, b_k))  # (B, heads, N, d)
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
+        return logits.float().softmax(dim=-1).squeeze(2)  # (B, heads, N), fp32 even under bf16
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, heads, N): this block's [CLS] attention row."""
+        return self.attn.cls_attention(self.norm1(x))
+
+
+class VisionTransformer(nn.Module):
+    """DINO ViT backbone (no classification head)."""
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        eps: float = 1e-6,
+        pretrain_grid: int = 14,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.pretrain_grid = pretrain_grid
+        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pretrain_grid**2, embed_dim))
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    @classmethod
+    def from_variant(cls, variant: Variant) -> "VisionTransformer":
+        return cls(
+            patch_size=variant.patch_size,
+            embed_dim=variant.embed_dim,
+            depth=variant.depth,
+            num_heads=variant.num_heads,
+            mlp_ratio=variant.mlp_ratio,
+            eps=variant.eps,
+            pretrain_grid=variant.pretrain_grid,
+        )
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Position embedding for a (grid_h, grid_w) patch grid: (1, 1 + grid_h * grid_w, C).
+
+        Bicubic resize of the stored square grid with ``size=`` so the result is exactly the
+        requested grid for every size, square or not.
+        """
+        if (grid_h, grid_w) == (self.pretrain_grid, self.pretrain_grid):
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]  # (1, 1, C), (1, g*g, C)
+        g, dim = self.pretrain_grid, self.pos_embed.shape[-1]
+        patch_pos = patch_pos.reshape(1, g, g, dim).permute(0, 3, 1, 2)  # (1, C, g, g)
+        patch_pos = F.interpolate(patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)  # (1, h*w, C)
+        return torch.cat((cls_pos, patch_pos), dim=1)
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) image batch -> (B, 1 + H/p * W/p, C) tokens with [CLS] and positions."""
+        B, _, H, W = x.shape
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}; crop it first")
+        tokens = self.patch_embed(x)  # (B, N, C)
+        tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)  # (B, 1 + N, C)
+        return tokens + self.interpolate_pos_encoding(H // p, W // p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """DINO's embedding: normalised [CLS] features of the last block, (B, C)."""
+        tokens = self.prepare_tokens(x)
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)[:, 0]
+
+    def resolve_layer(self, layer: int | None) -> int:
+        """Map ``None`` (last), negative (Python-style) or positive layer indices to 0..depth-1."""
+        if layer is None:
+            return self.depth - 1
+        if not -self.depth <= layer < self.depth:
+            raise ValueError(f"layer {layer} is out of range for a {self.depth}-block model (0..{self.depth - 1})")
+        return layer % self.depth
+
+    def get_cls_attention(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """[CLS] attention row of block ``layer``: (B, 3, H, W) -> (B, heads, 1 + N).
+
+        Index 0 of the last axis is CLS->CLS; 1: are the patch tokens in raster order.
+        """
+        layer = self.resolve_layer(layer)
+        tokens = self.prepare_tokens(x)
+        for blk in self.blocks[:layer]:
+            tokens = blk(tokens)
+        return self.blocks[layer].cls_attention(tokens)
+
+
+def _init_weights(m: nn.Module) -> None:
+    """DINO's initialisation (only matters for random-weight archives and tests)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
