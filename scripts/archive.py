@@ -1,0 +1,122 @@
+"""Archive a DINO ViT into ``model_store/<name>.mar`` with torch-model-archiver.
+
+    python -m scripts.archive --model vit_small --patch 8 --weights dino_deitsmall8_pretrain.pth
+    python -m scripts.archive --model vit_small --patch 8 --weights random
+
+The checkpoint (plain backbone or full DINO checkpoint) is filtered to the backbone and checked
+strictly against the model here, so a mismatched checkpoint fails the archive, not the server.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
+from model.service import ConfigError, ServiceConfig
+from model.variants import ARCHS, PATCH_SIZES, Variant, get_variant
+
+logger = logging.getLogger("archive")
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "model"
+HANDLER = REPO / "handler" / "dino_handler.py"
+MODEL_CONFIG = REPO / "model-config.yaml"
+WEIGHTS_FILE = "dino_backbone.pth"  # name of the filtered state_dict inside the .mar
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_small", choices=sorted(ARCHS))
+    parser.add_argument("--patch", type=int, default=8, choices=PATCH_SIZES)
+    parser.add_argument("--weights", default="", help=f"checkpoint path, or '{RANDOM_WEIGHTS}' for an untrained model")
+    parser.add_argument("--checkpoint-key", default=None, help="entry of a full checkpoint (default: teacher, then student)")
+    parser.add_argument("--export-path", type=Path, default=REPO / "model_store")
+    parser.add_argument("--config", type=Path, default=MODEL_CONFIG, help="model-config.yaml to archive")
+    parser.add_argument("--print-name", action="store_true", help="print the archive name (e.g. dino_vits8) and exit")
+    return parser.parse_args(argv)
+
+
+def handler_config(config_path: Path, variant: Variant, weights: str) -> dict:
+    """model-config.yaml contents with the handler's model, patch size and weights tag filled in."""
+    config = yaml.safe_load(config_path.read_text()) or {}
+    config["handler"] = {
+        **config.get("handler", {}),
+        "model": variant.name,
+        "patch_size": variant.patch_size,
+        "weights": weights,
+    }
+    ServiceConfig.from_mapping(config["handler"])  # fail here, not in the worker
+    return config
+
+
+def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, stage: Path) -> tuple[Path | None, str]:
+    """Write the strictly-checked backbone state_dict into ``stage``; return (path or None, weights tag)."""
+    if weights == RANDOM_WEIGHTS:
+        logger.warning("archiving %s with RANDOM weights: attention maps will be noise", variant.archive_name)
+        return None, RANDOM_WEIGHTS
+    state = filter_state_dict(read_checkpoint(weights), checkpoint_key)
+    build_model(variant, state)  # strict key/shape check; raises CheckpointError listing keys
+    path = stage / WEIGHTS_FILE
+    torch.save(state, path)
+    return path, weights_tag(weights)
+
+
+def archive(args: argparse.Namespace, variant: Variant) -> Path:
+    """Stage the package, weights and config, then run torch-model-archiver; return the .mar path."""
+    with tempfile.TemporaryDirectory(prefix="dino-archive-") as tmp:
+        stage = Path(tmp)
+        # --extra-files copies a directory's *contents* into the archive root, so the package is
+        # staged one level down to arrive as model/ (importable from TorchServe's model_dir).
+        shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        weights_path, tag = stage_weights(args.weights, variant, args.checkpoint_key, stage)
+        config_path = stage / "model-config.yaml"
+        config_path.write_text(yaml.safe_dump(handler_config(args.config, variant, tag), sort_keys=False))
+        args.export_path.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(Path(sys.executable).with_name("torch-model-archiver")),
+            "--model-name", variant.archive_name,
+            "--version", "1.0",
+            "--handler", str(HANDLER),
+            "--extra-files", str(stage / "extra"),
+            "--config-file", str(config_path),
+            "--export-path", str(args.export_path),
+            "--force",
+        ]
+        if weights_path is not None:
+            cmd += ["--serialized-file", str(weights_path)]
+        subprocess.run(cmd, check=True)
+    return args.export_path / f"{variant.archive_name}.mar"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    variant = get_variant(args.model, args.patch)
+    if args.print_name:
+        print(variant.archive_name)
+        return 0
+    if not args.weights:
+        logger.error("no weights given: use WEIGHTS=path/to/dino_checkpoint.pth, or WEIGHTS=random for an untrained model")
+        return 2
+    try:
+        mar = archive(args, variant)
+    except (CheckpointError, ConfigError) as e:
+        logger.error("%s", e)
+        return 2
+    except subprocess.CalledProcessError as e:
+        logger.error("torch-model-archiver failed with exit code %d", e.returncode)
+        return 1
+    logger.info("wrote %s (%s/%d, weights: %s)", mar, variant.name, variant.patch_size, args.weights)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
