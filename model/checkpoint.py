@@ -1,6 +1,7 @@
 """DINO checkpoints: read safely, filter to the backbone (a pure function), load strictly."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import pickle
 from collections.abc import Mapping
@@ -26,12 +27,16 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | Path) -> Mapping[str, object]:
-    """``torch.load`` with ``weights_only=True`` (no arbitrary pickle code), on the CPU."""
+    """``torch.load`` with ``weights_only=True`` (no arbitrary pickle code), on the CPU.
+
+    ``argparse.Namespace`` is allowed: DINO's full checkpoints store their training ``args`` as one.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass WEIGHTS=path/to/file.pth or WEIGHTS=random")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
     if not isinstance(obj, Mapping):

@@ -44,6 +44,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         ) from e
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"image rejected as a decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # header found but unreadable
+        raise RequestError(f"cannot decode the image header (truncated or corrupt?): {e}") from e
     width, height = img.size
     if width * height > max_pixels:
         raise PayloadTooLarge(

@@ -1,0 +1,54 @@
+"""Shared test helpers: small DINO-layout checkpoints and encoded images (no network access)."""
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.checkpoint import build_model
+from model.variants import Variant, get_variant
+
+TINY = get_variant("vit_tiny", 16)  # the cheapest variant: 192 dims, 3 heads
+
+
+def backbone_state(variant: Variant = TINY, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-init backbone state_dict with DINO's keys."""
+    torch.manual_seed(seed)
+    return build_model(variant, None).state_dict()
+
+
+def full_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, object]:
+    """DINO's training-checkpoint layout: teacher/student MultiCropWrapper (+DDP prefix), head, args."""
+    head = {"head.mlp.0.weight": torch.zeros(4, 4), "head.last_layer.weight_g": torch.ones(4, 1)}
+    teacher = {**{f"backbone.{k}": v for k, v in state.items()}, **head}
+    student = {f"module.{k}": v.clone() for k, v in teacher.items()}
+    return {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 100,
+        "args": argparse.Namespace(arch="vit_tiny", patch_size=16, lr=0.0005),
+        "dino_loss": {"center": torch.zeros(1, 4)},
+    }
+
+
+def save(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: object) -> bytes:
+    """Encode an image (PIL or HxWxC uint8 array) to bytes in ``fmt``."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save_kwargs)
+    return buf.getvalue()

@@ -1,0 +1,121 @@
+"""The network: shapes, position-embedding grids, and the fast attention path vs an eager reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import build_model
+from model.variants import all_variants, get_variant
+from model.vit import Block, VisionTransformer
+
+from .helpers import TINY
+
+
+def reference_cls_attention(model: VisionTransformer, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """The seed's eager path: full N x N softmax in every block; CLS row of ``layer``. (B, heads, N)."""
+
+    def eager_attention(blk: Block, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = blk.attn
+        B, N, C = tokens.shape
+        qkv = attn.qkv(blk.norm1(tokens)).reshape(B, N, 3, attn.num_heads, C // attn.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)  # (B, heads, N, N)
+        return attn.proj((weights @ v).transpose(1, 2).reshape(B, N, C)), weights
+
+    tokens = model.prepare_tokens(x)
+    for blk in model.blocks[:layer]:
+        y, _ = eager_attention(blk, tokens)
+        tokens = tokens + y
+        tokens = tokens + blk.mlp(blk.norm2(tokens))
+    _, weights = eager_attention(model.blocks[layer], tokens)
+    return weights[:, :, 0, :]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> VisionTransformer:
+    torch.manual_seed(0)
+    return build_model(TINY, None)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (112, 32)])
+@pytest.mark.parametrize("layer", range(12))
+def test_fast_path_equals_eager_reference(tiny: VisionTransformer, size: tuple[int, int], layer: int) -> None:
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(layer))
+    with torch.inference_mode():
+        fast = tiny.get_cls_attention(x, layer)
+        ref = reference_cls_attention(tiny, x, layer)
+    assert fast.shape == ref.shape == (2, TINY.num_heads, 1 + (size[0] // 16) * (size[1] // 16))
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.sum(-1), torch.ones(2, TINY.num_heads))
+
+
+def test_sdpa_block_equals_eager_block(tiny: VisionTransformer) -> None:
+    """The SDPA forward of a block (used before the requested layer) matches explicit softmax."""
+    tokens = torch.randn(1, 1 + 12, 192)
+    blk = tiny.blocks[3]
+    with torch.inference_mode():
+        attn = blk.attn
+        qkv = attn.qkv(blk.norm1(tokens)).reshape(1, 13, 3, 3, 64).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv
+        expected = attn.proj((((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1) @ v).transpose(1, 2).reshape(1, 13, 192))
+        torch.testing.assert_close(attn(blk.norm1(tokens)), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.archive_name)
+def test_variant_dims_and_forward_shape(variant) -> None:
+    model = VisionTransformer.from_variant(variant)
+    dims = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}[variant.name]
+    assert (model.cls_token.shape[-1], model.num_heads, model.depth) == (*dims, 12)
+    assert model.pos_embed.shape == (1, 1 + (224 // variant.patch_size) ** 2, dims[0])
+    assert model.blocks[0].norm1.eps == 1e-6 and model.blocks[0].attn.qkv.bias is not None
+    if variant.name == "vit_tiny":
+        with torch.inference_mode():
+            assert model(torch.zeros(1, 3, 32, 48)).shape == (1, 192)
+
+
+@pytest.mark.parametrize("grid", [(14, 14), (1, 1), (3, 17), (30, 7), (60, 107)])
+def test_pos_embed_interpolation_yields_exact_grid(tiny: VisionTransformer, grid: tuple[int, int]) -> None:
+    pos = tiny.interpolate_pos_encoding(*grid)
+    assert pos.shape == (1, 1 + grid[0] * grid[1], 192)
+    torch.testing.assert_close(pos[:, 0], tiny.pos_embed[:, 0])  # CLS position untouched
+
+
+def test_pos_embed_interpolation_is_bicubic_resize_of_stored_grid(tiny: VisionTransformer) -> None:
+    stored = tiny.pos_embed[:, 1:].reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
+    expected = F.interpolate(stored, size=(5, 9), mode="bicubic", align_corners=False)
+    got = tiny.interpolate_pos_encoding(5, 9)[:, 1:].reshape(1, 5, 9, 192).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, expected)
+    assert tiny.interpolate_pos_encoding(14, 14) is tiny.pos_embed
+
+
+def test_requested_layer_stops_the_forward(tiny: VisionTransformer) -> None:
+    """Blocks after the requested layer never run."""
+    calls: list[int] = []
+    hooks = [blk.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, blk in enumerate(tiny.blocks)]
+    try:
+        with torch.inference_mode():
+            tiny.get_cls_attention(torch.zeros(1, 3, 32, 32), layer=4)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [0, 1, 2, 3]
+
+
+def test_layer_indices(tiny: VisionTransformer) -> None:
+    assert tiny.resolve_layer(None) == 11 and tiny.resolve_layer(-1) == 11 and tiny.resolve_layer(0) == 0
+    for bad in (12, -13, 99):
+        with pytest.raises(ValueError, match="out of range"):
+            tiny.resolve_layer(bad)
+
+
+def test_unpatchable_size_is_rejected(tiny: VisionTransformer) -> None:
+    with pytest.raises(ValueError, match="multiple of the patch size 16"):
+        tiny.prepare_tokens(torch.zeros(1, 3, 40, 32))
+
+
+def test_unknown_variant() -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        get_variant("vit_huge", 8)
+    with pytest.raises(ValueError, match="patch size"):
+        get_variant("vit_small", 14)
