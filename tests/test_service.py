@@ -1,0 +1,171 @@
+"""The engine-agnostic pipeline: schema, values, batching, error isolation, the geometric check."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from model.attention import patch_attention, to_tensor
+from model.checkpoint import build_model
+from model.image import prepare_image
+from model.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
+
+from .helpers import TINY, backbone_state, encode, random_rgb, save
+
+SCHEMA_KEYS = [
+    "model", "patch_size", "layer", "num_heads", "heads", "weights",
+    "input_size", "resized_size", "image_size", "grid", "upsampled", "attention",
+]
+
+
+@pytest.fixture(scope="module")
+def service() -> AttentionService:
+    model = build_model(TINY, backbone_state(seed=3))
+    return AttentionService(model, TINY, ServiceConfig(model="vit_tiny", patch_size=16, weights="test.pth@sha256:0", short_side=64))
+
+
+def expected_maps(service: AttentionService, data: bytes, layer: int, **resize) -> np.ndarray:
+    """Independent computation of the patch-grid maps for one image: (heads, H/p, W/p)."""
+    prepared = prepare_image(data, patch_size=16, max_pixels=10**9, max_tokens=10**9, **resize)
+    x = to_tensor(prepared.image, TINY.mean, TINY.std)[None]
+    return patch_attention(service.model, x, layer)[0].numpy()
+
+
+def test_response_schema_and_values(service: AttentionService) -> None:
+    data = encode(random_rgb(90, 130))
+    (reply,) = service.handle([{"body": data}])
+    assert reply.status == 200 and reply.content_type == "application/json"
+    doc = orjson.loads(reply.body)
+    assert list(doc) == SCHEMA_KEYS
+    assert doc["model"] == "vit_tiny" and doc["patch_size"] == 16 and doc["layer"] == 11 and doc["num_heads"] == 3
+    assert doc["weights"] == "test.pth@sha256:0" and doc["heads"] == [0, 1, 2] and doc["upsampled"] is True
+    # short_side 64: 90x130 -> 64x92 -> crop to 64x80
+    assert (doc["input_size"], doc["resized_size"], doc["image_size"], doc["grid"]) == ([90, 130], [64, 92], [64, 80], [4, 5])
+    attention = np.asarray(doc["attention"], dtype=np.float32)
+    assert attention.shape == (3, 64, 80)
+    grid = expected_maps(service, data, 11, short_side=64)
+    np.testing.assert_allclose(attention, np.kron(grid, np.ones((16, 16), np.float32)), rtol=0, atol=1e-7)
+    sums = grid.sum(axis=(1, 2))
+    assert np.all(sums > 0) and np.all(sums <= 1 + 1e-6)  # CLS->CLS dropped
+
+
+def test_options_heads_layer_no_upsample(service: AttentionService) -> None:
+    data = encode(random_rgb(64, 48))
+    (reply,) = service.handle([{"data": data, "heads": "2,0", "layer": "4", "upsample": "false", "scale": "1"}])
+    doc = orjson.loads(reply.body)
+    assert doc["heads"] == [0, 2] and doc["layer"] == 4 and doc["upsampled"] is False
+    attention = np.asarray(doc["attention"], dtype=np.float32)
+    assert attention.shape == (2, 4, 3) and doc["grid"] == [4, 3]
+    np.testing.assert_allclose(attention, expected_maps(service, data, 4, scale=1.0)[[0, 2]], atol=1e-7)
+
+
+def test_batch_mixed_sizes_and_bad_requests(service: AttentionService) -> None:
+    images = [encode(random_rgb(64, 64, seed=1)), encode(random_rgb(48, 96, seed=2)), encode(random_rgb(64, 64, seed=3))]
+    batch = [
+        {"body": images[0]},
+        {"body": b"not an image"},
+        {"data": images[1], "scale": "1"},
+        {"data": images[2], "layer": "99"},
+        {"body": images[2]},
+    ]
+    replies = service.handle(batch)
+    assert [r.status for r in replies] == [200, 400, 200, 400, 200]
+    assert "not an image" in orjson.loads(replies[1].body)["error"]
+    assert "layer=99" in orjson.loads(replies[3].body)["error"]
+    for i in (0, 2, 4):
+        (alone,) = service.handle([batch[i]])
+        np.testing.assert_allclose(
+            np.asarray(orjson.loads(replies[i].body)["attention"]), np.asarray(orjson.loads(alone.body)["attention"]), atol=1e-6
+        )
+
+
+def test_same_size_same_layer_share_one_forward(service: AttentionService, monkeypatch) -> None:
+    calls: list[tuple[int, ...]] = []
+    original = service.model.get_cls_attention
+    monkeypatch.setattr(service.model, "get_cls_attention", lambda x, layer: calls.append(tuple(x.shape)) or original(x, layer))
+    data = [encode(random_rgb(64, 64, seed=s)) for s in range(3)]
+    service.handle([{"body": data[0]}, {"body": data[1]}, {"data": data[2], "layer": "2"}])
+    assert sorted(calls) == [(1, 3, 64, 64), (2, 3, 64, 64)]
+
+
+def bright_seeking_state() -> dict[str, torch.Tensor]:
+    """Weights whose block-0 [CLS] query attends to bright patches.
+
+    Patch embedding puts +b, -b in dims 0, 1 (b = mean normalised brightness), so after LayerNorm
+    dim 0 is about +9.8 for bright and -9.8 for dark patches; q and k both read dim 0.
+    """
+    state = backbone_state(seed=4)
+    dim, head_dim, p = 192, 64, 16
+    proj = torch.zeros(dim, 3, p, p)
+    proj[0], proj[1] = 1.0 / (3 * p * p), -1.0 / (3 * p * p)
+    cls = torch.zeros(1, 1, dim)
+    cls[..., 0], cls[..., 1] = 1.0, -1.0
+    qkv = torch.zeros(3 * dim, dim)
+    for h in range(3):
+        qkv[h * head_dim, 0] = 1.0  # q, head h
+        qkv[dim + h * head_dim, 0] = 1.0  # k, head h
+    state.update({
+        "patch_embed.proj.weight": proj,
+        "patch_embed.proj.bias": torch.zeros(dim),
+        "pos_embed": torch.zeros_like(state["pos_embed"]),
+        "cls_token": cls,
+        "blocks.0.attn.qkv.weight": qkv,
+        "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
+    })
+    return state
+
+
+def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
+    svc = create_service({"model": "vit_tiny", "patch_size": 16}, save(bright_seeking_state(), tmp_path / "bright.pth"))
+    image = np.zeros((96, 160, 3), np.uint8)  # non-square, black
+    top, left, side = 16, 96, 32  # off-centre bright square, patch-aligned
+    image[top:top + side, left:left + side] = 255
+    (reply,) = svc.handle([{"data": encode(image), "layer": "0", "scale": "1"}])
+    attention = np.asarray(orjson.loads(reply.body)["attention"])  # (heads, H, W)
+    assert attention.shape == (3, 96, 160)
+    inside = np.zeros((96, 160), bool)
+    inside[top:top + side, left:left + side] = True
+    for head in attention:
+        y, x = np.unravel_index(np.argmax(head), head.shape)
+        assert inside[y, x]
+        assert head[inside].sum() > 0.99 * head.sum()
+        assert np.all(head[head >= 0.5 * head.max()] == head[inside].min())  # the whole square, evenly
+
+
+def test_create_service_with_random_weights_warns(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        svc = create_service({"model": "vit_tiny", "patch_size": 16, "weights": "random"}, None)
+    assert "RANDOM weights" in caplog.text
+    (reply,) = svc.handle([{"data": encode(random_rgb(32, 32)), "scale": "1"}])
+    assert orjson.loads(reply.body)["weights"] == "random"
+
+
+def test_create_service_tags_weights_file(tmp_path: Path) -> None:
+    path = save(backbone_state(), tmp_path / "tiny.pth")
+    svc = create_service({"model": "vit_tiny", "patch_size": 16}, path)
+    assert svc.config.weights.startswith("tiny.pth@sha256:")
+
+
+@pytest.mark.parametrize(
+    "settings, weights, match",
+    [
+        ({"model": "vit_tiny", "patch_size": 16, "colour": 1}, "random", "unknown handler setting"),
+        ({"model": "vit_tiny", "patch_size": "16"}, "random", "patch_size='16' must be int"),
+        ({"model": "vit_tiny", "patch_size": 16, "max_tokens": 0}, "random", "max_tokens must be positive"),
+        ({"model": "vit_giant", "patch_size": 16}, "random", "unknown model"),
+        ({"model": "vit_tiny", "patch_size": 16}, "", "carries no weights"),
+    ],
+)
+def test_bad_settings(settings, weights: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        create_service({**settings, "weights": weights}, None)
+
+
+def test_device_selection() -> None:
+    assert select_device(None) == torch.device("cpu")
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert select_device(0) == expected and select_device("0") == expected
