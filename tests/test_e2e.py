@@ -1,0 +1,212 @@
+"""End to end: archive with the real torch-model-archiver, serve with a real TorchServe, curl it.
+
+TorchServe runs on free ports with its own model store, logs and temp dir, and is always stopped.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import requests
+import yaml
+
+from model.service import AttentionService, create_service
+from scripts import archive
+from scripts.serve import read_properties, torchserve_command, wait_ready
+
+from .helpers import backbone_state, encode, full_checkpoint, random_rgb, save
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = "dino_vitt16"
+TIMEOUT = 120  # s per HTTP call: generous for a loaded CI machine
+
+
+@dataclass
+class Served:
+    url: str  # inference URL of the model
+    management: str
+    in_process: AttentionService  # same checkpoint and settings, loaded here
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_config(path: Path, model_store: Path) -> dict[str, str]:
+    """The repo's config.properties on free ports and a private model store."""
+    props = read_properties(REPO / "config.properties")
+    inference, management, metrics = free_ports(3)
+    props.update(
+        inference_address=f"http://127.0.0.1:{inference}",
+        management_address=f"http://127.0.0.1:{management}",
+        metrics_address=f"http://127.0.0.1:{metrics}",
+        model_store=str(model_store),
+    )
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return props
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    root = Path(tempfile.mkdtemp(prefix="ts-"))  # short: worker unix sockets are created in here
+    store, logs = root / "store", root / "logs"
+    logs.mkdir()
+    checkpoint = save(full_checkpoint(backbone_state(seed=5)), root / "tiny16_full.pth")
+    assert archive.main(["--model", "vit_tiny", "--patch", "16", "--weights", str(checkpoint), "--export-path", str(store)]) == 0
+    props = write_config(root / "config.properties", store)
+    env = {**os.environ, "TEMP": str(root), "TMPDIR": str(root), "LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs)}
+    with open(logs / "console.log", "w") as console:
+        proc = subprocess.Popen(
+            torchserve_command(root / "config.properties", store, NAME, foreground=True),
+            env=env, cwd=root, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_ready(props["management_address"], NAME, logs, timeout=240, process=proc)
+        config = yaml.safe_load(zipfile.ZipFile(store / f"{NAME}.mar").read("model-config.yaml"))
+        yield Served(
+            url=f"{props['inference_address']}/predictions/{NAME}",
+            management=props["management_address"],
+            in_process=create_service(config["handler"], checkpoint),
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def attention_of(reply: requests.Response) -> np.ndarray:
+    assert reply.status_code == 200, reply.text[:500]
+    assert reply.headers["Content-Type"].startswith("application/json")
+    return np.asarray(reply.json()["attention"], dtype=np.float32)
+
+
+def in_process(served: Served, payload: dict) -> dict:
+    (reply,) = served.in_process.handle([payload])
+    assert reply.status == 200
+    return orjson.loads(reply.body)
+
+
+def worker_pids(served: Served) -> list[int]:
+    reply = requests.get(f"{served.management}/models/{NAME}", timeout=TIMEOUT)
+    return [w["pid"] for w in reply.json()[0]["workers"]]
+
+
+def test_raw_body_forms(served: Served, tmp_path: Path) -> None:
+    data = encode(random_rgb(150, 110, seed=1), "JPEG", quality=92)
+    (tmp_path / "img.jpg").write_bytes(data)
+    out = tmp_path / "out.json"
+    # the README's curl form, verbatim
+    subprocess.run(["curl", "-sS", "--fail-with-body", "-T", str(tmp_path / "img.jpg"), served.url, "-o", str(out)], check=True, timeout=TIMEOUT)
+    via_curl = requests.models.Response()
+    via_curl.status_code, via_curl._content = 200, out.read_bytes()
+    via_curl.headers["Content-Type"] = "application/json"
+    posted = requests.post(served.url, data=data, headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT)
+    doc = posted.json()
+    expected = in_process(served, {"body": data})
+    assert {k: v for k, v in doc.items() if k != "attention"} == {k: v for k, v in expected.items() if k != "attention"}
+    assert doc["weights"].startswith("tiny16_full.pth@sha256:")
+    assert (doc["resized_size"], doc["image_size"], doc["grid"]) == ([654, 480], [640, 480], [40, 30])  # 110 -> 480
+    np.testing.assert_allclose(attention_of(posted), np.asarray(expected["attention"]), atol=1e-6)
+    np.testing.assert_array_equal(attention_of(via_curl), attention_of(posted))
+    assert attention_of(posted).shape == (3, 640, 480)
+
+
+def test_multipart_form_with_options(served: Served) -> None:
+    data = encode(random_rgb(100, 140, seed=2))
+    fields = {"short_side": "64", "heads": "0,2", "layer": "5"}
+    reply = requests.post(served.url, files={"data": ("img.png", data, "image/png")}, data=fields, timeout=TIMEOUT)
+    attention = attention_of(reply)
+    doc = reply.json()
+    assert (doc["layer"], doc["heads"], doc["image_size"]) == (5, [0, 2], [64, 80])
+    assert attention.shape == (2, 64, 80)
+    np.testing.assert_allclose(attention, np.asarray(in_process(served, {"data": data, **fields})["attention"]), atol=1e-6)
+
+
+def test_json_form(served: Served) -> None:
+    data = encode(random_rgb(70, 90, seed=3), "WEBP", lossless=True)
+    body = {"image": base64.b64encode(data).decode(), "size": "48x64", "upsample": False}
+    reply = requests.post(served.url, json=body, timeout=TIMEOUT)
+    attention = attention_of(reply)
+    assert reply.json()["resized_size"] == [48, 64] and attention.shape == (3, 3, 4)
+    np.testing.assert_allclose(attention, np.asarray(in_process(served, {"body": body})["attention"]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"data": b""}, "empty request body"),
+        ({"data": b"definitely not an image", "headers": {"Content-Type": "image/jpeg"}}, "not an image"),
+        ({"data": encode(random_rgb(64, 64), "JPEG")[:400]}, "truncated or corrupt"),
+        ({"files": {"data": ("a.png", encode(random_rgb(8, 8)))}, "data": {"scale": "1"}}, "smaller than one 16x16 patch"),
+        ({"files": {"data": ("a.png", encode(random_rgb(64, 64)))}, "data": {"layer": "99"}}, "layer=99 is out of range"),
+        ({"files": {"data": ("a.png", encode(random_rgb(64, 64)))}, "data": {"short_side": "-1"}}, "short_side=-1"),
+        ({"files": {"data": ("a.png", encode(random_rgb(64, 64)))}, "data": {"size": "abc"}}, "size='abc' is not HxW"),
+        ({"files": {"data": ("a.png", encode(random_rgb(64, 64)))}, "data": {"colour": "red"}}, "unknown option"),
+        ({"json": {"image": "http://example.com/a.jpg"}}, "URLs are not fetched"),
+    ],
+)
+def test_bad_request_gets_400_and_the_worker_keeps_serving(served: Served, kwargs: dict, message: str) -> None:
+    pids = worker_pids(served)
+    bad = requests.post(served.url, timeout=TIMEOUT, **kwargs)
+    assert bad.status_code == 400, bad.text[:300]
+    assert bad.headers["Content-Type"].startswith("application/json")
+    assert message in bad.json()["error"]
+    good = requests.post(served.url, data=encode(random_rgb(40, 40)), timeout=TIMEOUT)
+    assert good.status_code == 200
+    assert worker_pids(served) == pids  # no worker restart
+
+
+def test_token_limit_gives_413(served: Served) -> None:
+    reply = requests.post(served.url, files={"data": ("a.png", encode(random_rgb(32, 32)))}, data={"size": "4096x4096"}, timeout=TIMEOUT)
+    assert reply.status_code == 413 and "max_tokens" in reply.json()["error"]
+
+
+def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> None:
+    """Sent at once, so TorchServe may batch them (batchSize 4); sizes differ and one is bad."""
+    images = [encode(random_rgb(h, w, seed=h)) for h, w in ((64, 64), (48, 96), (64, 64), (80, 32))]
+    payloads = [{"data": img} for img in images] + [{"data": b"junk"}]
+
+    def send(i: int) -> requests.Response:
+        return requests.post(served.url, data=payloads[i]["data"], timeout=TIMEOUT)
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        replies = list(pool.map(send, range(len(payloads))))
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
+    for payload, reply in zip(payloads[:4], replies[:4]):
+        expected = in_process(served, {"body": payload["data"]})
+        assert reply.json()["image_size"] == expected["image_size"]
+        np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
+
+
+def test_random_weights_archive(tmp_path: Path) -> None:
+    assert archive.main(["--model", "vit_tiny", "--patch", "16", "--weights", "random", "--export-path", str(tmp_path)]) == 0
+    with zipfile.ZipFile(tmp_path / f"{NAME}.mar") as mar:
+        names = set(mar.namelist())
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert config["handler"] == {**config["handler"], "model": "vit_tiny", "patch_size": 16, "weights": "random"}
+    assert {"dino_handler.py", "model/service.py", "model/vit.py"} <= names
+    assert not any(n.endswith(".pth") for n in names)
