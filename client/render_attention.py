@@ -1,0 +1,331 @@
+"""Render the per-head [CLS] attention served by the DINO TorchServe model.
+
+    python -m client.render_attention data/samples/astronaut.jpg                 # ask the server
+    python -m client.render_attention img1.jpg img2.png --layer 5 --threshold 0.6 --save-heads
+    python -m client.render_attention --from-json out/astronaut.json --image data/samples/astronaut.jpg
+
+Needs requests, matplotlib, numpy and pillow only (``model.image`` is torch-free); the picture under
+each map is the original resized and cropped exactly as the server reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import requests
+
+from model.errors import RequestError
+from model.image import prepare_image
+
+logger = logging.getLogger("render_attention")
+
+DEFAULT_HOST = "http://127.0.0.1:8080"
+DEFAULT_MODEL = "dino_vits8"
+OVERLAY_ALPHA = 0.6
+PANEL_INCHES = 3.0
+TITLE_INCHES = 0.6
+MAX_COLS = 4
+REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size", "resized_size", "image_size", "grid", "attention")
+
+
+class ClientError(Exception):
+    """An expected failure: reported as one line on stderr, exit status 1."""
+
+
+@dataclass(frozen=True)
+class Attention:
+    """A parsed server response."""
+
+    meta: dict  # every field but "attention"
+    grid: np.ndarray  # (heads, H/p, W/p)
+    pixels: np.ndarray  # (heads, H, W), nearest-upsampled like the server
+
+    @property
+    def title(self) -> str:
+        m = self.meta
+        return f"{m['model']}/{m['patch_size']}  layer {m['layer']}  weights: {m['weights']}"
+
+
+def parse_response(doc: object) -> Attention:
+    """Validate a response document (upsampled or patch grid) and return both resolutions."""
+    if not isinstance(doc, dict) or "error" in doc:
+        raise ClientError(f"not an attention response: {str(doc)[:200]}")
+    missing = [k for k in REQUIRED_KEYS if k not in doc]
+    if missing:
+        raise ClientError(f"response lacks {missing}")
+    try:
+        att = np.asarray(doc["attention"], dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ClientError(f"response attention is not a numeric array: {e}") from e
+    p, (h, w), (gh, gw) = doc["patch_size"], doc["image_size"], doc["grid"]
+    heads = len(doc["heads"])
+    if att.shape == (heads, gh, gw):
+        grid = att
+    elif att.shape == (heads, h, w) and (h, w) == (gh * p, gw * p):
+        grid = att[:, ::p, ::p]
+    else:
+        raise ClientError(f"attention shape {att.shape} matches neither grid {(heads, gh, gw)} nor image {(heads, h, w)}")
+    pixels = np.kron(grid, np.ones((p, p), np.float32))  # (heads, H, W)
+    return Attention({k: v for k, v in doc.items() if k != "attention"}, grid, pixels)
+
+
+def request_attention(url: str, image: Path, fields: dict[str, str], timeout: float, headers: dict[str, str]) -> dict:
+    """POST the image as multipart (options as fields); the server's JSON, or ``ClientError``."""
+    try:
+        data = image.read_bytes()
+    except OSError as e:
+        raise ClientError(f"cannot read {image}: {e.strerror}") from e
+    try:
+        reply = requests.post(url, files={"data": (image.name, data)}, data=fields, timeout=timeout, headers=headers)
+    except requests.ConnectionError as e:
+        raise ClientError(f"cannot reach {url}: is the server running? (make serve)") from e
+    except requests.Timeout as e:
+        raise ClientError(f"no answer from {url} within {timeout:g} s (--timeout)") from e
+    try:
+        doc = reply.json()
+    except ValueError:
+        doc = None
+    if reply.status_code != 200:
+        detail = doc.get("error", doc.get("message")) if isinstance(doc, dict) else reply.text[:200]
+        raise ClientError(f"server answered HTTP {reply.status_code} for {image}: {detail}")
+    if doc is None:
+        raise ClientError(f"server sent malformed JSON for {image}")
+    return doc
+
+
+def aligned_image(path: Path, att: Attention) -> np.ndarray:
+    """The original image resized and cropped as the server did: (H, W, 3) uint8."""
+    try:
+        data = path.read_bytes()
+        prepared = prepare_image(
+            data, patch_size=att.meta["patch_size"], max_pixels=sys.maxsize, max_tokens=sys.maxsize,
+            size=tuple(att.meta["resized_size"]),
+        )
+    except OSError as e:
+        raise ClientError(f"cannot read {path}: {e.strerror}") from e
+    except RequestError as e:
+        raise ClientError(f"cannot use {path}: {e}") from e
+    if list(prepared.input_size) != att.meta["input_size"] or list(prepared.image_size) != att.meta["image_size"]:
+        raise ClientError(
+            f"{path} is {prepared.input_size[0]}x{prepared.input_size[1]} but the response is for a "
+            f"{att.meta['input_size'][0]}x{att.meta['input_size'][1]} image: wrong --image for this JSON?"
+        )
+    return np.asarray(prepared.image)
+
+
+def threshold_masks(grid: np.ndarray, threshold: float) -> np.ndarray:
+    """DINO's masks: per head, the highest patches holding ``threshold`` of the mass. (heads, h, w) bool."""
+    heads = grid.shape[0]
+    flat = grid.reshape(heads, -1).astype(np.float64)
+    order = np.argsort(flat, axis=1)  # ascending
+    ranked = np.take_along_axis(flat, order, axis=1)
+    cumulative = np.cumsum(ranked / ranked.sum(axis=1, keepdims=True), axis=1)
+    keep_sorted = cumulative > 1 - threshold
+    masks = np.empty_like(keep_sorted)
+    np.put_along_axis(masks, order, keep_sorted, axis=1)
+    return masks.reshape(grid.shape)
+
+
+def normalize(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Heat map (H, W) coloured with ``cmap`` and blended over the image: (H, W, 3) uint8."""
+    coloured = matplotlib.colormaps[cmap](normalize(heat))[..., :3]  # (H, W, 3) in [0, 1]
+    blended = (1 - alpha) * image / 255.0 + alpha * coloured
+    return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
+
+
+def figure_layout(num_heads: int, threshold: float | None) -> tuple[int, int]:
+    """(rows, cols): a summary row (image, mean, overlay), head rows, then mask rows."""
+    cols = max(3, min(MAX_COLS, num_heads))
+    head_rows = -(-num_heads // cols)
+    return 1 + head_rows * (2 if threshold is not None else 1), cols
+
+
+def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale: bool, threshold: float | None, dpi: int):
+    """The whole picture for one image; returns a matplotlib Figure."""
+    from matplotlib.figure import Figure
+
+    heads = att.meta["heads"]
+    rows, cols = figure_layout(len(heads), threshold)
+    aspect = image.shape[0] / image.shape[1]
+    height = rows * (PANEL_INCHES * min(max(aspect, 0.4), 2.5) + TITLE_INCHES)
+    fig = Figure(figsize=(cols * PANEL_INCHES, height), dpi=dpi, layout="constrained")
+    fig.suptitle(att.title, fontsize=10)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    mean = att.pixels.mean(axis=0)
+    vmin, vmax = (float(att.pixels.min()), float(att.pixels.max())) if shared_scale else (None, None)
+
+    def heat(ax, data: np.ndarray, title: str) -> None:
+        im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title(f"image {image.shape[0]}x{image.shape[1]}", fontsize=9)
+    heat(axes[0, 1], mean, "head mean")
+    axes[0, 2].imshow(overlay(image, mean, cmap))
+    axes[0, 2].set_title("head mean over image", fontsize=9)
+    for i, head in enumerate(heads):
+        heat(axes[1 + i // cols, i % cols], att.pixels[i], f"head {head}  (layer {att.meta['layer']})")
+    if threshold is not None:
+        masks = np.kron(threshold_masks(att.grid, threshold), np.ones((att.meta["patch_size"],) * 2, bool))
+        first = 1 + -(-len(heads) // cols)
+        for i, head in enumerate(heads):
+            ax = axes[first + i // cols, i % cols]
+            ax.imshow(image)
+            ax.imshow(np.ma.masked_where(~masks[i], masks[i]), cmap="cool", alpha=0.35, vmin=0, vmax=1)
+            if masks[i].any() and not masks[i].all():
+                ax.contour(masks[i].astype(float), levels=[0.5], colors="cyan", linewidths=1)
+            ax.set_title(f"head {head}: {threshold:.0%} of mass", fontsize=9)
+    return fig
+
+
+def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, threshold: float | None) -> None:
+    """DINO-style per-head files: attn-head{j}.png, mask_th{t}_head{j}.png, plus the overlay."""
+    import matplotlib.image as mpimg
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(out_dir / "img.png", image)
+    mpimg.imsave(out_dir / "overlay.png", overlay(image, att.pixels.mean(axis=0), cmap))
+    for i, head in enumerate(att.meta["heads"]):
+        mpimg.imsave(out_dir / f"attn-head{head}.png", att.pixels[i], cmap=cmap, format="png")
+    if threshold is not None:
+        masks = np.kron(threshold_masks(att.grid, threshold), np.ones((att.meta["patch_size"],) * 2, bool))
+        for i, head in enumerate(att.meta["heads"]):
+            mpimg.imsave(out_dir / f"mask_th{threshold:g}_head{head}.png", masks[i].astype(np.float32), cmap="gray", vmin=0, vmax=1)
+
+
+def option_fields(args: argparse.Namespace) -> dict[str, str]:
+    """Multipart fields for the server; the client upsamples itself, so maps travel as the patch grid."""
+    fields = {"upsample": "false"}
+    for name in ("layer", "short_side", "scale", "size", "heads"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = str(value)
+    return fields
+
+
+def auth_headers(key_file: Path | None) -> dict[str, str]:
+    """Bearer token from TorchServe's key_file.json (inference key), when one is given."""
+    if key_file is None:
+        return {}
+    try:
+        key = json.loads(key_file.read_text())["inference"]["key"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ClientError(f"cannot read the inference key from {key_file}: {e}") from e
+    return {"Authorization": f"Bearer {key}"}
+
+
+def render_one(image_path: Path, args: argparse.Namespace, url: str, headers: dict[str, str]) -> Path:
+    """Fetch (or load) one response and write its figure; returns the figure's path."""
+    if args.from_json:
+        try:
+            doc = json.loads(args.from_json.read_text())
+        except OSError as e:
+            raise ClientError(f"cannot read {args.from_json}: {e.strerror}") from e
+        except ValueError as e:
+            raise ClientError(f"{args.from_json} is not valid JSON: {e}") from e
+    else:
+        doc = request_attention(url, image_path, option_fields(args), args.timeout, headers)
+    att = parse_response(doc)
+    image = aligned_image(image_path, att)
+    out_dir = args.out or image_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = render_figure(image, att, cmap=args.cmap, shared_scale=args.color_scale == "shared", threshold=args.threshold, dpi=args.dpi)
+    target = out_dir / f"{image_path.stem}_attention.png"
+    fig.savefig(target)
+    if args.save_heads:
+        save_heads(out_dir / image_path.stem, image, att, args.cmap, args.threshold)
+    if args.show:
+        import matplotlib.pyplot as plt
+
+        plt.figure(fig)  # hand the figure to pyplot's window manager
+        plt.show()
+    return target
+
+
+def progress(done: int, total: int, label: str) -> None:
+    width = 24
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:40]:<40}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="*", type=Path, help="image file(s) to send to the server")
+    parser.add_argument("--url", help=f"inference URL (default {DEFAULT_HOST}/predictions/<model>)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name in the default URL (dino_vits8, dino_vitb16, ...)")
+    parser.add_argument("--from-json", type=Path, help="render a saved response instead of asking the server")
+    parser.add_argument("--image", type=Path, help="the image the --from-json response was made from")
+    parser.add_argument("--layer", type=int)
+    parser.add_argument("--short-side", dest="short_side", type=int)
+    parser.add_argument("--scale", type=float)
+    parser.add_argument("--size", help="HxW")
+    parser.add_argument("--heads", help="comma-separated head indices, e.g. 0,2")
+    parser.add_argument("--threshold", type=float, help="also draw masks keeping this fraction of each head's mass (DINO: 0.6)")
+    parser.add_argument("--cmap", default="inferno")
+    parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")
+    parser.add_argument("--out", type=Path, help="output folder (default: next to each image)")
+    parser.add_argument("--save-heads", action="store_true", help="also write one PNG per head (and per mask)")
+    parser.add_argument("--dpi", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    parser.add_argument("--key-file", type=Path, help="TorchServe key_file.json, when token auth is on")
+    parser.add_argument("--show", action="store_true", help="open a window (otherwise headless)")
+    args = parser.parse_args(argv)
+    if args.from_json and (args.images or not args.image):
+        parser.error("--from-json takes exactly one --image and no positional images")
+    if not args.from_json and (args.image or not args.images):
+        parser.error("give image path(s), or --from-json resp.json --image img.jpg")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        parser.error("--threshold must be between 0 and 1, e.g. 0.6")
+    if args.cmap not in matplotlib.colormaps:
+        parser.error(f"unknown colormap {args.cmap!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if not args.show:
+        matplotlib.use("Agg")
+    images = [args.image] if args.from_json else args.images
+    url = args.url or f"{DEFAULT_HOST}/predictions/{args.model}"
+    try:
+        headers = auth_headers(args.key_file)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    written, failed = [], 0
+    for n, path in enumerate(images, 1):
+        try:
+            written.append(render_one(path, args, url, headers))
+        except ClientError as e:
+            failed += 1
+            if len(images) > 1:
+                sys.stderr.write("\n")
+            print(f"error: {e}", file=sys.stderr)
+        if len(images) > 1:
+            progress(n, len(images), path.name)
+    if len(images) > 1 or written:
+        summary = f"rendered {len(written)}/{len(images)} image(s)"
+        print(summary + (f": {written[0]}" if len(written) == 1 else "") + (f", {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
