@@ -8,11 +8,12 @@ PATCH   ?= 8
 WEIGHTS ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
+RENDER_ARGS ?= --threshold 0.6
 # Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in model/variants.py.
 NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 
-.PHONY: install archive serve stop predict test demo clean
+.PHONY: install archive serve stop predict render test demo clean
 
 install: $(STAMP)
 
@@ -38,6 +39,9 @@ predict:
 	curl -sS --fail-with-body -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
 	@echo "saved $(OUT)"
 
+render: install
+	$(PY) -m client.render_attention --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
+
 test: install
 	$(PY) -m pytest -q tests
 
@@ -45,6 +49,7 @@ demo: install
 	$(MAKE) archive WEIGHTS=random
 	$(MAKE) serve
 	$(MAKE) predict
+	$(MAKE) render
 
 clean:
 	rm -rf build logs out model_store/*.mar

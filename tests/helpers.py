@@ -52,3 +52,30 @@ def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: objec
     buf = io.BytesIO()
     img.save(buf, fmt, **save_kwargs)
     return buf.getvalue()
+
+
+def brightness_seeking_state(sign: float = 1.0) -> dict[str, torch.Tensor]:
+    """TINY weights whose block-0 [CLS] query attends to bright (sign=+1) or dark (sign=-1) patches.
+
+    The patch embedding puts +s*b, -s*b in dims 0, 1 (b = mean normalised brightness), so after
+    LayerNorm dim 0 is about +9.8 for sought and -9.8 for other patches; q and k both read dim 0.
+    """
+    state = backbone_state(seed=4)
+    dim, head_dim, p = TINY.embed_dim, TINY.embed_dim // TINY.num_heads, TINY.patch_size
+    proj = torch.zeros(dim, 3, p, p)
+    proj[0], proj[1] = sign / (3 * p * p), -sign / (3 * p * p)
+    cls = torch.zeros(1, 1, dim)
+    cls[..., 0], cls[..., 1] = 1.0, -1.0
+    qkv = torch.zeros(3 * dim, dim)
+    for h in range(TINY.num_heads):
+        qkv[h * head_dim, 0] = 1.0  # q, head h
+        qkv[dim + h * head_dim, 0] = 1.0  # k, head h
+    state.update({
+        "patch_embed.proj.weight": proj,
+        "patch_embed.proj.bias": torch.zeros(dim),
+        "pos_embed": torch.zeros_like(state["pos_embed"]),
+        "cls_token": cls,
+        "blocks.0.attn.qkv.weight": qkv,
+        "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
+    })
+    return state

@@ -14,7 +14,7 @@ from model.checkpoint import build_model
 from model.image import prepare_image
 from model.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
-from .helpers import TINY, backbone_state, encode, random_rgb, save
+from .helpers import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
 
 SCHEMA_KEYS = [
     "model", "patch_size", "layer", "num_heads", "heads", "weights",
@@ -92,35 +92,8 @@ def test_same_size_same_layer_share_one_forward(service: AttentionService, monke
     assert sorted(calls) == [(1, 3, 64, 64), (2, 3, 64, 64)]
 
 
-def bright_seeking_state() -> dict[str, torch.Tensor]:
-    """Weights whose block-0 [CLS] query attends to bright patches.
-
-    Patch embedding puts +b, -b in dims 0, 1 (b = mean normalised brightness), so after LayerNorm
-    dim 0 is about +9.8 for bright and -9.8 for dark patches; q and k both read dim 0.
-    """
-    state = backbone_state(seed=4)
-    dim, head_dim, p = 192, 64, 16
-    proj = torch.zeros(dim, 3, p, p)
-    proj[0], proj[1] = 1.0 / (3 * p * p), -1.0 / (3 * p * p)
-    cls = torch.zeros(1, 1, dim)
-    cls[..., 0], cls[..., 1] = 1.0, -1.0
-    qkv = torch.zeros(3 * dim, dim)
-    for h in range(3):
-        qkv[h * head_dim, 0] = 1.0  # q, head h
-        qkv[dim + h * head_dim, 0] = 1.0  # k, head h
-    state.update({
-        "patch_embed.proj.weight": proj,
-        "patch_embed.proj.bias": torch.zeros(dim),
-        "pos_embed": torch.zeros_like(state["pos_embed"]),
-        "cls_token": cls,
-        "blocks.0.attn.qkv.weight": qkv,
-        "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
-    })
-    return state
-
-
 def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
-    svc = create_service({"model": "vit_tiny", "patch_size": 16}, save(bright_seeking_state(), tmp_path / "bright.pth"))
+    svc = create_service({"model": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(), tmp_path / "bright.pth"))
     image = np.zeros((96, 160, 3), np.uint8)  # non-square, black
     top, left, side = 16, 96, 32  # off-centre bright square, patch-aligned
     image[top:top + side, left:left + side] = 255

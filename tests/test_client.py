@@ -1,0 +1,158 @@
+"""The matplotlib client: rendering from saved JSON and from the live TorchServe, masks, errors."""
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from client import render_attention as client
+from model.service import create_service
+
+from .conftest import Served
+from .helpers import brightness_seeking_state, encode, random_rgb, save
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def dark_square(tmp_path_factory) -> tuple[Path, Path, tuple[slice, slice]]:
+    """A bright non-square image with an off-centre dark square, and the JSON a dark-seeking model returns."""
+    root = tmp_path_factory.mktemp("dark")
+    image = np.full((96, 160, 3), 255, np.uint8)
+    square = (slice(48, 80), slice(16, 48))
+    image[square] = 0
+    (root / "square.png").write_bytes(encode(image))
+    service = create_service({"model": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), root / "dark.pth"))
+    (reply,) = service.handle([{"data": encode(image), "layer": "0", "scale": "1", "upsample": "false"}])
+    (root / "square.json").write_bytes(reply.body)
+    return root / "square.png", root / "square.json", square
+
+
+def test_threshold_masks_keep_the_stated_mass() -> None:
+    grid = np.random.default_rng(0).random((4, 7, 9)).astype(np.float32)
+    for threshold in (0.1, 0.6, 0.9):
+        masks = client.threshold_masks(grid, threshold)
+        for head, mask in zip(grid, masks):
+            total, kept = head.sum(), head[mask].sum()
+            assert kept / total >= threshold - 1e-6  # holds the mass ...
+            assert (kept - head[mask].min()) / total < threshold  # ... with no patch to spare
+            assert head[mask].min() >= head[~mask].max()  # the highest patches
+
+
+def test_render_from_json(dark_square, tmp_path: Path) -> None:
+    image_path, json_path, square = dark_square
+    rc = client.main(["--from-json", str(json_path), "--image", str(image_path), "--out", str(tmp_path), "--threshold", "0.6", "--save-heads"])
+    assert rc == 0
+    figure = png(tmp_path / "square_attention.png")
+    # 3 heads -> 3 columns of 3 in; rows: summary, heads, masks, each 3 * 96/160 + 0.6 in; 100 dpi
+    assert figure.shape[:2] == (round(3 * (3 * 96 / 160 + 0.6) * 100), 900)
+    assert figure.std() > 20  # not blank
+    heads = tmp_path / "square"
+    for name in ["img.png", "overlay.png", *(f"attn-head{j}.png" for j in range(3)), *(f"mask_th0.6_head{j}.png" for j in range(3))]:
+        arr = png(heads / name)
+        assert arr.shape[:2] == (96, 160), name
+        assert arr.std() > 1, name
+    # the overlay's hottest pixel sits on the dark square (background is white, so only the heat map can make it bright)
+    luminance = png(heads / "overlay.png").mean(axis=2)
+    y, x = np.unravel_index(np.argmax(luminance), luminance.shape)
+    assert square[0].start <= y < square[0].stop and square[1].start <= x < square[1].stop
+    mask = png(heads / "mask_th0.6_head0.png")[..., 0] > 127
+    inside = np.zeros_like(mask)
+    inside[square] = True
+    assert mask.any() and not mask[~inside].any()  # 60% of the mass lies within the square's patches
+
+
+def test_render_upsampled_json_matches_grid_json(dark_square, tmp_path: Path) -> None:
+    image_path, json_path, _ = dark_square
+    doc = orjson.loads(json_path.read_bytes())
+    grid = client.parse_response(doc)
+    p = doc["patch_size"]
+    upsampled = {**doc, "upsampled": True, "attention": np.kron(np.asarray(doc["attention"]), np.ones((p, p))).tolist()}
+    again = client.parse_response(upsampled)
+    np.testing.assert_array_equal(grid.pixels, again.pixels)
+    np.testing.assert_array_equal(grid.grid, again.grid)
+
+
+def test_render_from_live_server(served: Served, tmp_path: Path, capsys) -> None:
+    images = []
+    for i, (h, w) in enumerate(((120, 90), (64, 200))):
+        images.append(tmp_path / f"img{i}.jpg")
+        images[-1].write_bytes(encode(random_rgb(h, w, seed=i), "JPEG"))
+    rc = client.main([*map(str, images), "--url", served.url, "--out", str(tmp_path / "out"), "--short-side", "64", "--heads", "0,2", "--layer", "3"])
+    assert rc == 0
+    assert "rendered 2/2" in capsys.readouterr().out
+    for image in images:
+        figure = png(tmp_path / "out" / f"{image.stem}_attention.png")
+        assert figure.std() > 20
+
+
+def test_several_images_with_one_bad(served: Served, tmp_path: Path, capsys) -> None:
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    good.write_bytes(encode(random_rgb(64, 64)))
+    bad.write_bytes(b"this is not a png")
+    rc = client.main([str(good), str(bad), "--url", served.url, "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "rendered 1/2 image(s)" in out and "1 failed" in out
+    assert "HTTP 400" in err and "not an image" in err and "Traceback" not in err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda d, img, srv: [img, "--url", f"http://127.0.0.1:{closed_port()}/predictions/x"], "cannot reach"),
+        (lambda d, img, srv: [img, "--url", srv.url, "--layer", "99"], "HTTP 400 for .*layer=99 is out of range"),
+        (lambda d, img, srv: [str(d / "missing.jpg"), "--url", srv.url], "cannot read"),
+        (lambda d, img, srv: ["--from-json", str(d / "broken.json"), "--image", img], "not valid JSON"),
+        (lambda d, img, srv: ["--from-json", str(d / "error.json"), "--image", img], "not an attention response"),
+        (lambda d, img, srv: ["--from-json", str(d / "other.json"), "--image", img], "wrong --image"),
+    ],
+)
+def test_errors_exit_nonzero_with_one_line(served: Served, dark_square, tmp_path: Path, args, message: str) -> None:
+    img = tmp_path / "img.png"
+    img.write_bytes(encode(random_rgb(50, 70)))
+    (tmp_path / "broken.json").write_text('{"model": ')
+    (tmp_path / "error.json").write_text('{"error": "boom"}')
+    (tmp_path / "other.json").write_bytes(dark_square[1].read_bytes())  # made for a 96x160 image
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.render_attention", *args(tmp_path, str(img), served), "--out", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr
+
+
+def test_http_timeout(tmp_path: Path) -> None:
+    """A server that accepts but never answers: the client gives up after --timeout."""
+    img = tmp_path / "img.png"
+    img.write_bytes(encode(random_rgb(20, 20)))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/predictions/x"
+        with pytest.raises(client.ClientError, match="no answer .* within 0.5 s"):
+            client.request_attention(url, img, {}, timeout=0.5, headers={})
+
+
+def test_client_does_not_need_torch() -> None:
+    code = "import sys, client.render_attention; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
