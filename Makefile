@@ -6,6 +6,9 @@ STAMP   := .venv/.installed
 MODEL   ?= vit_small
 PATCH   ?= 8
 WEIGHTS ?=
+# Where `make weights` caches the official checkpoints (git-ignored).
+WEIGHTS_DIR ?= weights
+CHECKPOINT ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --threshold 0.6
@@ -13,7 +16,7 @@ RENDER_ARGS ?= --threshold 0.6
 NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 
-.PHONY: install archive serve stop predict render test demo clean
+.PHONY: install weights archive serve stop predict render test demo clean
 
 install: $(STAMP)
 
@@ -25,8 +28,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+weights: install
+	$(PY) -m scripts.weights fetch --model $(MODEL) --patch $(PATCH) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
 archive: install
-	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --export-path model_store
+	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME)
@@ -45,8 +51,10 @@ render: install
 test: install
 	$(PY) -m pytest -q tests
 
+# Tries to fetch the official weights; without them (offline) it goes on with random ones, loudly.
 demo: install
-	$(MAKE) archive WEIGHTS=random
+	-$(MAKE) weights
+	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store --fallback-random
 	$(MAKE) serve
 	$(MAKE) predict
 	$(MAKE) render

@@ -1,6 +1,7 @@
-"""The one table of model variants and constants. Nothing here is re-typed elsewhere."""
+"""The one table of model variants, official checkpoints and constants. Nothing here is re-typed elsewhere."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -69,3 +70,69 @@ def get_variant(name: str, patch_size: int) -> Variant:
 def all_variants() -> list[Variant]:
     """Every (architecture, patch size) pair, in table order."""
     return [get_variant(name, p) for name in ARCHS for p in PATCH_SIZES]
+
+
+# Official DINO checkpoints (https://github.com/facebookresearch/dino#pretrained-models).
+DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
+WEIGHTS_URL_ENV = "DINO_WEIGHTS_URL"  # overrides DINO_BASE_URL: a mirror or an air-gapped file server
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One downloadable DINO checkpoint. ``size``/``sha256`` are None where not published."""
+
+    name: str  # e.g. dino_deitsmall8_300ep_pretrain
+    model: str
+    patch_size: int
+    full: bool = False  # a training checkpoint (teacher/student), not a plain backbone
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.pth"
+
+    def url(self, base: str | None = None) -> str:
+        """Download URL under ``base`` (default: $DINO_WEIGHTS_URL, else DINO's public base)."""
+        base = base or os.environ.get(WEIGHTS_URL_ENV) or DINO_BASE_URL
+        folder = self.name.removesuffix("_full_checkpoint")
+        return f"{base.rstrip('/')}/{folder}/{self.filename}"
+
+
+def _pair(folder: str, model: str, patch: int) -> tuple[Checkpoint, Checkpoint]:
+    return Checkpoint(folder, model, patch), Checkpoint(f"{folder}_full_checkpoint", model, patch, full=True)
+
+
+CHECKPOINTS: dict[str, Checkpoint] = {
+    c.name: c
+    for c in (
+        *_pair("dino_deitsmall16_pretrain", "vit_small", 16),
+        *_pair("dino_deitsmall8_300ep_pretrain", "vit_small", 8),  # DINO's paper figures
+        *_pair("dino_deitsmall8_pretrain", "vit_small", 8),
+        *_pair("dino_vitbase16_pretrain", "vit_base", 16),
+        *_pair("dino_vitbase8_pretrain", "vit_base", 8),
+    )
+}
+DEFAULT_CHECKPOINTS: dict[tuple[str, int], str] = {
+    ("vit_small", 16): "dino_deitsmall16_pretrain",
+    ("vit_small", 8): "dino_deitsmall8_300ep_pretrain",
+    ("vit_base", 16): "dino_vitbase16_pretrain",
+    ("vit_base", 8): "dino_vitbase8_pretrain",
+}
+
+
+def get_checkpoint(variant: Variant, name: str | None = None) -> Checkpoint:
+    """The named checkpoint (checked against the variant) or the variant's default one."""
+    if name is None:
+        if (variant.name, variant.patch_size) not in DEFAULT_CHECKPOINTS:
+            raise ValueError(
+                f"DINO published no weights for {variant.name}/{variant.patch_size}; "
+                f"available: {sorted(DEFAULT_CHECKPOINTS)}. Use WEIGHTS=path/to/your.pth or WEIGHTS=random"
+            )
+        name = DEFAULT_CHECKPOINTS[(variant.name, variant.patch_size)]
+    if name not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {name!r}; choose one of {sorted(CHECKPOINTS)}")
+    checkpoint = CHECKPOINTS[name]
+    if (checkpoint.model, checkpoint.patch_size) != (variant.name, variant.patch_size):
+        raise ValueError(f"{name} is a {checkpoint.model}/{checkpoint.patch_size} checkpoint, not {variant.name}/{variant.patch_size}")
+    return checkpoint

@@ -1,5 +1,6 @@
 """Archive a DINO ViT into ``model_store/<name>.mar`` with torch-model-archiver.
 
+    python -m scripts.archive --model vit_small --patch 8                     # cached official weights
     python -m scripts.archive --model vit_small --patch 8 --weights dino_deitsmall8_pretrain.pth
     python -m scripts.archive --model vit_small --patch 8 --weights random
 
@@ -22,6 +23,7 @@ import yaml
 from model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
 from model.service import ConfigError, ServiceConfig
 from model.variants import ARCHS, PATCH_SIZES, Variant, get_variant
+from scripts.weights import WeightsError, cached_weights, default_cache_dir
 
 logger = logging.getLogger("archive")
 
@@ -36,7 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_small", choices=sorted(ARCHS))
     parser.add_argument("--patch", type=int, default=8, choices=PATCH_SIZES)
-    parser.add_argument("--weights", default="", help=f"checkpoint path, or '{RANDOM_WEIGHTS}' for an untrained model")
+    parser.add_argument(
+        "--weights", default="", help=f"checkpoint path, or '{RANDOM_WEIGHTS}'; default: the cached official weights (make weights)"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $DINO_WEIGHTS_DIR or ./weights)")
+    parser.add_argument("--fallback-random", action="store_true", help="without cached weights, archive random ones (make demo)")
     parser.add_argument("--checkpoint-key", default=None, help="entry of a full checkpoint (default: teacher, then student)")
     parser.add_argument("--export-path", type=Path, default=REPO / "model_store")
     parser.add_argument("--config", type=Path, default=MODEL_CONFIG, help="model-config.yaml to archive")
@@ -96,6 +102,31 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
     return args.export_path / f"{variant.archive_name}.mar"
 
 
+BANNER_LINES = (
+    "NO DINO WEIGHTS: archiving an UNTRAINED model (WEIGHTS=random).",
+    'Attention maps will be noise and every response says "weights": "random".',
+    "Fetch the real ones with `make weights`, then `make archive` again.",
+)
+RANDOM_BANNER = "\n".join(
+    ["", "#" * 84, *(f"#  {line:<78}  #" for line in BANNER_LINES), "#" * 84]
+)
+
+
+def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool) -> str:
+    """Path of the variant's cached official checkpoint; 'random' (loudly) or ``WeightsError`` without one."""
+    path = cached_weights(variant, cache_dir)
+    if path is not None:
+        return str(path)
+    if fallback_random:
+        logger.warning("%s", RANDOM_BANNER)
+        return RANDOM_WEIGHTS
+    raise WeightsError(
+        f"no cached weights for {variant.name}/{variant.patch_size} in {cache_dir}: run "
+        f"`make weights MODEL={variant.name} PATCH={variant.patch_size}`, or pass WEIGHTS=path/to/checkpoint.pth "
+        "(or WEIGHTS=random for an untrained model)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
@@ -103,12 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_name:
         print(variant.archive_name)
         return 0
-    if not args.weights:
-        logger.error("no weights given: use WEIGHTS=path/to/dino_checkpoint.pth, or WEIGHTS=random for an untrained model")
-        return 2
     try:
+        args.weights = args.weights or resolve_cached(variant, args.cache_dir or default_cache_dir(), args.fallback_random)
         mar = archive(args, variant)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, ConfigError, WeightsError) as e:
         logger.error("%s", e)
         return 2
     except subprocess.CalledProcessError as e:

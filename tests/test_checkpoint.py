@@ -114,6 +114,6 @@ def test_archive_fails_on_mismatched_checkpoint(tmp_path: Path, state, caplog) -
     assert not list(tmp_path.glob("*.mar"))
 
 
-def test_archive_requires_explicit_weights(tmp_path: Path, caplog) -> None:
-    assert archive.main(["--export-path", str(tmp_path)]) == 2
-    assert "WEIGHTS=random" in caplog.text
+def test_archive_without_weights_or_cache_says_what_to_do(tmp_path: Path, caplog) -> None:
+    assert archive.main(["--export-path", str(tmp_path), "--cache-dir", str(tmp_path / "empty")]) == 2
+    assert "make weights MODEL=vit_small PATCH=8" in caplog.text and "WEIGHTS=random" in caplog.text

@@ -1,0 +1,136 @@
+"""Fetch the official DINO weights once into a local cache, verified; find them for archiving.
+
+    python -m scripts.weights fetch --model vit_small --patch 8       # default checkpoint of the variant
+    python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model vit_base --patch 16
+    python -m scripts.weights list
+
+Each file is verified against the size/sha256 in ``model.variants.CHECKPOINTS`` where published;
+otherwise the sha256 of the first verified download is recorded beside it (``<file>.sha256``) and
+checked on every later use. Every file must also load strictly into its model.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint
+from model.download import DownloadError, partial_path, sha256_of, download
+from model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, WEIGHTS_URL_ENV, Checkpoint, Variant, get_checkpoint, get_variant
+
+logger = logging.getLogger("weights")
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE_ENV = "DINO_WEIGHTS_DIR"
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be fetched or verified; the message says what to do."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or REPO / "weights")
+
+
+def record_path(path: Path) -> Path:
+    """The sha256 recorded at the first verified download of ``path``."""
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_cached(path: Path, checkpoint: Checkpoint) -> None:
+    """Check a cached file against the published sha256, else against the recorded one."""
+    expected = checkpoint.sha256
+    if expected is None and record_path(path).exists():
+        expected = record_path(path).read_text().split()[0]
+    if expected is not None and sha256_of(path) != expected:
+        raise WeightsError(
+            f"{path} does not match its sha256 {expected} (corrupted or replaced?); "
+            f"delete it and run `make weights` again"
+        )
+
+
+def cached_weights(variant: Variant, cache_dir: Path, name: str | None = None) -> Path | None:
+    """The verified cached checkpoint of the variant (its default one unless ``name``), or None."""
+    try:
+        checkpoint = get_checkpoint(variant, name)
+    except ValueError:
+        return None
+    path = cache_dir / checkpoint.filename
+    if not path.is_file():
+        return None
+    verify_cached(path, checkpoint)
+    return path
+
+
+def fetch(variant: Variant, checkpoint: Checkpoint, cache_dir: Path, progress=None) -> Path:
+    """Download (or find) ``checkpoint`` in ``cache_dir``, verify it and return its path."""
+    dest = cache_dir / checkpoint.filename
+    if dest.is_file():
+        verify_cached(dest, checkpoint)
+        logger.info("%s is already in the cache", dest)
+        return dest
+    url = checkpoint.url()
+    try:
+        download(url, dest, expected_size=checkpoint.size, expected_sha256=checkpoint.sha256, progress=progress)
+    except DownloadError as e:
+        kept = partial_path(dest)
+        raise WeightsError(
+            f"{e}\n"
+            f"  To fetch it by other means, put the file at {dest} (or set {WEIGHTS_URL_ENV} to a mirror).\n"
+            + (f"  The partial download {kept} is kept: `make weights` again resumes it.\n" if kept.exists() else "")
+            + "  To try the pipeline without it: make archive WEIGHTS=random (an untrained model)."
+        ) from e
+    try:
+        build_model(variant, filter_state_dict(read_checkpoint(dest)))
+    except CheckpointError as e:
+        dest.unlink()
+        raise WeightsError(f"{url} is not a {variant.name}/{variant.patch_size} checkpoint (removed): {e}") from e
+    if checkpoint.sha256 is None:
+        record_path(dest).write_text(f"{sha256_of(dest)}  {dest.name}\n")
+    logger.info("verified %s", dest)
+    return dest
+
+
+def progress_bar(done: int, total: int | None) -> None:
+    mb = done / 1e6
+    text = f"{mb:8.1f} / {total / 1e6:.1f} MB {100 * done / total:3.0f}%" if total else f"{mb:8.1f} MB"
+    sys.stderr.write(f"\r  {text}")
+    if total and done >= total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("fetch", "list"))
+    parser.add_argument("--model", default="vit_small", choices=sorted(ARCHS))
+    parser.add_argument("--patch", type=int, default=8, choices=PATCH_SIZES)
+    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), help="default: the variant's default checkpoint")
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"default: ${CACHE_ENV} or ./weights")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.action == "list":
+        for c in CHECKPOINTS.values():
+            state = "cached" if (cache_dir / c.filename).is_file() else "-"
+            print(f"{c.name:48} {c.model}/{c.patch_size:<3} {'full' if c.full else 'backbone':9} {state:7} {c.url()}")
+        return 0
+    variant = get_variant(args.model, args.patch)
+    try:
+        checkpoint = get_checkpoint(variant, args.checkpoint)
+        logger.info("fetching %s from %s into %s", checkpoint.filename, checkpoint.url(), cache_dir)
+        fetch(variant, checkpoint, cache_dir, progress=progress_bar if sys.stderr.isatty() else None)
+    except (ValueError, WeightsError) as e:
+        logger.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
