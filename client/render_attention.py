@@ -3,6 +3,7 @@
     python -m client.render_attention data/samples/astronaut.jpg                 # ask the server
     python -m client.render_attention img1.jpg img2.png --layer 5 --threshold 0.6 --save-heads
     python -m client.render_attention --from-json out/astronaut.json --image data/samples/astronaut.jpg
+    python -m client.render_attention --from-file out/astronaut.npz --image data/samples/astronaut.jpg
 
 Needs requests, matplotlib, numpy and pillow only (``model.image`` is torch-free); the picture under
 each map is the original resized and cropped exactly as the server reports.
@@ -10,9 +11,11 @@ each map is the original resized and cropped exactly as the server reports.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import requests
 
 from model.errors import RequestError
 from model.image import prepare_image
+from model.options import CONTENT_TYPES, FORMATS, META_HEADER, PRECISIONS
 
 logger = logging.getLogger("render_attention")
 
@@ -75,8 +79,24 @@ def parse_response(doc: object) -> Attention:
     return Attention({k: v for k, v in doc.items() if k != "attention"}, grid, pixels)
 
 
+def decode_body(body: bytes, content_type: str | None = None, meta_header: str | None = None) -> dict:
+    """A response body in any format (JSON, .npz, .npy + metadata header) -> document dict."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    try:
+        if kind == CONTENT_TYPES["npz"] or body.startswith(b"PK"):
+            with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+                return {**json.loads(str(archive["meta"])), "attention": archive["attention"]}
+        if kind == CONTENT_TYPES["npy"] or body.startswith(b"\x93NUMPY"):
+            if not meta_header:
+                raise ClientError(f"a .npy answer carries its metadata in the {META_HEADER} header; save npz or JSON instead")
+            return {**json.loads(meta_header), "attention": np.load(io.BytesIO(body), allow_pickle=False)}
+        return json.loads(body)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        raise ClientError(f"malformed response ({kind or 'file'}): {e}") from e
+
+
 def request_attention(url: str, image: Path, fields: dict[str, str], timeout: float, headers: dict[str, str]) -> dict:
-    """POST the image as multipart (options as fields); the server's JSON, or ``ClientError``."""
+    """POST the image as multipart (options as fields); the server's answer as a dict, or ``ClientError``."""
     try:
         data = image.read_bytes()
     except OSError as e:
@@ -87,16 +107,14 @@ def request_attention(url: str, image: Path, fields: dict[str, str], timeout: fl
         raise ClientError(f"cannot reach {url}: is the server running? (make serve)") from e
     except requests.Timeout as e:
         raise ClientError(f"no answer from {url} within {timeout:g} s (--timeout)") from e
-    try:
-        doc = reply.json()
-    except ValueError:
-        doc = None
     if reply.status_code != 200:
+        try:
+            doc = reply.json()
+        except ValueError:
+            doc = None
         detail = doc.get("error", doc.get("message")) if isinstance(doc, dict) else reply.text[:200]
         raise ClientError(f"server answered HTTP {reply.status_code} for {image}: {detail}")
-    if doc is None:
-        raise ClientError(f"server sent malformed JSON for {image}")
-    return doc
+    return decode_body(reply.content, reply.headers.get("Content-Type"), reply.headers.get(META_HEADER))
 
 
 def aligned_image(path: Path, att: Attention) -> np.ndarray:
@@ -210,7 +228,7 @@ def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, thre
 def option_fields(args: argparse.Namespace) -> dict[str, str]:
     """Multipart fields for the server; the client upsamples itself, so maps travel as the patch grid."""
     fields = {"upsample": "false"}
-    for name in ("layer", "short_side", "scale", "size", "heads"):
+    for name in ("layer", "short_side", "scale", "size", "heads", "precision", "format"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = str(value)
@@ -232,11 +250,9 @@ def render_one(image_path: Path, args: argparse.Namespace, url: str, headers: di
     """Fetch (or load) one response and write its figure; returns the figure's path."""
     if args.from_json:
         try:
-            doc = json.loads(args.from_json.read_text())
+            doc = decode_body(args.from_json.read_bytes())
         except OSError as e:
             raise ClientError(f"cannot read {args.from_json}: {e.strerror}") from e
-        except ValueError as e:
-            raise ClientError(f"{args.from_json} is not valid JSON: {e}") from e
     else:
         doc = request_attention(url, image_path, option_fields(args), args.timeout, headers)
     att = parse_response(doc)
@@ -270,13 +286,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("images", nargs="*", type=Path, help="image file(s) to send to the server")
     parser.add_argument("--url", help=f"inference URL (default {DEFAULT_HOST}/predictions/<model>)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name in the default URL (dino_vits8, dino_vitb16, ...)")
-    parser.add_argument("--from-json", type=Path, help="render a saved response instead of asking the server")
+    parser.add_argument(
+        "--from-json", "--from-file", dest="from_json", type=Path, help="render a saved response (.json or .npz) instead of asking the server"
+    )
     parser.add_argument("--image", type=Path, help="the image the --from-json response was made from")
     parser.add_argument("--layer", type=int)
     parser.add_argument("--short-side", dest="short_side", type=int)
     parser.add_argument("--scale", type=float)
     parser.add_argument("--size", help="HxW")
     parser.add_argument("--heads", help="comma-separated head indices, e.g. 0,2")
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--threshold", type=float, help="also draw masks keeping this fraction of each head's mass (DINO: 0.6)")
     parser.add_argument("--cmap", default="inferno")
     parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")

@@ -31,8 +31,11 @@ class DinoAttentionHandler:
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        replies = self.service.handle(data)
+        accepts = [context.get_request_header(idx, "Accept") or context.get_request_header(idx, "accept") for idx in range(len(data))]
+        replies = self.service.handle(data, accepts)
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
+            for key, value in reply.headers.items():
+                context.set_response_header(idx, key, value)
         return [reply.body for reply in replies]

@@ -17,14 +17,19 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
 
 
 @torch.inference_mode()
-def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+def patch_attention(
+    model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = "fp32"
+) -> torch.Tensor:
     """[CLS] attention over the patch grid: (B, 3, H, W) -> (B, heads, H/p, W/p), float32.
 
     CLS->CLS is dropped, so each map sums to <= 1; rows are image y (top to bottom), columns x.
+    ``precision="bf16"`` runs matmuls and attention under bfloat16 autocast (softmax of the CLS
+    row stays fp32); weights stay fp32, so one model serves both precisions.
     """
     B, _, H, W = batch.shape
     p = model.patch_size
-    row = model.get_cls_attention(batch, layer)  # (B, heads, 1 + N)
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        row = model.get_cls_attention(batch, layer)  # (B, heads, 1 + N)
     return row[:, :, 1:].reshape(B, row.shape[1], H // p, W // p).float()  # (B, heads, H/p, W/p)
 
 

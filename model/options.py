@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from .errors import RequestError
 from .image import Size
 
-OPTION_NAMES: tuple[str, ...] = ("layer", "short_side", "scale", "size", "heads", "upsample")
+OPTION_NAMES: tuple[str, ...] = (
+    "layer", "short_side", "scale", "size", "heads", "upsample", "precision", "format", "dtype",
+)
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # forward-pass arithmetic; fp32 is exact
+FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings
+CONTENT_TYPES: dict[str, str] = {"json": "application/json", "npy": "application/x-npy", "npz": "application/x-npz"}
+META_HEADER = "X-Attention-Meta"  # .npy bodies carry the metadata (compact JSON) in this response header
+DTYPES: tuple[str, ...] = ("float32", "float16")  # element type of the returned maps
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X×]\s*(\d+)\s*$")
@@ -25,11 +32,22 @@ class Options:
     short_side: int | None = None
     scale: float | None = None
     size: Size | None = None
+    precision: str = "fp32"
+    format: str = "json"
+    dtype: str = "float32"
 
 
-def parse_options(
-    raw: Mapping[str, object], *, depth: int, num_heads: int, default_short_side: int, default_upsample: bool
-) -> Options:
+@dataclass(frozen=True)
+class Defaults:
+    """What a request gets for the options it leaves out (server settings)."""
+
+    short_side: int = 480
+    upsample: bool = True
+    precision: str = "fp32"
+    format: str = "json"
+
+
+def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defaults: Defaults) -> Options:
     """Validate raw option values (str, bytes, or JSON numbers/lists/bools); ``RequestError`` on any problem."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
@@ -43,14 +61,24 @@ def parse_options(
     scale = _positive_float("scale", values["scale"]) if "scale" in geometry else None
     size = _size(values["size"]) if "size" in geometry else None
     if not geometry:
-        short_side = default_short_side
+        short_side = defaults.short_side
 
     layer = _int("layer", values["layer"]) if values.get("layer") is not None else depth - 1
     if not -depth <= layer < depth:
         raise RequestError(f"layer={layer} is out of range: this model has {depth} blocks (0..{depth - 1}, or -1 for last)")
     heads = _heads(values["heads"], num_heads) if values.get("heads") is not None else tuple(range(num_heads))
-    upsample = _bool("upsample", values["upsample"]) if values.get("upsample") is not None else default_upsample
-    return Options(layer=layer % depth, heads=heads, upsample=upsample, short_side=short_side, scale=scale, size=size)
+    upsample = _bool("upsample", values["upsample"]) if values.get("upsample") is not None else defaults.upsample
+    return Options(
+        layer=layer % depth,
+        heads=heads,
+        upsample=upsample,
+        short_side=short_side,
+        scale=scale,
+        size=size,
+        precision=_choice("precision", values.get("precision"), PRECISIONS, defaults.precision),
+        format=_choice("format", values.get("format"), FORMATS, defaults.format),
+        dtype=_choice("dtype", values.get("dtype"), DTYPES, "float32"),
+    )
 
 
 def _text(name: str, value: bytes | bytearray) -> str:
@@ -121,3 +149,12 @@ def _bool(name: str, value: object) -> bool:
     if text in _FALSE:
         return False
     raise RequestError(f"{name}={value!r} is not a boolean (true/false)")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise RequestError(f"{name}={value!r} is not one of {list(choices)}")
+    return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from http import HTTPStatus
 from pathlib import Path
 
@@ -18,10 +18,10 @@ import torch
 
 from .attention import patch_attention, to_tensor, upsample_nearest
 from .checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
-from .encoding import JSON_CONTENT_TYPE, encode_error, encode_json
+from .encoding import JSON_CONTENT_TYPE, Encoded, encode_attention, encode_error, format_from_accept
 from .errors import RequestError
 from .image import PreparedImage, prepare_image
-from .options import Options, parse_options
+from .options import FORMATS, PRECISIONS, Defaults, Options, parse_options
 from .request import split_payload
 from .variants import Variant, get_variant
 from .vit import VisionTransformer
@@ -44,6 +44,8 @@ class ServiceConfig:
     weights: str = ""  # tag written by the archiver: "file.pth@sha256:<prefix>" or "random"
     short_side: int = 480  # default resize when a request gives none of short_side/scale/size
     upsample: bool = True
+    precision: str = "fp32"  # default forward precision: fp32 (exact) or bf16 (fast on AMX/avx512_bf16 and GPUs)
+    format: str = "json"  # default response format when neither the format option nor Accept names one
     max_tokens: int = 16384  # patch tokens per image (1024x1024 at patch 8); over it -> 413
     max_pixels: int = 40_000_000  # decoded pixels per image; over it -> 413 (decompression bombs)
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
@@ -63,7 +65,14 @@ class ServiceConfig:
         for name in ("short_side", "max_tokens", "max_pixels"):
             if getattr(config, name) < 1:
                 raise ConfigError(f"handler setting {name} must be positive")
+        for name, choices in (("precision", PRECISIONS), ("format", FORMATS)):
+            if getattr(config, name) not in choices:
+                raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
         return config
+
+    def defaults(self, accept: str | None = None) -> Defaults:
+        """Option defaults for one request; an Accept header may pick the format."""
+        return Defaults(self.short_side, self.upsample, self.precision, format_from_accept(accept, self.format))
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Reply:
     status: int
     body: bytes
     content_type: str = JSON_CONTENT_TYPE
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,15 +103,11 @@ class AttentionService:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
-    def prepare(self, payload: Mapping[str, object]) -> Prepared:
+    def prepare(self, payload: Mapping[str, object], accept: str | None = None) -> Prepared:
         """Parse, decode, resize and crop one request; ``RequestError`` if anything is wrong."""
         data, raw_options = split_payload(payload)
         options = parse_options(
-            raw_options,
-            depth=self.model.depth,
-            num_heads=self.variant.num_heads,
-            default_short_side=self.config.short_side,
-            default_upsample=self.config.upsample,
+            raw_options, depth=self.model.depth, num_heads=self.variant.num_heads, defaults=self.config.defaults(accept)
         )
         image = prepare_image(
             data,
@@ -115,24 +121,25 @@ class AttentionService:
         return Prepared(to_tensor(image.image, self.variant.mean, self.variant.std), image, options)
 
     def predict(self, items: Sequence[Prepared]) -> list[np.ndarray]:
-        """Patch-grid attention (heads, H/p, W/p) per item; same-size same-layer items share a forward."""
-        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        """Patch-grid attention (heads, H/p, W/p) per item; items alike in size, layer and precision share a forward."""
+        groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault((tuple(item.tensor.shape), item.options.layer), []).append(i)
+            groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.options.precision), []).append(i)
         results: list[np.ndarray] = [np.empty(0)] * len(items)
-        for (_, layer), indices in groups.items():
+        for (_, layer, precision), indices in groups.items():
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
-            maps = patch_attention(self.model, batch, layer).cpu().numpy()  # (B, heads, H/p, W/p)
+            maps = patch_attention(self.model, batch, layer, precision).cpu().numpy()  # (B, heads, H/p, W/p)
             for i, m in zip(indices, maps):
                 results[i] = m
         return results
 
-    def encode(self, item: Prepared, maps: np.ndarray) -> bytes:
-        """The JSON response for one item, given its (heads, H/p, W/p) maps."""
+    def encode(self, item: Prepared, maps: np.ndarray) -> Encoded:
+        """The response for one item, given its (heads, H/p, W/p) maps."""
         p = self.variant.patch_size
-        maps = maps[list(item.options.heads)]  # (heads requested, H/p, W/p)
-        attention = upsample_nearest(maps, p) if item.options.upsample else np.ascontiguousarray(maps)
-        return encode_json(
+        options = item.options
+        maps = maps[list(options.heads)]  # (heads requested, H/p, W/p)
+        attention = upsample_nearest(maps, p) if options.upsample else np.ascontiguousarray(maps)
+        return encode_attention(
             {
                 "model": self.variant.name,
                 "patch_size": p,
@@ -144,24 +151,32 @@ class AttentionService:
                 "resized_size": list(item.image.resized_size),
                 "image_size": list(item.image.image_size),
                 "grid": list(maps.shape[1:]),
-                "upsampled": item.options.upsample,
-                "attention": attention,
-            }
+                "upsampled": options.upsample,
+                "precision": options.precision,
+            },
+            attention,
+            options.format,
+            options.dtype,
         )
 
-    def handle(self, payloads: Sequence[Mapping[str, object]]) -> list[Reply]:
-        """One reply per payload: 200 with the attention, or the request's own 4xx error."""
+    def handle(self, payloads: Sequence[Mapping[str, object]], accepts: Sequence[str | None] | None = None) -> list[Reply]:
+        """One reply per payload: 200 with the attention, or the request's own 4xx error.
+
+        ``accepts``: each request's HTTP Accept header, if the server passes them on.
+        """
+        accepts = accepts or [None] * len(payloads)
         replies: list[Reply | None] = [None] * len(payloads)
         good: list[tuple[int, Prepared]] = []
         for i, payload in enumerate(payloads):
             try:
-                good.append((i, self.prepare(payload)))
+                good.append((i, self.prepare(payload, accepts[i])))
             except RequestError as e:
                 logger.info("request %d rejected (%d): %s", i, e.status, e)
                 replies[i] = Reply(int(e.status), encode_error(str(e)))
         maps = self.predict([item for _, item in good])
         for (i, item), m in zip(good, maps):
-            replies[i] = Reply(int(HTTPStatus.OK), self.encode(item, m))
+            encoded = self.encode(item, m)
+            replies[i] = Reply(int(HTTPStatus.OK), encoded.body, encoded.content_type, encoded.headers)
         return replies  # type: ignore[return-value]  # every slot is filled above
 
 

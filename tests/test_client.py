@@ -84,6 +84,24 @@ def test_render_upsampled_json_matches_grid_json(dark_square, tmp_path: Path) ->
     np.testing.assert_array_equal(grid.grid, again.grid)
 
 
+def test_render_from_npz_file(dark_square, tmp_path: Path) -> None:
+    image_path, json_path, _ = dark_square
+    doc = orjson.loads(json_path.read_bytes())
+    np.savez(tmp_path / "square.npz", attention=np.asarray(doc.pop("attention"), np.float16), meta=np.array(orjson.dumps(doc).decode()))
+    assert client.main(["--from-file", str(tmp_path / "square.npz"), "--image", str(image_path), "--out", str(tmp_path)]) == 0
+    assert png(tmp_path / "square_attention.png").std() > 20
+
+
+@pytest.mark.parametrize("fmt", ["json", "npy", "npz"])
+def test_every_served_format_decodes_alike(served: Served, tmp_path: Path, fmt: str) -> None:
+    image = tmp_path / "img.png"
+    image.write_bytes(encode(random_rgb(48, 80)))
+    doc = client.request_attention(served.url, image, {"format": fmt, "scale": "1", "upsample": "false"}, 120, {})
+    reference = client.request_attention(served.url, image, {"scale": "1", "upsample": "false"}, 120, {})
+    assert doc["image_size"] == reference["image_size"] == [48, 80] and doc["dtype"] == "float32"
+    np.testing.assert_allclose(np.asarray(doc["attention"]), np.asarray(reference["attention"]), atol=1e-7)
+
+
 def test_render_from_live_server(served: Served, tmp_path: Path, capsys) -> None:
     images = []
     for i, (h, w) in enumerate(((120, 90), (64, 200))):
@@ -120,7 +138,7 @@ def closed_port() -> int:
         (lambda d, img, srv: [img, "--url", f"http://127.0.0.1:{closed_port()}/predictions/x"], "cannot reach"),
         (lambda d, img, srv: [img, "--url", srv.url, "--layer", "99"], "HTTP 400 for .*layer=99 is out of range"),
         (lambda d, img, srv: [str(d / "missing.jpg"), "--url", srv.url], "cannot read"),
-        (lambda d, img, srv: ["--from-json", str(d / "broken.json"), "--image", img], "not valid JSON"),
+        (lambda d, img, srv: ["--from-json", str(d / "broken.json"), "--image", img], "malformed response"),
         (lambda d, img, srv: ["--from-json", str(d / "error.json"), "--image", img], "not an attention response"),
         (lambda d, img, srv: ["--from-json", str(d / "other.json"), "--image", img], "wrong --image"),
     ],

@@ -5,6 +5,7 @@ TorchServe runs on free ports with its own model store, logs and temp dir, and i
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -126,6 +127,24 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> 
         expected = in_process(served, {"body": payload["data"]})
         assert reply.json()["image_size"] == expected["image_size"]
         np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
+
+
+def test_accept_header_reaches_the_handler(served: Served) -> None:
+    data = encode(random_rgb(48, 64))
+    reply = requests.post(served.url, data=data, headers={"Accept": "application/x-npy"}, timeout=TIMEOUT)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/x-npy"
+    meta = orjson.loads(reply.headers["X-Attention-Meta"])
+    attention = np.load(io.BytesIO(reply.content), allow_pickle=False)
+    assert attention.shape == (3, *meta["image_size"])
+    np.testing.assert_allclose(attention, np.asarray(in_process(served, {"body": data})["attention"]), atol=1e-6)
+
+
+def test_bf16_through_the_server(served: Served) -> None:
+    data = encode(random_rgb(64, 96))
+    reply = requests.post(served.url, files={"data": ("a.png", data)}, data={"precision": "bf16", "upsample": "false"}, timeout=TIMEOUT)
+    assert reply.json()["precision"] == "bf16"
+    expected = np.asarray(in_process(served, {"data": data, "precision": "bf16", "upsample": "false"})["attention"])
+    np.testing.assert_allclose(attention_of(reply), expected, atol=1e-6)
 
 
 def test_random_weights_archive(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from model.errors import RequestError
-from model.options import Options, parse_options
+from model.options import Defaults, Options, parse_options
 from model.request import split_payload
 
 IMG = b"\x89PNG fake image bytes"
@@ -49,7 +49,7 @@ def test_bad_payloads(payload, match: str) -> None:
 
 
 def parse(**raw) -> Options:
-    return parse_options(raw, depth=12, num_heads=6, default_short_side=480, default_upsample=True)
+    return parse_options(raw, depth=12, num_heads=6, defaults=Defaults())
 
 
 def test_defaults() -> None:
@@ -72,6 +72,8 @@ def test_defaults() -> None:
         ({"upsample": "false"}, {"upsample": False}),
         ({"upsample": False}, {"upsample": False}),
         ({"short_side": None}, {"short_side": 480}),
+        ({"precision": "BF16"}, {"precision": "bf16"}),
+        ({"format": "npz", "dtype": "float16"}, {"format": "npz", "dtype": "float16"}),
     ],
 )
 def test_valid_options(raw, expected) -> None:
@@ -103,6 +105,9 @@ def test_valid_options(raw, expected) -> None:
         ({"short_side": "320", "size": "10x10"}, "conflict"),
         ({"colour": "red"}, "unknown option"),
         ({"layer": b"\xff"}, "not UTF-8"),
+        ({"precision": "fp8"}, "not one of \\['fp32', 'bf16'\\]"),
+        ({"format": "xml"}, "format='xml' is not one of"),
+        ({"dtype": "int8"}, "dtype='int8' is not one of"),
     ],
 )
 def test_invalid_options(raw, match: str) -> None:

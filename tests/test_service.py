@@ -1,6 +1,7 @@
 """The engine-agnostic pipeline: schema, values, batching, error isolation, the geometric check."""
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .helpers import TINY, backbone_state, brightness_seeking_state, encode, ran
 
 SCHEMA_KEYS = [
     "model", "patch_size", "layer", "num_heads", "heads", "weights",
-    "input_size", "resized_size", "image_size", "grid", "upsampled", "attention",
+    "input_size", "resized_size", "image_size", "grid", "upsampled", "precision", "dtype", "attention",
 ]
 
 
@@ -142,3 +143,61 @@ def test_device_selection() -> None:
     assert select_device(None) == torch.device("cpu")
     expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
     assert select_device(0) == expected and select_device("0") == expected
+
+
+@pytest.mark.parametrize("layer", [0, 6, 11])
+def test_bf16_maps_correlate_with_fp32(service: AttentionService, layer: int) -> None:
+    data = (Path(__file__).resolve().parent.parent / "data" / "samples" / "astronaut.jpg").read_bytes()
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        (reply,) = service.handle([{"data": data, "short_side": "160", "layer": str(layer), "precision": precision, "upsample": "false"}])
+        doc = orjson.loads(reply.body)
+        assert doc["precision"] == precision
+        maps[precision] = np.asarray(doc["attention"])
+    assert not np.array_equal(maps["fp32"], maps["bf16"])  # bf16 really ran
+    for a, b in zip(maps["fp32"], maps["bf16"]):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
+
+
+def test_precision_default_comes_from_settings(tmp_path: Path) -> None:
+    svc = create_service({"model": "vit_tiny", "patch_size": 16, "precision": "bf16"}, save(backbone_state(), tmp_path / "w.pth"))
+    (reply,) = svc.handle([{"data": encode(random_rgb(32, 32)), "scale": "1"}])
+    assert orjson.loads(reply.body)["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision='fp16' must be one of"):
+        create_service({"model": "vit_tiny", "patch_size": 16, "precision": "fp16", "weights": "random"}, None)
+
+
+def test_binary_formats_keep_values_and_metadata(service: AttentionService) -> None:
+    data = encode(random_rgb(64, 96))
+    (as_json,) = service.handle([{"data": data, "scale": "1"}])
+    doc = orjson.loads(as_json.body)
+    expected = np.asarray(doc.pop("attention"), dtype=np.float32)
+
+    (npy,) = service.handle([{"data": data, "scale": "1", "format": "npy"}])
+    assert npy.content_type == "application/x-npy"
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy.body), allow_pickle=False), expected)
+    assert orjson.loads(npy.headers["X-Attention-Meta"]) == doc
+
+    (npz,) = service.handle([{"data": data, "scale": "1", "format": "npz", "dtype": "float16"}])
+    assert npz.content_type == "application/x-npz"
+    with np.load(io.BytesIO(npz.body), allow_pickle=False) as archive:
+        assert archive["attention"].dtype == np.float16
+        np.testing.assert_allclose(archive["attention"], expected, rtol=1e-3)
+        assert orjson.loads(str(archive["meta"])) == {**doc, "dtype": "float16"}
+
+
+def test_accept_header_picks_format_unless_option_says_otherwise(service: AttentionService) -> None:
+    data = encode(random_rgb(32, 32))
+    replies = service.handle(
+        [{"data": data}, {"data": data}, {"data": data, "format": "json"}],
+        ["application/x-npz", "text/html, application/x-npy;q=0.9", "application/x-npy"],
+    )
+    assert [r.content_type for r in replies] == ["application/x-npz", "application/x-npy", "application/json"]
+
+
+def test_float16_json_is_smaller_and_close(service: AttentionService) -> None:
+    data = encode(random_rgb(64, 64))
+    full, half = (service.handle([{"data": data, "scale": "1", "dtype": d}])[0] for d in ("float32", "float16"))
+    a, b = (np.asarray(orjson.loads(r.body)["attention"]) for r in (full, half))
+    assert len(half.body) < 0.8 * len(full.body)
+    np.testing.assert_allclose(b, a, atol=float(a.max()) * 1e-3)
