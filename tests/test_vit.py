@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from model.checkpoint import build_model
 from model.variants import all_variants, get_variant
-from model.vit import Block, VisionTransformer
+from model.vit import Block, VisionTransformer, attend
 
 from .helpers import TINY
 
@@ -119,3 +119,14 @@ def test_unknown_variant() -> None:
         get_variant("vit_huge", 8)
     with pytest.raises(ValueError, match="patch size"):
         get_variant("vit_small", 14)
+
+
+def test_chunked_cpu_bf16_attention_matches_sdpa() -> None:
+    """The bf16 CPU kernel of ``attend`` computes the same maths as SDPA (fp32 reference)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 64, generator=gen) for _ in range(3))  # 300: 3 chunks, the last partial
+    expected = F.scaled_dot_product_attention(q, k, v)
+    got = attend(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 0.05 and torch.corrcoef(torch.stack([got.ravel(), expected.ravel()]))[0, 1] > 0.9999
+    torch.testing.assert_close(attend(q, k, v), expected)  # fp32 goes to SDPA

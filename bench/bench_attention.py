@@ -1,0 +1,403 @@
+"""Benchmark: the seed's eager pipeline vs our fp32 and bf16 paths, encodings, and TorchServe latency.
+
+    python -m bench.bench_attention            # full run (~10 min on 2 cores), writes bench/results/
+    python -m bench.bench_attention --quick    # 224x224 and 480x480 only, fewer served requests
+
+Everything is measured in this one run, with the same random weights and inputs: ratios are the
+figures to compare (absolute times on a shared machine are noisy). Each forward configuration runs
+in its own process so that its peak memory (max RSS) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+import torch
+
+from model.attention import patch_attention, upsample_nearest
+from model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from model.encoding import encode_attention
+from model.service import create_service
+from model.variants import Variant, get_variant
+from model.vit import VisionTransformer
+from scripts import archive
+from scripts.serve import private_torchserve
+
+logger = logging.getLogger("bench")
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
+QUICK_SIZES = SIZES[:2]
+PATHS = ("seed", "fp32", "bf16")
+TARGETS = {  # what the benchmark checks, printed next to each figure
+    "fp32_vs_seed_480": 3.5,
+    "bf16_vs_seed": 10.0,
+    "bf16_peak_fraction": 0.5,
+    "encode_fraction_of_served": 0.05,
+    "served_over_inprocess": 1.2,
+}
+
+
+# ----------------------------------------------------------------------------- the paths
+def seed_cls_attention(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """The seed article's pipeline: an explicit N x N softmax in every block (DINO's
+    ``get_last_selfattention``), then the CLS row of the last block. (B, heads, N)."""
+    tokens = model.prepare_tokens(x)
+    last = len(model.blocks) - 1
+    for i, blk in enumerate(model.blocks):
+        attn_mod = blk.attn
+        B, N, C = tokens.shape
+        qkv = attn_mod.qkv(blk.norm1(tokens)).reshape(B, N, 3, attn_mod.num_heads, C // attn_mod.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * attn_mod.scale).softmax(dim=-1)  # (B, heads, N, N)
+        y = attn_mod.proj((attn @ v).transpose(1, 2).reshape(B, N, C))  # the seed computes it in the last block too
+        if i == last:
+            return attn[:, :, 0, :]
+        tokens = tokens + y
+        tokens = tokens + blk.mlp(blk.norm2(tokens))
+    raise AssertionError("unreachable")
+
+
+def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
+    """Patch-grid maps (heads, H/p, W/p) of the last layer by ``path``."""
+    p = model.patch_size
+    if path == "seed":
+        with torch.inference_mode():
+            row = seed_cls_attention(model, x)[0, :, 1:]  # (heads, N)
+        return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).numpy()
+    return patch_attention(model, x, None, "bf16" if path == "bf16" else "fp32")[0].numpy()
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def forward_flops(variant: Variant, size: tuple[int, int], path: str) -> float:
+    """Multiply-adds x 2 that ``path`` executes for one image (the seed does more work than we do)."""
+    n = 1 + (size[0] // variant.patch_size) * (size[1] // variant.patch_size)
+    c, depth = variant.embed_dim, variant.depth
+    embed = 2 * (n - 1) * 3 * variant.patch_size**2 * c
+    block = 2 * n * c * 3 * c + 4 * n * n * c + 2 * n * c * c + 2 * n * c * int(variant.mlp_ratio * c) * 2
+    if path == "seed":  # every block full; the last without its MLP
+        return embed + depth * block - 2 * n * c * int(variant.mlp_ratio * c) * 2
+    last = 2 * n * c * c + 2 * c * c + 2 * n * c  # keys, the CLS query, one row of scores
+    return embed + (depth - 1) * block + last
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square matmul in ``dtype`` (best of ``repeats``)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    times = timed(lambda: a @ b, repeats)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up (allocations, oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ----------------------------------------------------------------------------- worker process
+def worker(args: argparse.Namespace) -> int:
+    """One forward configuration in its own process: prints a JSON line, saves the maps."""
+    variant = get_variant(args.model, args.patch)
+    model = build_model(variant, filter_state_dict(read_checkpoint(args.weights)))
+    h, w = args.size
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    maps = None
+
+    def once() -> None:
+        nonlocal maps
+        maps = run_path(args.path, model, x)
+
+    times = timed(once, args.repeats)
+    np.save(args.maps, maps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"times": times, "peak_rss_mb": peak, "loaded_rss_mb": rss_loaded}))
+    return 0
+
+
+@dataclass
+class Result:
+    path: str
+    size: tuple[int, int]
+    tokens: int
+    times: list[float] | None = None
+    peak_rss_mb: float | None = None
+    loaded_rss_mb: float | None = None
+    gflops: float | None = None
+    skipped: str | None = None
+    agreement: str = ""
+
+
+def measure(path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path) -> Result:
+    variant = get_variant(args.model, args.patch)
+    tokens = (size[0] // args.patch) * (size[1] // args.patch)
+    result = Result(path, size, tokens)
+    if path == "seed":
+        nxn_gb = variant.num_heads * (tokens + 1) ** 2 * 4 * 3 / 1e9  # scores, softmax, a copy
+        if nxn_gb > args.seed_budget_gb:
+            result.skipped = f"N x N attention ~{nxn_gb:.0f} GB > {args.seed_budget_gb:g} GB budget"
+            return result
+    repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run after the warm-up
+    cmd = [
+        sys.executable, "-m", "bench.bench_attention", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}",
+        "--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats),
+        "--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy"),
+    ]
+    logger.info("  %s %dx%d (%d tokens, %d timed run(s))", path, size[0], size[1], tokens, repeats)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        result.skipped = f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+        return result
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.times, result.peak_rss_mb, result.loaded_rss_mb = data["times"], data["peak_rss_mb"], data["loaded_rss_mb"]
+    result.gflops = forward_flops(variant, size, path) / min(result.times) / 1e9
+    return result
+
+
+def compare_maps(results: list[Result], maps_dir: Path) -> None:
+    """Fill ``agreement``: max |seed - fp32| and min per-head correlation bf16 vs fp32."""
+    for r in results:
+        if r.skipped or r.path == "fp32":
+            continue
+        tag = f"{r.size[0]}x{r.size[1]}"
+        ours = np.load(maps_dir / f"fp32_{tag}.npy")
+        other = np.load(maps_dir / f"{r.path}_{tag}.npy")
+        if r.path == "seed":
+            r.agreement = f"max |seed - fp32| = {np.abs(other - ours).max():.1e}"
+        else:
+            corr = min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, other))
+            r.agreement = f"min head corr vs fp32 = {corr:.5f}"
+
+
+# ----------------------------------------------------------------------------- encodings
+def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[dict]:
+    """Time and size of each response encoding of the same maps (heads, H/p, W/p)."""
+    up = upsample_nearest(maps, patch)
+    meta = {"model": "bench", "grid": list(maps.shape[1:])}
+    cases: dict[str, Callable[[], bytes]] = {
+        "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**meta, "attention": up.tolist()}).encode(),
+        "orjson, upsampled float32 [default]": lambda: encode_attention(meta, up, "json", "float32").body,
+        "orjson, upsampled dtype=float16": lambda: encode_attention(meta, up, "json", "float16").body,
+        "orjson, upsample=false": lambda: encode_attention(meta, maps, "json", "float32").body,
+        "npy, upsampled float32": lambda: encode_attention(meta, up, "npy", "float32").body,
+        "npz, upsampled float16": lambda: encode_attention(meta, up, "npz", "float16").body,
+        "npz, upsample=false float16": lambda: encode_attention(meta, maps, "npz", "float16").body,
+    }
+    rows = []
+    for name, fn in cases.items():
+        size = len(fn())
+        rows.append({"format": name, "seconds": min(timed(fn, repeats)), "mb": size / 1e6})
+    return rows
+
+
+# ----------------------------------------------------------------------------- served latency
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_served(args: argparse.Namespace, weights: Path, image: bytes, workdir: Path) -> dict:
+    """p50/p95 of the same request through a real TorchServe and in-process (service.handle)."""
+    variant = get_variant(args.model, args.patch)
+    store = workdir / "store"
+    rc = archive.main(["--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--export-path", str(store)])
+    if rc:
+        raise RuntimeError("archiving the benchmark model failed")
+    service = create_service({"model": args.model, "patch_size": args.patch}, weights)
+    in_process = timed(lambda: service.handle([{"body": image}]), args.requests)
+    served: list[float] = []
+    with private_torchserve(store, variant.archive_name) as server:
+        url = server.url(variant.archive_name)
+        with requests.Session() as session:
+            for i in range(args.requests + 1):
+                start = time.perf_counter()
+                reply = session.put(url, data=image, timeout=600)
+                elapsed = time.perf_counter() - start
+                reply.raise_for_status()
+                if i:  # the first request warms the worker up
+                    served.append(elapsed)
+    prepared = service.prepare({"body": image})
+    maps = service.predict([prepared])[0]
+    encode = min(timed(lambda: service.encode(prepared, maps), 3))
+    return {
+        "served_p50": percentile(served, 50), "served_p95": percentile(served, 95),
+        "inprocess_p50": percentile(in_process, 50), "inprocess_p95": percentile(in_process, 95),
+        "encode_s": encode, "requests": args.requests, "response_mb": len(reply.content) / 1e6,
+    }
+
+
+# ----------------------------------------------------------------------------- report
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return f"{'meets' if ok else 'MISSES'} target {'>=' if higher_is_better else '<='} {target:g}"
+
+
+def report(results: list[Result], peaks: dict[str, float], encodings: list[dict], served: dict | None, args) -> str:
+    by = {(r.path, r.size): r for r in results}
+    lines = [
+        f"# Benchmark: {args.model}/{args.patch}, CPU threads {torch.get_num_threads()}, torch {torch.__version__}",
+        "",
+        f"Matmul peak measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
+        f"(bf16 native: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}).",
+        "",
+        "## Forward pass (one image, last layer)",
+        "",
+        "| size | tokens | path | min s | median s | GFLOP/s | % of peak | peak RSS MB | speed-up vs seed | maps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for size in args.sizes:
+        seed = by.get(("seed", size))
+        for path in PATHS:
+            r = by.get((path, size))
+            if r is None:
+                continue
+            name = f"{size[0]}x{size[1]}"
+            if r.skipped:
+                lines.append(f"| {name} | {r.tokens} | {path} | skipped: {r.skipped} | | | | | | |")
+                continue
+            best, median = min(r.times), statistics.median(r.times)
+            peak = peaks["bf16" if path == "bf16" else "fp32"]
+            speedup = ""
+            if seed and not seed.skipped and path != "seed":
+                speedup = f"{min(seed.times) / best:.1f}x"
+            lines.append(
+                f"| {name} | {r.tokens} | {path} | {best:.3f} | {median:.3f} | {r.gflops:.0f} | {100 * r.gflops / peak:.0f}% "
+                f"| {r.peak_rss_mb:.0f} (loaded {r.loaded_rss_mb:.0f}) | {speedup} | {r.agreement} |"
+            )
+    lines += ["", "## Targets", ""]
+    seed480, fp480, bf480 = by.get(("seed", (480, 480))), by.get(("fp32", (480, 480))), by.get(("bf16", (480, 480)))
+    if seed480 and fp480 and not seed480.skipped:
+        ratio = min(seed480.times) / min(fp480.times)
+        lines.append(f"- fp32 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['fp32_vs_seed_480'])})")
+    if seed480 and bf480 and not seed480.skipped:
+        ratio = min(seed480.times) / min(bf480.times)
+        lines.append(f"- bf16 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['bf16_vs_seed'])})")
+    if bf480:
+        frac = bf480.gflops / peaks["bf16"]
+        lines.append(f"- bf16 path at 480x480: {100 * frac:.0f}% of the bf16 matmul peak ({verdict(frac, TARGETS['bf16_peak_fraction'])})")
+    big = by.get(("fp32", (1080, 1920)))
+    if big and not big.skipped:
+        lines.append(f"- 1080x1920 fp32 peak RSS: {big.peak_rss_mb:.0f} MB ({verdict(big.peak_rss_mb / 1024, 4.0, False)} GB)")
+    if served:
+        frac = served["encode_s"] / served["served_p50"]
+        ratio = served["served_p50"] / served["inprocess_p50"]
+        lines.append(f"- response encoding: {100 * frac:.1f}% of the served request time ({verdict(frac, TARGETS['encode_fraction_of_served'], False)})")
+        lines.append(f"- served p50 / in-process p50: {ratio:.2f} ({verdict(ratio, TARGETS['served_over_inprocess'], False)})")
+    lines += ["", "## Response encoding (480x480 maps, %d heads)" % get_variant(args.model, args.patch).num_heads, "",
+              "| format | seconds | MB |", "| --- | --- | --- |"]
+    lines += [f"| {e['format']} | {e['seconds']:.3f} | {e['mb']:.2f} |" for e in encodings]
+    if served:
+        lines += [
+            "", f"## Served latency (480x480 JPEG, {served['requests']} sequential requests, default options)", "",
+            "| | p50 s | p95 s |", "| --- | --- | --- |",
+            f"| TorchServe (curl-like PUT) | {served['served_p50']:.3f} | {served['served_p95']:.3f} |",
+            f"| in-process `service.handle` | {served['inprocess_p50']:.3f} | {served['inprocess_p95']:.3f} |",
+            "", f"Response {served['response_mb']:.1f} MB; encoding it takes {served['encode_s']:.3f} s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], peaks: dict[str, float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_time, ax_rate = fig.subplots(1, 2)
+    for path, colour in zip(PATHS, ("tab:red", "tab:blue", "tab:green")):
+        done = [r for r in results if r.path == path and not r.skipped]
+        if not done:
+            continue
+        ax_time.plot([r.tokens for r in done], [min(r.times) for r in done], "o-", color=colour, label=path)
+        ax_rate.plot([r.tokens for r in done], [r.gflops for r in done], "o-", color=colour, label=path)
+    for dtype, style in (("fp32", "--"), ("bf16", ":")):
+        ax_rate.axhline(peaks[dtype], color="gray", linestyle=style, label=f"{dtype} matmul peak")
+    ax_time.set(xscale="log", yscale="log", xlabel="patch tokens", ylabel="seconds (min)", title="forward time")
+    ax_rate.set(xscale="log", xlabel="patch tokens", ylabel="GFLOP/s", title="achieved throughput")
+    ax_time.legend()
+    ax_rate.legend(fontsize=8)
+    fig.savefig(out, dpi=100)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_small")
+    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES), help="HxW ...")
+    parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
+    parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
+    parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
+    parser.add_argument("--no-served", action="store_true", help="skip the TorchServe section")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    # worker mode (internal)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.requests = list(QUICK_SIZES), 5
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    variant = get_variant(args.model, args.patch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
+        workdir = Path(tmp)
+        torch.manual_seed(0)
+        weights = workdir / "bench_random.pth"
+        torch.save(build_model(variant, None).state_dict(), weights)
+        logger.info("matmul peaks ...")
+        peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+        logger.info("forward passes (one process each) ...")
+        results = [measure(path, size, args, weights, workdir) for size in args.sizes for path in PATHS]
+        compare_maps(results, workdir)
+        logger.info("encodings ...")
+        maps480 = workdir / "fp32_480x480.npy"
+        grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
+        encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
+        served = None
+        if not args.no_served:
+            logger.info("served latency through TorchServe (%d requests) ...", args.requests)
+            image = (REPO / "data" / "samples" / "astronaut.jpg").read_bytes()  # 512x512 -> 480x480
+            served = bench_served(args, weights, image, workdir)
+    text = report(results, peaks, encodings, served, args)
+    (args.out / "bench.md").write_text(text)
+    plot(results, peaks, args.out / "bench.png")
+    print(text)
+    logger.info("wrote %s and %s", args.out / "bench.md", args.out / "bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
