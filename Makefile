@@ -15,6 +15,10 @@ RENDER_ARGS ?= --threshold 0.6
 # Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in model/variants.py.
 NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
+# TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
+CONFIG  ?= config.properties
+# With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
+KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
 .PHONY: install weights archive serve stop predict render test demo clean
 
@@ -35,14 +39,14 @@ archive: install
 	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store
 
 serve: install
-	$(PY) -m scripts.serve start --model-name $(NAME)
+	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)
 
 stop: install
 	$(PY) -m scripts.serve stop
 
 predict:
 	@mkdir -p $(dir $(OUT))
-	curl -sS --fail-with-body -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
+	curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer $(KEY)") -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
 	@echo "saved $(OUT)"
 
 render: install

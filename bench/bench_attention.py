@@ -102,8 +102,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up (allocations, oneDNN primitive creation)
+def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
+    if warmup:  # allocations, oneDNN primitive creation
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -126,7 +127,7 @@ def worker(args: argparse.Namespace) -> int:
         nonlocal maps
         maps = run_path(args.path, model, x)
 
-    times = timed(once, args.repeats)
+    times = timed(once, args.repeats, warmup=args.repeats > 1)  # big sizes: warm-up is noise next to minutes
     np.save(args.maps, maps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"times": times, "peak_rss_mb": peak, "loaded_rss_mb": rss_loaded}))

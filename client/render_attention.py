@@ -31,6 +31,7 @@ logger = logging.getLogger("render_attention")
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "dino_vits8"
+DEFAULT_KEY_FILE = Path("key_file.json")  # where `make serve` (token auth on) leaves TorchServe's keys
 OVERLAY_ALPHA = 0.6
 PANEL_INCHES = 3.0
 TITLE_INCHES = 0.6
@@ -304,7 +305,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-heads", action="store_true", help="also write one PNG per head (and per mask)")
     parser.add_argument("--dpi", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
-    parser.add_argument("--key-file", type=Path, help="TorchServe key_file.json, when token auth is on")
+    parser.add_argument(
+        "--key-file", type=Path, help="TorchServe key_file.json when token auth is on (default: ./key_file.json if present)"
+    )
     parser.add_argument("--show", action="store_true", help="open a window (otherwise headless)")
     args = parser.parse_args(argv)
     if args.from_json and (args.images or not args.image):
@@ -325,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
     images = [args.image] if args.from_json else args.images
     url = args.url or f"{DEFAULT_HOST}/predictions/{args.model}"
+    key_file = args.key_file or (DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None)
     try:
-        headers = auth_headers(args.key_file)
+        headers = auth_headers(key_file)
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -124,6 +124,11 @@ def prepare_image(
     """Decode, resize and crop; sizes are checked against the limits before any resampling."""
     img = decode_image(data, max_pixels)
     input_size = (img.height, img.width)
+    if min(input_size) < patch_size:
+        raise RequestError(
+            f"image is {input_size[0]}x{input_size[1]}, smaller than one {patch_size}x{patch_size} patch "
+            "in at least one dimension: there is nothing to attend to"
+        )
     resized = target_size(input_size, short_side=short_side, scale=scale, size=size)
     cropped = crop_size(resized, patch_size)
     if min(cropped) == 0:

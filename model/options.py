@@ -19,6 +19,7 @@ META_HEADER = "X-Attention-Meta"  # .npy bodies carry the metadata (compact JSON
 DTYPES: tuple[str, ...] = ("float32", "float16")  # element type of the returned maps
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+MAX_SCALE = 100.0  # larger factors are typos; big results are caught by max_tokens anyway
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X×]\s*(\d+)\s*$")
 
 
@@ -59,6 +60,8 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
         raise RequestError(f"options {geometry} conflict: give only one of short_side, scale or size")
     short_side = _positive_int("short_side", values["short_side"]) if "short_side" in geometry else None
     scale = _positive_float("scale", values["scale"]) if "scale" in geometry else None
+    if scale is not None and scale > MAX_SCALE:
+        raise RequestError(f"scale={scale:g} is too large (at most {MAX_SCALE:g})")
     size = _size(values["size"]) if "size" in geometry else None
     if not geometry:
         short_side = defaults.short_side

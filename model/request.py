@@ -41,6 +41,8 @@ def split_payload(payload: Mapping[str, object]) -> tuple[bytes, dict[str, objec
 def _split_body(body: object) -> tuple[bytes, dict[str, object]]:
     if isinstance(body, Mapping):
         return _split_json(body)
+    if isinstance(body, (list, int, float, bool)):  # JSON the server decoded, but not an object
+        raise RequestError(f'JSON body must be an object {{"image": "<base64>", ...}}, not a {type(body).__name__}')
     text = body.decode("utf-8", errors="replace") if isinstance(body, (bytes, bytearray)) else str(body)
     if text.lstrip().startswith("{"):  # JSON the server could not decode (no image format starts with '{')
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .attention import patch_attention, to_tensor, upsample_nearest
 from .checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
@@ -198,6 +199,9 @@ def create_service(
         raise ConfigError(str(e)) from e
     if config.threads > 0:
         torch.set_num_threads(config.threads)
+    # PIL's own decompression-bomb guard, set explicitly to our limit (it errors above twice this);
+    # decode_image also checks every image's header against max_pixels before decoding it.
+    Image.MAX_IMAGE_PIXELS = config.max_pixels
     if weights_path is None:
         if config.weights != RANDOM_WEIGHTS:
             raise ConfigError(

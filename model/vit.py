@@ -19,18 +19,20 @@ from torch import nn
 
 from .variants import Variant
 
-# Query rows per chunk for bf16 attention on the CPU: (B, heads, 128, N) scores at a time.
-CPU_BF16_QUERY_CHUNK = 128
+# bf16 attention on the CPU: query rows per chunk, and the token count up to which chunking wins.
+CPU_BF16_QUERY_CHUNK = 64
+CPU_BF16_MAX_CHUNKED_TOKENS = 16384
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for all queries: (B, heads, N, d) x3 -> (B, heads, N, d).
 
-    Fused SDPA everywhere, except bfloat16 on the CPU: there PyTorch's CPU flash kernel runs no
-    faster than fp32, while chunked bf16 GEMMs run ~1.3x faster end to end (bench/); memory stays
-    linear in N (one (B, heads, chunk, N) block of scores at a time).
+    Fused SDPA everywhere except bfloat16 on the CPU with N <= 16384: there PyTorch's CPU flash
+    kernel runs no faster than in fp32, while query-chunked bf16 GEMMs take 0.67x its time per block
+    at N=3601 and 0.87x at N=14401 (at N=32401 they take 1.2x, so SDPA stays). Memory stays linear
+    in N: one (B, heads, chunk, N) block of scores at a time.
     """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.shape[-2] > CPU_BF16_MAX_CHUNKED_TOKENS:
         return F.scaled_dot_product_attention(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # strided bf16 GEMMs are slow
     k_t = k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, heads, d, N), scale folded into the keys

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ import requests
 logger = logging.getLogger("serve")
 
 REPO = Path(__file__).resolve().parent.parent
+KEY_FILE = "key_file.json"  # written by TorchServe into its working directory when token auth is on
 FAILURE_MARKERS = ("Load model failed", "Backend worker process died", "Failed to load model")
 
 
@@ -60,10 +62,31 @@ def log_tail(log_dir: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no model_log.log)"
 
 
+def api_key(key_file: Path, api: str) -> str | None:
+    """The ``api`` ("inference" or "management") token from TorchServe's key_file.json, if it exists."""
+    try:
+        return json.loads(key_file.read_text())[api]["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def auth_header(key_file: Path, api: str) -> dict[str, str]:
+    key = api_key(key_file, api)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def wait_ready(
-    management_url: str, model_name: str, log_dir: Path, timeout: float = 180.0, process: subprocess.Popen | None = None
+    management_url: str,
+    model_name: str,
+    log_dir: Path,
+    timeout: float = 180.0,
+    process: subprocess.Popen | None = None,
+    key_file: Path | None = None,
 ) -> None:
-    """Poll the management API until a worker of ``model_name`` is READY; ``ServeError`` on failure."""
+    """Poll the management API until a worker of ``model_name`` is READY; ``ServeError`` on failure.
+
+    With token auth on, the management key is read from ``key_file`` (TorchServe writes it at start).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -72,7 +95,8 @@ def wait_ready(
         if ts_log.exists() and any(m in ts_log.read_text(errors="replace") for m in FAILURE_MARKERS):
             raise ServeError(f"model {model_name} failed to load; model_log.log says:\n{log_tail(log_dir)}")
         try:
-            reply = requests.get(f"{management_url}/models/{model_name}", timeout=2)
+            headers = auth_header(key_file, "management") if key_file else {}
+            reply = requests.get(f"{management_url}/models/{model_name}", timeout=2, headers=headers)
             if reply.ok and any(w.get("status") == "READY" for w in reply.json()[0].get("workers", [])):
                 return
         except (requests.ConnectionError, requests.Timeout, ValueError, IndexError):
@@ -120,6 +144,10 @@ class PrivateServer:
     def url(self, model_name: str) -> str:
         return f"{self.props['inference_address']}/predictions/{model_name}"
 
+    @property
+    def key_file(self) -> Path:
+        return self.root / KEY_FILE
+
 
 @contextlib.contextmanager
 def private_torchserve(
@@ -141,7 +169,7 @@ def private_torchserve(
             env=env, cwd=root, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        wait_ready(props["management_address"], model_name, logs, timeout=timeout, process=proc)
+        wait_ready(props["management_address"], model_name, logs, timeout=timeout, process=proc, key_file=root / KEY_FILE)
         yield PrivateServer(props, root)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -160,7 +188,7 @@ def stop() -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("start", "stop"))
+    parser.add_argument("action", choices=("start", "stop", "key"), help="key: print the inference key of key_file.json")
     parser.add_argument("--model-name", default="dino_vits8", help="archive in the model store, without .mar")
     parser.add_argument("--config", type=Path, default=REPO / "config.properties")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
@@ -175,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "stop":
         stop()
         return 0
+    if args.action == "key":
+        key = api_key(REPO / KEY_FILE, "inference")
+        print(key or "")
+        return 0 if key else 1
     if not (args.model_store / f"{args.model_name}.mar").exists():
         logger.error("%s/%s.mar not found: run `make archive` first", args.model_store, args.model_name)
         return 2
@@ -191,12 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     if started.returncode:
         return started.returncode
     try:
-        wait_ready(props["management_address"], args.model_name, args.log_dir, args.timeout)
+        wait_ready(props["management_address"], args.model_name, args.log_dir, args.timeout, key_file=REPO / KEY_FILE)
     except ServeError as e:
         logger.error("%s", e)
         stop()
         return 1
     logger.info("%s is READY: %s/predictions/%s", args.model_name, props["inference_address"], args.model_name)
+    if api_key(REPO / KEY_FILE, "inference"):
+        logger.info("token auth is ON: send `Authorization: Bearer <inference key>` from %s", REPO / KEY_FILE)
     return 0
 
 

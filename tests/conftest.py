@@ -17,6 +17,7 @@ from scripts.serve import private_torchserve
 from .helpers import backbone_state, full_checkpoint, save
 
 NAME = "dino_vitt16"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from model.checkpoint import build_model
 from model.variants import all_variants, get_variant
+from model import vit
 from model.vit import Block, VisionTransformer, attend
 
 from .helpers import TINY
@@ -130,3 +131,10 @@ def test_chunked_cpu_bf16_attention_matches_sdpa() -> None:
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 0.05 and torch.corrcoef(torch.stack([got.ravel(), expected.ravel()]))[0, 1] > 0.9999
     torch.testing.assert_close(attend(q, k, v), expected)  # fp32 goes to SDPA
+
+
+def test_long_bf16_sequences_use_sdpa(monkeypatch) -> None:
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 50, 32, generator=gen).bfloat16() for _ in range(3))
+    monkeypatch.setattr(vit, "CPU_BF16_MAX_CHUNKED_TOKENS", 40)
+    torch.testing.assert_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
