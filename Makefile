@@ -20,7 +20,7 @@ CONFIG  ?= config.properties
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve stop predict render test demo clean
+.PHONY: install weights archive serve stop predict render test bench demo clean
 
 install: $(STAMP)
 
@@ -46,7 +46,8 @@ stop: install
 
 predict:
 	@mkdir -p $(dir $(OUT))
-	curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer $(KEY)") -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
+	@echo 'curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer <key_file.json>") -T "$(IMG)" "$(URL)" -o "$(OUT)"'
+	@curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer $(KEY)") -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
 	@echo "saved $(OUT)"
 
 render: install
@@ -54,6 +55,10 @@ render: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,png}.
+bench: install
+	$(PY) -m bench.bench_attention $(BENCH_ARGS)
 
 # Tries to fetch the official weights; without them (offline) it goes on with random ones, loudly.
 demo: install
