@@ -20,7 +20,7 @@ CONFIG  ?= config.properties
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve stop predict render test bench demo clean
+.PHONY: install weights archive serve stop predict render test bench kserve-bundle demo clean
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ test: install
 # ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,png}.
 bench: install
 	$(PY) -m bench.bench_attention $(BENCH_ARGS)
+
+# KServe storage layout in build/kserve (config/ + model-store/) for kserve/inferenceservice*.yaml.
+kserve-bundle: install
+	$(PY) -m scripts.kserve_bundle --model-name $(NAME)
 
 # Tries to fetch the official weights; without them (offline) it goes on with random ones, loudly.
 demo: install

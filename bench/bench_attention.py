@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,9 @@ import numpy as np
 import orjson
 import requests
 import torch
+import yaml
 
+from bench.load import Probe, run_load
 from model.attention import patch_attention, upsample_nearest
 from model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from model.encoding import encode_attention
@@ -42,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 PATHS = ("seed", "fp32", "bf16")
+SECTIONS = ("forward", "encoding", "served", "throughput")
 TARGETS = {  # what the benchmark checks, printed next to each figure
     "fp32_vs_seed_480": 3.5,
     "bf16_vs_seed": 10.0,
@@ -214,13 +219,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_served(args: argparse.Namespace, weights: Path, image: bytes, workdir: Path) -> dict:
+def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: Path) -> dict:
     """p50/p95 of the same request through a real TorchServe and in-process (service.handle)."""
     variant = get_variant(args.model, args.patch)
-    store = workdir / "store"
-    rc = archive.main(["--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--export-path", str(store)])
-    if rc:
-        raise RuntimeError("archiving the benchmark model failed")
     service = create_service({"model": args.model, "patch_size": args.patch}, weights)
     in_process = timed(lambda: service.handle([{"body": image}]), args.requests)
     served: list[float] = []
@@ -244,26 +245,71 @@ def bench_served(args: argparse.Namespace, weights: Path, image: bytes, workdir:
     }
 
 
+# ----------------------------------------------------------------------------- throughput
+THROUGHPUT_CONFIGS = ((1, 1), (4, 1), (1, 2), (4, 2))  # (TorchServe batchSize, workers)
+CONCURRENCY = (1, 4, 8)
+
+
+def archive_variant(mar: Path, store: Path, batch_size: int, workers: int) -> None:
+    """Copy of ``mar`` into ``store`` with model-config.yaml's batch size and workers replaced
+    (and torch threads split between the workers, so they do not oversubscribe the cores)."""
+    store.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(mar) as src, zipfile.ZipFile(store / mar.name, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "model-config.yaml":
+                config = yaml.safe_load(data)
+                config.update(batchSize=batch_size, minWorkers=workers, maxWorkers=workers)
+                config["handler"]["threads"] = max(1, (os.cpu_count() or 1) // workers)
+                data = yaml.safe_dump(config).encode()
+            dst.writestr(item, data)
+
+
+def bench_throughput(args: argparse.Namespace, mar: Path, image: bytes, workdir: Path) -> list[dict]:
+    """Images/s through TorchServe for each (batch size, workers) x client concurrency."""
+    name = mar.stem
+    probe = Probe("image", {"files": {"data": image}, "data": {"short_side": "224", "upsample": "false"}}, 200)
+    rows = []
+    for batch_size, workers in THROUGHPUT_CONFIGS:
+        store = workdir / f"store_b{batch_size}_w{workers}"
+        archive_variant(mar, store, batch_size, workers)
+        with private_torchserve(store, name) as server:
+            run_load(server.url(name), [probe], 2 * workers, workers, 600)  # warm every worker up
+            for concurrency in CONCURRENCY:
+                logger.info("  batchSize %d, %d worker(s), concurrency %d", batch_size, workers, concurrency)
+                report = run_load(server.url(name), [probe], args.throughput_requests, concurrency, 600)
+                rows.append({
+                    "batch_size": batch_size, "workers": workers, "concurrency": concurrency,
+                    "images_per_s": report.statuses[200] / report.seconds,
+                    "p50": percentile(report.latencies, 50), "errors": report.sent - report.statuses[200],
+                })
+    return rows
+
+
 # ----------------------------------------------------------------------------- report
 def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     ok = value >= target if higher_is_better else value <= target
     return f"{'meets' if ok else 'MISSES'} target {'>=' if higher_is_better else '<='} {target:g}"
 
 
-def report(results: list[Result], peaks: dict[str, float], encodings: list[dict], served: dict | None, args) -> str:
+def report(
+    results: list[Result], peaks: dict[str, float], encodings: list[dict], served: dict | None,
+    throughput: list[dict], args,
+) -> str:
     by = {(r.path, r.size): r for r in results}
     lines = [
         f"# Benchmark: {args.model}/{args.patch}, CPU threads {torch.get_num_threads()}, torch {torch.__version__}",
         "",
         f"Matmul peak measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
         f"(bf16 native: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}).",
-        "",
-        "## Forward pass (one image, last layer)",
-        "",
-        "| size | tokens | path | min s | median s | GFLOP/s | % of peak | peak RSS MB | speed-up vs seed | maps |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for size in args.sizes:
+    if results:
+        lines += [
+            "", "## Forward pass (one image, last layer)", "",
+            "| size | tokens | path | min s | median s | GFLOP/s | % of peak | peak RSS MB | speed-up vs seed | maps |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for size in args.sizes if results else []:
         seed = by.get(("seed", size))
         for path in PATHS:
             r = by.get((path, size))
@@ -290,7 +336,7 @@ def report(results: list[Result], peaks: dict[str, float], encodings: list[dict]
     if seed480 and bf480 and not seed480.skipped:
         ratio = min(seed480.times) / min(bf480.times)
         lines.append(f"- bf16 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['bf16_vs_seed'])})")
-    if bf480:
+    if bf480 and not bf480.skipped:
         frac = bf480.gflops / peaks["bf16"]
         lines.append(f"- bf16 path at 480x480: {100 * frac:.0f}% of the bf16 matmul peak ({verdict(frac, TARGETS['bf16_peak_fraction'])})")
     big = by.get(("fp32", (1080, 1920)))
@@ -301,9 +347,10 @@ def report(results: list[Result], peaks: dict[str, float], encodings: list[dict]
         ratio = served["served_p50"] / served["inprocess_p50"]
         lines.append(f"- response encoding: {100 * frac:.1f}% of the served request time ({verdict(frac, TARGETS['encode_fraction_of_served'], False)})")
         lines.append(f"- served p50 / in-process p50: {ratio:.2f} ({verdict(ratio, TARGETS['served_over_inprocess'], False)})")
-    lines += ["", "## Response encoding (480x480 maps, %d heads)" % get_variant(args.model, args.patch).num_heads, "",
-              "| format | seconds | MB |", "| --- | --- | --- |"]
-    lines += [f"| {e['format']} | {e['seconds']:.3f} | {e['mb']:.2f} |" for e in encodings]
+    if encodings:
+        heads = get_variant(args.model, args.patch).num_heads
+        lines += ["", f"## Response encoding (480x480 maps, {heads} heads)", "", "| format | seconds | MB |", "| --- | --- | --- |"]
+        lines += [f"| {e['format']} | {e['seconds']:.3f} | {e['mb']:.2f} |" for e in encodings]
     if served:
         lines += [
             "", f"## Served latency (480x480 JPEG, {served['requests']} sequential requests, default options)", "",
@@ -311,6 +358,15 @@ def report(results: list[Result], peaks: dict[str, float], encodings: list[dict]
             f"| TorchServe (curl-like PUT) | {served['served_p50']:.3f} | {served['served_p95']:.3f} |",
             f"| in-process `service.handle` | {served['inprocess_p50']:.3f} | {served['inprocess_p95']:.3f} |",
             "", f"Response {served['response_mb']:.1f} MB; encoding it takes {served['encode_s']:.3f} s.",
+        ]
+    if throughput:
+        lines += [
+            "", f"## Throughput through TorchServe (224x224, upsample=false, {args.throughput_requests} requests per cell)", "",
+            "| batchSize | workers | concurrency | images/s | p50 s | errors |", "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {t['batch_size']} | {t['workers']} | {t['concurrency']} | {t['images_per_s']:.2f} | {t['p50']:.3f} | {t['errors']} |"
+            for t in throughput
         ]
     return "\n".join(lines) + "\n"
 
@@ -352,7 +408,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
-    parser.add_argument("--no-served", action="store_true", help="skip the TorchServe section")
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)"
+    )
+    parser.add_argument("--name", default="bench", help="results file stem: <out>/<name>.md and .png")
+    parser.add_argument("--throughput-requests", type=int, default=24, help="requests per throughput cell")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -362,7 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.requests = list(QUICK_SIZES), 5
+        args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
     return args
 
 
@@ -380,23 +440,33 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(build_model(variant, None).state_dict(), weights)
         logger.info("matmul peaks ...")
         peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-        logger.info("forward passes (one process each) ...")
-        results = [measure(path, size, args, weights, workdir) for size in args.sizes for path in PATHS]
-        compare_maps(results, workdir)
-        logger.info("encodings ...")
-        maps480 = workdir / "fp32_480x480.npy"
-        grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
-        encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
-        served = None
-        if not args.no_served:
+        results, encodings, served, throughput = [], [], None, []
+        if "forward" in args.sections:
+            logger.info("forward passes (one process each) ...")
+            results = [measure(path, size, args, weights, workdir) for size in args.sizes for path in PATHS]
+            compare_maps(results, workdir)
+        if "encoding" in args.sections:
+            logger.info("encodings ...")
+            maps480 = workdir / "fp32_480x480.npy"
+            grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
+            encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
+        image = (REPO / "data" / "samples" / "astronaut.jpg").read_bytes()  # 512x512 -> 480x480
+        if "served" in args.sections or "throughput" in args.sections:
+            store = workdir / "store"
+            if archive.main(["--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--export-path", str(store)]):
+                raise RuntimeError("archiving the benchmark model failed")
+        if "served" in args.sections:
             logger.info("served latency through TorchServe (%d requests) ...", args.requests)
-            image = (REPO / "data" / "samples" / "astronaut.jpg").read_bytes()  # 512x512 -> 480x480
-            served = bench_served(args, weights, image, workdir)
-    text = report(results, peaks, encodings, served, args)
-    (args.out / "bench.md").write_text(text)
-    plot(results, peaks, args.out / "bench.png")
+            served = bench_served(args, weights, image, store)
+        if "throughput" in args.sections:
+            logger.info("throughput: batch size x workers x concurrency ...")
+            throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
+    text = report(results, peaks, encodings, served, throughput, args)
+    (args.out / f"{args.name}.md").write_text(text)
+    if results:
+        plot(results, peaks, args.out / f"{args.name}.png")
     print(text)
-    logger.info("wrote %s and %s", args.out / "bench.md", args.out / "bench.png")
+    logger.info("wrote %s", args.out / f"{args.name}.md")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 TorchServe unpacks the .mar into ``model_dir`` (on the worker's ``sys.path``), so the ``model``
 package archived beside this file is importable. Settings come from model-config.yaml's
-``handler:`` section; the device from TorchServe's ``gpu_id``.
+``handler:`` section; the device from TorchServe's ``gpu_id``. Per-request metrics go to
+TorchServe's metrics (declared in metrics.yaml, so they reach the Prometheus endpoint).
 """
 from __future__ import annotations
 
@@ -10,13 +11,33 @@ import logging
 from http import HTTPStatus
 from pathlib import Path
 
-from model.service import AttentionService, create_service, select_device
+from ts.metrics.metric_type_enum import MetricTypes
+
+from model import kserve
+from model.service import AttentionService, Reply, create_service, select_device
 
 logger = logging.getLogger(__name__)
 
+# Reply.stats key -> (metric name, unit); gauges with dimensions ModelName, Level (as metrics.yaml).
+GAUGES = {
+    "preprocess_ms": ("DinoPreprocessTime", "ms"),
+    "forward_ms": ("DinoForwardTime", "ms"),
+    "encode_ms": ("DinoEncodeTime", "ms"),
+    "tokens": ("DinoTokens", "count"),
+    "response_bytes": ("DinoResponseBytes", "B"),
+}
+REJECTED = "DinoRejectedRequests"  # counter with dimensions ModelName, Level, Reason
+DIMENSIONS = ["ModelName", "Level"]
+
+
+def header(context, idx: int, name: str) -> str | None:
+    """Request header ``name`` of request ``idx``, case-insensitively (clients differ)."""
+    wanted = name.lower()
+    return next((v for k, v in context.get_all_request_header(idx).items() if k.lower() == wanted), None)
+
 
 class DinoAttentionHandler:
-    """Per-head [CLS] attention of a DINO ViT, one JSON answer per request of a batch."""
+    """Per-head [CLS] attention of a DINO ViT, one answer per request of a batch."""
 
     def __init__(self) -> None:
         self.service: AttentionService | None = None
@@ -30,12 +51,31 @@ class DinoAttentionHandler:
         self.service = create_service(settings, weights, select_device(properties.get("gpu_id")))
         self.initialized = True
 
-    def handle(self, data: list[dict], context) -> list[bytes]:
-        accepts = [context.get_request_header(idx, "Accept") or context.get_request_header(idx, "accept") for idx in range(len(data))]
-        replies = self.service.handle(data, accepts)
+    def handle(self, data: list, context) -> list:
+        if hasattr(context, "input_names") or kserve.is_v1_envelope_batch(data):  # TorchServe's kserve envelopes
+            protocol = kserve.V2 if hasattr(context, "input_names") else kserve.V1
+            results, status = kserve.envelope_results(self.service, data, protocol)
+            context.set_response_status(status, HTTPStatus(status).phrase, 0)
+            return results
+        accepts = [header(context, idx, "Accept") for idx in range(len(data))]
+        version = context.manifest.get("model", {}).get("modelVersion", "")
+        replies = kserve.handle_rows(self.service, data, accepts, context.model_name, version)
         for idx, reply in enumerate(replies):
             context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, idx)
             context.set_response_content_type(idx, reply.content_type)
             for key, value in reply.headers.items():
                 context.set_response_header(idx, key, value)
+        self.report(context, replies)
         return [reply.body for reply in replies]
+
+    @staticmethod
+    def report(context, replies: list[Reply]) -> None:
+        """Emit each reply's timings and sizes, or its rejection reason, as TorchServe metrics."""
+        metrics, dims = context.metrics, [context.model_name, "Model"]
+        for reply in replies:
+            if reply.reason:
+                counter = metrics.add_metric_to_cache(REJECTED, "count", [*DIMENSIONS, "Reason"], MetricTypes.COUNTER)
+                counter.add_or_update(1, [*dims, reply.reason])
+            for key, value in reply.stats.items():
+                name, unit = GAUGES[key]
+                metrics.add_metric_to_cache(name, unit, DIMENSIONS, MetricTypes.GAUGE).add_or_update(value, dims)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import PayloadTooLarge, RequestError
+from .errors import ImageError, PayloadTooLarge
 
 # Pillow format names we decode (JPEG includes the multi-picture MPO files many cameras write).
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -34,18 +34,18 @@ class PreparedImage:
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode bytes to an RGB ``PIL.Image`` (first frame, EXIF-oriented); ``RequestError`` if not possible."""
     if not data:
-        raise RequestError("empty request body: send an image (JPEG, PNG, WebP, BMP, GIF or TIFF)")
+        raise ImageError("empty request body: send an image (JPEG, PNG, WebP, BMP, GIF or TIFF)")
     Image.init()  # register every plugin (idempotent): Image.open(formats=...) needs them loaded
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as e:
-        raise RequestError(
+        raise ImageError(
             f"the {len(data)}-byte payload is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})"
         ) from e
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"image rejected as a decompression bomb: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # header found but unreadable
-        raise RequestError(f"cannot decode the image header (truncated or corrupt?): {e}") from e
+        raise ImageError(f"cannot decode the image header (truncated or corrupt?): {e}") from e
     width, height = img.size
     if width * height > max_pixels:
         raise PayloadTooLarge(
@@ -56,7 +56,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         return to_rgb(img)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise RequestError(f"cannot decode the {img.format} image (truncated or corrupt?): {e}") from e
+        raise ImageError(f"cannot decode the {img.format} image (truncated or corrupt?): {e}") from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -93,7 +93,7 @@ def target_size(
 ) -> Size:
     """Size after resize. Exactly one of ``short_side`` (keep aspect), ``scale`` or ``size`` (squash)."""
     if sum(x is not None for x in (short_side, scale, size)) != 1:
-        raise RequestError("give exactly one of short_side, scale or size")
+        raise ImageError("give exactly one of short_side, scale or size")
     h, w = input_size
     if size is not None:
         return size
@@ -125,14 +125,14 @@ def prepare_image(
     img = decode_image(data, max_pixels)
     input_size = (img.height, img.width)
     if min(input_size) < patch_size:
-        raise RequestError(
+        raise ImageError(
             f"image is {input_size[0]}x{input_size[1]}, smaller than one {patch_size}x{patch_size} patch "
             "in at least one dimension: there is nothing to attend to"
         )
     resized = target_size(input_size, short_side=short_side, scale=scale, size=size)
     cropped = crop_size(resized, patch_size)
     if min(cropped) == 0:
-        raise RequestError(
+        raise ImageError(
             f"image is {resized[0]}x{resized[1]} after resize, smaller than one {patch_size}x{patch_size} patch; "
             "use a larger image, short_side, scale or size"
         )

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import RequestError
+from .errors import OptionError
 from .image import Size
 
 OPTION_NAMES: tuple[str, ...] = (
@@ -52,23 +52,23 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
     """Validate raw option values (str, bytes, or JSON numbers/lists/bools); ``RequestError`` on any problem."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
-        raise RequestError(f"unknown option(s) {unknown}; valid options: {list(OPTION_NAMES)}")
+        raise OptionError(f"unknown option(s) {unknown}; valid options: {list(OPTION_NAMES)}")
     values = {k: _text(k, v) if isinstance(v, (bytes, bytearray)) else v for k, v in raw.items()}
 
     geometry = [k for k in ("short_side", "scale", "size") if values.get(k) is not None]
     if len(geometry) > 1:
-        raise RequestError(f"options {geometry} conflict: give only one of short_side, scale or size")
+        raise OptionError(f"options {geometry} conflict: give only one of short_side, scale or size")
     short_side = _positive_int("short_side", values["short_side"]) if "short_side" in geometry else None
     scale = _positive_float("scale", values["scale"]) if "scale" in geometry else None
     if scale is not None and scale > MAX_SCALE:
-        raise RequestError(f"scale={scale:g} is too large (at most {MAX_SCALE:g})")
+        raise OptionError(f"scale={scale:g} is too large (at most {MAX_SCALE:g})")
     size = _size(values["size"]) if "size" in geometry else None
     if not geometry:
         short_side = defaults.short_side
 
     layer = _int("layer", values["layer"]) if values.get("layer") is not None else depth - 1
     if not -depth <= layer < depth:
-        raise RequestError(f"layer={layer} is out of range: this model has {depth} blocks (0..{depth - 1}, or -1 for last)")
+        raise OptionError(f"layer={layer} is out of range: this model has {depth} blocks (0..{depth - 1}, or -1 for last)")
     heads = _heads(values["heads"], num_heads) if values.get("heads") is not None else tuple(range(num_heads))
     upsample = _bool("upsample", values["upsample"]) if values.get("upsample") is not None else defaults.upsample
     return Options(
@@ -88,23 +88,23 @@ def _text(name: str, value: bytes | bytearray) -> str:
     try:
         return bytes(value).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RequestError(f"option {name} is not UTF-8 text") from e
+        raise OptionError(f"option {name} is not UTF-8 text") from e
 
 
 def _int(name: str, value: object) -> int:
     if isinstance(value, bool):
-        raise RequestError(f"{name}={value!r} is not an integer")
+        raise OptionError(f"{name}={value!r} is not an integer")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
         return int(value)
-    raise RequestError(f"{name}={value!r} is not an integer")
+    raise OptionError(f"{name}={value!r} is not an integer")
 
 
 def _positive_int(name: str, value: object) -> int:
     n = _int(name, value)
     if n < 1:
-        raise RequestError(f"{name}={n} must be a positive integer")
+        raise OptionError(f"{name}={n} must be a positive integer")
     return n
 
 
@@ -114,7 +114,7 @@ def _positive_float(name: str, value: object) -> float:
     except ValueError:
         x = math.nan
     if not (math.isfinite(x) and x > 0):
-        raise RequestError(f"{name}={value!r} must be a positive number, e.g. 0.5")
+        raise OptionError(f"{name}={value!r} must be a positive number, e.g. 0.5")
     return x
 
 
@@ -124,7 +124,7 @@ def _size(value: object) -> Size:
         return h, w
     match = _SIZE_RE.match(value) if isinstance(value, str) else None
     if not match:
-        raise RequestError(f"size={value!r} is not HxW, e.g. size=480x640 (height x width)")
+        raise OptionError(f"size={value!r} is not HxW, e.g. size=480x640 (height x width)")
     h, w = (_positive_int("size", int(g)) for g in match.groups())
     return h, w
 
@@ -139,7 +139,7 @@ def _heads(value: object, num_heads: int) -> tuple[int, ...]:
     heads = sorted({_int("heads", item) for item in items})
     bad = [h for h in heads if not 0 <= h < num_heads]
     if not heads or bad:
-        raise RequestError(f"heads={value!r}: give head indices in 0..{num_heads - 1}, e.g. heads=0,2")
+        raise OptionError(f"heads={value!r}: give head indices in 0..{num_heads - 1}, e.g. heads=0,2")
     return tuple(heads)
 
 
@@ -151,7 +151,7 @@ def _bool(name: str, value: object) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise RequestError(f"{name}={value!r} is not a boolean (true/false)")
+    raise OptionError(f"{name}={value!r} is not a boolean (true/false)")
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...], default: str) -> str:
@@ -159,5 +159,5 @@ def _choice(name: str, value: object, choices: tuple[str, ...], default: str) ->
         return default
     text = str(value).strip().lower()
     if text not in choices:
-        raise RequestError(f"{name}={value!r} is not one of {list(choices)}")
+        raise OptionError(f"{name}={value!r} is not one of {list(choices)}")
     return text

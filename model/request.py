@@ -13,7 +13,7 @@ import binascii
 import json
 from collections.abc import Mapping
 
-from .errors import RequestError
+from .errors import PayloadError
 
 BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
@@ -29,12 +29,12 @@ def split_payload(payload: Mapping[str, object]) -> tuple[bytes, dict[str, objec
         return _split_body(body)
     images = [name for name in IMAGE_FIELDS if name in fields]
     if len(images) != 1 or body is not None:
-        raise RequestError(
+        raise PayloadError(
             f"multipart request needs exactly one image field ({' or '.join(IMAGE_FIELDS)}), got fields {sorted(payload)}"
         )
     image = fields.pop(images[0])
     if not isinstance(image, (bytes, bytearray)):
-        raise RequestError(f"multipart field {images[0]!r} must be the image file (curl -F {images[0]}=@img.jpg)")
+        raise PayloadError(f"multipart field {images[0]!r} must be the image file (curl -F {images[0]}=@img.jpg)")
     return bytes(image), fields
 
 
@@ -42,18 +42,18 @@ def _split_body(body: object) -> tuple[bytes, dict[str, object]]:
     if isinstance(body, Mapping):
         return _split_json(body)
     if isinstance(body, (list, int, float, bool)):  # JSON the server decoded, but not an object
-        raise RequestError(f'JSON body must be an object {{"image": "<base64>", ...}}, not a {type(body).__name__}')
+        raise PayloadError(f'JSON body must be an object {{"image": "<base64>", ...}}, not a {type(body).__name__}')
     text = body.decode("utf-8", errors="replace") if isinstance(body, (bytes, bytearray)) else str(body)
     if text.lstrip().startswith("{"):  # JSON the server could not decode (no image format starts with '{')
         try:
             document = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RequestError(f"malformed JSON body: {e}") from e
+            raise PayloadError(f"malformed JSON body: {e}") from e
         if isinstance(document, Mapping):
             return _split_json(document)
     if isinstance(body, (bytes, bytearray)):
         return bytes(body), {}
-    raise RequestError(
+    raise PayloadError(
         "request body is text, not an image: send the image bytes (curl -T img.jpg URL) "
         'or JSON {"image": "<base64>"} with Content-Type: application/json'
     )
@@ -63,12 +63,12 @@ def _split_json(document: Mapping[str, object]) -> tuple[bytes, dict[str, object
     fields = dict(document)
     image = fields.pop(JSON_IMAGE_FIELD, None)
     if not isinstance(image, str) or not image:
-        raise RequestError('JSON request needs "image": a base64-encoded image string')
+        raise PayloadError('JSON request needs "image": a base64-encoded image string')
     if image.lower().startswith(_URL_PREFIXES):
-        raise RequestError('"image" must be base64 image data; URLs are not fetched by this server')
+        raise PayloadError('"image" must be base64 image data; URLs are not fetched by this server')
     if image.startswith("data:"):  # data URL: data:image/png;base64,....
         image = image.partition(",")[2]
     try:
         return base64.b64decode(image, validate=True), fields
     except (binascii.Error, ValueError) as e:
-        raise RequestError(f'"image" is not valid base64: {e}') from e
+        raise PayloadError(f'"image" is not valid base64: {e}') from e

@@ -8,6 +8,7 @@ forward pass.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from http import HTTPStatus
@@ -82,6 +83,10 @@ class Reply:
     body: bytes
     content_type: str = JSON_CONTENT_TYPE
     headers: dict[str, str] = field(default_factory=dict)
+    # For metrics: preprocess_ms, forward_ms (of the forward it shared), encode_ms, tokens,
+    # response_bytes on success; the RequestError reason (e.g. "image", "too_large") on failure.
+    stats: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,17 @@ class Prepared:
     tensor: torch.Tensor  # (3, H, W), normalised
     image: PreparedImage
     options: Options
+
+
+@dataclass
+class Outcome:
+    """What became of one payload: prepared and predicted, or rejected."""
+
+    item: Prepared | None = None
+    maps: np.ndarray | None = None  # (heads, H/p, W/p)
+    error: RequestError | None = None
+    preprocess_ms: float = 0.0
+    forward_ms: float = 0.0  # of the (possibly shared) forward pass
 
 
 class AttentionService:
@@ -123,62 +139,88 @@ class AttentionService:
 
     def predict(self, items: Sequence[Prepared]) -> list[np.ndarray]:
         """Patch-grid attention (heads, H/p, W/p) per item; items alike in size, layer and precision share a forward."""
+        return [maps for maps, _ in self._predict_timed(items)]
+
+    def _predict_timed(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
+        """``predict`` plus the milliseconds of the forward pass each item was part of."""
         groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.options.precision), []).append(i)
-        results: list[np.ndarray] = [np.empty(0)] * len(items)
+        results: list[tuple[np.ndarray, float]] = [(np.empty(0), 0.0)] * len(items)
         for (_, layer, precision), indices in groups.items():
+            start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
             maps = patch_attention(self.model, batch, layer, precision).cpu().numpy()  # (B, heads, H/p, W/p)
+            elapsed_ms = (time.perf_counter() - start) * 1000
             for i, m in zip(indices, maps):
-                results[i] = m
+                results[i] = (m, elapsed_ms)
         return results
 
-    def encode(self, item: Prepared, maps: np.ndarray) -> Encoded:
-        """The response for one item, given its (heads, H/p, W/p) maps."""
+    def describe(self, item: Prepared, maps: np.ndarray) -> tuple[dict[str, object], np.ndarray]:
+        """Metadata and the attention array (requested heads, upsampled if asked) of one item."""
         p = self.variant.patch_size
         options = item.options
         maps = maps[list(options.heads)]  # (heads requested, H/p, W/p)
         attention = upsample_nearest(maps, p) if options.upsample else np.ascontiguousarray(maps)
-        return encode_attention(
-            {
-                "model": self.variant.name,
-                "patch_size": p,
-                "layer": item.options.layer,
-                "num_heads": self.variant.num_heads,
-                "heads": list(item.options.heads),
-                "weights": self.config.weights,
-                "input_size": list(item.image.input_size),
-                "resized_size": list(item.image.resized_size),
-                "image_size": list(item.image.image_size),
-                "grid": list(maps.shape[1:]),
-                "upsampled": options.upsample,
-                "precision": options.precision,
-            },
-            attention,
-            options.format,
-            options.dtype,
-        )
+        meta = {
+            "model": self.variant.name,
+            "patch_size": p,
+            "layer": options.layer,
+            "num_heads": self.variant.num_heads,
+            "heads": list(options.heads),
+            "weights": self.config.weights,
+            "input_size": list(item.image.input_size),
+            "resized_size": list(item.image.resized_size),
+            "image_size": list(item.image.image_size),
+            "grid": list(maps.shape[1:]),
+            "upsampled": options.upsample,
+            "precision": options.precision,
+        }
+        return meta, attention
+
+    def encode(self, item: Prepared, maps: np.ndarray) -> Encoded:
+        """The response for one item, given its (heads, H/p, W/p) maps."""
+        meta, attention = self.describe(item, maps)
+        return encode_attention(meta, attention, item.options.format, item.options.dtype)
+
+    def run(self, payloads: Sequence[Mapping[str, object]], accepts: Sequence[str | None] | None = None) -> list[Outcome]:
+        """Prepare and predict a batch; one ``Outcome`` per payload (its maps, or its error)."""
+        accepts = accepts or [None] * len(payloads)
+        outcomes: list[Outcome] = []
+        for payload, accept in zip(payloads, accepts):
+            start = time.perf_counter()
+            try:
+                outcomes.append(Outcome(item=self.prepare(payload, accept), preprocess_ms=(time.perf_counter() - start) * 1000))
+            except RequestError as e:
+                logger.info("request rejected (%d): %s", e.status, e)
+                outcomes.append(Outcome(error=e))
+        good = [o for o in outcomes if o.item is not None]
+        for outcome, (maps, forward_ms) in zip(good, self._predict_timed([o.item for o in good])):
+            outcome.maps, outcome.forward_ms = maps, forward_ms
+        return outcomes
 
     def handle(self, payloads: Sequence[Mapping[str, object]], accepts: Sequence[str | None] | None = None) -> list[Reply]:
         """One reply per payload: 200 with the attention, or the request's own 4xx error.
 
         ``accepts``: each request's HTTP Accept header, if the server passes them on.
         """
-        accepts = accepts or [None] * len(payloads)
-        replies: list[Reply | None] = [None] * len(payloads)
-        good: list[tuple[int, Prepared]] = []
-        for i, payload in enumerate(payloads):
-            try:
-                good.append((i, self.prepare(payload, accepts[i])))
-            except RequestError as e:
-                logger.info("request %d rejected (%d): %s", i, e.status, e)
-                replies[i] = Reply(int(e.status), encode_error(str(e)))
-        maps = self.predict([item for _, item in good])
-        for (i, item), m in zip(good, maps):
-            encoded = self.encode(item, m)
-            replies[i] = Reply(int(HTTPStatus.OK), encoded.body, encoded.content_type, encoded.headers)
-        return replies  # type: ignore[return-value]  # every slot is filled above
+        replies = []
+        for outcome in self.run(payloads, accepts):
+            if outcome.error is not None:
+                error = outcome.error
+                replies.append(Reply(int(error.status), encode_error(str(error)), reason=error.reason))
+                continue
+            start = time.perf_counter()
+            encoded = self.encode(outcome.item, outcome.maps)
+            stats = {
+                "preprocess_ms": outcome.preprocess_ms,
+                "forward_ms": outcome.forward_ms,
+                "encode_ms": (time.perf_counter() - start) * 1000,
+                "tokens": float(outcome.maps.shape[1] * outcome.maps.shape[2]),
+                "response_bytes": float(len(encoded.body)),
+            }
+            replies.append(Reply(int(HTTPStatus.OK), encoded.body, encoded.content_type, encoded.headers, stats))
+        return replies
 
 
 def select_device(gpu_id: int | str | None) -> torch.device:

@@ -120,6 +120,8 @@ def free_ports(n: int) -> list[int]:
 def write_private_config(source: Path, path: Path, model_store: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """``source`` config.properties moved to free loopback ports and ``model_store``; returns its properties."""
     props = read_properties(source)
+    if "metrics_config" in props:  # relative to the config's folder; the private server runs elsewhere
+        props["metrics_config"] = str((source.parent / props["metrics_config"]).resolve())
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     props.update(
         inference_address=f"http://127.0.0.1:{inference}",

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Served:
     url: str  # inference URL of the model
     management: str
+    metrics: str  # the Prometheus endpoint
     log_dir: Path
     in_process: AttentionService  # same checkpoint and settings, loaded here
 
@@ -41,6 +42,7 @@ def served() -> Iterator[Served]:
             yield Served(
                 url=server.url(NAME),
                 management=server.props["management_address"],
+                metrics=f"{server.props['metrics_address']}/metrics",
                 log_dir=server.root / "logs",
                 in_process=create_service(config["handler"], checkpoint),
             )
