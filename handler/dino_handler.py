@@ -52,11 +52,8 @@ class DinoAttentionHandler:
         self.initialized = True
 
     def handle(self, data: list, context) -> list:
-        if hasattr(context, "input_names") or kserve.is_v1_envelope_batch(data):  # TorchServe's kserve envelopes
-            protocol = kserve.V2 if hasattr(context, "input_names") else kserve.V1
-            results, status = kserve.envelope_results(self.service, data, protocol)
-            context.set_response_status(status, HTTPStatus(status).phrase, 0)
-            return results
+        if hasattr(context, "input_names") or kserve.is_v1_envelope_batch(data):
+            return self.handle_envelope(data, context)
         accepts = [header(context, idx, "Accept") for idx in range(len(data))]
         version = context.manifest.get("model", {}).get("modelVersion", "")
         replies = kserve.handle_rows(self.service, data, accepts, context.model_name, version)
@@ -67,6 +64,13 @@ class DinoAttentionHandler:
                 context.set_response_header(idx, key, value)
         self.report(context, replies)
         return [reply.body for reply in replies]
+
+    def handle_envelope(self, data: list, context) -> list:
+        """Under TorchServe's kserve/kservev2 envelope, which unwraps requests and JSON-encodes our results."""
+        protocol = kserve.V2 if hasattr(context, "input_names") else kserve.V1  # the v2 envelope sets input_names
+        results, status = kserve.envelope_results(self.service, data, protocol)
+        context.set_response_status(status, HTTPStatus(status).phrase, 0)
+        return results
 
     @staticmethod
     def report(context, replies: list[Reply]) -> None:

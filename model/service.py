@@ -146,6 +146,8 @@ class AttentionService:
         groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.options.precision), []).append(i)
+        if len(items) > 1:
+            logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
         results: list[tuple[np.ndarray, float]] = [(np.empty(0), 0.0)] * len(items)
         for (_, layer, precision), indices in groups.items():
             start = time.perf_counter()

@@ -35,7 +35,14 @@ def served() -> Iterator[Served]:
     with tempfile.TemporaryDirectory(prefix="dino-e2e-") as tmp:
         store = Path(tmp) / "store"
         checkpoint = save(full_checkpoint(backbone_state(seed=5)), Path(tmp) / "tiny16_full.pth")
-        args = ["--model", "vit_tiny", "--patch", "16", "--weights", str(checkpoint), "--export-path", str(store)]
+        # batchSize 4 (the default is 1 on CPUs): TorchServe's batching is part of what is tested
+        config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+        config.update(batchSize=4, maxBatchDelay=50)
+        (Path(tmp) / "model-config.yaml").write_text(yaml.safe_dump(config))
+        args = [
+            "--model", "vit_tiny", "--patch", "16", "--weights", str(checkpoint), "--export-path", str(store),
+            "--config", str(Path(tmp) / "model-config.yaml"),
+        ]
         assert archive.main(args) == 0
         config = yaml.safe_load(zipfile.ZipFile(store / f"{NAME}.mar").read("model-config.yaml"))
         with private_torchserve(store, NAME) as server:

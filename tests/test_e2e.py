@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,20 +114,26 @@ def test_token_limit_gives_413(served: Served) -> None:
 
 
 def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> None:
-    """Sent at once, so TorchServe may batch them (batchSize 4); sizes differ and one is bad."""
+    """Queued behind a slow request, so TorchServe batches them (batchSize 4); sizes differ, one is bad."""
     images = [encode(random_rgb(h, w, seed=h)) for h, w in ((64, 64), (48, 96), (64, 64), (80, 32))]
     payloads = [{"data": img} for img in images] + [{"data": b"junk"}]
+    log = served.log_dir / "model_log.log"
+    batches_before = log.read_text().count("batch of")
 
     def send(i: int) -> requests.Response:
         return requests.post(served.url, data=payloads[i]["data"], timeout=TIMEOUT)
 
-    with ThreadPoolExecutor(len(payloads)) as pool:
+    with ThreadPoolExecutor(len(payloads) + 1) as pool:
+        slow = pool.submit(requests.post, served.url, files={"data": encode(random_rgb(64, 64))}, data={"short_side": "1024"}, timeout=TIMEOUT)
+        time.sleep(0.2)  # the worker is busy with the slow request while the others queue up
         replies = list(pool.map(send, range(len(payloads))))
+        assert slow.result().status_code == 200
     assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
     for payload, reply in zip(payloads[:4], replies[:4]):
         expected = in_process(served, {"body": payload["data"]})
         assert reply.json()["image_size"] == expected["image_size"]
         np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
+    assert log.read_text().count("batch of") > batches_before  # TorchServe really handed over a batch
 
 
 def test_accept_header_reaches_the_handler(served: Served) -> None:
