@@ -110,10 +110,15 @@ def build_model(variant: Variant, state: Mapping[str, torch.Tensor] | None) -> V
     return model.eval().requires_grad_(False)
 
 
-def weights_tag(path: str | Path, digits: int = 12) -> str:
-    """'file.pth@sha256:<prefix>' identifying a weights file in every response."""
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return f"{Path(path).name}@sha256:{digest.hexdigest()[:digits]}"
+    return digest.hexdigest()
+
+
+def weights_tag(path: str | Path, digits: int = 12) -> str:
+    """'file.pth@sha256:<prefix>' identifying a weights file in every response."""
+    return f"{Path(path).name}@sha256:{sha256_of(path)[:digits]}"

@@ -4,13 +4,14 @@ Used only when fetching weights (``make weights``); nothing downloads at serving
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
+
+from .checkpoint import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -24,14 +25,6 @@ class DownloadError(RuntimeError):
 
 class _Interrupted(Exception):
     """A transfer cut short; the .part file is kept for resuming."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def partial_path(dest: Path) -> Path:

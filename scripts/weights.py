@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint
-from model.download import DownloadError, partial_path, sha256_of, download
+from model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
+from model.download import DownloadError, download, partial_path
 from model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, WEIGHTS_URL_ENV, Checkpoint, Variant, get_checkpoint, get_variant
 
 logger = logging.getLogger("weights")

@@ -45,6 +45,12 @@ def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+def smooth_rgb(height: int, width: int) -> np.ndarray:
+    """A gradient image (HxWx3 uint8): survives lossy formats, unlike random noise."""
+    ys, xs = np.meshgrid(np.linspace(0, 255, height), np.linspace(0, 255, width), indexing="ij")
+    return np.stack([xs, ys, np.full((height, width), 90.0)], -1).astype(np.uint8)
+
+
 def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: object) -> bytes:
     """Encode an image (PIL or HxWxC uint8 array) to bytes in ``fmt``."""
     if isinstance(img, np.ndarray):

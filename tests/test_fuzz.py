@@ -19,6 +19,8 @@ from model.service import AttentionService, Prepared, ServiceConfig
 from .helpers import TINY, encode
 
 # FUZZ_EXAMPLES=5000 make test for a longer run
+# Corrupt inputs make PIL warn (e.g. "Corrupt EXIF data"); the property is about exceptions.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 300)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [
     encode(np.full((40, 56, 3), 128, np.uint8), fmt, **kw)

@@ -24,10 +24,10 @@ from scripts import archive, serve
 from scripts.serve import ServeError, private_torchserve
 
 from .conftest import NAME, REPO, Served
-from .helpers import encode, random_rgb
+from .helpers import encode, random_rgb, smooth_rgb
 
 TIMEOUT = 120
-SMOOTH = np.stack([*np.meshgrid(np.linspace(0, 255, 64), np.linspace(0, 255, 48)), np.full((48, 64), 90.0)], -1).astype(np.uint8)
+SMOOTH = smooth_rgb(48, 64)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ from model.errors import PayloadTooLarge, RequestError
 from model.image import crop_size, decode_image, prepare_image, target_size, to_rgb
 from model.variants import IMAGENET_MEAN, IMAGENET_STD
 
-from .helpers import encode, random_rgb
+from .helpers import encode, random_rgb, smooth_rgb
 
 BIG = 10**9
 RGB = random_rgb(37, 53)
-# A smooth image, for lossy formats (random noise does not survive JPEG/WebP).
-SMOOTH = np.stack([*np.meshgrid(np.linspace(0, 255, 53), np.linspace(0, 255, 37)), np.full((37, 53), 90.0)], -1).astype(np.uint8)
+SMOOTH = smooth_rgb(37, 53)  # for lossy formats: random noise does not survive JPEG/WebP
 
 
 @pytest.mark.parametrize(
