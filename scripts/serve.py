@@ -183,9 +183,10 @@ def private_torchserve(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def stop() -> None:
+def stop(quiet: bool = False) -> None:
     """Stop the TorchServe started from this machine's pid file, waiting until it has exited."""
-    subprocess.run([str(Path(sys.executable).with_name("torchserve")), "--stop", "--foreground"], check=False)
+    output = subprocess.DEVNULL if quiet else None
+    subprocess.run([str(Path(sys.executable).with_name("torchserve")), "--stop", "--foreground"], check=False, stdout=output)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s/%s.mar not found: run `make archive` first", args.model_store, args.model_name)
         return 2
     props = read_properties(args.config)
-    stop()  # `make serve` restarts: a running TorchServe would hold the ports and the old archive
+    stop(quiet=True)  # `make serve` restarts: a running TorchServe would hold the ports and the old archive
     args.log_dir.mkdir(parents=True, exist_ok=True)
     for old in args.log_dir.glob("*.log"):
         old.unlink()  # failure detection reads these logs
