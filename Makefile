@@ -36,7 +36,7 @@ weights: install
 	$(PY) -m scripts.weights fetch --model $(MODEL) --patch $(PATCH) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 archive: install
-	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store
+	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)

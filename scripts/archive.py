@@ -22,7 +22,7 @@ import yaml
 
 from model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
 from model.service import ConfigError, ServiceConfig
-from model.variants import ARCHS, PATCH_SIZES, Variant, get_variant
+from model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, Variant, get_variant
 from scripts.weights import WeightsError, cached_weights, default_cache_dir
 
 logger = logging.getLogger("archive")
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $DINO_WEIGHTS_DIR or ./weights)")
     parser.add_argument("--fallback-random", action="store_true", help="without cached weights, archive random ones (make demo)")
     parser.add_argument("--checkpoint-key", default=None, help="entry of a full checkpoint (default: teacher, then student)")
+    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), help="cached official checkpoint (default: the variant's)")
     parser.add_argument("--export-path", type=Path, default=REPO / "model_store")
     parser.add_argument("--config", type=Path, default=MODEL_CONFIG, help="model-config.yaml to archive")
     parser.add_argument("--print-name", action="store_true", help="print the archive name (e.g. dino_vits8) and exit")
@@ -112,9 +113,9 @@ RANDOM_BANNER = "\n".join(
 )
 
 
-def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool) -> str:
+def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, name: str | None = None) -> str:
     """Path of the variant's cached official checkpoint; 'random' (loudly) or ``WeightsError`` without one."""
-    path = cached_weights(variant, cache_dir)
+    path = cached_weights(variant, cache_dir, name)
     if path is not None:
         return str(path)
     if fallback_random:
@@ -135,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(variant.archive_name)
         return 0
     try:
-        args.weights = args.weights or resolve_cached(variant, args.cache_dir or default_cache_dir(), args.fallback_random)
+        cache_dir = args.cache_dir or default_cache_dir()
+        args.weights = args.weights or resolve_cached(variant, cache_dir, args.fallback_random, args.checkpoint)
         mar = archive(args, variant)
-    except (CheckpointError, ConfigError, WeightsError) as e:
+    except (CheckpointError, ConfigError, WeightsError, ValueError) as e:
         logger.error("%s", e)
         return 2
     except subprocess.CalledProcessError as e:

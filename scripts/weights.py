@@ -18,7 +18,7 @@ from pathlib import Path
 
 from model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
 from model.download import DownloadError, download, partial_path
-from model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, WEIGHTS_URL_ENV, Checkpoint, Variant, get_checkpoint, get_variant
+from model.variants import ARCHS, CHECKPOINTS, DEFAULT_CHECKPOINTS, PATCH_SIZES, WEIGHTS_URL_ENV, Checkpoint, Variant, get_checkpoint, get_variant
 
 logger = logging.getLogger("weights")
 
@@ -52,11 +52,13 @@ def verify_cached(path: Path, checkpoint: Checkpoint) -> None:
 
 
 def cached_weights(variant: Variant, cache_dir: Path, name: str | None = None) -> Path | None:
-    """The verified cached checkpoint of the variant (its default one unless ``name``), or None."""
-    try:
-        checkpoint = get_checkpoint(variant, name)
-    except ValueError:
-        return None
+    """The verified cached checkpoint of the variant (its default one unless ``name``), or None.
+
+    ``ValueError`` if ``name`` is not a checkpoint of this variant.
+    """
+    if name is None and (variant.name, variant.patch_size) not in DEFAULT_CHECKPOINTS:
+        return None  # DINO published no weights for it
+    checkpoint = get_checkpoint(variant, name)
     path = cache_dir / checkpoint.filename
     if not path.is_file():
         return None

@@ -216,6 +216,18 @@ def test_cli_fetch_then_archive_from_cache(table, tmp_path: Path) -> None:
     assert config["handler"]["weights"] == f"{TEST_CKPT.filename}@sha256:{digest}"
 
 
+def test_archive_a_named_cached_checkpoint(table, tmp_path: Path, caplog) -> None:
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    args = ["--model", "vit_tiny", "--patch", "16", "--cache-dir", str(cache)]
+    assert weights.main(["fetch", *args, "--checkpoint", TEST_FULL.name]) == 0
+    assert archive.main([*args, "--export-path", str(store), "--checkpoint", TEST_FULL.name]) == 0
+    with zipfile.ZipFile(store / "dino_vitt16.mar") as mar:
+        assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["weights"].startswith(TEST_FULL.filename)
+    assert archive.main(["--model", "vit_small", "--patch", "8", "--cache-dir", str(cache), "--export-path", str(store),
+                         "--checkpoint", TEST_FULL.name]) == 2
+    assert "is a vit_tiny/16 checkpoint, not vit_small/8" in caplog.text
+
+
 def test_demo_fallback_without_cache(tmp_path: Path, caplog) -> None:
     rc = archive.main(["--model", "vit_tiny", "--patch", "16", "--cache-dir", str(tmp_path), "--export-path", str(tmp_path), "--fallback-random"])
     assert rc == 0 and "NO DINO WEIGHTS" in caplog.text
