@@ -152,16 +152,30 @@ class Result:
     agreement: str = ""
 
 
-def measure(path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path) -> Result:
-    variant = get_variant(args.model, args.patch)
+def seed_over_budget(tokens: int, args: argparse.Namespace, done: list[Result]) -> str | None:
+    """Why the seed path must be skipped at ``tokens`` (memory, or time extrapolated as N^2), else None."""
+    nxn_gb = get_variant(args.model, args.patch).num_heads * (tokens + 1) ** 2 * 4 * 3 / 1e9  # scores, softmax, a copy
+    if nxn_gb > args.seed_budget_gb:
+        return f"N x N attention ~{nxn_gb:.0f} GB > {args.seed_budget_gb:g} GB budget"
+    measured = [r for r in done if r.path == "seed" and r.times]
+    if measured:
+        last = max(measured, key=lambda r: r.tokens)
+        estimate = min(last.times) * (tokens / last.tokens) ** 2
+        if estimate > args.seed_budget_s:
+            return f"estimated ~{estimate:.0f} s > {args.seed_budget_s:g} s budget"
+    return None
+
+
+def measure(
+    path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path, done: list[Result]
+) -> Result:
     tokens = (size[0] // args.patch) * (size[1] // args.patch)
     result = Result(path, size, tokens)
     if path == "seed":
-        nxn_gb = variant.num_heads * (tokens + 1) ** 2 * 4 * 3 / 1e9  # scores, softmax, a copy
-        if nxn_gb > args.seed_budget_gb:
-            result.skipped = f"N x N attention ~{nxn_gb:.0f} GB > {args.seed_budget_gb:g} GB budget"
+        result.skipped = seed_over_budget(tokens, args, done)
+        if result.skipped:
             return result
-    repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run after the warm-up
+    repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run, no warm-up
     cmd = [
         sys.executable, "-m", "bench.bench_attention", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}",
         "--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats),
@@ -174,7 +188,7 @@ def measure(path: str, size: tuple[int, int], args: argparse.Namespace, weights:
         return result
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     result.times, result.peak_rss_mb, result.loaded_rss_mb = data["times"], data["peak_rss_mb"], data["loaded_rss_mb"]
-    result.gflops = forward_flops(variant, size, path) / min(result.times) / 1e9
+    result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / min(result.times) / 1e9
     return result
 
 
@@ -408,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
+    parser.add_argument("--seed-budget-s", type=float, default=300.0, help="skip the seed path above this estimated time")
     parser.add_argument(
         "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)"
     )
@@ -443,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         results, encodings, served, throughput = [], [], None, []
         if "forward" in args.sections:
             logger.info("forward passes (one process each) ...")
-            results = [measure(path, size, args, weights, workdir) for size in args.sizes for path in PATHS]
+            for size in args.sizes:
+                for path in PATHS:
+                    results.append(measure(path, size, args, weights, workdir, results))
             compare_maps(results, workdir)
         if "encoding" in args.sections:
             logger.info("encodings ...")
