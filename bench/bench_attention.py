@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import requests
 import torch
 import yaml
@@ -249,9 +248,8 @@ def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: P
                 reply.raise_for_status()
                 if i:  # the first request warms the worker up
                     served.append(elapsed)
-    prepared = service.prepare({"body": image})
-    maps = service.predict([prepared])[0]
-    encode = min(timed(lambda: service.encode(prepared, maps), 3))
+    (outcome,) = service.run([{"body": image}])
+    encode = min(timed(lambda: service.encode(outcome.item, outcome.maps), 3))
     return {
         "served_p50": percentile(served, 50), "served_p95": percentile(served, 95),
         "inprocess_p50": percentile(in_process, 50), "inprocess_p95": percentile(in_process, 95),

@@ -137,12 +137,9 @@ class AttentionService:
         )
         return Prepared(to_tensor(image.image, self.variant.mean, self.variant.std), image, options)
 
-    def predict(self, items: Sequence[Prepared]) -> list[np.ndarray]:
-        """Patch-grid attention (heads, H/p, W/p) per item; items alike in size, layer and precision share a forward."""
-        return [maps for maps, _ in self._predict_timed(items)]
-
-    def _predict_timed(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
-        """``predict`` plus the milliseconds of the forward pass each item was part of."""
+    def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
+        """Patch-grid attention (heads, H/p, W/p) per item, with the milliseconds of the forward pass it
+        was part of; items alike in size, layer and precision share one forward."""
         groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.options.precision), []).append(i)
@@ -197,7 +194,7 @@ class AttentionService:
                 logger.info("request rejected (%d): %s", e.status, e)
                 outcomes.append(Outcome(error=e))
         good = [o for o in outcomes if o.item is not None]
-        for outcome, (maps, forward_ms) in zip(good, self._predict_timed([o.item for o in good])):
+        for outcome, (maps, forward_ms) in zip(good, self.predict([o.item for o in good])):
             outcome.maps, outcome.forward_ms = maps, forward_ms
         return outcomes
 
