@@ -54,7 +54,7 @@ render: install
 	$(PY) -m client.render_attention --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 # ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,png}.
 bench: install

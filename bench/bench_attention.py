@@ -1,11 +1,14 @@
-"""Benchmark: the seed's eager pipeline vs our fp32 and bf16 paths, encodings, and TorchServe latency.
+"""Benchmark: the seed's eager pipeline vs our fp32/bf16/fp16 paths, encodings, and TorchServe latency.
 
-    python -m bench.bench_attention            # full run (~10 min on 2 cores), writes bench/results/
+    python -m bench.bench_attention            # full run (~20 min on 2 cores), writes bench/results/
     python -m bench.bench_attention --quick    # 224x224 and 480x480 only, fewer served requests
+    python -m bench.bench_attention --device cuda   # forward passes on the GPU
 
 Everything is measured in this one run, with the same random weights and inputs: ratios are the
-figures to compare (absolute times on a shared machine are noisy). Each forward configuration runs
-in its own process so that its peak memory (max RSS) is its own.
+figures to compare (absolute times on a shared machine are noisy). The report starts with the
+machine. Each forward configuration runs in its own process so that its peak memory (max RSS) is
+its own. A reduced precision the device does not run natively (``model/precision.py``: capability
+flags, then a matmul probe) is reported as skipped, not timed: emulated bf16 is ~25x slower than fp32.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ import torch
 import yaml
 
 from bench.load import Probe, run_load
-from model.attention import patch_attention, upsample_nearest
+from model.attention import map_agreement, patch_attention, upsample_nearest
 from model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from model.encoding import encode_attention
+from model.precision import DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
 from model.service import create_service
 from model.variants import Variant, get_variant
 from model.vit import VisionTransformer
@@ -44,12 +48,13 @@ logger = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
-PATHS = ("seed", "fp32", "bf16")
+PATHS = ("seed", "fp32", "bf16", "fp16")  # fp32/bf16/fp16: our path in that precision
 SECTIONS = ("forward", "encoding", "served", "throughput")
 TARGETS = {  # what the benchmark checks, printed next to each figure
     "fp32_vs_seed_480": 3.5,
     "bf16_vs_seed": 10.0,
     "bf16_peak_fraction": 0.5,
+    "gpu_1080x1920_s": 0.1,  # vit_small/8 at 1080x1920 on an H100-class GPU, bf16/fp16
     "encode_fraction_of_served": 0.05,
     "served_over_inprocess": 1.2,
 }
@@ -76,13 +81,14 @@ def seed_cls_attention(model: VisionTransformer, x: torch.Tensor) -> torch.Tenso
 
 
 def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
-    """Patch-grid maps (heads, H/p, W/p) of the last layer by ``path``."""
+    """Patch-grid maps (heads, H/p, W/p) of the last layer by ``path`` (copied to the host, which
+    also waits for a GPU to finish)."""
     p = model.patch_size
     if path == "seed":
         with torch.inference_mode():
             row = seed_cls_attention(model, x)[0, :, 1:]  # (heads, N)
-        return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).numpy()
-    return patch_attention(model, x, None, "bf16" if path == "bf16" else "fp32")[0].numpy()
+        return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
+    return patch_attention(model, x, None, path)[0].cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -98,12 +104,18 @@ def forward_flops(variant: Variant, size: tuple[int, int], path: str) -> float:
     return embed + (depth - 1) * block + last
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a square matmul in ``dtype`` (best of ``repeats``)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    times = timed(lambda: a @ b, repeats)
-    return 2 * n**3 / min(times) / 1e9
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square matmul in ``dtype`` on ``device`` (best of ``repeats``)."""
+    n = 8192 if device.type == "cuda" else n  # a GPU needs a bigger GEMM to reach its peak
+    a = torch.randn(n, n).to(device, dtype)
+    b = torch.randn(n, n).to(device, dtype)
+
+    def once() -> None:
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return 2 * n**3 / min(timed(once, repeats)) / 1e9
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
@@ -121,9 +133,10 @@ def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[f
 def worker(args: argparse.Namespace) -> int:
     """One forward configuration in its own process: prints a JSON line, saves the maps."""
     variant = get_variant(args.model, args.patch)
-    model = build_model(variant, filter_state_dict(read_checkpoint(args.weights)))
+    device = torch.device(args.device)
+    model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
     h, w = args.size
-    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     maps = None
 
@@ -134,6 +147,8 @@ def worker(args: argparse.Namespace) -> int:
     times = timed(once, args.repeats, warmup=args.repeats > 1)  # big sizes: warm-up is noise next to minutes
     np.save(args.maps, maps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":  # GPU memory is the figure there; RSS is the host process
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
     print(json.dumps({"times": times, "peak_rss_mb": peak, "loaded_rss_mb": rss_loaded}))
     return 0
 
@@ -166,10 +181,19 @@ def seed_over_budget(tokens: int, args: argparse.Namespace, done: list[Result]) 
 
 
 def measure(
-    path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path, done: list[Result]
+    path: str,
+    size: tuple[int, int],
+    args: argparse.Namespace,
+    weights: Path,
+    maps_dir: Path,
+    done: list[Result],
+    speeds: dict[str, Speed],
 ) -> Result:
     tokens = (size[0] // args.patch) * (size[1] // args.patch)
     result = Result(path, size, tokens)
+    if path in speeds and not speeds[path].fast:
+        result.skipped = speeds[path].reason
+        return result
     if path == "seed":
         result.skipped = seed_over_budget(tokens, args, done)
         if result.skipped:
@@ -178,7 +202,7 @@ def measure(
     cmd = [
         sys.executable, "-m", "bench.bench_attention", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}",
         "--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats),
-        "--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy"),
+        "--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy"), "--device", args.device,
     ]
     logger.info("  %s %dx%d (%d tokens, %d timed run(s))", path, size[0], size[1], tokens, repeats)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -192,11 +216,11 @@ def measure(
 
 
 def compare_maps(results: list[Result], maps_dir: Path) -> None:
-    """Fill ``agreement``: max |seed - fp32| and min per-head correlation bf16 vs fp32."""
+    """Fill ``agreement``: max |seed - fp32| and min per-head correlation of bf16/fp16 vs fp32."""
     for r in results:
-        if r.skipped or r.path == "fp32":
-            continue
         tag = f"{r.size[0]}x{r.size[1]}"
+        if r.skipped or r.path == "fp32" or not (maps_dir / f"fp32_{tag}.npy").exists():
+            continue
         ours = np.load(maps_dir / f"fp32_{tag}.npy")
         other = np.load(maps_dir / f"{r.path}_{tag}.npy")
         if r.path == "seed":
@@ -210,7 +234,7 @@ def compare_maps(results: list[Result], maps_dir: Path) -> None:
 def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[dict]:
     """Time and size of each response encoding of the same maps (heads, H/p, W/p)."""
     up = upsample_nearest(maps, patch)
-    meta = {"model": "bench", "grid": list(maps.shape[1:])}
+    meta = {"model": "bench", "grid": list(maps.shape[1:]), "precision": "fp32"}
     cases: dict[str, Callable[[], bytes]] = {
         "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**meta, "attention": up.tolist()}).encode(),
         "orjson, upsampled float32 [default]": lambda: encode_attention(meta, up, "json", "float32").body,
@@ -299,26 +323,83 @@ def bench_throughput(args: argparse.Namespace, mar: Path, image: bytes, workdir:
 
 
 # ----------------------------------------------------------------------------- report
+@dataclass
+class Machine:
+    """What the forward passes ran on, and what this run measured of it."""
+
+    device: torch.device
+    description: str  # precision.describe_device: CPU model, flags, ATen capability, threads; or the GPU
+    speeds: dict[str, Speed]  # bf16/fp16: natively fast or not, and why
+    peaks: dict[str, float]  # matmul GFLOP/s; only for fp32 and the precisions that are native
+    plan: PrecisionPlan  # what precision=auto runs here (for the benchmark's random-weight model)
+
+    def header(self, title: str) -> list[str]:
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        peaks = [f"{p} {self.peaks[p]:.0f} GFLOP/s" for p in DTYPES if p in self.peaks]
+        peaks += [f"{p} not measured ({s.reason})" for p, s in self.speeds.items() if not s.fast]
+        return [
+            f"# {title}", "",
+            f"- Machine: {cpu_line()}",
+            f"- Forward passes on: {'the CPU above' if self.device.type == 'cpu' else self.description}",
+            f"- torch {torch.__version__}; GPU: {', '.join(gpus) or 'none'}",
+            "- Reduced precisions: " + "; ".join(f"{p}: {s.reason}" for p, s in self.speeds.items()),
+            f"- precision=auto runs {self.plan.auto} here ({self.plan.reasons.get('auto', '')})",
+            f"- Matmul peak measured in this run: {', '.join(peaks)}.",
+        ]
+
+
+def cpu_line() -> str:
+    """The host CPU, whatever the forward passes ran on."""
+    return describe_device(torch.device("cpu"))
+
+
 def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     ok = value >= target if higher_is_better else value <= target
     return f"{'meets' if ok else 'MISSES'} target {'>=' if higher_is_better else '<='} {target:g}"
 
 
+def reduced_targets(by: dict, machine: Machine) -> list[str]:
+    """bf16 against the seed and against its own peak, or "n/a here" where bf16 is not native."""
+    seed, bf = by.get(("seed", (480, 480))), by.get(("bf16", (480, 480)))
+    speed = machine.speeds.get("bf16")
+    if speed is not None and not speed.fast:
+        why = f"n/a here: bf16 {speed.reason}"
+        return [f"- bf16 path vs seed at 480x480: {why}", f"- bf16 path at 480x480, fraction of the bf16 matmul peak: {why}"]
+    lines = []
+    if seed and bf and not seed.skipped and not bf.skipped:
+        ratio = min(seed.times) / min(bf.times)
+        lines.append(f"- bf16 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['bf16_vs_seed'])})")
+    if bf and not bf.skipped:
+        frac = bf.gflops / machine.peaks["bf16"]
+        lines.append(f"- bf16 path at 480x480: {100 * frac:.0f}% of the bf16 matmul peak ({verdict(frac, TARGETS['bf16_peak_fraction'])})")
+    return lines
+
+
+def gpu_target(by: dict, machine: Machine, args: argparse.Namespace) -> str:
+    """vit_small/8 at 1080x1920 in bf16/fp16 on a GPU, or why that cannot be measured here."""
+    name = f"- vit_small/8 at 1080x1920 on a GPU (bf16/fp16) < {TARGETS['gpu_1080x1920_s']:g} s"
+    if machine.device.type != "cuda":
+        return f"{name}: n/a here (forward passes ran on the CPU; no GPU in this run)"
+    if (args.model, args.patch) != ("vit_small", 8):
+        return f"{name}: n/a here (this run measured {args.model}/{args.patch})"
+    done = [by[(p, (1080, 1920))] for p in ("bf16", "fp16") if (p, (1080, 1920)) in by and not by[(p, (1080, 1920))].skipped]
+    if not done:
+        return f"{name}: n/a here (1080x1920 not measured in bf16/fp16)"
+    best = min(min(r.times) for r in done)
+    return f"{name}: {best:.3f} s ({verdict(best, TARGETS['gpu_1080x1920_s'], False)})"
+
+
 def report(
-    results: list[Result], peaks: dict[str, float], encodings: list[dict], served: dict | None,
+    results: list[Result], machine: Machine, encodings: list[dict], served: dict | None,
     throughput: list[dict], args,
 ) -> str:
     by = {(r.path, r.size): r for r in results}
-    lines = [
-        f"# Benchmark: {args.model}/{args.patch}, CPU threads {torch.get_num_threads()}, torch {torch.__version__}",
-        "",
-        f"Matmul peak measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
-        f"(bf16 native: {torch.ops.mkldnn._is_mkldnn_bf16_supported()}).",
-    ]
+    memory = "peak GPU MB" if machine.device.type == "cuda" else "peak RSS MB"
+    lines = machine.header(f"Benchmark: {args.model}/{args.patch}")
     if results:
         lines += [
             "", "## Forward pass (one image, last layer)", "",
-            "| size | tokens | path | min s | median s | GFLOP/s | % of peak | peak RSS MB | speed-up vs seed | maps |",
+            f"| size | tokens | path | min s | median s | GFLOP/s | % of peak | {memory} | speed-up vs seed | maps |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
     for size in args.sizes if results else []:
@@ -329,10 +410,10 @@ def report(
                 continue
             name = f"{size[0]}x{size[1]}"
             if r.skipped:
-                lines.append(f"| {name} | {r.tokens} | {path} | skipped: {r.skipped} | | | | | | |")
+                lines.append(f"| {name} | {r.tokens} | {path} | {r.skipped}: skipped | | | | | | |")
                 continue
             best, median = min(r.times), statistics.median(r.times)
-            peak = peaks["bf16" if path == "bf16" else "fp32"]
+            peak = machine.peaks[path if path in machine.peaks else "fp32"]  # the seed runs fp32
             speedup = ""
             if seed and not seed.skipped and path != "seed":
                 speedup = f"{min(seed.times) / best:.1f}x"
@@ -341,19 +422,15 @@ def report(
                 f"| {r.peak_rss_mb:.0f} (loaded {r.loaded_rss_mb:.0f}) | {speedup} | {r.agreement} |"
             )
     lines += ["", "## Targets", ""]
-    seed480, fp480, bf480 = by.get(("seed", (480, 480))), by.get(("fp32", (480, 480))), by.get(("bf16", (480, 480)))
+    seed480, fp480 = by.get(("seed", (480, 480))), by.get(("fp32", (480, 480)))
     if seed480 and fp480 and not seed480.skipped:
         ratio = min(seed480.times) / min(fp480.times)
         lines.append(f"- fp32 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['fp32_vs_seed_480'])})")
-    if seed480 and bf480 and not seed480.skipped:
-        ratio = min(seed480.times) / min(bf480.times)
-        lines.append(f"- bf16 path vs seed at 480x480: {ratio:.1f}x ({verdict(ratio, TARGETS['bf16_vs_seed'])})")
-    if bf480 and not bf480.skipped:
-        frac = bf480.gflops / peaks["bf16"]
-        lines.append(f"- bf16 path at 480x480: {100 * frac:.0f}% of the bf16 matmul peak ({verdict(frac, TARGETS['bf16_peak_fraction'])})")
+    lines += reduced_targets(by, machine)
     big = by.get(("fp32", (1080, 1920)))
     if big and not big.skipped:
-        lines.append(f"- 1080x1920 fp32 peak RSS: {big.peak_rss_mb:.0f} MB ({verdict(big.peak_rss_mb / 1024, 4.0, False)} GB)")
+        lines.append(f"- 1080x1920 fp32 {memory}: {big.peak_rss_mb:.0f} MB ({verdict(big.peak_rss_mb / 1024, 4.0, False)} GB)")
+    lines.append(gpu_target(by, machine, args))
     if served:
         frac = served["encode_s"] / served["served_p50"]
         ratio = served["served_p50"] / served["inprocess_p50"]
@@ -391,19 +468,30 @@ def plot(results: list[Result], peaks: dict[str, float], out: Path) -> None:
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_time, ax_rate = fig.subplots(1, 2)
-    for path, colour in zip(PATHS, ("tab:red", "tab:blue", "tab:green")):
+    for path, colour in zip(PATHS, ("tab:red", "tab:blue", "tab:green", "tab:purple")):
         done = [r for r in results if r.path == path and not r.skipped]
         if not done:
             continue
         ax_time.plot([r.tokens for r in done], [min(r.times) for r in done], "o-", color=colour, label=path)
         ax_rate.plot([r.tokens for r in done], [r.gflops for r in done], "o-", color=colour, label=path)
-    for dtype, style in (("fp32", "--"), ("bf16", ":")):
+    for dtype, style in zip(peaks, ("--", ":", "-.")):
         ax_rate.axhline(peaks[dtype], color="gray", linestyle=style, label=f"{dtype} matmul peak")
     ax_time.set(xscale="log", yscale="log", xlabel="patch tokens", ylabel="seconds (min)", title="forward time")
     ax_rate.set(xscale="log", xlabel="patch tokens", ylabel="GFLOP/s", title="achieved throughput")
     ax_time.legend()
     ax_rate.legend(fontsize=8)
     fig.savefig(out, dpi=100)
+
+
+def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Machine:
+    """Describe the device, decide which reduced precisions are native (as the server does), and
+    measure the matmul peak of fp32 and of those precisions only (an emulated peak is ~0)."""
+    logger.info("probing %s: precisions, matmul peaks ...", device)
+    speeds = {p: probe_speed(device, p) for p in DTYPES if p != FP32}
+    model = build_model(variant, filter_state_dict(read_checkpoint(weights))).to(device)
+    plan = plan_precisions(device, lambda p: map_agreement(model, device, p), speed=lambda _device, p: speeds[p])
+    peaks = {p: matmul_peak(device, dtype) for p, dtype in DTYPES.items() if p == FP32 or speeds[p].fast}
+    return Machine(device, describe_device(device), speeds, peaks, plan)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -414,6 +502,10 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_small")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="forward passes on (default: cuda if present)"
+    )
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="forward paths to measure")
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES), help="HxW ...")
     parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
@@ -451,14 +543,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         weights = workdir / "bench_random.pth"
         torch.save(build_model(variant, None).state_dict(), weights)
-        logger.info("matmul peaks ...")
-        peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-        results, encodings, served, throughput = [], [], None, []
+        machine = probe_machine(torch.device(args.device), weights, variant)
+        results: list[Result] = []
+        encodings, served, throughput = [], None, []
         if "forward" in args.sections:
             logger.info("forward passes (one process each) ...")
             for size in args.sizes:
-                for path in PATHS:
-                    results.append(measure(path, size, args, weights, workdir, results))
+                for path in args.paths:
+                    results.append(measure(path, size, args, weights, workdir, results, machine.speeds))
             compare_maps(results, workdir)
         if "encoding" in args.sections:
             logger.info("encodings ...")
@@ -476,10 +568,10 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in args.sections:
             logger.info("throughput: batch size x workers x concurrency ...")
             throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
-    text = report(results, peaks, encodings, served, throughput, args)
+    text = report(results, machine, encodings, served, throughput, args)
     (args.out / f"{args.name}.md").write_text(text)
     if results:
-        plot(results, peaks, args.out / f"{args.name}.png")
+        plot(results, machine.peaks, args.out / f"{args.name}.png")
     print(text)
     logger.info("wrote %s", args.out / f"{args.name}.md")
     return 0

@@ -68,8 +68,10 @@ class DinoAttentionHandler:
     def handle_envelope(self, data: list, context) -> list:
         """Under TorchServe's kserve/kservev2 envelope, which unwraps requests and JSON-encodes our results."""
         protocol = kserve.V2 if hasattr(context, "input_names") else kserve.V1  # the v2 envelope sets input_names
-        results, status = kserve.envelope_results(self.service, data, protocol)
+        results, status, headers = kserve.envelope_results(self.service, data, protocol)
         context.set_response_status(status, HTTPStatus(status).phrase, 0)
+        for key, value in headers.items():
+            context.set_response_header(0, key, value)
         return results
 
     @staticmethod

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .precision import DTYPES, FP32
 from .vit import VisionTransformer
 
 
@@ -18,19 +19,33 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
 
 @torch.inference_mode()
 def patch_attention(
-    model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = "fp32"
+    model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = FP32
 ) -> torch.Tensor:
     """[CLS] attention over the patch grid: (B, 3, H, W) -> (B, heads, H/p, W/p), float32.
 
     CLS->CLS is dropped, so each map sums to <= 1; rows are image y (top to bottom), columns x.
-    ``precision="bf16"`` runs matmuls and attention under bfloat16 autocast (softmax of the CLS
-    row stays fp32); weights stay fp32, so one model serves both precisions.
+    ``precision="bf16"``/``"fp16"`` runs matmuls and attention under that autocast dtype (softmax of
+    the CLS row stays fp32); weights stay fp32, so one model serves every precision. Which
+    precision a request gets is decided by ``precision.PrecisionPlan``, not here.
     """
     B, _, H, W = batch.shape
     p = model.patch_size
-    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(batch.device.type, dtype=DTYPES[precision], enabled=precision != FP32):
         row = model.get_cls_attention(batch, layer)  # (B, heads, 1 + N)
     return row[:, :, 1:].reshape(B, row.shape[1], H // p, W // p).float()  # (B, heads, H/p, W/p)
+
+
+def map_agreement(model: VisionTransformer, device: torch.device, precision: str, grid: int = 16) -> float:
+    """Min per-head correlation of last-layer maps in ``precision`` with fp32's, on a fixed input.
+
+    The input is seeded noise of ``grid`` x ``grid`` patches; NaN (e.g. an fp16 overflow) gives 0.
+    """
+    p = model.patch_size
+    x = torch.randn(1, 3, grid * p, grid * p, generator=torch.Generator().manual_seed(0)).to(device)
+    reference = patch_attention(model, x, None, FP32)[0].flatten(1)  # (heads, grid * grid)
+    got = patch_attention(model, x, None, precision)[0].flatten(1)  # (heads, grid * grid)
+    value = float(min(torch.corrcoef(torch.stack((a, b)))[0, 1] for a, b in zip(reference, got)))
+    return value if value == value else 0.0
 
 
 def upsample_nearest(maps: np.ndarray, factor: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from .options import CONTENT_TYPES, META_HEADER
+from .options import CONTENT_TYPES, META_HEADER, PRECISION_HEADER
 
 JSON_CONTENT_TYPE = CONTENT_TYPES["json"]
 FLOAT16_DIGITS = 4  # float16 holds ~3.3 significant digits; JSON float16 keeps 4 relative to the maximum
@@ -56,17 +56,21 @@ def json_float16(maps: np.ndarray) -> np.ndarray:
 
 
 def encode_attention(meta: Mapping[str, object], attention: np.ndarray, fmt: str, dtype: str) -> Encoded:
-    """Encode (heads, H, W) float32 maps plus metadata as ``fmt`` (json|npy|npz) with element ``dtype``."""
+    """Encode (heads, H, W) float32 maps plus metadata as ``fmt`` (json|npy|npz) with element ``dtype``.
+
+    Every format also names the precision that ran in the ``X-Attention-Precision`` header.
+    """
     meta = {**meta, "dtype": dtype}
+    headers = {PRECISION_HEADER: str(meta["precision"])}
     if fmt == "json":
         values = json_float16(attention) if dtype == "float16" else attention
-        return Encoded(encode_json({**meta, "attention": np.ascontiguousarray(values)}), CONTENT_TYPES["json"])
+        return Encoded(encode_json({**meta, "attention": np.ascontiguousarray(values)}), CONTENT_TYPES["json"], headers)
     array = attention.astype(dtype, copy=False)
     buf = io.BytesIO()
     if fmt == "npy":
         np.save(buf, array, allow_pickle=False)
-        return Encoded(buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()})
+        return Encoded(buf.getvalue(), CONTENT_TYPES["npy"], {**headers, META_HEADER: orjson.dumps(meta).decode()})
     if fmt == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
         np.savez(buf, attention=array, meta=np.array(orjson.dumps(meta).decode()))
-        return Encoded(buf.getvalue(), CONTENT_TYPES["npz"])
+        return Encoded(buf.getvalue(), CONTENT_TYPES["npz"], headers)
     raise ValueError(f"unknown format {fmt!r}; choose one of {list(CONTENT_TYPES)}")

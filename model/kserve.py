@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from .errors import PayloadError, RequestError
+from .options import PRECISION_HEADER
 from .request import BODY_FIELD
 from .service import AttentionService, Reply
 
@@ -106,11 +107,15 @@ def _documents(service: AttentionService, payloads: Sequence[Mapping[str, object
 def handle_document(
     service: AttentionService, protocol: str, document: Mapping[str, object], model_name: str, model_version: str
 ) -> Reply:
-    """Answer one native KServe request (v1 or v2) in its own protocol."""
+    """Answer one native KServe request (v1 or v2) in its own protocol.
+
+    The precision that ran is in each prediction / output's parameters, and in the
+    ``X-Attention-Precision`` header (comma-separated if the images of one request differ).
+    """
     try:
         if protocol == V1:
-            payloads = [v1_payload(instance) for instance in document["instances"]]
-            body = {"predictions": _documents(service, payloads)}
+            documents = _documents(service, [v1_payload(instance) for instance in document["instances"]])
+            body: dict[str, object] = {"predictions": documents}
         else:
             documents = _documents(service, v2_payloads(document))
             names = ["attention"] if len(documents) == 1 else [f"attention_{i}" for i in range(len(documents))]
@@ -123,7 +128,8 @@ def handle_document(
                 body["id"] = document["id"]
     except RequestError as e:
         return Reply(int(e.status), orjson.dumps({"error": str(e)}), reason=e.reason)
-    return Reply(int(HTTPStatus.OK), orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+    precisions = ",".join(dict.fromkeys(str(doc["precision"]) for doc in documents))
+    return Reply(int(HTTPStatus.OK), orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), headers={PRECISION_HEADER: precisions})
 
 
 def handle_rows(
@@ -158,15 +164,19 @@ def is_v1_envelope_batch(data: Sequence[object]) -> bool:
     return bool(data) and not any(is_row(item) for item in data)
 
 
-def envelope_results(service: AttentionService, data: Sequence[object], protocol: str) -> tuple[list[object], int]:
-    """Results for TorchServe's own envelopes (which JSON-encode them), and the HTTP status.
+def envelope_results(
+    service: AttentionService, data: Sequence[object], protocol: str
+) -> tuple[list[object], int, dict[str, str]]:
+    """Results for TorchServe's own envelopes (which JSON-encode them), the HTTP status and headers.
 
     v1: one dict per instance (metadata + attention as nested lists). v2: one array per input
-    (TorchServe flattens it); its first element of ``data`` is the base64 image, its
-    ``parameters`` the options. An error gives ``{"error": ...}`` in its place and status 400/413.
+    (TorchServe flattens it and drops all metadata, so the ``X-Attention-Precision`` header is
+    the one place that names the precision that ran); its first element of ``data`` is the base64
+    image, its ``parameters`` the options. An error gives ``{"error": ...}`` in its place and status 400/413.
     """
     results: list[object] = []
     status = int(HTTPStatus.OK)
+    precisions: dict[str, None] = {}
     for item in data:
         try:
             payload = v1_payload(item) if protocol == V1 else v2_payloads({"inputs": [{**item, "data": [item.get("data")]}]})[0]
@@ -175,5 +185,6 @@ def envelope_results(service: AttentionService, data: Sequence[object], protocol
             status = max(status, int(e.status))
             results.append({"error": str(e)})
             continue
+        precisions[str(document["precision"])] = None
         results.append({**document, "attention": document["attention"].tolist()} if protocol == V1 else document["attention"])
-    return results, status
+    return results, status, {PRECISION_HEADER: ",".join(precisions)} if precisions else {}

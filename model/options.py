@@ -12,10 +12,12 @@ from .image import Size
 OPTION_NAMES: tuple[str, ...] = (
     "layer", "short_side", "scale", "size", "heads", "upsample", "precision", "format", "dtype",
 )
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # forward-pass arithmetic; fp32 is exact
+# Forward-pass arithmetic: fp32 is exact; what bf16/fp16/auto run as is decided per device (precision.py).
+PRECISIONS: tuple[str, str, str, str] = ("fp32", "bf16", "fp16", "auto")
 FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings
 CONTENT_TYPES: dict[str, str] = {"json": "application/json", "npy": "application/x-npy", "npz": "application/x-npz"}
 META_HEADER = "X-Attention-Meta"  # .npy bodies carry the metadata (compact JSON) in this response header
+PRECISION_HEADER = "X-Attention-Precision"  # every response: the precision that ran (as meta "precision")
 DTYPES: tuple[str, ...] = ("float32", "float16")  # element type of the returned maps
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

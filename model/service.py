@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import patch_attention, to_tensor, upsample_nearest
+from .attention import map_agreement, patch_attention, to_tensor, upsample_nearest
 from .checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
 from .encoding import JSON_CONTENT_TYPE, Encoded, encode_attention, encode_error, format_from_accept
 from .errors import RequestError
 from .image import PreparedImage, prepare_image
 from .options import FORMATS, PRECISIONS, Defaults, Options, parse_options
+from .precision import PrecisionPlan, plan_precisions
 from .request import split_payload
 from .variants import Variant, get_variant
 from .vit import VisionTransformer
@@ -46,7 +47,7 @@ class ServiceConfig:
     weights: str = ""  # tag written by the archiver: "file.pth@sha256:<prefix>" or "random"
     short_side: int = 480  # default resize when a request gives none of short_side/scale/size
     upsample: bool = True
-    precision: str = "fp32"  # default forward precision: fp32 (exact) or bf16 (fast on AMX/avx512_bf16 and GPUs)
+    precision: str = "fp32"  # default forward precision: fp32 (exact), bf16, fp16 or auto (see precision.py)
     format: str = "json"  # default response format when neither the format option nor Accept names one
     max_tokens: int = 16384  # patch tokens per image (1024x1024 at patch 8); over it -> 413
     max_pixels: int = 40_000_000  # decoded pixels per image; over it -> 413 (decompression bombs)
@@ -96,6 +97,7 @@ class Prepared:
     tensor: torch.Tensor  # (3, H, W), normalised
     image: PreparedImage
     options: Options
+    precision: str  # what runs: options.precision resolved by the service's PrecisionPlan
 
 
 @dataclass
@@ -110,15 +112,27 @@ class Outcome:
 
 
 class AttentionService:
-    """Bytes + options in, attention JSON out, for one model on one device."""
+    """Bytes + options in, attention JSON out, for one model on one device.
+
+    ``precisions``: what each requested precision runs as; by default decided here, once, by
+    probing the device and the model (``precision.plan_precisions``).
+    """
 
     def __init__(
-        self, model: VisionTransformer, variant: Variant, config: ServiceConfig, device: torch.device | str = "cpu"
+        self,
+        model: VisionTransformer,
+        variant: Variant,
+        config: ServiceConfig,
+        device: torch.device | str = "cpu",
+        precisions: PrecisionPlan | None = None,
     ) -> None:
         self.variant = variant
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.precisions = precisions or plan_precisions(
+            self.device, lambda precision: map_agreement(self.model, self.device, precision)
+        )
 
     def prepare(self, payload: Mapping[str, object], accept: str | None = None) -> Prepared:
         """Parse, decode, resize and crop one request; ``RequestError`` if anything is wrong."""
@@ -135,14 +149,15 @@ class AttentionService:
             scale=options.scale,
             size=options.size,
         )
-        return Prepared(to_tensor(image.image, self.variant.mean, self.variant.std), image, options)
+        tensor = to_tensor(image.image, self.variant.mean, self.variant.std)
+        return Prepared(tensor, image, options, self.precisions.resolve(options.precision))
 
     def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
         """Patch-grid attention (heads, H/p, W/p) per item, with the milliseconds of the forward pass it
         was part of; items alike in size, layer and precision share one forward."""
         groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.options.precision), []).append(i)
+            groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.precision), []).append(i)
         if len(items) > 1:
             logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
         results: list[tuple[np.ndarray, float]] = [(np.empty(0), 0.0)] * len(items)
@@ -173,7 +188,8 @@ class AttentionService:
             "image_size": list(item.image.image_size),
             "grid": list(maps.shape[1:]),
             "upsampled": options.upsample,
-            "precision": options.precision,
+            "precision": item.precision,
+            "precision_requested": options.precision,
         }
         return meta, attention
 

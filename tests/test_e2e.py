@@ -146,12 +146,16 @@ def test_accept_header_reaches_the_handler(served: Served) -> None:
     np.testing.assert_allclose(attention, np.asarray(in_process(served, {"body": data})["attention"]), atol=1e-6)
 
 
-def test_bf16_through_the_server(served: Served) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_reduced_precision_through_the_server(served: Served, precision: str) -> None:
+    """The worker runs what this machine runs natively (bf16, or fp32 where bf16 is emulated) and says so."""
     data = encode(random_rgb(64, 96))
-    reply = requests.post(served.url, files={"data": ("a.png", data)}, data={"precision": "bf16", "upsample": "false"}, timeout=TIMEOUT)
-    assert reply.json()["precision"] == "bf16"
-    expected = np.asarray(in_process(served, {"data": data, "precision": "bf16", "upsample": "false"})["attention"])
-    np.testing.assert_allclose(attention_of(reply), expected, atol=1e-6)
+    reply = requests.post(served.url, files={"data": ("a.png", data)}, data={"precision": precision, "upsample": "false"}, timeout=TIMEOUT)
+    expected = in_process(served, {"data": data, "precision": precision, "upsample": "false"})
+    ran = served.in_process.precisions.resolve(precision)
+    assert reply.json()["precision"] == expected["precision"] == ran and reply.headers["X-Attention-Precision"] == ran
+    assert reply.json()["precision_requested"] == precision
+    np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
 
 
 def test_random_weights_archive(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_native_v2_gives_proper_tensors(kserve_server: PrivateServer) -> None:
     body = {
         "id": "req-1",
         "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}],
-        "parameters": {"scale": 1, "upsample": False},
+        "parameters": {"scale": 1, "upsample": False, "precision": "bf16"},
     }
     reply = requests.post(f"{kserve_server.props['inference_address']}/v2/models/{NAME}/infer", json=body, timeout=TIMEOUT)
     assert reply.status_code == 200, reply.text[:300]
@@ -66,8 +66,11 @@ def test_native_v2_gives_proper_tensors(kserve_server: PrivateServer) -> None:
     assert output["name"] == "attention" and output["datatype"] == "FP32" and output["shape"] == [3, 3, 5]
     params = output["parameters"]
     assert params["image_size"] == "48,80" and params["model"] == "vit_tiny" and params["upsampled"] is False
-    expected = np.asarray(reference(kserve_server, scale="1", upsample="false")["attention"])
-    np.testing.assert_allclose(np.asarray(output["data"]).reshape(output["shape"]), expected, atol=1e-7)
+    expected = reference(kserve_server, scale="1", upsample="false", precision="bf16")
+    # the precision that ran (bf16 where native, else fp32) is named in the parameters and the header
+    assert params["precision"] == expected["precision"] == reply.headers["X-Attention-Precision"]
+    assert params["precision_requested"] == "bf16"
+    np.testing.assert_allclose(np.asarray(output["data"]).reshape(output["shape"]), np.asarray(expected["attention"]), atol=1e-7)
 
 
 def test_native_v2_fp16_several_images_and_errors(kserve_server: PrivateServer) -> None:
@@ -86,6 +89,7 @@ def test_native_v1(kserve_server: PrivateServer) -> None:
     body = {"instances": [{"data": B64, "upsample": False, "scale": 1}, {"image": {"b64": B64}, "heads": "1", "scale": 1}]}
     reply = requests.post(f"{kserve_server.props['inference_address']}/v1/models/{NAME}:predict", json=body, timeout=TIMEOUT)
     assert reply.status_code == 200, reply.text[:300]
+    assert reply.headers["X-Attention-Precision"] == "fp32"
     first, second = reply.json()["predictions"]
     np.testing.assert_allclose(first["attention"], reference(kserve_server, scale="1", upsample="false")["attention"], atol=1e-7)
     assert second["heads"] == [1] and np.asarray(second["attention"]).shape == (1, 48, 80)
@@ -103,6 +107,7 @@ def test_torchserve_envelopes(bundle: Path, envelope: str) -> None:
             assert reply.status_code == 200, reply.text[:300]
             (prediction,) = reply.json()["predictions"]
             assert prediction["image_size"] == [48, 80] and np.asarray(prediction["attention"]).shape == (3, 3, 5)
+            assert prediction["precision"] == "fp32" == reply.headers["X-Attention-Precision"]
             bad = requests.post(f"{base}/v1/models/{NAME}:predict", json={"instances": [{"data": "!!"}]}, timeout=TIMEOUT)
             assert bad.status_code == 400 and "base64" in bad.text
         else:
@@ -111,3 +116,4 @@ def test_torchserve_envelopes(bundle: Path, envelope: str) -> None:
             assert reply.status_code == 200, reply.text[:300]
             (output,) = reply.json()["outputs"]
             assert output["datatype"] == "FP32" and len(output["data"]) == 3 * 3 * 5  # TorchServe flattens the shape
+            assert reply.headers["X-Attention-Precision"] == "fp32"  # the one place this envelope names it

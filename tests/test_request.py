@@ -105,7 +105,7 @@ def test_valid_options(raw, expected) -> None:
         ({"short_side": "320", "size": "10x10"}, "conflict"),
         ({"colour": "red"}, "unknown option"),
         ({"layer": b"\xff"}, "not UTF-8"),
-        ({"precision": "fp8"}, "not one of \\['fp32', 'bf16'\\]"),
+        ({"precision": "fp8"}, "not one of \\['fp32', 'bf16', 'fp16', 'auto'\\]"),
         ({"format": "xml"}, "format='xml' is not one of"),
         ({"dtype": "int8"}, "dtype='int8' is not one of"),
     ],

@@ -13,13 +13,14 @@ import torch
 from model.attention import patch_attention, to_tensor
 from model.checkpoint import build_model
 from model.image import prepare_image
+from model.precision import PrecisionPlan
 from model.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
 from .helpers import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
 
 SCHEMA_KEYS = [
     "model", "patch_size", "layer", "num_heads", "heads", "weights",
-    "input_size", "resized_size", "image_size", "grid", "upsampled", "precision", "dtype", "attention",
+    "input_size", "resized_size", "image_size", "grid", "upsampled", "precision", "precision_requested", "dtype", "attention",
 ]
 
 
@@ -147,12 +148,14 @@ def test_device_selection() -> None:
 
 @pytest.mark.parametrize("layer", [0, 6, 11])
 def test_bf16_maps_correlate_with_fp32(service: AttentionService, layer: int) -> None:
+    """bf16 arithmetic itself (forced native, whatever this CPU does) keeps the maps."""
+    bf16 = AttentionService(service.model, TINY, service.config, precisions=PrecisionPlan("cpu", ("bf16",), "bf16"))
     data = (Path(__file__).resolve().parent.parent / "data" / "samples" / "astronaut.jpg").read_bytes()
     maps = {}
     for precision in ("fp32", "bf16"):
-        (reply,) = service.handle([{"data": data, "short_side": "160", "layer": str(layer), "precision": precision, "upsample": "false"}])
+        (reply,) = bf16.handle([{"data": data, "short_side": "160", "layer": str(layer), "precision": precision, "upsample": "false"}])
         doc = orjson.loads(reply.body)
-        assert doc["precision"] == precision
+        assert doc["precision"] == precision and reply.headers["X-Attention-Precision"] == precision
         maps[precision] = np.asarray(doc["attention"])
     assert not np.array_equal(maps["fp32"], maps["bf16"])  # bf16 really ran
     for a, b in zip(maps["fp32"], maps["bf16"]):
@@ -160,11 +163,12 @@ def test_bf16_maps_correlate_with_fp32(service: AttentionService, layer: int) ->
 
 
 def test_precision_default_comes_from_settings(tmp_path: Path) -> None:
-    svc = create_service({"model": "vit_tiny", "patch_size": 16, "precision": "bf16"}, save(backbone_state(), tmp_path / "w.pth"))
+    svc = create_service({"model": "vit_tiny", "patch_size": 16, "precision": "auto"}, save(backbone_state(), tmp_path / "w.pth"))
     (reply,) = svc.handle([{"data": encode(random_rgb(32, 32)), "scale": "1"}])
-    assert orjson.loads(reply.body)["precision"] == "bf16"
-    with pytest.raises(ConfigError, match="precision='fp16' must be one of"):
-        create_service({"model": "vit_tiny", "patch_size": 16, "precision": "fp16", "weights": "random"}, None)
+    doc = orjson.loads(reply.body)
+    assert doc["precision_requested"] == "auto" and doc["precision"] == svc.precisions.auto
+    with pytest.raises(ConfigError, match="precision='fp8' must be one of"):
+        create_service({"model": "vit_tiny", "patch_size": 16, "precision": "fp8", "weights": "random"}, None)
 
 
 def test_binary_formats_keep_values_and_metadata(service: AttentionService) -> None:
