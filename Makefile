@@ -20,11 +20,13 @@ CONFIG  ?= config.properties
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve stop predict render test bench kserve-bundle demo clean
+.PHONY: install weights archive serve stop predict render test lint bench kserve-bundle demo clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
+	@python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "needs Python 3.11 (the pinned torch 2.14.1 wheels); python3 is $$(python3 -V 2>&1)"; exit 1; }
 	@java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || { \
 	  echo "TorchServe needs Java 17+: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
 	python3 -m venv .venv
@@ -44,17 +46,23 @@ serve: install
 stop: install
 	$(PY) -m scripts.serve stop
 
-predict:
+predict: install
 	@mkdir -p $(dir $(OUT))
 	@echo 'curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer <key_file.json>") -T "$(IMG)" "$(URL)" -o "$(OUT)"'
 	@curl -sS --fail-with-body $(if $(KEY),-H "Authorization: Bearer $(KEY)") -T "$(IMG)" "$(URL)" -o "$(OUT)" || { cat "$(OUT)"; echo; exit 1; }
 	@echo "saved $(OUT)"
 
 render: install
-	$(PY) -m client.render_attention --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
+	$(PY) client/render_attention.py --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
 
 test: install
 	$(PY) -m pytest -q --durations=10 tests
+
+# ruff (style, imports, bugbear) and mypy (types), settings in pyproject.toml; CI runs it before the tests.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,png}.
 bench: install

@@ -7,9 +7,10 @@
 Everything is measured in this one run, with the same random weights and inputs: ratios are the
 figures to compare (absolute times on a shared machine are noisy). The report starts with the
 machine. Each forward configuration runs in its own process so that its peak memory (max RSS) is
-its own. A reduced precision the device does not run natively (``model/precision.py``: capability
+its own. A reduced precision the device does not run natively (``dino_attention/precision.py``: capability
 flags, then a matmul probe) is reported as skipped, not timed: emulated bf16 is ~25x slower than fp32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +34,20 @@ import torch
 import yaml
 
 from bench.load import Probe, run_load
-from model.attention import map_agreement, patch_attention, upsample_nearest
-from model.checkpoint import build_model, filter_state_dict, read_checkpoint
-from model.encoding import encode_attention
-from model.precision import DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
-from model.service import create_service
-from model.variants import Variant, get_variant
-from model.vit import VisionTransformer
-from scripts import archive
-from scripts.serve import private_torchserve
+from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
+from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from dino_attention.model.variants import Variant, get_variant
+from dino_attention.model.vit import VisionTransformer
+from dino_attention.precision import DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
+from dino_attention.protocols import PLAIN, ServerInfo, encode_attention
+from dino_attention.schema import AttentionResult
+from dino_attention.service import create_service
+from scripts import REPO, archive
+from tests.support.handler import answer
+from tests.support.torchserve import private_torchserve
 
 logger = logging.getLogger("bench")
 
-REPO = Path(__file__).resolve().parent.parent
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 PATHS = ("seed", "fp32", "bf16", "fp16")  # fp32/bf16/fp16: our path in that precision
@@ -61,32 +63,13 @@ TARGETS = {  # what the benchmark checks, printed next to each figure
 
 
 # ----------------------------------------------------------------------------- the paths
-def seed_cls_attention(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """The seed article's pipeline: an explicit N x N softmax in every block (DINO's
-    ``get_last_selfattention``), then the CLS row of the last block. (B, heads, N)."""
-    tokens = model.prepare_tokens(x)
-    last = len(model.blocks) - 1
-    for i, blk in enumerate(model.blocks):
-        attn_mod = blk.attn
-        B, N, C = tokens.shape
-        qkv = attn_mod.qkv(blk.norm1(tokens)).reshape(B, N, 3, attn_mod.num_heads, C // attn_mod.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * attn_mod.scale).softmax(dim=-1)  # (B, heads, N, N)
-        y = attn_mod.proj((attn @ v).transpose(1, 2).reshape(B, N, C))  # the seed computes it in the last block too
-        if i == last:
-            return attn[:, :, 0, :]
-        tokens = tokens + y
-        tokens = tokens + blk.mlp(blk.norm2(tokens))
-    raise AssertionError("unreachable")
-
-
 def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
     """Patch-grid maps (heads, H/p, W/p) of the last layer by ``path`` (copied to the host, which
     also waits for a GPU to finish)."""
     p = model.patch_size
-    if path == "seed":
+    if path == "seed":  # the seed article's pipeline: an explicit N x N softmax in every block
         with torch.inference_mode():
-            row = seed_cls_attention(model, x)[0, :, 1:]  # (heads, N)
+            row = model.get_cls_attention(x, None, explicit=True)[0, :, 1:]  # (heads, N)
         return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
     return patch_attention(model, x, None, path)[0].cpu().numpy()
 
@@ -98,8 +81,8 @@ def forward_flops(variant: Variant, size: tuple[int, int], path: str) -> float:
     c, depth = variant.embed_dim, variant.depth
     embed = 2 * (n - 1) * 3 * variant.patch_size**2 * c
     block = 2 * n * c * 3 * c + 4 * n * n * c + 2 * n * c * c + 2 * n * c * int(variant.mlp_ratio * c) * 2
-    if path == "seed":  # every block full; the last without its MLP
-        return embed + depth * block - 2 * n * c * int(variant.mlp_ratio * c) * 2
+    if path == "seed":  # every block full; the last only projects q, k, v and scores all N x N
+        return embed + (depth - 1) * block + 2 * n * c * 3 * c + 2 * n * n * c
     last = 2 * n * c * c + 2 * c * c + 2 * n * c  # keys, the CLS query, one row of scores
     return embed + (depth - 1) * block + last
 
@@ -138,14 +121,13 @@ def worker(args: argparse.Namespace) -> int:
     h, w = args.size
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    maps = None
+    maps: list[np.ndarray] = []
 
     def once() -> None:
-        nonlocal maps
-        maps = run_path(args.path, model, x)
+        maps[:] = [run_path(args.path, model, x)]
 
     times = timed(once, args.repeats, warmup=args.repeats > 1)  # big sizes: warm-up is noise next to minutes
-    np.save(args.maps, maps)
+    np.save(args.maps, maps[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":  # GPU memory is the figure there; RSS is the host process
         peak = torch.cuda.max_memory_allocated(device) / 2**20
@@ -158,10 +140,10 @@ class Result:
     path: str
     size: tuple[int, int]
     tokens: int
-    times: list[float] | None = None
-    peak_rss_mb: float | None = None
-    loaded_rss_mb: float | None = None
-    gflops: float | None = None
+    times: list[float] = field(default_factory=list)  # empty when skipped
+    peak_rss_mb: float = 0.0
+    loaded_rss_mb: float = 0.0
+    gflops: float = 0.0
     skipped: str | None = None
     agreement: str = ""
 
@@ -200,9 +182,26 @@ def measure(
             return result
     repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run, no warm-up
     cmd = [
-        sys.executable, "-m", "bench.bench_attention", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}",
-        "--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats),
-        "--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy"), "--device", args.device,
+        sys.executable,
+        "-m",
+        "bench.bench_attention",
+        "--worker",
+        "--path",
+        path,
+        "--size",
+        f"{size[0]}x{size[1]}",
+        "--model",
+        args.model,
+        "--patch",
+        str(args.patch),
+        "--weights",
+        str(weights),
+        "--repeats",
+        str(repeats),
+        "--maps",
+        str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy"),
+        "--device",
+        args.device,
     ]
     logger.info("  %s %dx%d (%d tokens, %d timed run(s))", path, size[0], size[1], tokens, repeats)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -226,7 +225,7 @@ def compare_maps(results: list[Result], maps_dir: Path) -> None:
         if r.path == "seed":
             r.agreement = f"max |seed - fp32| = {np.abs(other - ours).max():.1e}"
         else:
-            corr = min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, other))
+            corr = min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, other, strict=True))
             r.agreement = f"min head corr vs fp32 = {corr:.5f}"
 
 
@@ -234,15 +233,37 @@ def compare_maps(results: list[Result], maps_dir: Path) -> None:
 def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[dict]:
     """Time and size of each response encoding of the same maps (heads, H/p, W/p)."""
     up = upsample_nearest(maps, patch)
-    meta = {"model": "bench", "grid": list(maps.shape[1:]), "precision": "fp32"}
+    heads, h, w = maps.shape
+    base = AttentionResult(
+        model="bench",
+        patch_size=patch,
+        layer=11,
+        num_heads=heads,
+        heads=list(range(heads)),
+        weights="random",
+        input_size=[h * patch, w * patch],
+        resized_size=[h * patch, w * patch],
+        image_size=[h * patch, w * patch],
+        grid=[h, w],
+        upsampled=True,
+        precision="fp32",
+        precision_requested="fp32",
+        dtype="float32",
+        attention=up,
+    )
+
+    def body(fmt: str, dtype: str, upsampled: bool = True) -> bytes:
+        result = replace(base, format=fmt, dtype=dtype, upsampled=upsampled, attention=up if upsampled else maps)
+        return encode_attention(result)[0]
+
     cases: dict[str, Callable[[], bytes]] = {
-        "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**meta, "attention": up.tolist()}).encode(),
-        "orjson, upsampled float32 [default]": lambda: encode_attention(meta, up, "json", "float32").body,
-        "orjson, upsampled dtype=float16": lambda: encode_attention(meta, up, "json", "float16").body,
-        "orjson, upsample=false": lambda: encode_attention(meta, maps, "json", "float32").body,
-        "npy, upsampled float32": lambda: encode_attention(meta, up, "npy", "float32").body,
-        "npz, upsampled float16": lambda: encode_attention(meta, up, "npz", "float16").body,
-        "npz, upsample=false float16": lambda: encode_attention(meta, maps, "npz", "float16").body,
+        "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**base.metadata(), "attention": up.tolist()}).encode(),
+        "orjson, upsampled float32 [default]": lambda: body("json", "float32"),
+        "orjson, upsampled dtype=float16": lambda: body("json", "float16"),
+        "orjson, upsample=false": lambda: body("json", "float32", upsampled=False),
+        "npy, upsampled float32": lambda: body("npy", "float32"),
+        "npz, upsampled float16": lambda: body("npz", "float16"),
+        "npz, upsample=false float16": lambda: body("npz", "float16", upsampled=False),
     }
     rows = []
     for name, fn in cases.items():
@@ -257,10 +278,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: Path) -> dict:
-    """p50/p95 of the same request through a real TorchServe and in-process (service.handle)."""
+    """p50/p95 of the same request through a real TorchServe and in-process (the handler with TorchServe's Context, no HTTP)."""
     variant = get_variant(args.model, args.patch)
-    service = create_service({"model": args.model, "patch_size": args.patch}, weights)
-    in_process = timed(lambda: service.handle([{"body": image}]), args.requests)
+    service = create_service({"arch": args.model, "patch_size": args.patch}, weights)
+    in_process = timed(lambda: answer(service, [{"body": image}]), args.requests)
     served: list[float] = []
     with private_torchserve(store, variant.archive_name) as server:
         url = server.url(variant.archive_name)
@@ -272,12 +293,17 @@ def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: P
                 reply.raise_for_status()
                 if i:  # the first request warms the worker up
                     served.append(elapsed)
-    (outcome,) = service.run([{"body": image}])
-    encode = min(timed(lambda: service.encode(outcome.item, outcome.maps), 3))
+    decoded = PLAIN.decode({"body": image})
+    results = service.explain(decoded.requests)
+    encode = min(timed(lambda: PLAIN.encode(decoded, results, ServerInfo()), 3))
     return {
-        "served_p50": percentile(served, 50), "served_p95": percentile(served, 95),
-        "inprocess_p50": percentile(in_process, 50), "inprocess_p95": percentile(in_process, 95),
-        "encode_s": encode, "requests": args.requests, "response_mb": len(reply.content) / 1e6,
+        "served_p50": percentile(served, 50),
+        "served_p95": percentile(served, 95),
+        "inprocess_p50": percentile(in_process, 50),
+        "inprocess_p95": percentile(in_process, 95),
+        "encode_s": encode,
+        "requests": args.requests,
+        "response_mb": len(reply.content) / 1e6,
     }
 
 
@@ -314,11 +340,16 @@ def bench_throughput(args: argparse.Namespace, mar: Path, image: bytes, workdir:
             for concurrency in CONCURRENCY:
                 logger.info("  batchSize %d, %d worker(s), concurrency %d", batch_size, workers, concurrency)
                 report = run_load(server.url(name), [probe], args.throughput_requests, concurrency, 600)
-                rows.append({
-                    "batch_size": batch_size, "workers": workers, "concurrency": concurrency,
-                    "images_per_s": report.statuses[200] / report.seconds,
-                    "p50": percentile(report.latencies, 50), "errors": report.sent - report.statuses[200],
-                })
+                rows.append(
+                    {
+                        "batch_size": batch_size,
+                        "workers": workers,
+                        "concurrency": concurrency,
+                        "images_per_s": report.statuses[200] / report.seconds,
+                        "p50": percentile(report.latencies, 50),
+                        "errors": report.sent - report.statuses[200],
+                    }
+                )
     return rows
 
 
@@ -338,7 +369,8 @@ class Machine:
         peaks = [f"{p} {self.peaks[p]:.0f} GFLOP/s" for p in DTYPES if p in self.peaks]
         peaks += [f"{p} not measured ({s.reason})" for p, s in self.speeds.items() if not s.fast]
         return [
-            f"# {title}", "",
+            f"# {title}",
+            "",
             f"- Machine: {cpu_line()}",
             f"- Forward passes on: {'the CPU above' if self.device.type == 'cpu' else self.description}",
             f"- torch {torch.__version__}; GPU: {', '.join(gpus) or 'none'}",
@@ -390,15 +422,21 @@ def gpu_target(by: dict, machine: Machine, args: argparse.Namespace) -> str:
 
 
 def report(
-    results: list[Result], machine: Machine, encodings: list[dict], served: dict | None,
-    throughput: list[dict], args,
+    results: list[Result],
+    machine: Machine,
+    encodings: list[dict],
+    served: dict | None,
+    throughput: list[dict],
+    args,
 ) -> str:
     by = {(r.path, r.size): r for r in results}
     memory = "peak GPU MB" if machine.device.type == "cuda" else "peak RSS MB"
     lines = machine.header(f"Benchmark: {args.model}/{args.patch}")
     if results:
         lines += [
-            "", "## Forward pass (one image, last layer)", "",
+            "",
+            "## Forward pass (one image, last layer)",
+            "",
             f"| size | tokens | path | min s | median s | GFLOP/s | % of peak | {memory} | speed-up vs seed | maps |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
@@ -434,7 +472,10 @@ def report(
     if served:
         frac = served["encode_s"] / served["served_p50"]
         ratio = served["served_p50"] / served["inprocess_p50"]
-        lines.append(f"- response encoding: {100 * frac:.1f}% of the served request time ({verdict(frac, TARGETS['encode_fraction_of_served'], False)})")
+        lines.append(
+            f"- response encoding: {100 * frac:.1f}% of the served request time "
+            f"({verdict(frac, TARGETS['encode_fraction_of_served'], False)})"
+        )
         lines.append(f"- served p50 / in-process p50: {ratio:.2f} ({verdict(ratio, TARGETS['served_over_inprocess'], False)})")
     if encodings:
         heads = get_variant(args.model, args.patch).num_heads
@@ -442,16 +483,23 @@ def report(
         lines += [f"| {e['format']} | {e['seconds']:.3f} | {e['mb']:.2f} |" for e in encodings]
     if served:
         lines += [
-            "", f"## Served latency (480x480 JPEG, {served['requests']} sequential requests, default options)", "",
-            "| | p50 s | p95 s |", "| --- | --- | --- |",
+            "",
+            f"## Served latency (480x480 JPEG, {served['requests']} sequential requests, default options)",
+            "",
+            "| | p50 s | p95 s |",
+            "| --- | --- | --- |",
             f"| TorchServe (curl-like PUT) | {served['served_p50']:.3f} | {served['served_p95']:.3f} |",
-            f"| in-process `service.handle` | {served['inprocess_p50']:.3f} | {served['inprocess_p95']:.3f} |",
-            "", f"Response {served['response_mb']:.1f} MB; encoding it takes {served['encode_s']:.3f} s.",
+            f"| in-process (same pipeline, no HTTP) | {served['inprocess_p50']:.3f} | {served['inprocess_p95']:.3f} |",
+            "",
+            f"Response {served['response_mb']:.1f} MB; encoding it takes {served['encode_s']:.3f} s.",
         ]
     if throughput:
         lines += [
-            "", f"## Throughput through TorchServe (224x224, upsample=false, {args.throughput_requests} requests per cell)", "",
-            "| batchSize | workers | concurrency | images/s | p50 s | errors |", "| --- | --- | --- | --- | --- | --- |",
+            "",
+            f"## Throughput through TorchServe (224x224, upsample=false, {args.throughput_requests} requests per cell)",
+            "",
+            "| batchSize | workers | concurrency | images/s | p50 s | errors |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         lines += [
             f"| {t['batch_size']} | {t['workers']} | {t['concurrency']} | {t['images_per_s']:.2f} | {t['p50']:.3f} | {t['errors']} |"
@@ -468,13 +516,13 @@ def plot(results: list[Result], peaks: dict[str, float], out: Path) -> None:
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_time, ax_rate = fig.subplots(1, 2)
-    for path, colour in zip(PATHS, ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+    for path, colour in zip(PATHS, ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=True):
         done = [r for r in results if r.path == path and not r.skipped]
         if not done:
             continue
         ax_time.plot([r.tokens for r in done], [min(r.times) for r in done], "o-", color=colour, label=path)
         ax_rate.plot([r.tokens for r in done], [r.gflops for r in done], "o-", color=colour, label=path)
-    for dtype, style in zip(peaks, ("--", ":", "-.")):
+    for dtype, style in zip(peaks, ("--", ":", "-."), strict=False):  # at most three peaks
         ax_rate.axhline(peaks[dtype], color="gray", linestyle=style, label=f"{dtype} matmul peak")
     ax_time.set(xscale="log", yscale="log", xlabel="patch tokens", ylabel="seconds (min)", title="forward time")
     ax_rate.set(xscale="log", xlabel="patch tokens", ylabel="GFLOP/s", title="achieved throughput")
@@ -513,9 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
     parser.add_argument("--seed-budget-s", type=float, default=300.0, help="skip the seed path above this estimated time")
-    parser.add_argument(
-        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)"
-    )
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)")
     parser.add_argument("--name", default="bench", help="results file stem: <out>/<name>.md and .png")
     parser.add_argument("--throughput-requests", type=int, default=24, help="requests per throughput cell")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")

@@ -5,6 +5,7 @@
 Mixes valid images (the bundled samples, small sizes) with invalid payloads; prints lost requests,
 status counts, p50/p95/p99 latency and throughput. Exits non-zero on a lost request or a 5xx.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,13 +17,13 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from scripts import REPO
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -63,7 +64,12 @@ class LoadReport:
 
 
 def run_load(
-    url: str, probes: list[Probe], total: int, concurrency: int, time_limit: float, timeout: float = 120.0,
+    url: str,
+    probes: list[Probe],
+    total: int,
+    concurrency: int,
+    time_limit: float,
+    timeout: float = 120.0,
     headers: dict[str, str] | None = None,
 ) -> LoadReport:
     """Send ``total`` requests (cycling through ``probes``) with ``concurrency`` workers, within ``time_limit``."""

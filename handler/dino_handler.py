@@ -1,20 +1,31 @@
-"""TorchServe handler: a thin adapter over ``model.service`` (the engine-agnostic core).
+"""TorchServe handler: a thin adapter over ``dino_attention`` (the engine-agnostic core).
 
-TorchServe unpacks the .mar into ``model_dir`` (on the worker's ``sys.path``), so the ``model``
-package archived beside this file is importable. Settings come from model-config.yaml's
-``handler:`` section; the device from TorchServe's ``gpu_id``. Per-request metrics go to
-TorchServe's metrics (declared in metrics.yaml, so they reach the Prometheus endpoint).
+TorchServe unpacks the .mar into ``model_dir`` (on the worker's ``sys.path``), so the
+``dino_attention`` package archived beside this file is importable. Settings come from
+model-config.yaml's ``handler:`` section; the device from TorchServe's ``gpu_id``.
+
+One batch, in the shape of TorchServe's ``BaseHandler``:
+
+    preprocess   each row -> its protocol codec -> ImageRequests (or the row's error)
+    inference    every ImageRequest of every row, in one ``AttentionService.explain`` call
+    postprocess  each row's results -> its codec's Reply: status, content type, headers, metrics
 """
+
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from model import kserve
-from model.service import AttentionService, Reply, create_service, select_device
+from dino_attention.errors import RequestError
+from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, codec_for, error_reply
+from dino_attention.service import AttentionService, create_service, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +41,12 @@ REJECTED = "DinoRejectedRequests"  # counter with dimensions ModelName, Level, R
 DIMENSIONS = ["ModelName", "Level"]
 
 
-def header(context, idx: int, name: str) -> str | None:
+# One request of the batch: its codec, and what decoding it gave (its image requests, or the error).
+# A tuple, not a class: TorchServe wants exactly one class in the handler module.
+Row = tuple[Codec, Decoded | RequestError]
+
+
+def header(context: Any, idx: int, name: str) -> str | None:
     """Request header ``name`` of request ``idx``, case-insensitively (clients differ)."""
     wanted = name.lower()
     return next((v for k, v in context.get_all_request_header(idx).items() if k.lower() == wanted), None)
@@ -43,7 +59,7 @@ class DinoAttentionHandler:
         self.service: AttentionService | None = None
         self.initialized = False
 
-    def initialize(self, context) -> None:
+    def initialize(self, context: Any) -> None:
         properties = context.system_properties
         serialized = context.manifest.get("model", {}).get("serializedFile")
         weights = Path(properties["model_dir"]) / serialized if serialized else None
@@ -51,31 +67,60 @@ class DinoAttentionHandler:
         self.service = create_service(settings, weights, select_device(properties.get("gpu_id")))
         self.initialized = True
 
-    def handle(self, data: list, context) -> list:
-        if hasattr(context, "input_names") or kserve.is_v1_envelope_batch(data):
-            return self.handle_envelope(data, context)
-        accepts = [header(context, idx, "Accept") for idx in range(len(data))]
-        version = context.manifest.get("model", {}).get("modelVersion", "")
-        replies = kserve.handle_rows(self.service, data, accepts, context.model_name, version)
+    def handle(self, data: list[Any], context: Any) -> list[object]:
+        rows = self.preprocess(data, context)
+        return self.postprocess(rows, self.inference(rows), context)
+
+    def preprocess(self, data: Sequence[object], context: Any) -> list[Row]:
+        """Pick each row's codec and decode it; a row that cannot be decoded keeps its error."""
+        rows: list[Row] = []
+        for idx, raw in enumerate(data):
+            codec = codec_for(raw)
+            # an envelope's rows are parts of one HTTP request: TorchServe keeps headers for request 0 only
+            accept = None if codec.envelope else header(context, idx, "Accept")
+            try:
+                rows.append((codec, codec.decode(raw, accept)))
+            except RequestError as e:
+                logger.info("request rejected (%d): %s", e.status, e)
+                rows.append((codec, e))
+        return rows
+
+    def inference(self, rows: Sequence[Row]) -> list[list[Result]]:
+        """Every image of every row in one batch (rows of any protocol share forward passes)."""
+        assert self.service is not None, "initialize() first"
+        requests = [r for _, decoded in rows if isinstance(decoded, Decoded) for r in decoded.requests]
+        results = iter(self.service.explain(requests))
+        return [[next(results) for _ in decoded.requests] if isinstance(decoded, Decoded) else [] for _, decoded in rows]
+
+    def postprocess(self, rows: Sequence[Row], results: Sequence[Sequence[Result]], context: Any) -> list[object]:
+        """Each row's reply, with its status, content type and headers set on TorchServe's context."""
+        manifest = context.manifest.get("model", {})
+        server = ServerInfo(context.model_name, manifest.get("modelVersion", ""))
+        replies = []
+        for (codec, decoded), row_results in zip(rows, results, strict=True):
+            if isinstance(decoded, RequestError):
+                replies.append(error_reply(decoded, codec.envelope))
+                continue
+            start = time.perf_counter()
+            reply = codec.encode(decoded, row_results, server)
+            if reply.status == HTTPStatus.OK and isinstance(reply.body, bytes):
+                encoded = {"encode_ms": (time.perf_counter() - start) * 1000, "response_bytes": float(len(reply.body))}
+                reply = replace(reply, stats={**reply.stats, **encoded})
+            replies.append(reply)
+        enveloped = bool(rows) and all(codec.envelope for codec, _ in rows)
         for idx, reply in enumerate(replies):
-            context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, idx)
-            context.set_response_content_type(idx, reply.content_type)
+            target = 0 if enveloped else idx  # an envelope's rows are the parts of one HTTP request
+            status = max(r.status for r in replies) if enveloped else reply.status
+            context.set_response_status(status, HTTPStatus(status).phrase, target)
+            if not enveloped:
+                context.set_response_content_type(idx, reply.content_type)
             for key, value in reply.headers.items():
-                context.set_response_header(idx, key, value)
+                context.set_response_header(target, key, value)
         self.report(context, replies)
         return [reply.body for reply in replies]
 
-    def handle_envelope(self, data: list, context) -> list:
-        """Under TorchServe's kserve/kservev2 envelope, which unwraps requests and JSON-encodes our results."""
-        protocol = kserve.V2 if hasattr(context, "input_names") else kserve.V1  # the v2 envelope sets input_names
-        results, status, headers = kserve.envelope_results(self.service, data, protocol)
-        context.set_response_status(status, HTTPStatus(status).phrase, 0)
-        for key, value in headers.items():
-            context.set_response_header(0, key, value)
-        return results
-
     @staticmethod
-    def report(context, replies: list[Reply]) -> None:
+    def report(context: Any, replies: Sequence[Reply]) -> None:
         """Emit each reply's timings and sizes, or its rejection reason, as TorchServe metrics."""
         metrics, dims = context.metrics, [context.model_name, "Model"]
         for reply in replies:

@@ -7,6 +7,7 @@
 The checkpoint (plain backbone or full DINO checkpoint) is filtered to the backbone and checked
 strictly against the model here, so a mismatched checkpoint fails the archive, not the server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
-from model.service import ConfigError, ServiceConfig
-from model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, Variant, get_variant
+from dino_attention.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
+from dino_attention.model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, Variant, get_variant
+from dino_attention.service import ConfigError, ServiceConfig
+from scripts import REPO
 from scripts.weights import WeightsError, cached_weights, default_cache_dir
 
 logger = logging.getLogger("archive")
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGE = REPO / "model"
+PACKAGE = REPO / "dino_attention"  # the core: everything the worker imports, nothing else
 HANDLER = REPO / "handler" / "dino_handler.py"
 MODEL_CONFIG = REPO / "model-config.yaml"
 WEIGHTS_FILE = "dino_backbone.pth"  # name of the filtered state_dict inside the .mar
@@ -56,7 +57,7 @@ def handler_config(config_path: Path, variant: Variant, weights: str) -> dict:
     config = yaml.safe_load(config_path.read_text()) or {}
     config["handler"] = {
         **config.get("handler", {}),
-        "model": variant.name,
+        "arch": variant.arch,
         "patch_size": variant.patch_size,
         "weights": weights,
     }
@@ -81,7 +82,7 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
     with tempfile.TemporaryDirectory(prefix="dino-archive-") as tmp:
         stage = Path(tmp)
         # --extra-files copies a directory's *contents* into the archive root, so the package is
-        # staged one level down to arrive as model/ (importable from TorchServe's model_dir).
+        # staged one level down to arrive as dino_attention/ (importable from TorchServe's model_dir).
         shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         weights_path, tag = stage_weights(args.weights, variant, args.checkpoint_key, stage)
         config_path = stage / "model-config.yaml"
@@ -89,12 +90,18 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
         args.export_path.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(Path(sys.executable).with_name("torch-model-archiver")),
-            "--model-name", variant.archive_name,
-            "--version", "1.0",
-            "--handler", str(HANDLER),
-            "--extra-files", str(stage / "extra"),
-            "--config-file", str(config_path),
-            "--export-path", str(args.export_path),
+            "--model-name",
+            variant.archive_name,
+            "--version",
+            "1.0",
+            "--handler",
+            str(HANDLER),
+            "--extra-files",
+            str(stage / "extra"),
+            "--config-file",
+            str(config_path),
+            "--export-path",
+            str(args.export_path),
             "--force",
         ]
         if weights_path is not None:
@@ -108,9 +115,7 @@ BANNER_LINES = (
     'Attention maps will be noise and every response says "weights": "random".',
     "Fetch the real ones with `make weights`, then `make archive` again.",
 )
-RANDOM_BANNER = "\n".join(
-    ["", "#" * 84, *(f"#  {line:<78}  #" for line in BANNER_LINES), "#" * 84]
-)
+RANDOM_BANNER = "\n".join(["", "#" * 84, *(f"#  {line:<78}  #" for line in BANNER_LINES), "#" * 84])
 
 
 def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, name: str | None = None) -> str:
@@ -122,8 +127,8 @@ def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, nam
         logger.warning("%s", RANDOM_BANNER)
         return RANDOM_WEIGHTS
     raise WeightsError(
-        f"no cached weights for {variant.name}/{variant.patch_size} in {cache_dir}: run "
-        f"`make weights MODEL={variant.name} PATCH={variant.patch_size}`, or pass WEIGHTS=path/to/checkpoint.pth "
+        f"no cached weights for {variant.arch}/{variant.patch_size} in {cache_dir}: run "
+        f"`make weights MODEL={variant.arch} PATCH={variant.patch_size}`, or pass WEIGHTS=path/to/checkpoint.pth "
         "(or WEIGHTS=random for an untrained model)"
     )
 
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         logger.error("torch-model-archiver failed with exit code %d", e.returncode)
         return 1
-    logger.info("wrote %s (%s/%d, weights: %s)", mar, variant.name, variant.patch_size, args.weights)
+    logger.info("wrote %s (%s/%d, weights: %s)", mar, variant.arch, variant.patch_size, args.weights)
     return 0
 
 

@@ -9,6 +9,7 @@
 Upload the folder (e.g. ``gsutil cp -r build/kserve gs://bucket/dino``) and point an
 InferenceService's ``storageUri`` at it (kserve/inferenceservice*.yaml).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from scripts import REPO
+
 logger = logging.getLogger("kserve_bundle")
 
-REPO = Path(__file__).resolve().parent.parent
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storage URI's contents
 # model-config.yaml keys that TorchServe's model_snapshot also carries
 SNAPSHOT_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")

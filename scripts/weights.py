@@ -4,10 +4,11 @@
     python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model vit_base --patch 16
     python -m scripts.weights list
 
-Each file is verified against the size/sha256 in ``model.variants.CHECKPOINTS`` where published;
+Each file is verified against the size/sha256 in ``dino_attention.model.variants.CHECKPOINTS`` where published;
 otherwise the sha256 of the first verified download is recorded beside it (``<file>.sha256``) and
 checked on every later use. Every file must also load strictly into its model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,13 +17,23 @@ import os
 import sys
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
-from model.download import DownloadError, download, partial_path
-from model.variants import ARCHS, CHECKPOINTS, DEFAULT_CHECKPOINTS, PATCH_SIZES, WEIGHTS_URL_ENV, Checkpoint, Variant, get_checkpoint, get_variant
+from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
+from dino_attention.model.variants import (
+    ARCHS,
+    CHECKPOINTS,
+    DEFAULT_CHECKPOINTS,
+    PATCH_SIZES,
+    WEIGHTS_URL_ENV,
+    Checkpoint,
+    Variant,
+    get_checkpoint,
+    get_variant,
+)
+from scripts import REPO
+from scripts.download import DownloadError, download, partial_path
 
 logger = logging.getLogger("weights")
 
-REPO = Path(__file__).resolve().parent.parent
 CACHE_ENV = "DINO_WEIGHTS_DIR"
 
 
@@ -45,10 +56,7 @@ def verify_cached(path: Path, checkpoint: Checkpoint) -> None:
     if expected is None and record_path(path).exists():
         expected = record_path(path).read_text().split()[0]
     if expected is not None and sha256_of(path) != expected:
-        raise WeightsError(
-            f"{path} does not match its sha256 {expected} (corrupted or replaced?); "
-            f"delete it and run `make weights` again"
-        )
+        raise WeightsError(f"{path} does not match its sha256 {expected} (corrupted or replaced?); delete it and run `make weights` again")
 
 
 def cached_weights(variant: Variant, cache_dir: Path, name: str | None = None) -> Path | None:
@@ -56,7 +64,7 @@ def cached_weights(variant: Variant, cache_dir: Path, name: str | None = None) -
 
     ``ValueError`` if ``name`` is not a checkpoint of this variant.
     """
-    if name is None and (variant.name, variant.patch_size) not in DEFAULT_CHECKPOINTS:
+    if name is None and (variant.arch, variant.patch_size) not in DEFAULT_CHECKPOINTS:
         return None  # DINO published no weights for it
     checkpoint = get_checkpoint(variant, name)
     path = cache_dir / checkpoint.filename
@@ -88,7 +96,7 @@ def fetch(variant: Variant, checkpoint: Checkpoint, cache_dir: Path, progress=No
         build_model(variant, filter_state_dict(read_checkpoint(dest)))
     except CheckpointError as e:
         dest.unlink()
-        raise WeightsError(f"{url} is not a {variant.name}/{variant.patch_size} checkpoint (removed): {e}") from e
+        raise WeightsError(f"{url} is not a {variant.arch}/{variant.patch_size} checkpoint (removed): {e}") from e
     if checkpoint.sha256 is None:
         record_path(dest).write_text(f"{sha256_of(dest)}  {dest.name}\n")
     logger.info("verified %s", dest)
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "list":
         for c in CHECKPOINTS.values():
             state = "cached" if (cache_dir / c.filename).is_file() else "-"
-            print(f"{c.name:48} {c.model}/{c.patch_size:<3} {'full' if c.full else 'backbone':9} {state:7} {c.url()}")
+            print(f"{c.name:48} {c.arch}/{c.patch_size:<3} {'full' if c.full else 'backbone':9} {state:7} {c.url()}")
         return 0
     variant = get_variant(args.model, args.patch)
     try:

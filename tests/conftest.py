@@ -1,4 +1,10 @@
-"""Fixtures shared by the test modules: one real TorchServe for the whole session."""
+"""Fixtures shared by the test modules: one real TorchServe for the whole session, and the markers.
+
+``e2e``: tests that need a real TorchServe (Java 17): every test of the modules in ``E2E_MODULES``
+and every test using the session's ``served`` server. All others are ``unit``. Run one kind with
+``pytest -m unit`` or ``pytest -m e2e``.
+"""
+
 from __future__ import annotations
 
 import tempfile
@@ -10,14 +16,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.service import AttentionService, create_service
-from scripts import archive
-from scripts.serve import private_torchserve
+from dino_attention.service import AttentionService, create_service
+from scripts import REPO, archive
+from tests.support.torchserve import PrivateServer, private_torchserve
 
-from .helpers import backbone_state, full_checkpoint, save
+from .support.checkpoints import backbone_state, full_checkpoint, save
 
 NAME = "dino_vitt16"
-REPO = Path(__file__).resolve().parent.parent
+E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_metrics")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        e2e = module in E2E_MODULES or "served" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)
 
 
 @dataclass
@@ -27,6 +40,7 @@ class Served:
     metrics: str  # the Prometheus endpoint
     log_dir: Path
     in_process: AttentionService  # same checkpoint and settings, loaded here
+    server: PrivateServer
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +54,16 @@ def served() -> Iterator[Served]:
         config.update(batchSize=4, maxBatchDelay=50)
         (Path(tmp) / "model-config.yaml").write_text(yaml.safe_dump(config))
         args = [
-            "--model", "vit_tiny", "--patch", "16", "--weights", str(checkpoint), "--export-path", str(store),
-            "--config", str(Path(tmp) / "model-config.yaml"),
+            "--model",
+            "vit_tiny",
+            "--patch",
+            "16",
+            "--weights",
+            str(checkpoint),
+            "--export-path",
+            str(store),
+            "--config",
+            str(Path(tmp) / "model-config.yaml"),
         ]
         assert archive.main(args) == 0
         config = yaml.safe_load(zipfile.ZipFile(store / f"{NAME}.mar").read("model-config.yaml"))
@@ -52,4 +74,5 @@ def served() -> Iterator[Served]:
                 metrics=f"{server.props['metrics_address']}/metrics",
                 log_dir=server.root / "logs",
                 in_process=create_service(config["handler"], checkpoint),
+                server=server,
             )

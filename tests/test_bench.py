@@ -1,5 +1,6 @@
 """The benchmark script: runs end to end on a tiny configuration in seconds (figures are not
 asserted), and its report never states an impossible figure for a precision that is not native."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,30 @@ import torch
 
 from bench import bench_attention
 from bench.bench_attention import Machine, Result
-from model.precision import PrecisionPlan, Speed, probe_speed
-from model.variants import get_variant
+from dino_attention.model.variants import get_variant
+from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 
 
 def test_bench_runs_and_reports(tmp_path: Path) -> None:
-    args = ["--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu",
-            "--sections", "forward", "encoding", "--out", str(tmp_path), "--name", "tiny"]
+    args = [
+        "--model",
+        "vit_tiny",
+        "--patch",
+        "16",
+        "--sizes",
+        "32x48",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--sections",
+        "forward",
+        "encoding",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "tiny",
+    ]
     assert bench_attention.main(args) == 0
     report = (tmp_path / "tiny.md").read_text()
     assert report.startswith("# Benchmark: vit_tiny/16\n")
@@ -35,8 +53,11 @@ def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:
     """An AVX2-only CPU: bf16 rows and targets read "not native ... skipped" and "n/a here"."""
     emulated = Speed(False, None, "not native on this CPU (no amx_bf16 or avx512_bf16: emulated)")
     machine = Machine(
-        torch.device("cpu"), "AMD EPYC; avx2=yes avx512_bf16=no", {"bf16": emulated, "fp16": emulated},
-        {"fp32": 100.0}, PrecisionPlan.fp32_only(why="nothing faster"),
+        torch.device("cpu"),
+        "AMD EPYC; avx2=yes avx512_bf16=no",
+        {"bf16": emulated, "fp16": emulated},
+        {"fp32": 100.0},
+        PrecisionPlan.fp32_only(why="nothing faster"),
     )
     results = [
         Result("seed", (480, 480), 3600, times=[6.0], peak_rss_mb=2000, loaded_rss_mb=800, gflops=60),

@@ -1,4 +1,5 @@
 """Checkpoint layouts, strict loading and the archive-time key check."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import (
+from dino_attention.model.checkpoint import (
     CheckpointError,
     build_model,
     filter_state_dict,
     read_checkpoint,
     weights_tag,
 )
-from model.variants import get_variant
+from dino_attention.model.variants import get_variant
 from scripts import archive
 
-from .helpers import TINY, backbone_state, full_checkpoint, save
+from .support.checkpoints import TINY, backbone_state, full_checkpoint, save
 
 
 @pytest.fixture(scope="module")

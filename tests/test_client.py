@@ -1,7 +1,10 @@
 """The matplotlib client: rendering from saved JSON and from the live TorchServe, masks, errors."""
+
 from __future__ import annotations
 
+import itertools
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from client import render_attention as client
-from model.service import create_service
+from dino_attention.image import prepare_image
+from dino_attention.service import create_service
+from scripts import REPO
 
 from .conftest import Served
-from .helpers import brightness_seeking_state, encode, random_rgb, save
-
-REPO = Path(__file__).resolve().parent.parent
+from .support.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb
+from .support.handler import answer
 
 
 def png(path: Path) -> np.ndarray:
@@ -33,8 +38,8 @@ def dark_square(tmp_path_factory) -> tuple[Path, Path, tuple[slice, slice]]:
     square = (slice(48, 80), slice(16, 48))
     image[square] = 0
     (root / "square.png").write_bytes(encode(image))
-    service = create_service({"model": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), root / "dark.pth"))
-    (reply,) = service.handle([{"data": encode(image), "layer": "0", "scale": "1", "upsample": "false"}])
+    service = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), root / "dark.pth"))
+    (reply,) = answer(service, [{"data": encode(image), "layer": "0", "scale": "1", "upsample": "false"}])
     (root / "square.json").write_bytes(reply.body)
     return root / "square.png", root / "square.json", square
 
@@ -43,7 +48,7 @@ def test_threshold_masks_keep_the_stated_mass() -> None:
     grid = np.random.default_rng(0).random((4, 7, 9)).astype(np.float32)
     for threshold in (0.1, 0.6, 0.9):
         masks = client.threshold_masks(grid, threshold)
-        for head, mask in zip(grid, masks):
+        for head, mask in zip(grid, masks, strict=True):
             total, kept = head.sum(), head[mask].sum()
             assert kept / total >= threshold - 1e-6  # holds the mass ...
             assert (kept - head[mask].min()) / total < threshold  # ... with no patch to spare
@@ -52,11 +57,14 @@ def test_threshold_masks_keep_the_stated_mass() -> None:
 
 def test_render_from_json(dark_square, tmp_path: Path) -> None:
     image_path, json_path, square = dark_square
-    rc = client.main(["--from-json", str(json_path), "--image", str(image_path), "--out", str(tmp_path), "--threshold", "0.6", "--save-heads"])
+    rc = client.main(
+        ["--from-json", str(json_path), "--image", str(image_path), "--out", str(tmp_path), "--threshold", "0.6", "--save-heads"]
+    )
     assert rc == 0
     figure = png(tmp_path / "square_attention.png")
-    # 3 heads -> 3 columns of 3 in; rows: summary, heads, masks, each 3 * 96/160 + 0.6 in; 100 dpi
-    assert figure.shape[:2] == (round(3 * (3 * 96 / 160 + 0.6) * 100), 900)
+    # 3 heads -> 3 columns, each a map and its colour bar; rows: summary, heads, masks; 100 dpi
+    width, height = client.figure_size(3, 3, 96 / 160)  # before fit_height takes the white space out
+    assert figure.shape[1] == round(width * 100) and 0.7 * height * 100 < figure.shape[0] < height * 100
     assert figure.std() > 20  # not blank
     heads = tmp_path / "square"
     for name in ["img.png", "overlay.png", *(f"attn-head{j}.png" for j in range(3)), *(f"mask_th0.6_head{j}.png" for j in range(3))]:
@@ -74,7 +82,7 @@ def test_render_from_json(dark_square, tmp_path: Path) -> None:
 
 
 def test_render_upsampled_json_matches_grid_json(dark_square, tmp_path: Path) -> None:
-    image_path, json_path, _ = dark_square
+    _, json_path, _ = dark_square
     doc = orjson.loads(json_path.read_bytes())
     grid = client.parse_response(doc)
     p = doc["patch_size"]
@@ -107,7 +115,9 @@ def test_render_from_live_server(served: Served, tmp_path: Path, capsys) -> None
     for i, (h, w) in enumerate(((120, 90), (64, 200))):
         images.append(tmp_path / f"img{i}.jpg")
         images[-1].write_bytes(encode(random_rgb(h, w, seed=i), "JPEG"))
-    rc = client.main([*map(str, images), "--url", served.url, "--out", str(tmp_path / "out"), "--short-side", "64", "--heads", "0,2", "--layer", "3"])
+    rc = client.main(
+        [*map(str, images), "--url", served.url, "--out", str(tmp_path / "out"), "--short-side", "64", "--heads", "0,2", "--layer", "3"]
+    )
     assert rc == 0
     assert "rendered 2/2" in capsys.readouterr().out
     for image in images:
@@ -151,7 +161,10 @@ def test_errors_exit_nonzero_with_one_line(served: Served, dark_square, tmp_path
     (tmp_path / "other.json").write_bytes(dark_square[1].read_bytes())  # made for a 96x160 image
     proc = subprocess.run(
         [sys.executable, "-m", "client.render_attention", *args(tmp_path, str(img), served), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -167,10 +180,76 @@ def test_http_timeout(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/predictions/x"
-        with pytest.raises(client.ClientError, match="no answer .* within 0.5 s"):
+        with pytest.raises(client.ClientError, match=r"no answer .* within 0.5 s"):
             client.request_attention(url, img, {}, timeout=0.5, headers={})
 
 
-def test_client_does_not_need_torch() -> None:
-    code = "import sys, client.render_attention; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+def test_client_runs_alone_from_any_directory(dark_square, tmp_path: Path) -> None:
+    """client/ copied alone: runs as a script and imports nothing of the server (nor torch)."""
+    image_path, json_path, _ = dark_square
+    alone = tmp_path / "elsewhere"
+    shutil.copytree(REPO / "client", alone / "client")
+    args = ["--from-json", str(json_path), "--image", str(image_path), "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "client/render_attention.py", *args], cwd=alone, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "square_attention.png").stat().st_size > 1000
+    code = (
+        "import sys; sys.path.insert(0, 'client'); import render_attention; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'dino_attention', 'handler', 'scripts')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=alone, check=True, timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["rgb_jpeg", "rgba_png", "exif_rotated", "palette_transparency", "grey"])
+def test_client_aligns_the_image_as_the_server(kind: str) -> None:
+    """The client's resize and crop of the original equal the server's, pixel for pixel."""
+    rgb = smooth_rgb(70, 110)
+    if kind == "rgb_jpeg":
+        data = encode(rgb, "JPEG", quality=90)
+    elif kind == "rgba_png":
+        rgba = np.dstack([rgb, np.linspace(0, 255, 110, dtype=np.uint8)[None].repeat(70, 0)])
+        data = encode(Image.fromarray(rgba, "RGBA"))
+    elif kind == "exif_rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees on display
+        data = encode(rgb, "JPEG", exif=exif)
+    elif kind == "palette_transparency":
+        data = encode(Image.fromarray(rgb).convert("P"), "PNG", transparency=3)
+    else:
+        data = encode(Image.fromarray(rgb).convert("L"))
+    server = prepare_image(data, patch_size=16, max_pixels=10**8, max_tokens=10**6, short_side=48)
+    meta = {"input_size": list(server.input_size), "resized_size": list(server.resized_size), "image_size": list(server.image_size)}
+    np.testing.assert_array_equal(client.aligned_image(data, meta), np.asarray(server.image))
+
+
+def test_figure_is_compact(dark_square) -> None:
+    """No gap between rows of the figure is taller than a panel title."""
+    image_path, json_path, _ = dark_square
+    att = client.parse_response(orjson.loads(json_path.read_bytes())).with_image(image_path)
+    fig = att.figure(threshold=0.6)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    axes = [ax for ax in fig.axes if ax.images]  # the maps (colour bars hold no image)
+    rows: dict[float, list] = {}
+    for ax in axes:
+        rows.setdefault(round(ax.get_position().y0, 2), []).append(ax)
+    ordered = [rows[y] for y in sorted(rows, reverse=True)]
+    assert len(ordered) == 3  # summary, heads, masks
+    title = max(ax.title.get_window_extent(renderer).height for ax in axes)
+    for upper, lower in itertools.pairwise(ordered):
+        bottom_of_upper = min(ax.get_window_extent(renderer).y0 for ax in upper)
+        top_of_lower = max(ax.title.get_window_extent(renderer).y1 for ax in lower)
+        assert bottom_of_upper - top_of_lower <= title
+    assert "vit_tiny/16" in fig.get_suptitle() and "layer 0" in fig.get_suptitle()
+
+
+def test_notebook_api_against_the_server(served: Served) -> None:
+    result = client.AttentionClient(served.url).explain(random_rgb(40, 72), heads="0,2", scale=1)
+    assert result.grid.shape == (2, 2, 4) and result.meta["heads"] == [0, 2] and result.image.shape == (32, 64, 3)
+    rows = [{"data": encode(random_rgb(40, 72)), "heads": "0,2", "scale": "1", "upsample": "false"}]
+    expected = orjson.loads(answer(served.in_process, rows)[0].body)["attention"]
+    np.testing.assert_allclose(result.grid, np.asarray(expected), atol=1e-6)
+    assert result.figure().get_suptitle().startswith("vit_tiny/16") and result._repr_png_().startswith(b"\x89PNG")
+    with pytest.raises(client.ClientError, match=r"HTTP 400 .*layer"):
+        client.AttentionClient(served.url).explain(random_rgb(40, 72), layer=99)

@@ -2,11 +2,15 @@
 
 TorchServe runs on free ports with its own model store, logs and temp dir, and is always stopped.
 """
+
 from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import subprocess
+import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +22,11 @@ import pytest
 import requests
 import yaml
 
-from scripts import archive
+from scripts import REPO, archive
 
 from .conftest import NAME, Served
-from .helpers import encode, random_rgb
+from .support.checkpoints import encode, random_rgb
+from .support.handler import answer
 
 TIMEOUT = 120  # s per HTTP call: generous for a loaded CI machine
 
@@ -33,7 +38,7 @@ def attention_of(reply: requests.Response) -> np.ndarray:
 
 
 def in_process(served: Served, payload: dict) -> dict:
-    (reply,) = served.in_process.handle([payload])
+    (reply,) = answer(served.in_process, [payload])
     assert reply.status == 200
     return orjson.loads(reply.body)
 
@@ -48,7 +53,9 @@ def test_raw_body_forms(served: Served, tmp_path: Path) -> None:
     (tmp_path / "img.jpg").write_bytes(data)
     out = tmp_path / "out.json"
     # the README's curl form, verbatim
-    subprocess.run(["curl", "-sS", "--fail-with-body", "-T", str(tmp_path / "img.jpg"), served.url, "-o", str(out)], check=True, timeout=TIMEOUT)
+    subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-T", str(tmp_path / "img.jpg"), served.url, "-o", str(out)], check=True, timeout=TIMEOUT
+    )
     via_curl = requests.models.Response()
     via_curl.status_code, via_curl._content = 200, out.read_bytes()
     via_curl.headers["Content-Type"] = "application/json"
@@ -124,12 +131,14 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> 
         return requests.post(served.url, data=payloads[i]["data"], timeout=TIMEOUT)
 
     with ThreadPoolExecutor(len(payloads) + 1) as pool:
-        slow = pool.submit(requests.post, served.url, files={"data": encode(random_rgb(64, 64))}, data={"short_side": "1024"}, timeout=TIMEOUT)
+        slow = pool.submit(
+            requests.post, served.url, files={"data": encode(random_rgb(64, 64))}, data={"short_side": "1024"}, timeout=TIMEOUT
+        )
         time.sleep(0.2)  # the worker is busy with the slow request while the others queue up
         replies = list(pool.map(send, range(len(payloads))))
         assert slow.result().status_code == 200
     assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
-    for payload, reply in zip(payloads[:4], replies[:4]):
+    for payload, reply in zip(payloads[:4], replies[:4], strict=True):
         expected = in_process(served, {"body": payload["data"]})
         assert reply.json()["image_size"] == expected["image_size"]
         np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
@@ -163,6 +172,26 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / f"{NAME}.mar") as mar:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert config["handler"] == {**config["handler"], "model": "vit_tiny", "patch_size": 16, "weights": "random"}
-    assert {"dino_handler.py", "model/service.py", "model/vit.py"} <= names
+    assert config["handler"] == {**config["handler"], "arch": "vit_tiny", "patch_size": 16, "weights": "random"}
+    assert {"dino_handler.py", "dino_attention/service.py", "dino_attention/model/vit.py"} <= names
     assert not any(n.endswith(".pth") for n in names)
+    # the archive ships only what the worker imports: unpacked alone, loading and serving imports every module
+    root = tmp_path / "model_dir"
+    zipfile.ZipFile(tmp_path / f"{NAME}.mar").extractall(root)
+    shipped = sorted(n.removesuffix(".py").replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
+    code = (
+        "import sys, json, yaml; sys.path.insert(0, '.'); from dino_handler import DinoAttentionHandler; "
+        "from tests.support.handler import mock_context; "
+        "ctx = mock_context([{}], model_dir='.', handler_settings=yaml.safe_load(open('model-config.yaml'))['handler']); "
+        "h = DinoAttentionHandler(); h.initialize(ctx); h.handle([{'body': open(sys.argv[1], 'rb').read()}], ctx); "
+        "import os, dino_attention; assert dino_attention.__file__.startswith(os.getcwd()), dino_attention.__file__; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    image = tmp_path / "img.png"
+    image.write_bytes(encode(random_rgb(32, 32)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # tests.support only; dino_attention comes from the archive
+    out = subprocess.run([sys.executable, "-c", code, str(image)], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    imported = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert set(shipped) <= imported, sorted(set(shipped) - imported)
+    assert "scripts.download" not in imported and not any(n.startswith(("scripts/", "tests/")) for n in names)

@@ -1,5 +1,6 @@
 """Property-based fuzzing of the request entry point: any bytes and options give a prepared tensor or
 a ``RequestError`` (our own, with an HTTP status), never another exception."""
+
 from __future__ import annotations
 
 import base64
@@ -11,12 +12,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.checkpoint import build_model
-from model.errors import RequestError
-from model.options import OPTION_NAMES
-from model.service import AttentionService, Prepared, ServiceConfig
+from dino_attention.errors import RequestError
+from dino_attention.model.checkpoint import build_model
+from dino_attention.options import OPTION_NAMES
+from dino_attention.protocols import PLAIN
+from dino_attention.service import AttentionService, Prepared, ServiceConfig
 
-from .helpers import TINY, encode
+from .support.checkpoints import TINY, encode
 
 # FUZZ_EXAMPLES=5000 make test for a longer run
 # Corrupt inputs make PIL warn (e.g. "Corrupt EXIF data"); the property is about exceptions.
@@ -27,8 +29,13 @@ SEEDS = [
     for fmt, kw in (("PNG", {}), ("JPEG", {}), ("GIF", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True}))
 ]
 values = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.binary(max_size=8), st.lists(st.integers(-3, 40), max_size=4),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.binary(max_size=8),
+    st.lists(st.integers(-3, 40), max_size=4),
     st.sampled_from(["0", "-1", "11", "0,2", "32x48", "0.5", "true", "bf16", "npz", "float16", "1e400"]),
 )
 options = st.dictionaries(st.sampled_from([*OPTION_NAMES, "bogus", "data"]), values, max_size=4)
@@ -37,7 +44,7 @@ options = st.dictionaries(st.sampled_from([*OPTION_NAMES, "bogus", "data"]), val
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
     torch.manual_seed(0)
-    config = ServiceConfig(model="vit_tiny", patch_size=16, weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
+    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
     return AttentionService(build_model(TINY, None), TINY, config)
 
 
@@ -56,7 +63,8 @@ payload_bytes = st.one_of(st.binary(max_size=600), mutated_image())
 
 def check(service: AttentionService, payload: dict) -> None:
     try:
-        prepared = service.prepare(payload)
+        (request,) = PLAIN.decode(payload).requests
+        prepared = service.prepare(request)
     except RequestError as e:
         assert 400 <= e.status < 500 and str(e)
         return
@@ -85,6 +93,10 @@ def test_json_documents(service: AttentionService, data: bytes, opts: dict, mang
 
 
 @FUZZ
-@given(doc=st.recursive(values, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=8))
+@given(
+    doc=st.recursive(
+        values, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=8
+    )
+)
 def test_arbitrary_json(service: AttentionService, doc: object) -> None:
     check(service, {"body": doc})

@@ -1,4 +1,5 @@
 """Hardening through the real TorchServe: a bad-input corpus, limits, load, worker faults, auth."""
+
 from __future__ import annotations
 
 import base64
@@ -21,10 +22,12 @@ from PIL import Image
 
 from bench.load import Probe, run_load
 from scripts import archive, serve
-from scripts.serve import ServeError, private_torchserve
+from scripts.serve import ServeError
+from tests.support.torchserve import private_torchserve, write_private_config
 
 from .conftest import NAME, REPO, Served
-from .helpers import encode, random_rgb, smooth_rgb
+from .support.checkpoints import encode, random_rgb, smooth_rgb
+from .support.handler import answer
 
 TIMEOUT = 120
 SMOOTH = smooth_rgb(48, 64)
@@ -74,8 +77,15 @@ def corpus() -> list[Case]:
     return [
         Case("zero bytes", {"data": b""}, 400, "empty request body"),
         Case("text", {"data": b"hello world"}, 400, "not an image"),
-        Case("html", {"data": b"<!doctype html><html><body>hi</body></html>", "headers": {"Content-Type": "text/html"}}, 400, "body is text"),
-        Case("svg", {"data": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', "headers": {"Content-Type": "image/svg+xml"}}, 400, "not an image"),
+        Case(
+            "html", {"data": b"<!doctype html><html><body>hi</body></html>", "headers": {"Content-Type": "text/html"}}, 400, "body is text"
+        ),
+        Case(
+            "svg",
+            {"data": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', "headers": {"Content-Type": "image/svg+xml"}},
+            400,
+            "not an image",
+        ),
         Case("pdf", {"data": b"%PDF-1.7\n1 0 obj << >> endobj\n%%EOF"}, 400, "not an image"),
         Case("truncated jpeg", {"data": jpeg[: len(jpeg) // 2]}, 400, "truncated or corrupt"),
         Case("truncated png", {"data": png[:100]}, 400, "truncated or corrupt"),
@@ -86,7 +96,7 @@ def corpus() -> list[Case]:
         Case("extreme aspect 20000x2", {"data": encode(np.zeros((2, 20000, 3), np.uint8))}, 400, "smaller than one 16x16 patch"),
         Case("extreme aspect 16x20000", {"data": encode(np.zeros((16, 20000, 3), np.uint8))}, 413, "max_tokens"),
         Case("decompression bomb 40000x40000", {"data": png_bomb()}, 413, "decompression bomb"),
-        Case("16-bit tiff", {"data": encode(Image.fromarray((SMOOTH[..., 0].astype(np.uint16) * 257)), "TIFF")}, 200),
+        Case("16-bit tiff", {"data": encode(Image.fromarray(SMOOTH[..., 0].astype(np.uint16) * 257), "TIFF")}, 200),
         Case("float tiff", {"data": encode(Image.fromarray(SMOOTH[..., 0].astype(np.float32) / 255), "TIFF")}, 200),
         Case("cmyk jpeg", {"data": encode(Image.fromarray(SMOOTH).convert("CMYK"), "JPEG")}, 200),
         Case("palette with transparency", {"data": encode(pal, "PNG", transparency=0)}, 200),
@@ -97,7 +107,15 @@ def corpus() -> list[Case]:
         Case("png sent as text/plain", {"data": png, "headers": {"Content-Type": "text/plain"}}, 200),
         Case("png sent as application/json", {"data": png, "headers": {"Content-Type": "application/json"}}, 200),
         Case("text sent as image/jpeg", {"data": b"definitely not a jpeg", "headers": {"Content-Type": "image/jpeg"}}, 400, "not an image"),
-        Case("malformed multipart", {"data": b"--xyz\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\nabc", "headers": {"Content-Type": "multipart/form-data; boundary=abc"}}, 400, ""),
+        Case(
+            "malformed multipart",
+            {
+                "data": b'--xyz\r\nContent-Disposition: form-data; name="data"\r\n\r\nabc',
+                "headers": {"Content-Type": "multipart/form-data; boundary=abc"},
+            },
+            400,
+            "",
+        ),
         Case("multipart without image", multipart({"layer": "1"}), 400, "exactly one image field"),
         Case("json invalid base64", {"json": {"image": "%%%not base64%%%"}}, 400, "not valid base64"),
         Case("json with a url", {"json": {"image": "https://example.com/cat.jpg"}}, 400, "URLs are not fetched"),
@@ -155,7 +173,7 @@ def test_load_500_requests_concurrency_8(served: Served) -> None:
     """Bounded load: mixed valid/invalid, 0 lost, 0 5xx, every valid answer equal to the in-process one."""
     images = [encode(random_rgb(32 + 16 * i, 48, seed=i)) for i in range(4)]
     expected = {
-        i: np.asarray(orjson.loads(served.in_process.handle([{"data": img, "scale": "1"}])[0].body)["attention"])
+        i: np.asarray(orjson.loads(answer(served.in_process, [{"data": img, "scale": "1"}])[0].body)["attention"])
         for i, img in enumerate(images)
     }
 
@@ -225,9 +243,8 @@ def broken_archive(store: Path, tmp: Path) -> Path:
 def test_model_that_fails_to_load_fails_fast_with_the_reason(store: Path, tmp_path: Path) -> None:
     broken = broken_archive(store, tmp_path)
     start = time.monotonic()
-    with pytest.raises(ServeError, match="max_tokens must be positive"):
-        with private_torchserve(broken, NAME, timeout=120):
-            pass
+    with pytest.raises(ServeError, match="max_tokens must be positive"), private_torchserve(broken, NAME, timeout=120):
+        pass
     assert time.monotonic() - start < 60
 
 
@@ -238,8 +255,20 @@ def test_make_serve_fails_instead_of_hanging(store: Path, tmp_path: Path, monkey
     monkeypatch.setenv("TMPDIR", str(private))
     monkeypatch.setenv("TEMP", str(private))
     config = tmp_path / "config.properties"
-    serve.write_private_config(REPO / "config.properties", config, broken)
-    args = ["start", "--model-name", NAME, "--config", str(config), "--model-store", str(broken), "--log-dir", str(tmp_path / "logs"), "--timeout", "120"]
+    write_private_config(REPO / "config.properties", config, broken)
+    args = [
+        "start",
+        "--model-name",
+        NAME,
+        "--config",
+        str(config),
+        "--model-store",
+        str(broken),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--timeout",
+        "120",
+    ]
     assert serve.main(args) == 1
     assert "max_tokens must be positive" in caplog.text
 
@@ -260,6 +289,7 @@ def test_production_config_requires_the_key(store: Path) -> None:
         assert management.status_code in (400, 401) and "Token Authorization failed" in management.text
         register = requests.post(
             f"{server.props['management_address']}/models?url=https://example.com/evil.mar",
-            headers=serve.auth_header(server.key_file, "management"), timeout=TIMEOUT,
+            headers=serve.auth_header(server.key_file, "management"),
+            timeout=TIMEOUT,
         )
         assert register.status_code in (400, 403, 405)  # model API off: nothing is fetched

@@ -1,4 +1,5 @@
 """Preprocessing: formats, modes, EXIF orientation, resize and crop arithmetic, limits."""
+
 from __future__ import annotations
 
 import io
@@ -8,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model.attention import to_tensor
-from model.errors import PayloadTooLarge, RequestError
-from model.image import crop_size, decode_image, prepare_image, target_size, to_rgb
-from model.variants import IMAGENET_MEAN, IMAGENET_STD
+from dino_attention.attention import to_tensor
+from dino_attention.errors import PayloadTooLarge, RequestError
+from dino_attention.image import crop_size, decode_image, prepare_image, target_size, to_rgb
+from dino_attention.model.variants import IMAGENET_MEAN, IMAGENET_STD
 
-from .helpers import encode, random_rgb, smooth_rgb
+from .support.checkpoints import encode, random_rgb, smooth_rgb
 
 BIG = 10**9
 RGB = random_rgb(37, 53)
@@ -61,7 +62,7 @@ def test_every_mode_to_rgb(mode: str, value, expected) -> None:
     rgb = to_rgb(img)
     assert rgb.mode == "RGB" and rgb.size == (4, 3)
     if expected is not None:
-        assert all(abs(a - b) <= 1 for a, b in zip(rgb.getpixel((1, 1)), expected))
+        assert all(abs(a - b) <= 1 for a, b in zip(rgb.getpixel((1, 1)), expected, strict=True))
 
 
 def test_palette_with_transparency_and_16bit_png_roundtrip() -> None:
@@ -139,7 +140,10 @@ def test_target_size_needs_exactly_one_rule() -> None:
         target_size((10, 10), short_side=5, scale=2.0)
 
 
-@pytest.mark.parametrize("size, patch, expected", [((480, 640), 8, (480, 640)), ((487, 643), 8, (480, 640)), ((487, 643), 16, (480, 640)), ((15, 31), 16, (0, 16))])
+@pytest.mark.parametrize(
+    "size, patch, expected",
+    [((480, 640), 8, (480, 640)), ((487, 643), 8, (480, 640)), ((487, 643), 16, (480, 640)), ((15, 31), 16, (0, 16))],
+)
 def test_crop_size(size, patch, expected) -> None:
     assert crop_size(size, patch) == expected
 
@@ -166,5 +170,9 @@ def test_to_tensor_applies_imagenet_normalisation() -> None:
     img = Image.new("RGB", (3, 2), (255, 0, 128))
     t = to_tensor(img, IMAGENET_MEAN, IMAGENET_STD)
     assert t.shape == (3, 2, 3) and t.dtype == torch.float32
-    expected = [(1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], -IMAGENET_MEAN[1] / IMAGENET_STD[1], (128 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]]
+    expected = [
+        (1 - IMAGENET_MEAN[0]) / IMAGENET_STD[0],
+        -IMAGENET_MEAN[1] / IMAGENET_STD[1],
+        (128 / 255 - IMAGENET_MEAN[2]) / IMAGENET_STD[2],
+    ]
     torch.testing.assert_close(t[:, 1, 2], torch.tensor(expected))

@@ -1,9 +1,9 @@
 """KServe: the storage layout, native v1/v2 protocol answers, and TorchServe's own envelopes."""
+
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,11 @@ import pytest
 import requests
 
 from scripts import archive, kserve_bundle
-from scripts.serve import PrivateServer, private_torchserve, read_properties
+from scripts.serve import read_properties
+from tests.support.torchserve import PrivateServer, private_torchserve
 
-from .conftest import NAME
-from .helpers import encode, random_rgb
+from .conftest import NAME, Served
+from .support.checkpoints import encode, random_rgb
 
 TIMEOUT = 120
 IMAGE = encode(random_rgb(48, 80, seed=9))
@@ -39,11 +40,10 @@ def test_bundle_layout(bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def kserve_server(bundle: Path) -> Iterator[PrivateServer]:
-    """TorchServe started from the bundle's own config (ports and paths moved to this machine)."""
-    extra = {"metrics_config": str(bundle / "config" / "metrics.yaml")}
-    with private_torchserve(bundle / "model-store", NAME, config=bundle / "config" / "config.properties", extra=extra) as server:
-        yield server
+def kserve_server(served: Served) -> PrivateServer:
+    """The session's TorchServe: its inference API answers KServe's native /v1 and /v2 routes too.
+    (The bundle's own config is served in ``test_torchserve_envelopes``.)"""
+    return served.server
 
 
 def reference(kserve_server: PrivateServer, **options) -> dict:
@@ -75,7 +75,11 @@ def test_native_v2_gives_proper_tensors(kserve_server: PrivateServer) -> None:
 
 def test_native_v2_fp16_several_images_and_errors(kserve_server: PrivateServer) -> None:
     url = f"{kserve_server.props['inference_address']}/v2/models/{NAME}/infer"
-    body = {"inputs": [{"name": "images", "shape": [2], "datatype": "BYTES", "data": [B64, B64], "parameters": {"scale": 1, "dtype": "float16"}}]}
+    body = {
+        "inputs": [
+            {"name": "images", "shape": [2], "datatype": "BYTES", "data": [B64, B64], "parameters": {"scale": 1, "dtype": "float16"}}
+        ]
+    }
     outputs = requests.post(url, json=body, timeout=TIMEOUT).json()["outputs"]
     assert [o["name"] for o in outputs] == ["attention_0", "attention_1"]
     assert all(o["datatype"] == "FP16" and o["shape"] == [3, 48, 80] and len(o["data"]) == 3 * 48 * 80 for o in outputs)
@@ -111,7 +115,11 @@ def test_torchserve_envelopes(bundle: Path, envelope: str) -> None:
             bad = requests.post(f"{base}/v1/models/{NAME}:predict", json={"instances": [{"data": "!!"}]}, timeout=TIMEOUT)
             assert bad.status_code == 400 and "base64" in bad.text
         else:
-            body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64], "parameters": {"scale": 1, "upsample": False}}]}
+            body = {
+                "inputs": [
+                    {"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64], "parameters": {"scale": 1, "upsample": False}}
+                ]
+            }
             reply = requests.post(f"{base}/v2/models/{NAME}/infer", json=body, timeout=TIMEOUT)
             assert reply.status_code == 200, reply.text[:300]
             (output,) = reply.json()["outputs"]

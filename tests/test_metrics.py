@@ -1,4 +1,5 @@
 """The handler's own metrics reach TorchServe's Prometheus endpoint with plausible values."""
+
 from __future__ import annotations
 
 import re
@@ -7,7 +8,7 @@ import time
 import requests
 
 from .conftest import Served
-from .helpers import encode, random_rgb
+from .support.checkpoints import encode, random_rgb
 
 TIMEOUT = 120
 

@@ -3,6 +3,7 @@
 CPUs are forced here (``CpuInfo`` with chosen flags, probe results injected), so the decision logic
 is tested for AVX2-only, avx512_bf16 and AMX machines whatever machine runs the tests.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,29 +11,42 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 import torch
 
-from model.attention import map_agreement
-from model.checkpoint import build_model
-from model.options import PRECISIONS
-from model.precision import (
-    AUTO, BF16, CPU_FLAGS, FP16, FP32, MIN_CORRELATION, CpuInfo, PrecisionPlan, Speed, capable, choose, cpu_info,
-    describe_device, plan_precisions, probe_speed,
+from dino_attention.attention import map_agreement
+from dino_attention.model.checkpoint import build_model
+from dino_attention.options import PRECISIONS
+from dino_attention.precision import (
+    AUTO,
+    BF16,
+    CPU_FLAGS,
+    FP16,
+    FP32,
+    MIN_CORRELATION,
+    CpuInfo,
+    PrecisionPlan,
+    Speed,
+    capable,
+    choose,
+    cpu_info,
+    describe_device,
+    plan_precisions,
+    probe_speed,
 )
-from model.service import AttentionService, ServiceConfig
+from dino_attention.service import AttentionService, ServiceConfig
+from scripts import REPO
 
-from .helpers import TINY, backbone_state, encode, smooth_rgb
+from .support.checkpoints import TINY, backbone_state, encode, smooth_rgb
+from .support.handler import answer
 
 CPU = torch.device("cpu")
 AVX2_ONLY = CpuInfo("AMD EPYC (AVX2)", frozenset({"avx", "avx2", "fma"}), "AVX2")
 AVX512_BF16 = CpuInfo("AMD EPYC (Zen 4)", frozenset({"avx2", "avx512f", "avx512_bf16"}), "AVX512")
 AMX = CpuInfo("Intel Xeon (Sapphire Rapids)", frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"}), "AVX512")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def no_probe(device: torch.device, precision: str) -> float:
@@ -101,7 +115,7 @@ def test_agreement_is_checked_only_for_fast_precisions() -> None:
 
 
 def test_plan_is_logged_with_its_reasons(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="model.precision"):
+    with caplog.at_level("INFO", logger="dino_attention.precision"):
         plan_precisions(CPU, lambda p: 1.0, speed=forced_speed(AVX2_ONLY, {}))
     assert "auto -> fp32" in caplog.text and "not native on this CPU" in caplog.text
 
@@ -113,7 +127,7 @@ def model() -> torch.nn.Module:
 
 def service_on(model: torch.nn.Module, cpu: CpuInfo, speedups: dict[str, float]) -> AttentionService:
     """The service as it decides on a machine with ``cpu`` (its own map-agreement check included)."""
-    config = ServiceConfig(model="vit_tiny", patch_size=16, weights="test")
+    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="test")
     plan = plan_precisions(CPU, lambda p: map_agreement(model, CPU, p), speed=forced_speed(cpu, speedups))
     return AttentionService(model, TINY, config, precisions=plan)
 
@@ -133,9 +147,9 @@ def decode(reply) -> tuple[dict, np.ndarray]:
 def test_avx2_machine_runs_reduced_requests_in_fp32_and_says_so(model: torch.nn.Module, fmt: str) -> None:
     service = service_on(model, AVX2_ONLY, {})
     data = encode(smooth_rgb(64, 96))
-    _, reference = decode(service.handle([{"data": data, "scale": "1", "format": fmt}])[0])
+    _, reference = decode(answer(service, [{"data": data, "scale": "1", "format": fmt}])[0])
     for requested in (BF16, FP16, AUTO):
-        (reply,) = service.handle([{"data": data, "scale": "1", "format": fmt, "precision": requested}])
+        (reply,) = answer(service, [{"data": data, "scale": "1", "format": fmt, "precision": requested}])
         meta, maps = decode(reply)
         assert reply.status == 200 and reply.headers["X-Attention-Precision"] == FP32
         assert meta["precision"] == FP32 and meta["precision_requested"] == requested
@@ -146,16 +160,16 @@ def test_bf16_machine_runs_bf16_for_auto(model: torch.nn.Module) -> None:
     service = service_on(model, AMX, {BF16: 5.0, FP16: 0.5})
     assert service.precisions.native == (BF16,) and service.precisions.auto == BF16
     data = encode(smooth_rgb(64, 96))
-    replies = service.handle([{"data": data, "scale": "1", "precision": p} for p in (FP32, AUTO, FP16)])
-    (_, exact), (auto_meta, auto), (fp16_meta, fp16) = (decode(r) for r in replies)
+    replies = answer(service, [{"data": data, "scale": "1", "precision": p} for p in (FP32, AUTO, FP16)])
+    (_, exact), (auto_meta, auto), (fp16_meta, _) = (decode(r) for r in replies)
     assert auto_meta["precision"] == BF16 and fp16_meta["precision"] == BF16  # fp16 slow here: auto's pick
     assert not np.array_equal(auto, exact)  # bf16 really ran
-    assert min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(exact, auto)) >= MIN_CORRELATION
+    assert min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(exact, auto, strict=True)) >= MIN_CORRELATION
 
 
 def test_this_machine_decides_by_its_flags(model: torch.nn.Module) -> None:
     """On whatever CPU runs this: no flag, no bf16; the decision and the CPU are described."""
-    service = AttentionService(model, TINY, ServiceConfig(model="vit_tiny", patch_size=16, weights="test"))
+    service = AttentionService(model, TINY, ServiceConfig(arch="vit_tiny", patch_size=16, weights="test"))
     info = cpu_info()
     for precision in (BF16, FP16):
         if not info.has_any(CPU_FLAGS[precision]):
@@ -167,7 +181,10 @@ def test_this_machine_decides_by_its_flags(model: torch.nn.Module) -> None:
 def test_emulated_bf16_is_rejected_by_the_probe() -> None:
     """With oneDNN and MKL held to AVX2 (bf16 emulated on any x86 CPU) the matmul probe says no."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-    code = "import torch; from model.precision import probe_speed; s = probe_speed(torch.device('cpu'), 'bf16'); print(s.fast, s.reason)"
+    code = (
+        "import torch; from dino_attention.precision import probe_speed; "
+        "s = probe_speed(torch.device('cpu'), 'bf16'); print(s.fast, s.reason)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False "), out.stdout

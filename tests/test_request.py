@@ -1,4 +1,5 @@
-"""Payload shapes (raw, multipart, JSON) and option validation."""
+"""Plain TorchServe rows (raw, multipart, JSON) decoded by their codec, and option validation."""
+
 from __future__ import annotations
 
 import base64
@@ -6,9 +7,10 @@ import json
 
 import pytest
 
-from model.errors import RequestError
-from model.options import Defaults, Options, parse_options
-from model.request import split_payload
+from dino_attention.errors import RequestError
+from dino_attention.options import Defaults, Options, parse_options
+from dino_attention.protocols import PLAIN
+from dino_attention.schema import ImageRequest
 
 IMG = b"\x89PNG fake image bytes"
 B64 = base64.b64encode(IMG).decode()
@@ -26,8 +28,8 @@ B64 = base64.b64encode(IMG).decode()
         ({"body": json.dumps({"image": B64, "layer": 3}).encode()}, {"layer": 3}),  # JSON the server did not decode
     ],
 )
-def test_split_payload(payload, options) -> None:
-    assert split_payload(payload) == (IMG, options)
+def test_plain_rows_decode(payload, options) -> None:
+    assert PLAIN.decode(payload, "application/x-npy").requests == [ImageRequest(IMG, options, "application/x-npy")]
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,7 @@ def test_split_payload(payload, options) -> None:
 )
 def test_bad_payloads(payload, match: str) -> None:
     with pytest.raises(RequestError, match=match):
-        split_payload(payload)
+        PLAIN.decode(payload)
 
 
 def parse(**raw) -> Options:

@@ -1,4 +1,5 @@
 """The engine-agnostic pipeline: schema, values, batching, error isolation, the geometric check."""
+
 from __future__ import annotations
 
 import io
@@ -10,24 +11,38 @@ import orjson
 import pytest
 import torch
 
-from model.attention import patch_attention, to_tensor
-from model.checkpoint import build_model
-from model.image import prepare_image
-from model.precision import PrecisionPlan
-from model.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
+from dino_attention.attention import patch_attention, to_tensor
+from dino_attention.image import prepare_image
+from dino_attention.model.checkpoint import build_model
+from dino_attention.precision import PrecisionPlan
+from dino_attention.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
-from .helpers import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
+from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
+from .support.handler import answer
 
 SCHEMA_KEYS = [
-    "model", "patch_size", "layer", "num_heads", "heads", "weights",
-    "input_size", "resized_size", "image_size", "grid", "upsampled", "precision", "precision_requested", "dtype", "attention",
+    "model",
+    "patch_size",
+    "layer",
+    "num_heads",
+    "heads",
+    "weights",
+    "input_size",
+    "resized_size",
+    "image_size",
+    "grid",
+    "upsampled",
+    "precision",
+    "precision_requested",
+    "dtype",
+    "attention",
 ]
 
 
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
     model = build_model(TINY, backbone_state(seed=3))
-    return AttentionService(model, TINY, ServiceConfig(model="vit_tiny", patch_size=16, weights="test.pth@sha256:0", short_side=64))
+    return AttentionService(model, TINY, ServiceConfig(arch="vit_tiny", patch_size=16, weights="test.pth@sha256:0", short_side=64))
 
 
 def expected_maps(service: AttentionService, data: bytes, layer: int, **resize) -> np.ndarray:
@@ -39,7 +54,7 @@ def expected_maps(service: AttentionService, data: bytes, layer: int, **resize) 
 
 def test_response_schema_and_values(service: AttentionService) -> None:
     data = encode(random_rgb(90, 130))
-    (reply,) = service.handle([{"body": data}])
+    (reply,) = answer(service, [{"body": data}])
     assert reply.status == 200 and reply.content_type == "application/json"
     doc = orjson.loads(reply.body)
     assert list(doc) == SCHEMA_KEYS
@@ -57,7 +72,7 @@ def test_response_schema_and_values(service: AttentionService) -> None:
 
 def test_options_heads_layer_no_upsample(service: AttentionService) -> None:
     data = encode(random_rgb(64, 48))
-    (reply,) = service.handle([{"data": data, "heads": "2,0", "layer": "4", "upsample": "false", "scale": "1"}])
+    (reply,) = answer(service, [{"data": data, "heads": "2,0", "layer": "4", "upsample": "false", "scale": "1"}])
     doc = orjson.loads(reply.body)
     assert doc["heads"] == [0, 2] and doc["layer"] == 4 and doc["upsampled"] is False
     attention = np.asarray(doc["attention"], dtype=np.float32)
@@ -74,12 +89,12 @@ def test_batch_mixed_sizes_and_bad_requests(service: AttentionService) -> None:
         {"data": images[2], "layer": "99"},
         {"body": images[2]},
     ]
-    replies = service.handle(batch)
+    replies = answer(service, batch)
     assert [r.status for r in replies] == [200, 400, 200, 400, 200]
     assert "not an image" in orjson.loads(replies[1].body)["error"]
     assert "layer=99" in orjson.loads(replies[3].body)["error"]
     for i in (0, 2, 4):
-        (alone,) = service.handle([batch[i]])
+        (alone,) = answer(service, [batch[i]])
         np.testing.assert_allclose(
             np.asarray(orjson.loads(replies[i].body)["attention"]), np.asarray(orjson.loads(alone.body)["attention"]), atol=1e-6
         )
@@ -90,20 +105,20 @@ def test_same_size_same_layer_share_one_forward(service: AttentionService, monke
     original = service.model.get_cls_attention
     monkeypatch.setattr(service.model, "get_cls_attention", lambda x, layer: calls.append(tuple(x.shape)) or original(x, layer))
     data = [encode(random_rgb(64, 64, seed=s)) for s in range(3)]
-    service.handle([{"body": data[0]}, {"body": data[1]}, {"data": data[2], "layer": "2"}])
+    answer(service, [{"body": data[0]}, {"body": data[1]}, {"data": data[2], "layer": "2"}])
     assert sorted(calls) == [(1, 3, 64, 64), (2, 3, 64, 64)]
 
 
 def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
-    svc = create_service({"model": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(), tmp_path / "bright.pth"))
+    svc = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(), tmp_path / "bright.pth"))
     image = np.zeros((96, 160, 3), np.uint8)  # non-square, black
     top, left, side = 16, 96, 32  # off-centre bright square, patch-aligned
-    image[top:top + side, left:left + side] = 255
-    (reply,) = svc.handle([{"data": encode(image), "layer": "0", "scale": "1"}])
+    image[top : top + side, left : left + side] = 255
+    (reply,) = answer(svc, [{"data": encode(image), "layer": "0", "scale": "1"}])
     attention = np.asarray(orjson.loads(reply.body)["attention"])  # (heads, H, W)
     assert attention.shape == (3, 96, 160)
     inside = np.zeros((96, 160), bool)
-    inside[top:top + side, left:left + side] = True
+    inside[top : top + side, left : left + side] = True
     for head in attention:
         y, x = np.unravel_index(np.argmax(head), head.shape)
         assert inside[y, x]
@@ -113,26 +128,26 @@ def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
 
 def test_create_service_with_random_weights_warns(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        svc = create_service({"model": "vit_tiny", "patch_size": 16, "weights": "random"}, None)
+        svc = create_service({"arch": "vit_tiny", "patch_size": 16, "weights": "random"}, None)
     assert "RANDOM weights" in caplog.text
-    (reply,) = svc.handle([{"data": encode(random_rgb(32, 32)), "scale": "1"}])
+    (reply,) = answer(svc, [{"data": encode(random_rgb(32, 32)), "scale": "1"}])
     assert orjson.loads(reply.body)["weights"] == "random"
 
 
 def test_create_service_tags_weights_file(tmp_path: Path) -> None:
     path = save(backbone_state(), tmp_path / "tiny.pth")
-    svc = create_service({"model": "vit_tiny", "patch_size": 16}, path)
+    svc = create_service({"arch": "vit_tiny", "patch_size": 16}, path)
     assert svc.config.weights.startswith("tiny.pth@sha256:")
 
 
 @pytest.mark.parametrize(
     "settings, weights, match",
     [
-        ({"model": "vit_tiny", "patch_size": 16, "colour": 1}, "random", "unknown handler setting"),
-        ({"model": "vit_tiny", "patch_size": "16"}, "random", "patch_size='16' must be int"),
-        ({"model": "vit_tiny", "patch_size": 16, "max_tokens": 0}, "random", "max_tokens must be positive"),
-        ({"model": "vit_giant", "patch_size": 16}, "random", "unknown model"),
-        ({"model": "vit_tiny", "patch_size": 16}, "", "carries no weights"),
+        ({"arch": "vit_tiny", "patch_size": 16, "colour": 1}, "random", "unknown handler setting"),
+        ({"arch": "vit_tiny", "patch_size": "16"}, "random", "patch_size='16' must be int"),
+        ({"arch": "vit_tiny", "patch_size": 16, "max_tokens": 0}, "random", "max_tokens must be positive"),
+        ({"arch": "vit_giant", "patch_size": 16}, "random", "unknown architecture"),
+        ({"arch": "vit_tiny", "patch_size": 16}, "", "carries no weights"),
     ],
 )
 def test_bad_settings(settings, weights: str, match: str) -> None:
@@ -153,36 +168,36 @@ def test_bf16_maps_correlate_with_fp32(service: AttentionService, layer: int) ->
     data = (Path(__file__).resolve().parent.parent / "data" / "samples" / "astronaut.jpg").read_bytes()
     maps = {}
     for precision in ("fp32", "bf16"):
-        (reply,) = bf16.handle([{"data": data, "short_side": "160", "layer": str(layer), "precision": precision, "upsample": "false"}])
+        (reply,) = answer(bf16, [{"data": data, "short_side": "160", "layer": str(layer), "precision": precision, "upsample": "false"}])
         doc = orjson.loads(reply.body)
         assert doc["precision"] == precision and reply.headers["X-Attention-Precision"] == precision
         maps[precision] = np.asarray(doc["attention"])
     assert not np.array_equal(maps["fp32"], maps["bf16"])  # bf16 really ran
-    for a, b in zip(maps["fp32"], maps["bf16"]):
+    for a, b in zip(maps["fp32"], maps["bf16"], strict=True):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
 
 
 def test_precision_default_comes_from_settings(tmp_path: Path) -> None:
-    svc = create_service({"model": "vit_tiny", "patch_size": 16, "precision": "auto"}, save(backbone_state(), tmp_path / "w.pth"))
-    (reply,) = svc.handle([{"data": encode(random_rgb(32, 32)), "scale": "1"}])
+    svc = create_service({"arch": "vit_tiny", "patch_size": 16, "precision": "auto"}, save(backbone_state(), tmp_path / "w.pth"))
+    (reply,) = answer(svc, [{"data": encode(random_rgb(32, 32)), "scale": "1"}])
     doc = orjson.loads(reply.body)
     assert doc["precision_requested"] == "auto" and doc["precision"] == svc.precisions.auto
     with pytest.raises(ConfigError, match="precision='fp8' must be one of"):
-        create_service({"model": "vit_tiny", "patch_size": 16, "precision": "fp8", "weights": "random"}, None)
+        create_service({"arch": "vit_tiny", "patch_size": 16, "precision": "fp8", "weights": "random"}, None)
 
 
 def test_binary_formats_keep_values_and_metadata(service: AttentionService) -> None:
     data = encode(random_rgb(64, 96))
-    (as_json,) = service.handle([{"data": data, "scale": "1"}])
+    (as_json,) = answer(service, [{"data": data, "scale": "1"}])
     doc = orjson.loads(as_json.body)
     expected = np.asarray(doc.pop("attention"), dtype=np.float32)
 
-    (npy,) = service.handle([{"data": data, "scale": "1", "format": "npy"}])
+    (npy,) = answer(service, [{"data": data, "scale": "1", "format": "npy"}])
     assert npy.content_type == "application/x-npy"
     np.testing.assert_array_equal(np.load(io.BytesIO(npy.body), allow_pickle=False), expected)
     assert orjson.loads(npy.headers["X-Attention-Meta"]) == doc
 
-    (npz,) = service.handle([{"data": data, "scale": "1", "format": "npz", "dtype": "float16"}])
+    (npz,) = answer(service, [{"data": data, "scale": "1", "format": "npz", "dtype": "float16"}])
     assert npz.content_type == "application/x-npz"
     with np.load(io.BytesIO(npz.body), allow_pickle=False) as archive:
         assert archive["attention"].dtype == np.float16
@@ -192,7 +207,8 @@ def test_binary_formats_keep_values_and_metadata(service: AttentionService) -> N
 
 def test_accept_header_picks_format_unless_option_says_otherwise(service: AttentionService) -> None:
     data = encode(random_rgb(32, 32))
-    replies = service.handle(
+    replies = answer(
+        service,
         [{"data": data}, {"data": data}, {"data": data, "format": "json"}],
         ["application/x-npz", "text/html, application/x-npy;q=0.9", "application/x-npy"],
     )
@@ -201,7 +217,7 @@ def test_accept_header_picks_format_unless_option_says_otherwise(service: Attent
 
 def test_float16_json_is_smaller_and_close(service: AttentionService) -> None:
     data = encode(random_rgb(64, 64))
-    full, half = (service.handle([{"data": data, "scale": "1", "dtype": d}])[0] for d in ("float32", "float16"))
+    full, half = (answer(service, [{"data": data, "scale": "1", "dtype": d}])[0] for d in ("float32", "float16"))
     a, b = (np.asarray(orjson.loads(r.body)["attention"]) for r in (full, half))
     assert len(half.body) < 0.8 * len(full.body)
     np.testing.assert_allclose(b, a, atol=float(a.max()) * 1e-3)

@@ -1,36 +1,17 @@
 """The network: shapes, position-embedding grids, and the fast attention path vs an eager reference."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import build_model
-from model.variants import all_variants, get_variant
-from model import vit
-from model.vit import Block, VisionTransformer, attend
+from dino_attention.model import vit
+from dino_attention.model.checkpoint import build_model
+from dino_attention.model.variants import all_variants, get_variant, resolve_layer
+from dino_attention.model.vit import VisionTransformer, attend
 
-from .helpers import TINY
-
-
-def reference_cls_attention(model: VisionTransformer, x: torch.Tensor, layer: int) -> torch.Tensor:
-    """The seed's eager path: full N x N softmax in every block; CLS row of ``layer``. (B, heads, N)."""
-
-    def eager_attention(blk: Block, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attn = blk.attn
-        B, N, C = tokens.shape
-        qkv = attn.qkv(blk.norm1(tokens)).reshape(B, N, 3, attn.num_heads, C // attn.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)  # (B, heads, N, N)
-        return attn.proj((weights @ v).transpose(1, 2).reshape(B, N, C)), weights
-
-    tokens = model.prepare_tokens(x)
-    for blk in model.blocks[:layer]:
-        y, _ = eager_attention(blk, tokens)
-        tokens = tokens + y
-        tokens = tokens + blk.mlp(blk.norm2(tokens))
-    _, weights = eager_attention(model.blocks[layer], tokens)
-    return weights[:, :, 0, :]
+from .support.checkpoints import TINY
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +26,15 @@ def test_fast_path_equals_eager_reference(tiny: VisionTransformer, size: tuple[i
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(layer))
     with torch.inference_mode():
         fast = tiny.get_cls_attention(x, layer)
-        ref = reference_cls_attention(tiny, x, layer)
+        ref = tiny.get_cls_attention(x, layer, explicit=True)  # N x N softmax in every block
     assert fast.shape == ref.shape == (2, TINY.num_heads, 1 + (size[0] // 16) * (size[1] // 16))
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast.sum(-1), torch.ones(2, TINY.num_heads))
 
 
 def test_sdpa_block_equals_eager_block(tiny: VisionTransformer) -> None:
-    """The SDPA forward of a block (used before the requested layer) matches explicit softmax."""
+    """The SDPA forward of a block (used before the requested layer) and the explicit path match a
+    softmax written out here, independently of the model's code."""
     tokens = torch.randn(1, 1 + 12, 192)
     blk = tiny.blocks[3]
     with torch.inference_mode():
@@ -61,16 +43,19 @@ def test_sdpa_block_equals_eager_block(tiny: VisionTransformer) -> None:
         q, k, v = qkv
         expected = attn.proj((((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1) @ v).transpose(1, 2).reshape(1, 13, 192))
         torch.testing.assert_close(attn(blk.norm1(tokens)), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(attn(blk.norm1(tokens), explicit=True), expected, atol=1e-6, rtol=0)
+        weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)  # (1, heads, 13, 13), by hand
+        torch.testing.assert_close(attn.cls_attention(blk.norm1(tokens), explicit=True), weights[:, :, 0])
 
 
 @pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.archive_name)
 def test_variant_dims_and_forward_shape(variant) -> None:
     model = VisionTransformer.from_variant(variant)
-    dims = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}[variant.name]
+    dims = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}[variant.arch]
     assert (model.cls_token.shape[-1], model.num_heads, model.depth) == (*dims, 12)
     assert model.pos_embed.shape == (1, 1 + (224 // variant.patch_size) ** 2, dims[0])
     assert model.blocks[0].norm1.eps == 1e-6 and model.blocks[0].attn.qkv.bias is not None
-    if variant.name == "vit_tiny":
+    if variant.arch == "vit_tiny":
         with torch.inference_mode():
             assert model(torch.zeros(1, 3, 32, 48)).shape == (1, 192)
 
@@ -104,10 +89,10 @@ def test_requested_layer_stops_the_forward(tiny: VisionTransformer) -> None:
 
 
 def test_layer_indices(tiny: VisionTransformer) -> None:
-    assert tiny.resolve_layer(None) == 11 and tiny.resolve_layer(-1) == 11 and tiny.resolve_layer(0) == 0
+    assert resolve_layer(None, 12) == 11 and resolve_layer(-1, 12) == 11 and resolve_layer(0, 12) == 0
     for bad in (12, -13, 99):
         with pytest.raises(ValueError, match="out of range"):
-            tiny.resolve_layer(bad)
+            resolve_layer(bad, 12)
 
 
 def test_unpatchable_size_is_rejected(tiny: VisionTransformer) -> None:

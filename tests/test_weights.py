@@ -1,4 +1,5 @@
 """Fetching weights from a local HTTP server (never the internet): download, resume, verify, archive."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from model import variants
-from model.download import DownloadError, download, partial_path
-from model.variants import Checkpoint
+from dino_attention.model import variants
+from dino_attention.model.variants import Checkpoint
 from scripts import archive, weights
+from scripts.download import DownloadError, download, partial_path
 
-from .helpers import TINY, backbone_state, full_checkpoint, save
+from .support.checkpoints import TINY, backbone_state, full_checkpoint, save
 
 TEST_CKPT = Checkpoint("dino_vittiny16_test", "vit_tiny", 16)
 TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "vit_tiny", 16, full=True)
@@ -105,7 +106,10 @@ def table(monkeypatch, server: FileServer, tmp_path_factory) -> dict[str, bytes]
 def test_url_layout_and_override(monkeypatch) -> None:
     monkeypatch.delenv(variants.WEIGHTS_URL_ENV, raising=False)
     ckpt = variants.CHECKPOINTS["dino_deitsmall8_300ep_pretrain_full_checkpoint"]
-    assert ckpt.url() == "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
+    assert (
+        ckpt.url()
+        == "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
+    )
     monkeypatch.setenv(variants.WEIGHTS_URL_ENV, "http://mirror.local/dino")
     assert ckpt.url() == "http://mirror.local/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
     assert variants.get_checkpoint(variants.get_variant("vit_small", 8)).name == "dino_deitsmall8_300ep_pretrain"
@@ -131,7 +135,7 @@ def test_resume_after_cut_connection_across_calls(table, server: FileServer, tmp
     blob = table[TEST_CKPT.name]
     server.cut_after, server.cuts_left = len(blob) // 3, 1
     dest = tmp_path / "w.pth"
-    with pytest.raises(DownloadError, match="interrupted at .* run again to resume"):
+    with pytest.raises(DownloadError, match=r"interrupted at .* run again to resume"):
         download(url, dest, retries=0)
     kept = partial_path(dest).stat().st_size  # whole chunks received before the cut
     assert 0 < kept <= len(blob) // 3 and not dest.exists()
@@ -160,7 +164,7 @@ def test_server_without_range_support_restarts(table, server: FileServer, tmp_pa
 def test_checksum_mismatch_leaves_nothing(table, server: FileServer, tmp_path: Path) -> None:
     url = f"{server.url}/dino/dino_vittiny16_test/{TEST_CKPT.filename}"
     dest = tmp_path / "w.pth"
-    with pytest.raises(DownloadError, match="sha256 .* does not match"):
+    with pytest.raises(DownloadError, match=r"sha256 .* does not match"):
         download(url, dest, expected_sha256="0" * 64)
     with pytest.raises(DownloadError, match="expected 5 \\(size\\)"):
         download(url, dest, expected_size=5)
@@ -223,13 +227,19 @@ def test_archive_a_named_cached_checkpoint(table, tmp_path: Path, caplog) -> Non
     assert archive.main([*args, "--export-path", str(store), "--checkpoint", TEST_FULL.name]) == 0
     with zipfile.ZipFile(store / "dino_vitt16.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["weights"].startswith(TEST_FULL.filename)
-    assert archive.main(["--model", "vit_small", "--patch", "8", "--cache-dir", str(cache), "--export-path", str(store),
-                         "--checkpoint", TEST_FULL.name]) == 2
+    assert (
+        archive.main(
+            ["--model", "vit_small", "--patch", "8", "--cache-dir", str(cache), "--export-path", str(store), "--checkpoint", TEST_FULL.name]
+        )
+        == 2
+    )
     assert "is a vit_tiny/16 checkpoint, not vit_small/8" in caplog.text
 
 
 def test_demo_fallback_without_cache(tmp_path: Path, caplog) -> None:
-    rc = archive.main(["--model", "vit_tiny", "--patch", "16", "--cache-dir", str(tmp_path), "--export-path", str(tmp_path), "--fallback-random"])
+    rc = archive.main(
+        ["--model", "vit_tiny", "--patch", "16", "--cache-dir", str(tmp_path), "--export-path", str(tmp_path), "--fallback-random"]
+    )
     assert rc == 0 and "NO DINO WEIGHTS" in caplog.text
     with zipfile.ZipFile(tmp_path / "dino_vitt16.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["weights"] == "random"

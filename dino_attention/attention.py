@@ -1,12 +1,13 @@
 """Attention extraction and maths: image -> normalised tensor -> [CLS] attention maps."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .model.vit import VisionTransformer
 from .precision import DTYPES, FP32
-from .vit import VisionTransformer
 
 
 def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -18,9 +19,7 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
 
 
 @torch.inference_mode()
-def patch_attention(
-    model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = FP32
-) -> torch.Tensor:
+def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = FP32) -> torch.Tensor:
     """[CLS] attention over the patch grid: (B, 3, H, W) -> (B, heads, H/p, W/p), float32.
 
     CLS->CLS is dropped, so each map sums to <= 1; rows are image y (top to bottom), columns x.
@@ -44,7 +43,7 @@ def map_agreement(model: VisionTransformer, device: torch.device, precision: str
     x = torch.randn(1, 3, grid * p, grid * p, generator=torch.Generator().manual_seed(0)).to(device)
     reference = patch_attention(model, x, None, FP32)[0].flatten(1)  # (heads, grid * grid)
     got = patch_attention(model, x, None, precision)[0].flatten(1)  # (heads, grid * grid)
-    value = float(min(torch.corrcoef(torch.stack((a, b)))[0, 1] for a, b in zip(reference, got)))
+    value = float(min(torch.corrcoef(torch.stack((a, b)))[0, 1] for a, b in zip(reference, got, strict=True)))
     return value if value == value else 0.0
 
 

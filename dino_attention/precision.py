@@ -18,6 +18,7 @@ A request names a precision (``fp32``, ``bf16``, ``fp16`` or ``auto``); the serv
 or ``fp16`` the device cannot run fast runs as ``auto`` instead (so it never costs more than fp32),
 and the response's ``precision`` says what ran.
 """
+
 from __future__ import annotations
 
 import functools
@@ -84,8 +85,10 @@ def cpu_info() -> CpuInfo:
         model, flags = found
     else:
         checks = {
-            "avx2": torch.cpu._is_avx2_supported, "avx512f": torch.cpu._is_avx512_supported,
-            "avx512_bf16": torch.cpu._is_avx512_bf16_supported, "amx_bf16": torch.cpu._is_amx_tile_supported,
+            "avx2": torch.cpu._is_avx2_supported,
+            "avx512f": torch.cpu._is_avx512_supported,
+            "avx512_bf16": torch.cpu._is_avx512_bf16_supported,
+            "amx_bf16": torch.cpu._is_amx_tile_supported,
             "amx_fp16": torch.cpu._is_amx_fp16_supported,
         }
         model, flags = platform.processor() or platform.machine(), frozenset(k for k, check in checks.items() if check())
@@ -207,7 +210,7 @@ class PrecisionPlan:
     @classmethod
     def fp32_only(cls, device: str = "cpu", why: str = "reduced precision disabled") -> PrecisionPlan:
         """A plan that runs every request in fp32 (tests, or an operator who wants exactness everywhere)."""
-        return cls(device, (), FP32, {p: why for p in (*PREFERENCE, AUTO)})
+        return cls(device, (), FP32, dict.fromkeys((*PREFERENCE, AUTO), why))
 
 
 def choose(speeds: dict[str, Speed], agreement: dict[str, float]) -> tuple[tuple[str, ...], str, str]:

@@ -1,5 +1,6 @@
 """Errors a single request can end in; each carries the HTTP status it is answered with and a
 short ``reason`` (for metrics: rejected requests by reason)."""
+
 from __future__ import annotations
 
 from http import HTTPStatus

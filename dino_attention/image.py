@@ -3,6 +3,7 @@
 Steps, in order: decode (allowed formats only, first frame) -> EXIF orientation -> RGB ->
 resize (short side, scale factor or exact size) -> crop bottom/right to a multiple of the patch.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ from .errors import ImageError, PayloadTooLarge
 # Pillow format names we decode (JPEG includes the multi-picture MPO files many cameras write).
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+RESAMPLE = Image.Resampling.BILINEAR  # the resize filter
 
 Size = tuple[int, int]  # (height, width), the order of every size in this package
 
@@ -39,22 +41,17 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as e:
-        raise ImageError(
-            f"the {len(data)}-byte payload is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})"
-        ) from e
+        raise ImageError(f"the {len(data)}-byte payload is not an image in a supported format ({', '.join(ALLOWED_FORMATS)})") from e
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"image rejected as a decompression bomb: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # header found but unreadable
         raise ImageError(f"cannot decode the image header (truncated or corrupt?): {e}") from e
     width, height = img.size
     if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"image is {height}x{width} = {width * height} pixels, over the limit of {max_pixels} pixels (max_pixels)"
-        )
+        raise PayloadTooLarge(f"image is {height}x{width} = {width * height} pixels, over the limit of {max_pixels} pixels (max_pixels)")
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        return to_rgb(ImageOps.exif_transpose(img))
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"cannot decode the {img.format} image (truncated or corrupt?): {e}") from e
 
@@ -67,7 +64,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(_to_uint8(img)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
@@ -78,9 +75,9 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     if img.mode.startswith("I;16"):
         scaled = arr / 257.0
-    elif img.mode == "F" and arr.size and 0.0 <= arr.min() and arr.max() <= 1.0:
+    elif img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
         scaled = arr * 255.0
-    elif img.mode == "I" and arr.size and 0.0 <= arr.min() and arr.max() <= 255.0:
+    elif img.mode == "I" and arr.size and arr.min() >= 0.0 and arr.max() <= 255.0:
         scaled = arr
     else:  # anything else: stretch the observed range
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
@@ -88,9 +85,7 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def target_size(
-    input_size: Size, *, short_side: int | None = None, scale: float | None = None, size: Size | None = None
-) -> Size:
+def target_size(input_size: Size, *, short_side: int | None = None, scale: float | None = None, size: Size | None = None) -> Size:
     """Size after resize. Exactly one of ``short_side`` (keep aspect), ``scale`` or ``size`` (squash)."""
     if sum(x is not None for x in (short_side, scale, size)) != 1:
         raise ImageError("give exactly one of short_side, scale or size")
@@ -99,6 +94,7 @@ def target_size(
         return size
     if scale is not None:
         return max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+    assert short_side is not None  # exactly one of the three is set (checked above)
     # torchvision.transforms.Resize(int) arithmetic, which DINO's visualisation uses.
     if h <= w:
         return short_side, max(1, int(short_side * w / h))
@@ -143,7 +139,7 @@ def prepare_image(
             "(max_tokens); ask for a smaller short_side, scale or size"
         )
     if resized != input_size:
-        img = img.resize((resized[1], resized[0]), Image.Resampling.BILINEAR)
+        img = img.resize((resized[1], resized[0]), RESAMPLE)
     if cropped != resized:
         img = img.crop((0, 0, cropped[1], cropped[0]))
     return PreparedImage(image=img, input_size=input_size, resized_size=resized, image_size=cropped)

@@ -1,4 +1,5 @@
 """Shared test helpers: small DINO-layout checkpoints and encoded images (no network access)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.checkpoint import build_model
-from model.variants import Variant, get_variant
+from dino_attention.model.checkpoint import build_model
+from dino_attention.model.variants import Variant, get_variant
 
 TINY = get_variant("vit_tiny", 16)  # the cheapest variant: 192 dims, 3 heads
 
@@ -76,12 +77,14 @@ def brightness_seeking_state(sign: float = 1.0) -> dict[str, torch.Tensor]:
     for h in range(TINY.num_heads):
         qkv[h * head_dim, 0] = 1.0  # q, head h
         qkv[dim + h * head_dim, 0] = 1.0  # k, head h
-    state.update({
-        "patch_embed.proj.weight": proj,
-        "patch_embed.proj.bias": torch.zeros(dim),
-        "pos_embed": torch.zeros_like(state["pos_embed"]),
-        "cls_token": cls,
-        "blocks.0.attn.qkv.weight": qkv,
-        "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
-    })
+    state.update(
+        {
+            "patch_embed.proj.weight": proj,
+            "patch_embed.proj.bias": torch.zeros(dim),
+            "pos_embed": torch.zeros_like(state["pos_embed"]),
+            "cls_token": cls,
+            "blocks.0.attn.qkv.weight": qkv,
+            "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
+        }
+    )
     return state

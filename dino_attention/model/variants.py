@@ -1,4 +1,5 @@
 """The one table of model variants, official checkpoints and constants. Nothing here is re-typed elsewhere."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ ARCHS: dict[str, Arch] = {
 class Variant:
     """A concrete model: architecture x patch size, with its preprocessing constants."""
 
-    name: str
+    arch: str  # key of ARCHS, e.g. vit_small
     patch_size: int
     embed_dim: int
     num_heads: int
@@ -49,7 +50,7 @@ class Variant:
     @property
     def archive_name(self) -> str:
         """DINO hub-style name, e.g. ``dino_vits8``; used for the .mar and the URL."""
-        return f"{ARCHS[self.name].hub_prefix}{self.patch_size}"
+        return f"{ARCHS[self.arch].hub_prefix}{self.patch_size}"
 
     @property
     def pretrain_grid(self) -> int:
@@ -60,11 +61,20 @@ class Variant:
 def get_variant(name: str, patch_size: int) -> Variant:
     """Look up a variant; raise ``ValueError`` naming the valid choices."""
     if name not in ARCHS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHS)}")
+        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHS)}")
     if patch_size not in PATCH_SIZES:
         raise ValueError(f"unsupported patch size {patch_size!r}; choose one of {list(PATCH_SIZES)}")
     arch = ARCHS[name]
-    return Variant(name=name, patch_size=patch_size, embed_dim=arch.embed_dim, num_heads=arch.num_heads)
+    return Variant(arch=name, patch_size=patch_size, embed_dim=arch.embed_dim, num_heads=arch.num_heads)
+
+
+def resolve_layer(layer: int | None, depth: int) -> int:
+    """Block index 0..depth-1 from ``None`` (the last), a negative (Python-style) or a positive index."""
+    if layer is None:
+        return depth - 1
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer={layer} is out of range: this model has {depth} blocks (0..{depth - 1}, or -1 for last)")
+    return layer % depth
 
 
 def all_variants() -> list[Variant]:
@@ -82,7 +92,7 @@ class Checkpoint:
     """One downloadable DINO checkpoint. ``size``/``sha256`` are None where not published."""
 
     name: str  # e.g. dino_deitsmall8_300ep_pretrain
-    model: str
+    arch: str
     patch_size: int
     full: bool = False  # a training checkpoint (teacher/student), not a plain backbone
     size: int | None = None
@@ -124,15 +134,15 @@ DEFAULT_CHECKPOINTS: dict[tuple[str, int], str] = {
 def get_checkpoint(variant: Variant, name: str | None = None) -> Checkpoint:
     """The named checkpoint (checked against the variant) or the variant's default one."""
     if name is None:
-        if (variant.name, variant.patch_size) not in DEFAULT_CHECKPOINTS:
+        if (variant.arch, variant.patch_size) not in DEFAULT_CHECKPOINTS:
             raise ValueError(
-                f"DINO published no weights for {variant.name}/{variant.patch_size}; "
+                f"DINO published no weights for {variant.arch}/{variant.patch_size}; "
                 f"available: {sorted(DEFAULT_CHECKPOINTS)}. Use WEIGHTS=path/to/your.pth or WEIGHTS=random"
             )
-        name = DEFAULT_CHECKPOINTS[(variant.name, variant.patch_size)]
+        name = DEFAULT_CHECKPOINTS[(variant.arch, variant.patch_size)]
     if name not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {name!r}; choose one of {sorted(CHECKPOINTS)}")
     checkpoint = CHECKPOINTS[name]
-    if (checkpoint.model, checkpoint.patch_size) != (variant.name, variant.patch_size):
-        raise ValueError(f"{name} is a {checkpoint.model}/{checkpoint.patch_size} checkpoint, not {variant.name}/{variant.patch_size}")
+    if (checkpoint.arch, checkpoint.patch_size) != (variant.arch, variant.patch_size):
+        raise ValueError(f"{name} is a {checkpoint.arch}/{checkpoint.patch_size} checkpoint, not {variant.arch}/{variant.patch_size}")
     return checkpoint

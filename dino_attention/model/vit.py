@@ -10,14 +10,20 @@ Attention path, decided once here:
   as query-chunked matmuls instead (see ``attend``);
 * the requested block computes only the [CLS] query's row of attention, (B, heads, N);
 * blocks after it never run.
+``explicit=True`` switches every block to the reference maths, an explicit N x N softmax as DINO's
+``get_last_selfattention`` (and the seed article) compute it: tests check the two paths agree and
+the benchmark times both.
 """
+
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .variants import Variant
+from .variants import Variant, resolve_layer
 
 # bf16 attention on the CPU: query rows per chunk, and the token count up to which chunking wins.
 CPU_BF16_QUERY_CHUNK = 64
@@ -82,18 +88,33 @@ class Attention(nn.Module):
         B, N, _ = x.shape
         return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
-        x = attend(q, k, v)  # (B, heads, N, d)
+        return q, k, v
+
+    def explicit_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference maths: the full softmax matrix (B, heads, N, N) and the values (B, heads, N, d)."""
+        q, k, v = self._qkv(x)
+        return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1), v
+
+    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+        B, N, C = x.shape
+        if explicit:
+            weights, v = self.explicit_weights(x)
+            x = weights @ v  # (B, heads, N, d)
+        else:
+            x = attend(*self._qkv(x))  # (B, heads, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
-    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+    def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
         """Softmax attention of the [CLS] query (token 0) over all N tokens: (B, N, C) -> (B, heads, N).
 
-        Only the CLS query and the keys are projected (no values, no N x N scores).
+        Only the CLS query and the keys are projected (no values, no N x N scores), unless ``explicit``.
         """
+        if explicit:
+            return self.explicit_weights(x)[0][:, :, 0]  # the CLS row of (B, heads, N, N)
         w_q, w_k, _ = self.qkv.weight.chunk(3)  # each (C, C)
         b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.chunk(3)[:2]
         q = self._split_heads(F.linear(x[:, :1], w_q, b_q))  # (B, heads, 1, d)
@@ -110,13 +131,13 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), explicit)
         return x + self.mlp(self.norm2(x))
 
-    def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
+    def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
         """(B, N, C) -> (B, heads, N): this block's [CLS] attention row."""
-        return self.attn.cls_attention(self.norm1(x))
+        return self.attn.cls_attention(self.norm1(x), explicit)
 
 
 class VisionTransformer(nn.Module):
@@ -146,7 +167,7 @@ class VisionTransformer(nn.Module):
         self.apply(_init_weights)
 
     @classmethod
-    def from_variant(cls, variant: Variant) -> "VisionTransformer":
+    def from_variant(cls, variant: Variant) -> VisionTransformer:
         return cls(
             patch_size=variant.patch_size,
             embed_dim=variant.embed_dim,
@@ -193,24 +214,18 @@ class VisionTransformer(nn.Module):
             tokens = blk(tokens)
         return self.norm(tokens)[:, 0]
 
-    def resolve_layer(self, layer: int | None) -> int:
-        """Map ``None`` (last), negative (Python-style) or positive layer indices to 0..depth-1."""
-        if layer is None:
-            return self.depth - 1
-        if not -self.depth <= layer < self.depth:
-            raise ValueError(f"layer {layer} is out of range for a {self.depth}-block model (0..{self.depth - 1})")
-        return layer % self.depth
-
-    def get_cls_attention(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """[CLS] attention row of block ``layer``: (B, 3, H, W) -> (B, heads, 1 + N).
+    def get_cls_attention(self, x: torch.Tensor, layer: int | None = None, explicit: bool = False) -> torch.Tensor:
+        """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, 1 + N).
 
         Index 0 of the last axis is CLS->CLS; 1: are the patch tokens in raster order.
+        ``explicit``: the reference path (N x N softmax in every block), for tests and benchmarks.
         """
-        layer = self.resolve_layer(layer)
+        layer = resolve_layer(layer, self.depth)
         tokens = self.prepare_tokens(x)
-        for blk in self.blocks[:layer]:
-            tokens = blk(tokens)
-        return self.blocks[layer].cls_attention(tokens)
+        blocks = cast(list[Block], self.blocks)  # nn.ModuleList is typed as holding any Module
+        for blk in blocks[:layer]:
+            tokens = blk(tokens, explicit)
+        return blocks[layer].cls_attention(tokens, explicit)
 
 
 def _init_weights(m: nn.Module) -> None:

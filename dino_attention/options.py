@@ -1,4 +1,5 @@
 """Request options: parsing from strings/JSON values and validation against the model."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,18 @@ from dataclasses import dataclass
 
 from .errors import OptionError
 from .image import Size
+from .model.variants import resolve_layer
 
 OPTION_NAMES: tuple[str, ...] = (
-    "layer", "short_side", "scale", "size", "heads", "upsample", "precision", "format", "dtype",
+    "layer",
+    "short_side",
+    "scale",
+    "size",
+    "heads",
+    "upsample",
+    "precision",
+    "format",
+    "dtype",
 )
 # Forward-pass arithmetic: fp32 is exact; what bf16/fp16/auto run as is decided per device (precision.py).
 PRECISIONS: tuple[str, str, str, str] = ("fp32", "bf16", "fp16", "auto")
@@ -22,7 +32,7 @@ DTYPES: tuple[str, ...] = ("float32", "float16")  # element type of the returned
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 MAX_SCALE = 100.0  # larger factors are typos; big results are caught by max_tokens anyway
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X×]\s*(\d+)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X\u00d7]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -42,12 +52,25 @@ class Options:
 
 @dataclass(frozen=True)
 class Defaults:
-    """What a request gets for the options it leaves out (server settings)."""
+    """What a request gets for the options it leaves out; a model's settings may override them."""
 
     short_side: int = 480
     upsample: bool = True
     precision: str = "fp32"
     format: str = "json"
+
+
+DEFAULTS = Defaults()  # the one home of the shipped defaults (ServiceConfig starts from these)
+
+
+def format_from_accept(accept: str | None, default: str) -> str:
+    """Response format named by an HTTP Accept header (first supported media type), else ``default``."""
+    by_type = {v: k for k, v in CONTENT_TYPES.items()}
+    for media_range in (accept or "").split(","):
+        media = media_range.split(";")[0].strip().lower()
+        if media in by_type:
+            return by_type[media]
+    return default
 
 
 def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defaults: Defaults) -> Options:
@@ -68,13 +91,14 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
     if not geometry:
         short_side = defaults.short_side
 
-    layer = _int("layer", values["layer"]) if values.get("layer") is not None else depth - 1
-    if not -depth <= layer < depth:
-        raise OptionError(f"layer={layer} is out of range: this model has {depth} blocks (0..{depth - 1}, or -1 for last)")
+    try:
+        layer = resolve_layer(_int("layer", values["layer"]) if values.get("layer") is not None else None, depth)
+    except ValueError as e:
+        raise OptionError(str(e)) from e
     heads = _heads(values["heads"], num_heads) if values.get("heads") is not None else tuple(range(num_heads))
     upsample = _bool("upsample", values["upsample"]) if values.get("upsample") is not None else defaults.upsample
     return Options(
-        layer=layer % depth,
+        layer=layer,
         heads=heads,
         upsample=upsample,
         short_side=short_side,

@@ -2,6 +2,7 @@
 
 Used only when fetching weights (``make weights``); nothing downloads at serving time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from .checkpoint import sha256_of
+from dino_attention.model.checkpoint import sha256_of
 
 logger = logging.getLogger(__name__)
 

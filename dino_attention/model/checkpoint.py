@@ -1,4 +1,5 @@
 """DINO checkpoints: read safely, filter to the backbone (a pure function), load strictly."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,8 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
         if checkpoint_key:
             raise CheckpointError(f"checkpoint has no {checkpoint_key!r} entry; top-level keys: {sorted(checkpoint)}")
         state = checkpoint
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"checkpoint entry is a {type(state).__name__}, not a state_dict")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for prefix in WRAPPER_PREFIXES:

@@ -1,0 +1,385 @@
+"""Protocol codecs: one per way a request reaches us, each ``decode(row) -> ImageRequests`` and
+``encode(results) -> Reply``. The service never sees a protocol; the handler picks a codec per row.
+
+A *row* is what a model server hands over for one HTTP request: a mapping of field name -> value
+(TorchServe: ``{"body": ...}`` for a raw or JSON body, one entry per multipart field).
+
+* ``PLAIN``: raw image bytes (``curl -T img.jpg``), multipart (``-F data=@img.jpg -F layer=5``) or
+  JSON ``{"image": "<base64>", ...options}``; answers JSON, .npy or .npz (``format``/Accept).
+* ``KSERVE_V1``: ``/v1/models/{m}:predict`` ``{"instances": [{"data": "<base64>", ...options}]}``;
+  answers ``{"predictions": [...]}``.
+* ``KSERVE_V2``: ``/v2/models/{m}/infer`` ``{"inputs": [{"datatype": "BYTES", "data": [...]}]}``
+  with options as ``parameters``; answers proper tensors (shape [heads, H, W], FP32/FP16).
+* ``V1_ENVELOPE`` / ``V2_ENVELOPE``: the same protocols when TorchServe's own envelope
+  (``service_envelope=kserve``/``kservev2``) has already unwrapped the request into one row per
+  instance/input and will wrap our Python results itself.
+
+Every error, in every protocol, is ``{"error": "<message>"}`` with the error's HTTP status
+(``error_reply``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import numpy as np
+import orjson
+
+from .errors import PayloadError, RequestError
+from .options import CONTENT_TYPES, META_HEADER, PRECISION_HEADER
+from .schema import AttentionResult, ImageRequest
+
+BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
+IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
+JSON_IMAGE_FIELD = "image"
+V1_IMAGE_KEYS: tuple[str, ...] = ("data", "image", "b64")  # where a v1 instance may carry its base64 image
+V2_DATATYPES = {"float32": "FP32", "float16": "FP16"}
+FLOAT16_DIGITS = 4  # float16 holds ~3.3 significant digits; JSON float16 keeps 4 relative to the maximum
+_URL_PREFIXES = ("http://", "https://", "ftp://", "file://", "s3://", "gs://")
+
+Result = AttentionResult | RequestError
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer. ``body`` is bytes, or for TorchServe's envelopes the Python object they encode."""
+
+    status: int
+    body: object
+    content_type: str = CONTENT_TYPES["json"]
+    headers: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # for metrics (success)
+    reason: str = ""  # RequestError.reason (failure), for metrics
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A row decoded by its codec: the images it asks about, and what its reply needs to echo."""
+
+    requests: list[ImageRequest]
+    echo: dict[str, object] = field(default_factory=dict)  # e.g. the v2 request id
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a reply may name about the model (KServe v2 does)."""
+
+    model_name: str = ""
+    model_version: str = ""
+
+
+def error_reply(error: RequestError, envelope: bool = False) -> Reply:
+    """The one error encoder: ``{"error": message}`` with the error's status."""
+    body: object = {"error": str(error)} if envelope else orjson.dumps({"error": str(error)})
+    return Reply(int(error.status), body, reason=error.reason)
+
+
+# ----------------------------------------------------------------------------- payload helpers
+def image_from_base64(text: object, item: int | None = None) -> bytes:
+    """Decode a base64 image string (a data URL works too); ``PayloadError`` naming the ``item``
+    of a several-image document."""
+    prefix = "" if item is None else f"item {item}: "
+    if not isinstance(text, str) or not text:
+        raise PayloadError(f'{prefix}JSON request needs "image": a base64-encoded image string')
+    if text.lower().startswith(_URL_PREFIXES):
+        raise PayloadError(f'{prefix}"image" must be base64 image data; URLs are not fetched by this server')
+    if text.startswith("data:"):  # data URL: data:image/png;base64,....
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise PayloadError(f'{prefix}"image" is not valid base64: {e}') from e
+
+
+def json_request(document: Mapping[str, object], accept: str | None = None) -> ImageRequest:
+    """``{"image": "<base64>", ...options}`` as an image request."""
+    options = dict(document)
+    return ImageRequest(image_from_base64(options.pop(JSON_IMAGE_FIELD, None)), options, accept)
+
+
+def json_float16(maps: np.ndarray) -> np.ndarray:
+    """float16 maps as float64 rounded to FLOAT16_DIGITS significant digits of the largest value.
+
+    Written by orjson with the shortest repr, so JSON shrinks (e.g. ``0.000252`` for
+    ``0.00025152878``); the absolute error stays below float16's own rounding at the maximum.
+    """
+    values = maps.astype(np.float16).astype(np.float64)
+    top = float(np.abs(values).max()) if values.size else 0.0
+    if top == 0.0:
+        return values
+    return np.round(values, FLOAT16_DIGITS - 1 - math.floor(math.log10(top)))
+
+
+def typed_attention(result: AttentionResult) -> np.ndarray:
+    """The attention array in the element type the request asked for (``dtype``)."""
+    return result.attention.astype(result.dtype, copy=False)
+
+
+def json_bytes(document: object) -> bytes:
+    """Compact JSON; numpy arrays (C-contiguous) are written as nested lists by orjson."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def precision_header(results: Sequence[AttentionResult]) -> dict[str, str]:
+    """``X-Attention-Precision``: the precision(s) that ran, comma-separated if they differ."""
+    return {PRECISION_HEADER: ",".join(dict.fromkeys(r.precision for r in results))} if results else {}
+
+
+def first_error(results: Sequence[Result]) -> RequestError | None:
+    """A document of several images fails as a whole: its first error, naming the item."""
+    for i, result in enumerate(results):
+        if isinstance(result, RequestError):
+            return type(result)(f"item {i}: {result}")
+    return None
+
+
+# ----------------------------------------------------------------------------- codecs
+class Codec:
+    """decode(row) -> Decoded; encode(decoded, results) -> Reply. Subclasses are the protocols."""
+
+    name = "codec"
+    envelope = False  # TorchServe's envelope wraps the reply (one HTTP request for all its rows)
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        raise NotImplementedError
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        raise NotImplementedError
+
+
+class PlainCodec(Codec):
+    """Raw image body, multipart form, or a JSON object; one image per row."""
+
+    name = "plain"
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        if not isinstance(row, Mapping):
+            raise PayloadError(f"a request row must be a mapping of fields, not a {type(row).__name__}")
+        fields = dict(row)
+        body = fields.pop(BODY_FIELD, None)
+        if body is not None and not fields:
+            return Decoded([self._body(body, accept)])
+        images = [name for name in IMAGE_FIELDS if name in fields]
+        if len(images) != 1 or body is not None:
+            raise PayloadError(f"multipart request needs exactly one image field ({' or '.join(IMAGE_FIELDS)}), got fields {sorted(row)}")
+        image = fields.pop(images[0])
+        if not isinstance(image, (bytes, bytearray)):
+            raise PayloadError(f"multipart field {images[0]!r} must be the image file (curl -F {images[0]}=@img.jpg)")
+        return Decoded([ImageRequest(bytes(image), fields, accept)])
+
+    @staticmethod
+    def _body(body: object, accept: str | None) -> ImageRequest:
+        if isinstance(body, Mapping):
+            return json_request(body, accept)
+        if isinstance(body, (list, int, float, bool)):  # JSON the server decoded, but not an object
+            raise PayloadError(f'JSON body must be an object {{"image": "<base64>", ...}}, not a {type(body).__name__}')
+        text = body.decode("utf-8", errors="replace") if isinstance(body, (bytes, bytearray)) else str(body)
+        if text.lstrip().startswith("{"):  # JSON the server could not decode (no image format starts with '{')
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise PayloadError(f"malformed JSON body: {e}") from e
+            if isinstance(document, Mapping):
+                return json_request(document, accept)
+        if isinstance(body, (bytes, bytearray)):
+            return ImageRequest(bytes(body), {}, accept)
+        raise PayloadError(
+            "request body is text, not an image: send the image bytes (curl -T img.jpg URL) "
+            'or JSON {"image": "<base64>"} with Content-Type: application/json'
+        )
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        (result,) = results
+        if isinstance(result, RequestError):
+            return error_reply(result)
+        body, content_type, headers = encode_attention(result)
+        return Reply(int(HTTPStatus.OK), body, content_type, {**precision_header([result]), **headers}, result.stats)
+
+
+def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str]]:
+    """(body, content type, extra headers) of one result in its ``format`` (json|npy|npz) and ``dtype``."""
+    meta = result.metadata()
+    if result.format == "json":
+        values = json_float16(result.attention) if result.dtype == "float16" else result.attention
+        return json_bytes({**meta, "attention": np.ascontiguousarray(values)}), CONTENT_TYPES["json"], {}
+    buf = io.BytesIO()
+    if result.format == "npy":
+        np.save(buf, typed_attention(result), allow_pickle=False)
+        return buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()}
+    if result.format == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
+        np.savez(buf, attention=typed_attention(result), meta=np.array(orjson.dumps(meta).decode()))
+        return buf.getvalue(), CONTENT_TYPES["npz"], {}
+    raise ValueError(f"unknown format {result.format!r}; choose one of {list(CONTENT_TYPES)}")
+
+
+class KServeV1Codec(Codec):
+    """KServe v1 ``{"instances": [...]}``: each instance ``{"data"|"image"|"b64": "<base64>", ...options}``
+    or a bare base64 string."""
+
+    name = "kserve-v1"
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        document = row[BODY_FIELD] if isinstance(row, Mapping) and BODY_FIELD in row else row
+        instances = document.get("instances") if isinstance(document, Mapping) else None
+        if not isinstance(instances, list):
+            raise PayloadError('a KServe v1 request is {"instances": [...]}')
+        return Decoded([self.instance(item, i) for i, item in enumerate(instances)])
+
+    @staticmethod
+    def instance(instance: object, index: int) -> ImageRequest:
+        if isinstance(instance, str):
+            return ImageRequest(image_from_base64(instance, index), {})
+        if not isinstance(instance, Mapping):
+            raise PayloadError(f'a v1 instance must be {{"data": "<base64 image>", ...}}, not a {type(instance).__name__}')
+        options = dict(instance)
+        keys = [k for k in V1_IMAGE_KEYS if k in options]
+        if len(keys) != 1:
+            raise PayloadError(f"a v1 instance needs exactly one of {list(V1_IMAGE_KEYS)} with the base64 image")
+        image = options.pop(keys[0])
+        if isinstance(image, Mapping) and "b64" in image:  # TF-serving style {"b64": "..."}
+            image = image["b64"]
+        return ImageRequest(image_from_base64(image, index), options)
+
+    @staticmethod
+    def prediction(result: AttentionResult) -> dict[str, object]:
+        return {**result.metadata(), "attention": typed_attention(result)}
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        error = first_error(results)
+        if error is not None:
+            return error_reply(error)
+        good = [r for r in results if isinstance(r, AttentionResult)]
+        body = json_bytes({"predictions": [self.prediction(r) for r in good]})
+        return Reply(int(HTTPStatus.OK), body, headers=precision_header(good), stats=merged_stats(good))
+
+
+class KServeV2Codec(Codec):
+    """KServe v2 / Open Inference Protocol: every element of every BYTES input is one base64 image.
+
+    Options come from the request's ``parameters``, overridden by each input's ``parameters``.
+    """
+
+    name = "kserve-v2"
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        document = row[BODY_FIELD] if isinstance(row, Mapping) and BODY_FIELD in row else row
+        if not isinstance(document, Mapping) or not isinstance(document.get("inputs"), list):
+            raise PayloadError('a KServe v2 request is {"inputs": [...]}')
+        inputs: list[object] = document["inputs"]
+        shared = document.get("parameters") or {}
+        requests: list[ImageRequest] = []
+        for tensor in inputs:
+            requests += self.tensor(tensor, shared, first=len(requests))
+        return Decoded(requests, {"id": document["id"]} if document.get("id") else {})
+
+    @staticmethod
+    def tensor(tensor: object, shared: object, first: int = 0) -> list[ImageRequest]:
+        """The images of one BYTES input; ``first``: the index of its first image in the document."""
+        if not isinstance(tensor, Mapping) or tensor.get("datatype") != "BYTES":
+            raise PayloadError('v2 inputs must be {"name": ..., "datatype": "BYTES", "shape": [n], "data": ["<base64>", ...]}')
+        data = tensor.get("data")
+        items = data if isinstance(data, list) else [data]
+        own = tensor.get("parameters") or {}
+        if not items or not isinstance(shared, Mapping) or not isinstance(own, Mapping):
+            raise PayloadError("a v2 input needs data (base64 images) and parameters as an object")
+        params = {**shared, **own}
+        return [ImageRequest(image_from_base64(item, first + i), params) for i, item in enumerate(items)]
+
+    @staticmethod
+    def output(name: str, result: AttentionResult) -> dict[str, object]:
+        """A v2 output tensor; the metadata as parameters (v2 parameters are scalars: lists become "a,b")."""
+        params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in result.metadata().items()}
+        return {
+            "name": name,
+            "shape": list(result.attention.shape),
+            "datatype": V2_DATATYPES[result.dtype],
+            "data": typed_attention(result).ravel(),
+            "parameters": params,
+        }
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        error = first_error(results)
+        if error is not None:
+            return error_reply(error)
+        good = [r for r in results if isinstance(r, AttentionResult)]
+        names = ["attention"] if len(good) == 1 else [f"attention_{i}" for i in range(len(good))]
+        body = {
+            "model_name": server.model_name,
+            "model_version": server.model_version,
+            "outputs": [self.output(name, r) for name, r in zip(names, good, strict=True)],
+            **decoded.echo,
+        }
+        return Reply(int(HTTPStatus.OK), json_bytes(body), headers=precision_header(good), stats=merged_stats(good))
+
+
+class V1EnvelopeCodec(KServeV1Codec):
+    """Under TorchServe's ``kserve`` envelope: a row is one v1 instance; the reply its prediction object."""
+
+    name = "kserve-v1-envelope"
+    envelope = True
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        return Decoded([self.instance(row, 0)])
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        (result,) = results
+        if isinstance(result, RequestError):
+            return error_reply(result, envelope=True)
+        prediction = {**self.prediction(result), "attention": typed_attention(result).tolist()}
+        return Reply(int(HTTPStatus.OK), prediction, headers=precision_header([result]), stats=result.stats)
+
+
+class V2EnvelopeCodec(KServeV2Codec):
+    """Under TorchServe's ``kservev2`` envelope: a row is one v2 input whose ``data`` is one base64
+    image; the reply the attention array (the envelope flattens it and drops all metadata, so the
+    ``X-Attention-Precision`` header is where the precision that ran is named)."""
+
+    name = "kserve-v2-envelope"
+    envelope = True
+
+    def decode(self, row: object, accept: str | None = None) -> Decoded:
+        if not isinstance(row, Mapping):
+            raise PayloadError("a v2 input must be an object")
+        return Decoded(self.tensor({**row, "data": [row.get("data")]}, {}))
+
+    def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        (result,) = results
+        if isinstance(result, RequestError):
+            return error_reply(result, envelope=True)
+        return Reply(int(HTTPStatus.OK), typed_attention(result), headers=precision_header([result]), stats=result.stats)
+
+
+PLAIN, KSERVE_V1, KSERVE_V2 = PlainCodec(), KServeV1Codec(), KServeV2Codec()
+V1_ENVELOPE, V2_ENVELOPE = V1EnvelopeCodec(), V2EnvelopeCodec()
+
+
+def codec_for(row: object) -> Codec:
+    """The codec of one row, from its shape alone (pure).
+
+    Rows TorchServe builds from an HTTP request always carry a ``body`` or a file (bytes) field;
+    a body that is a KServe document picks that protocol. Rows without either were unwrapped by
+    TorchServe's envelopes: v2 inputs carry a ``datatype``, v1 instances do not.
+    """
+    if isinstance(row, Mapping) and (BODY_FIELD in row or any(isinstance(v, (bytes, bytearray)) for v in row.values())):
+        body = row.get(BODY_FIELD)
+        if isinstance(body, Mapping) and isinstance(body.get("instances"), list):
+            return KSERVE_V1
+        if isinstance(body, Mapping) and isinstance(body.get("inputs"), list):
+            return KSERVE_V2
+        return PLAIN
+    if isinstance(row, Mapping) and "datatype" in row:
+        return V2_ENVELOPE
+    return V1_ENVELOPE
+
+
+def merged_stats(results: Sequence[AttentionResult]) -> dict[str, float]:
+    """Metrics of a document of several images: summed times and tokens (forward passes may be shared)."""
+    keys = dict.fromkeys(k for r in results for k in r.stats)
+    return {k: float(sum(r.stats.get(k, 0.0) for r in results)) for k in keys}

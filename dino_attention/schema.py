@@ -1,0 +1,55 @@
+"""What goes into the service and what comes out of it, defined once.
+
+``ImageRequest``: one image and its raw options, as a protocol codec decoded them.
+``AttentionResult``: one image's attention and its metadata. Its fields, in order, are the response
+schema of every protocol (JSON keys, the .npy header, npz ``meta``, KServe parameters); the client,
+the tests and README's field table are checked against ``SCHEMA_FIELDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+NOT_IN_SCHEMA = {"schema": False}  # dataclass field metadata: carried along, never sent
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to explain: encoded image bytes and raw option values (strings, JSON values)."""
+
+    image: bytes
+    options: Mapping[str, object]
+    accept: str | None = None  # the HTTP Accept header, which may choose the response format
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    """The [CLS] attention of one image, with the metadata to interpret it (JSON key order)."""
+
+    model: str  # architecture, e.g. vit_small
+    patch_size: int
+    layer: int  # block the attention comes from, 0-based
+    num_heads: int  # heads of the model
+    heads: list[int]  # the heads in ``attention``, in order
+    weights: str  # checkpoint file name + sha256 prefix, or "random"
+    input_size: list[int]  # [H0, W0] decoded (after EXIF orientation)
+    resized_size: list[int]  # [Hr, Wr] after the resize
+    image_size: list[int]  # [H, W] after the crop to a multiple of patch_size
+    grid: list[int]  # [H/p, W/p]
+    upsampled: bool  # attention per pixel (True) or per patch
+    precision: str  # forward precision that ran: fp32, bf16 or fp16
+    precision_requested: str  # what the request (or the model's default) asked for, auto included
+    dtype: str  # element type the response carries: float32 or float16
+    attention: np.ndarray = field(repr=False)  # (len(heads), H, W) or (len(heads), H/p, W/p), float32
+    format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz
+    stats: dict[str, float] = field(default_factory=dict, compare=False, metadata=NOT_IN_SCHEMA)  # for metrics
+
+    def metadata(self) -> dict[str, object]:
+        """Every schema field but ``attention``, in schema order."""
+        return {name: getattr(self, name) for name in SCHEMA_FIELDS if name != "attention"}
+
+
+SCHEMA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AttentionResult) if f.metadata.get("schema", True))

@@ -1,0 +1,1 @@
+"""Test support: a private TorchServe, small checkpoints and images."""

@@ -1,0 +1,180 @@
+"""The TorchServe handler in process (TorchServe's own Context, no Java): codec choice per row,
+per-row status, content type, headers and metrics, one forward pass across protocols, envelopes,
+initialisation from a context, and responses pinned byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from dino_attention.model.checkpoint import build_model
+from dino_attention.precision import PrecisionPlan
+from dino_attention.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, codec_for
+from dino_attention.service import AttentionService, ServiceConfig
+from handler.dino_handler import DinoAttentionHandler
+
+from .support.checkpoints import TINY, backbone_state, encode, save, smooth_rgb
+from .support.handler import answer, handler_for, mock_context, reply_of
+
+PNG = encode(smooth_rgb(48, 64))
+B64 = base64.b64encode(PNG).decode()
+
+
+@pytest.fixture(scope="module")
+def uniform() -> AttentionService:
+    """vit_tiny whose last block has no query: its [CLS] attention is exactly 1/N on every CPU."""
+    state = backbone_state(seed=3)
+    state["blocks.11.attn.qkv.weight"][: TINY.embed_dim] = 0
+    state["blocks.11.attn.qkv.bias"][: TINY.embed_dim] = 0
+    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="pinned.pth@sha256:0", short_side=32)
+    return AttentionService(build_model(TINY, state), TINY, config, precisions=PrecisionPlan.fp32_only())
+
+
+# Made by the code before the request path was split into codecs (commit 880fd4d), same inputs.
+PINNED = [
+    (({"body": PNG}, None), 200, "application/json", "607d6c8b4b84020ff388d92f8c4936efe13b481018dd19d72cfa6fb13f550906"),
+    (
+        ({"data": PNG, "heads": "0,2", "upsample": "false", "format": "npy"}, None),
+        200,
+        "application/x-npy",
+        "b82cd8dea174791c45c52213ae4cb2a8a117c50bf935dbb0cebe1e101135374f",
+    ),
+    (
+        ({"body": {"image": B64, "dtype": "float16", "format": "npz", "layer": -1}}, None),
+        200,
+        "application/x-npz",
+        "796e7018489e3b57a5c7d260e6100cf677d7a311d7f75da59a073c6f94b216af",
+    ),
+    (({"body": PNG}, "application/x-npz"), 200, "application/x-npz", "b0357b85d5819b82368b2061bad02b9eadc5927260934be1796525693cc34e49"),
+    (({"data": PNG, "layer": "99"}, None), 400, "application/json", "cea38f1d2589381a2409ccc47d32577a52a2dc445631a94b98a759ea335a9d34"),
+    (
+        ({"body": {"instances": [{"data": B64, "upsample": False}, B64]}}, None),
+        200,
+        "application/json",
+        "bb253a90b276f7ff684e9b6a4b808c5aeb30cb46886e2c77aedbee31c47f0b58",
+    ),
+    (
+        (
+            {
+                "body": {
+                    "id": "r1",
+                    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}],
+                    "parameters": {"upsample": False, "dtype": "float16"},
+                }
+            },
+            None,
+        ),
+        200,
+        "application/json",
+        "c3c48f625858b9f74f7a34c2e557d75e88f9e0a50e0eb37327ca7aa5ccfc6fb3",
+    ),
+    (
+        ({"body": {"instances": [{"data": "!!"}]}}, None),
+        400,
+        "application/json",
+        "6c4b7044ec83f905e8a17f15ad536bcf888478ad387d5933d9fd4970331dcd87",
+    ),
+]
+PINNED_NPY_META = (
+    '{"model":"vit_tiny","patch_size":16,"layer":11,"num_heads":3,"heads":[0,2],"weights":"pinned.pth@sha256:0",'
+    '"input_size":[48,64],"resized_size":[32,42],"image_size":[32,32],"grid":[2,2],"upsampled":false,'
+    '"precision":"fp32","precision_requested":"fp32","dtype":"float32"}'
+)
+
+
+def test_responses_are_byte_identical_to_the_pinned_ones(uniform: AttentionService) -> None:
+    rows = [row for (row, _), *_ in PINNED]
+    replies = answer(uniform, rows, [accept for (_, accept), *_ in PINNED])
+    for reply, (_, status, content_type, digest) in zip(replies, PINNED, strict=True):
+        assert (reply.status, reply.content_type) == (status, content_type)
+        assert hashlib.sha256(reply.body).hexdigest() == digest, reply.body[:300]
+        assert reply.headers.get("X-Attention-Precision") == ("fp32" if status == 200 else None)
+    assert replies[1].headers["X-Attention-Meta"] == PINNED_NPY_META
+    assert orjson.loads(replies[4].body) == {"error": "layer=99 is out of range: this model has 12 blocks (0..11, or -1 for last)"}
+    assert orjson.loads(replies[7].body)["error"].startswith('item 0: "image" is not valid base64')
+    np.testing.assert_array_equal(np.asarray(orjson.loads(replies[0].body)["attention"], np.float32), np.full((3, 32, 32), 0.2, np.float32))
+
+
+@pytest.mark.parametrize(
+    "row, codec",
+    [
+        ({"body": PNG}, PLAIN),
+        ({"data": PNG, "layer": "3"}, PLAIN),
+        ({"body": {"image": B64}}, PLAIN),
+        ({"body": b'{"image": "..."}'}, PLAIN),  # JSON TorchServe did not decode: the plain codec parses it
+        ({"body": {"instances": [B64]}}, KSERVE_V1),
+        ({"body": {"inputs": []}}, KSERVE_V2),
+        ({"data": B64, "layer": 3}, V1_ENVELOPE),  # what TorchServe's kserve envelope hands over
+        (B64, V1_ENVELOPE),
+        ({"name": "image", "shape": [1], "datatype": "BYTES", "data": B64}, V2_ENVELOPE),  # kservev2 envelope
+    ],
+)
+def test_codec_is_chosen_from_the_row_alone(row: object, codec: object) -> None:
+    assert codec_for(row) is codec
+
+
+def test_each_row_gets_its_own_status_type_headers_and_metrics(uniform: AttentionService) -> None:
+    rows = [
+        {"data": PNG, "format": "npy"},
+        {"body": b"not an image"},
+        {"body": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}]}},
+        {"body": {"instances": "not a list"}},
+    ]
+    context = mock_context([{}, {}, {}, {"accept": "application/x-npz"}])
+    bodies = handler_for(uniform).handle(rows, context)
+    replies = [reply_of(context, i, body) for i, body in enumerate(bodies)]
+    assert [r.status for r in replies] == [200, 400, 200, 400]
+    assert [r.content_type for r in replies] == ["application/x-npy", "application/json", "application/json", "application/json"]
+    assert "X-Attention-Meta" in replies[0].headers and replies[2].headers["X-Attention-Precision"] == "fp32"
+    assert "not an image" in orjson.loads(bodies[1])["error"]
+    assert context.request_processor[1].get_response_status_phrase() == "Bad Request"
+    metrics = context.metrics.metrics
+    assert [dims[-1] for _, dims in metrics["DinoRejectedRequests"].values] == ["image", "payload"]
+    assert len(metrics["DinoForwardTime"].values) == 2 and len(metrics["DinoResponseBytes"].values) == 2
+    assert metrics["DinoResponseBytes"].values[0][0] == len(bodies[0])
+
+
+def test_rows_of_different_protocols_share_one_forward(uniform: AttentionService, monkeypatch) -> None:
+    calls = []
+    forward = uniform.model.get_cls_attention
+    monkeypatch.setattr(uniform.model, "get_cls_attention", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    rows = [
+        {"body": PNG},
+        {"body": {"instances": [B64]}},
+        {"body": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}]}},
+        {"data": PNG, "layer": "3"},  # another layer: a forward of its own
+    ]
+    assert [r.status for r in answer(uniform, rows)] == [200, 200, 200, 200]
+    assert sorted(calls) == [1, 3]
+
+
+def test_envelope_rows_answer_one_request(uniform: AttentionService) -> None:
+    """TorchServe's envelopes unwrap one HTTP request into rows: status and headers go to request 0."""
+    rows = [{"data": B64, "upsample": False}, {"data": "!!"}]
+    context = mock_context([{}])
+    results = handler_for(uniform).handle(rows, context)
+    assert results[0]["attention"] == np.full((3, 2, 2), 0.2, np.float32).tolist() and results[0]["precision"] == "fp32"
+    assert "not valid base64" in results[1]["error"]
+    assert context.request_processor[0].get_response_status_code() == 400
+    assert context.request_processor[0].get_response_header("X-Attention-Precision") == "fp32"
+    v2 = handler_for(uniform).handle([{"name": "image", "datatype": "BYTES", "shape": [1], "data": B64}], mock_context([{}]))
+    assert isinstance(v2[0], np.ndarray) and v2[0].shape == (3, 32, 32)
+
+
+def test_initialize_from_the_context(tmp_path: Path) -> None:
+    save(backbone_state(seed=1), tmp_path / "dino_backbone.pth")
+    context = mock_context(
+        [{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"arch": "vit_tiny", "patch_size": 16}
+    )
+    handler = DinoAttentionHandler()
+    handler.initialize(context)
+    assert handler.initialized and handler.service is not None
+    assert handler.service.device == torch.device("cpu") and handler.service.config.weights.startswith("dino_backbone.pth@sha256:")
+    (body,) = handler.handle([{"body": PNG}], context)
+    assert orjson.loads(body)["model"] == "vit_tiny"

@@ -1,0 +1,44 @@
+"""Facts with one home, checked where they are repeated: the response schema (README, client),
+the client's protocol constants, the shipped defaults (model-config.yaml), what the .mar ships."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from client import render_attention as client
+from dino_attention import image, options
+from dino_attention.options import DEFAULTS
+from dino_attention.schema import SCHEMA_FIELDS
+from scripts import REPO
+
+
+def readme_field_table() -> list[str]:
+    """The field names of README's response table, in order (``a``, ``b`` rows give several)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| field | meaning |") :].split("\n\n")[0]
+    names: list[str] = []
+    for row in table.splitlines()[2:]:
+        names += re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])
+    return names
+
+
+def test_readme_field_table_is_the_schema() -> None:
+    assert sorted(readme_field_table()) == sorted(SCHEMA_FIELDS)
+
+
+def test_client_reads_only_schema_fields() -> None:
+    assert set(client.REQUIRED_KEYS) <= set(SCHEMA_FIELDS)
+
+
+def test_client_protocol_constants_match_the_server() -> None:
+    assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
+    assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
+    assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
+
+
+def test_shipped_model_config_states_the_defaults() -> None:
+    handler = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]
+    for name in ("short_side", "upsample", "precision"):
+        assert handler[name] == getattr(DEFAULTS, name), name
