@@ -15,28 +15,11 @@ from dino_attention.attention import patch_attention, to_tensor
 from dino_attention.image import prepare_image
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
+from dino_attention.schema import SCHEMA_FIELDS
 from dino_attention.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
 from .support.handler import answer
-
-SCHEMA_KEYS = [
-    "model",
-    "patch_size",
-    "layer",
-    "num_heads",
-    "heads",
-    "weights",
-    "input_size",
-    "resized_size",
-    "image_size",
-    "grid",
-    "upsampled",
-    "precision",
-    "precision_requested",
-    "dtype",
-    "attention",
-]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +40,7 @@ def test_response_schema_and_values(service: AttentionService) -> None:
     (reply,) = answer(service, [{"body": data}])
     assert reply.status == 200 and reply.content_type == "application/json"
     doc = orjson.loads(reply.body)
-    assert list(doc) == SCHEMA_KEYS
+    assert tuple(doc) == SCHEMA_FIELDS  # the JSON keys, in the schema's order
     assert doc["model"] == "vit_tiny" and doc["patch_size"] == 16 and doc["layer"] == 11 and doc["num_heads"] == 3
     assert doc["weights"] == "test.pth@sha256:0" and doc["heads"] == [0, 1, 2] and doc["upsampled"] is True
     # short_side 64: 90x130 -> 64x92 -> crop to 64x80
