@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,10 +34,12 @@ import torch
 import yaml
 
 from bench.load import Probe, run_load
-from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
+from dino_attention.attention import attention_maps, map_agreement, patch_attention, upsample_nearest
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from dino_attention.model.rollout import rollout_reference
 from dino_attention.model.variants import Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
+from dino_attention.options import MapSpec
 from dino_attention.precision import DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
 from dino_attention.protocols import PLAIN, ServerInfo, encode_attention
 from dino_attention.schema import AttentionResult
@@ -51,7 +53,10 @@ logger = logging.getLogger("bench")
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 PATHS = ("seed", "fp32", "bf16", "fp16")  # fp32/bf16/fp16: our path in that precision
-SECTIONS = ("forward", "encoding", "served", "throughput")
+SECTIONS = ("forward", "methods", "encoding", "served", "throughput")
+# The methods section (fp32): a last-layer request, layers=all, rollout, and the naive full-matrix rollout.
+METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive")
+METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
 TARGETS = {  # what the benchmark checks, printed next to each figure
     "fp32_vs_seed_480": 3.5,
     "bf16_vs_seed": 10.0,
@@ -59,6 +64,9 @@ TARGETS = {  # what the benchmark checks, printed next to each figure
     "gpu_1080x1920_s": 0.1,  # vit_small/8 at 1080x1920 on an H100-class GPU, bf16/fp16
     "encode_fraction_of_served": 0.05,
     "served_over_inprocess": 1.2,
+    "layers_all_over_last_480": 1.1,
+    "rollout_over_last_480": 1.6,
+    "rollout_1080x1920_rss_gb": 4.0,
 }
 
 
@@ -71,7 +79,29 @@ def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray
         with torch.inference_mode():
             row = model.get_cls_attention(x, None, explicit=True)[0, :, 1:]  # (heads, N)
         return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
+    if path in METHOD_PATHS:
+        return method_maps(path, model, x)
     return patch_attention(model, x, None, path)[0].cpu().numpy()
+
+
+def method_maps(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
+    """Patch-grid maps of one ``METHOD_PATHS`` entry, fp32: (layers, maps, H/p, W/p)."""
+    depth, p = model.depth, model.patch_size
+    if path == "rollout_naive":
+        row = rollout_reference(model, x)[:, None, None, 1:]  # (B, 1, 1, N)
+        return row.reshape(1, 1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
+    layers = tuple(range(depth)) if path == "layers_all" else (depth - 1,)
+    spec = MapSpec(layers, "rollout" if path == "rollout" else "attention")
+    return attention_maps(model, x, spec)[0].cpu().numpy()
+
+
+def method_over_budget(path: str, tokens: int, args: argparse.Namespace) -> str | None:
+    """Why the naive rollout must be skipped: the memory its N x N matrices need."""
+    if path != "rollout_naive":
+        return None
+    heads, n = get_variant(args.model, args.patch).num_heads, tokens + 1
+    need_gb = (2 * heads + 4) * n * n * 4 / 1e9  # scores + softmax per head; fused, identity, product, new product
+    return f"needs ~{need_gb:.0f} GB of N x N matrices > {args.seed_budget_gb:g} GB budget" if need_gb > args.seed_budget_gb else None
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -176,8 +206,8 @@ def measure(
     if path in speeds and not speeds[path].fast:
         result.skipped = speeds[path].reason
         return result
-    if path == "seed":
-        result.skipped = seed_over_budget(tokens, args, done)
+    if path in ("seed", *METHOD_PATHS):
+        result.skipped = seed_over_budget(tokens, args, done) if path == "seed" else method_over_budget(path, tokens, args)
         if result.skipped:
             return result
     repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run, no warm-up
@@ -210,8 +240,57 @@ def measure(
         return result
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     result.times, result.peak_rss_mb, result.loaded_rss_mb = data["times"], data["peak_rss_mb"], data["loaded_rss_mb"]
-    result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / min(result.times) / 1e9
+    if path in PATHS:
+        result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / min(result.times) / 1e9
     return result
+
+
+def methods_report(results: list[Result], maps_dir: Path) -> list[str]:
+    """The methods table and its targets: each path's time against a last-layer request of the same size."""
+    if not results:
+        return []
+    by = {(r.path, r.size): r for r in results}
+    lines = [
+        "",
+        "## Methods (fp32, one image): layers=all, rollout, naive full-matrix rollout",
+        "",
+        "| size | tokens | path | min s | median s | x last-layer | peak RSS MB | maps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        name = f"{r.size[0]}x{r.size[1]}"
+        if r.skipped:
+            lines.append(f"| {name} | {r.tokens} | {r.path} | {r.skipped}: skipped | | | | |")
+            continue
+        last = by.get(("last_layer", r.size))
+        relative = f"{min(r.times) / min(last.times):.2f}x" if last and last.times else ""
+        lines.append(
+            f"| {name} | {r.tokens} | {r.path} | {min(r.times):.3f} | {statistics.median(r.times):.3f} | {relative} "
+            f"| {r.peak_rss_mb:.0f} (loaded {r.loaded_rss_mb:.0f}) | {method_agreement(r, maps_dir)} |"
+        )
+    lines += ["", "Targets:", ""]
+    for path, key in (("layers_all", "layers_all_over_last_480"), ("rollout", "rollout_over_last_480")):
+        measured, last = by.get((path, (480, 480))), by.get(("last_layer", (480, 480)))
+        if measured and last and measured.times and last.times:
+            ratio = min(measured.times) / min(last.times)
+            lines.append(f"- {path} at 480x480: {ratio:.2f}x a last-layer request ({verdict(ratio, TARGETS[key], False)})")
+    big = by.get(("rollout", (1080, 1920)))
+    if big and big.times:
+        gb = big.peak_rss_mb / 1024
+        lines.append(f"- rollout at 1080x1920 peak RSS: {gb:.2f} GB ({verdict(gb, TARGETS['rollout_1080x1920_rss_gb'], False)})")
+    naive = by.get(("rollout_naive", (1080, 1920)))
+    if naive and naive.skipped:
+        lines.append(f"- naive full-matrix rollout at 1080x1920: {naive.skipped}")
+    return lines
+
+
+def method_agreement(r: Result, maps_dir: Path) -> str:
+    """Rollout vs the naive full-matrix product, relative to the map's maximum, where both ran."""
+    tag = f"{r.size[0]}x{r.size[1]}"
+    if r.path != "rollout" or not (maps_dir / f"rollout_naive_{tag}.npy").exists():
+        return ""
+    ours, naive = np.load(maps_dir / f"rollout_{tag}.npy"), np.load(maps_dir / f"rollout_naive_{tag}.npy")
+    return f"max |rollout - naive| / max = {np.abs(ours - naive).max() / np.abs(naive).max():.1e}"
 
 
 def compare_maps(results: list[Result], maps_dir: Path) -> None:
@@ -428,6 +507,7 @@ def report(
     served: dict | None,
     throughput: list[dict],
     args,
+    methods: Sequence[str] = (),
 ) -> str:
     by = {(r.path, r.size): r for r in results}
     memory = "peak GPU MB" if machine.device.type == "cuda" else "peak RSS MB"
@@ -477,6 +557,7 @@ def report(
             f"({verdict(frac, TARGETS['encode_fraction_of_served'], False)})"
         )
         lines.append(f"- served p50 / in-process p50: {ratio:.2f} ({verdict(ratio, TARGETS['served_over_inprocess'], False)})")
+    lines += list(methods)
     if encodings:
         heads = get_variant(args.model, args.patch).num_heads
         lines += ["", f"## Response encoding (480x480 maps, {heads} heads)", "", "| format | seconds | MB |", "| --- | --- | --- |"]
@@ -556,6 +637,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="forward paths to measure")
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES), help="HxW ...")
+    parser.add_argument("--method-sizes", type=parse_size, nargs="+", default=list(METHOD_SIZES), help="HxW for the methods section")
     parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
@@ -567,13 +649,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=PATHS + METHOD_PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
+        args.method_sizes = [(480, 480)]
     return args
 
 
@@ -598,6 +681,14 @@ def main(argv: list[str] | None = None) -> int:
                 for path in args.paths:
                     results.append(measure(path, size, args, weights, workdir, results, machine.speeds))
             compare_maps(results, workdir)
+        methods: list[Result] = []
+        methods_lines: list[str] = []
+        if "methods" in args.sections:
+            logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
+            for size in args.method_sizes:
+                for path in METHOD_PATHS:
+                    methods.append(measure(path, size, args, weights, workdir, methods, machine.speeds))
+            methods_lines = methods_report(methods, workdir)
         if "encoding" in args.sections:
             logger.info("encodings ...")
             maps480 = workdir / "fp32_480x480.npy"
@@ -614,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in args.sections:
             logger.info("throughput: batch size x workers x concurrency ...")
             throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
-    text = report(results, machine, encodings, served, throughput, args)
+    text = report(results, machine, encodings, served, throughput, args, methods_lines)
     (args.out / f"{args.name}.md").write_text(text)
     if results:
         plot(results, machine.peaks, args.out / f"{args.name}.png")

@@ -20,12 +20,13 @@ under each map is the original resized and cropped exactly as the server reports
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import logging
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -34,6 +35,7 @@ import requests
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
+from matplotlib.patches import Rectangle
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger("render_attention")
@@ -53,6 +55,23 @@ CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy", "npz": 
 FORMATS = tuple(CONTENT_TYPES)
 META_HEADER = "X-Attention-Meta"  # .npy answers carry their metadata in this header
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+METHODS = ("attention", "rollout")
+HEAD_FUSIONS = ("mean", "max", "min")
+# Options passed on to the server as they are (the client itself always asks for the patch grid).
+SERVER_OPTIONS = (
+    "layer",
+    "short_side",
+    "scale",
+    "size",
+    "heads",
+    "precision",
+    "layers",
+    "method",
+    "head_fusion",
+    "discard_ratio",
+    "mask",
+    "boxes",
+)
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
@@ -64,18 +83,40 @@ class ClientError(Exception):
 
 @dataclass(frozen=True)
 class Attention:
-    """A parsed server response, and (once aligned) the image it is about."""
+    """A parsed server response, and (once aligned) the image it is about.
 
-    meta: dict  # every field but "attention"
-    grid: np.ndarray  # (heads, H/p, W/p)
-    pixels: np.ndarray  # (heads, H, W), nearest-upsampled like the server
+    ``grid`` has the response's shape: (heads, H/p, W/p) for one layer, (layers, heads, H/p, W/p)
+    for ``layers=``, (1, H/p, W/p) for ``method=rollout``; ``masks`` and ``boxes`` are the server's
+    (``mask=t``, ``boxes=true``), else None.
+    """
+
+    meta: dict  # every field but the arrays
+    grid: np.ndarray  # patch grid, shape as above
+    pixels: np.ndarray  # the same maps nearest-upsampled to pixels like the server
     image: np.ndarray | None = None  # (H, W, 3) uint8: the original resized and cropped as the server did
+    masks: np.ndarray | None = None  # bool, shaped like ``grid``
+    boxes: np.ndarray | None = None  # (..., 4) [x0, y0, x1, y1] in pixels, one per map
 
     @property
     def title(self) -> str:
         m = self.meta
-        heads = m["heads"] if len(m["heads"]) < m.get("num_heads", 0) else "all"
-        return f"{m['model']}/{m['patch_size']}  layer {m['layer']}  heads {heads}  weights: {m['weights']}"
+        if m.get("method") == "rollout":
+            what = f"rollout through layer {m['layer']} ({m['head_fusion']} of heads, discard {m['discard_ratio']:g})"
+        else:
+            layers = f"layers {m['layers']}" if m.get("layers") else f"layer {m['layer']}"
+            heads = m["heads"] if len(m["heads"]) < m.get("num_heads", 0) else "all"
+            what = f"{layers}  heads {heads}"
+        return f"{m['model']}/{m['patch_size']}  {what}  weights: {m['weights']}"
+
+    @property
+    def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """(label, maps (k, H, W) in pixels, masks (k, H/p, W/p) or None) per layer shown."""
+        m = self.meta
+        if m.get("layers"):
+            masks = self.masks if self.masks is not None else [None] * len(m["layers"])
+            return [(f"layer {b}", self.pixels[i], masks[i]) for i, b in enumerate(m["layers"])]
+        label = "rollout" if m.get("method") == "rollout" else f"layer {m['layer']}"
+        return [(label, self.pixels, self.masks)]
 
     def figure(self, *, threshold: float | None = None, cmap: str = "inferno", shared_scale: bool = False, dpi: int = 100) -> Figure:
         """The picture: image, head mean, overlay, every head (and DINO's masks with ``threshold``)."""
@@ -86,7 +127,7 @@ class Attention:
     def with_image(self, image: ImageLike) -> Attention:
         """This result with ``image`` (the one sent) aligned to the maps."""
         data, name = image_bytes(image)
-        return Attention(self.meta, self.grid, self.pixels, aligned_image(data, self.meta, name))
+        return replace(self, image=aligned_image(data, self.meta, name))
 
     def _repr_png_(self) -> bytes | None:  # Jupyter shows a result as its figure
         if self.image is None:
@@ -128,15 +169,35 @@ def parse_response(doc: object) -> Attention:
     except (TypeError, ValueError) as e:
         raise ClientError(f"response attention is not a numeric array: {e}") from e
     p, (h, w), (gh, gw) = doc["patch_size"], doc["image_size"], doc["grid"]
-    heads = len(doc["heads"])
-    if att.shape == (heads, gh, gw):
-        grid = att
-    elif att.shape == (heads, h, w) and (h, w) == (gh * p, gw * p):
-        grid = att[:, ::p, ::p]
+    if doc.get("method") == "rollout":
+        lead: tuple[int, ...] = (1,)
     else:
-        raise ClientError(f"attention shape {att.shape} matches neither grid {(heads, gh, gw)} nor image {(heads, h, w)}")
-    pixels = np.kron(grid, np.ones((p, p), np.float32))  # (heads, H, W)
-    return Attention({k: v for k, v in doc.items() if k != "attention"}, grid, pixels)
+        lead = (len(doc["layers"]), len(doc["heads"])) if doc.get("layers") else (len(doc["heads"]),)
+    if att.shape == (*lead, gh, gw):
+        grid = att
+    elif att.shape == (*lead, h, w) and (h, w) == (gh * p, gw * p):
+        grid = att[..., ::p, ::p]
+    else:
+        raise ClientError(f"attention shape {att.shape} matches neither grid {(*lead, gh, gw)} nor image {(*lead, h, w)}")
+    pixels = grid.repeat(p, axis=-2).repeat(p, axis=-1)  # nearest upsampling, as the server
+    try:
+        masks = decode_masks(doc["masks"]) if "masks" in doc else None
+        boxes = np.asarray(doc["boxes"], dtype=np.int64) if "boxes" in doc else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ClientError(f"response masks/boxes are malformed: {e}") from e
+    meta = {k: v for k, v in doc.items() if k not in ("attention", "masks", "boxes")}
+    return Attention(meta, grid, pixels, masks=masks, boxes=boxes)
+
+
+def decode_masks(document: dict) -> np.ndarray:
+    """The server's bit-packed masks (``{"shape", "encoding": "packbits", "data"}``) as booleans, or the
+    arrays of an npz answer as they are."""
+    if isinstance(document, np.ndarray):
+        return document.astype(bool)
+    shape = list(document["shape"])
+    count = int(np.prod(shape[:-2], dtype=np.int64))
+    packed = np.frombuffer(base64.b64decode(document["data"]), np.uint8).reshape(count, -1)
+    return np.unpackbits(packed, axis=1, count=shape[-2] * shape[-1]).astype(bool).reshape(shape)
 
 
 def decode_body(body: bytes, content_type: str | None = None, meta_header: str | None = None) -> dict:
@@ -145,7 +206,8 @@ def decode_body(body: bytes, content_type: str | None = None, meta_header: str |
     try:
         if kind == CONTENT_TYPES["npz"] or body.startswith(b"PK"):
             with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-                return {**json.loads(str(archive["meta"])), "attention": archive["attention"]}
+                arrays = {name: archive[name] for name in ("attention", "masks", "boxes") if name in archive.files}
+                return {**json.loads(str(archive["meta"])), **arrays}
         if kind == CONTENT_TYPES["npy"] or body.startswith(b"\x93NUMPY"):
             if not meta_header:
                 raise ClientError(f"a .npy answer carries its metadata in the {META_HEADER} header; save npz or JSON instead")
@@ -247,11 +309,20 @@ def overlay(image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float = OVERL
     return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
 
 
-def figure_layout(num_heads: int, threshold: float | None) -> tuple[int, int]:
-    """(rows, cols): a summary row (image, mean, overlay), head rows, then mask rows."""
-    cols = max(3, min(MAX_COLS, num_heads))
-    head_rows = -(-num_heads // cols)
-    return 1 + head_rows * (2 if threshold is not None else 1), cols
+def figure_layout(att: Attention, threshold: float | None) -> tuple[int, int]:
+    """(rows, cols): a summary row (image, mean, overlay), then the maps: one row per layer of a
+    ``layers=`` answer (a column per head), else the heads wrapped at MAX_COLS and, with masks,
+    as many mask rows."""
+    rows = att.rows
+    if len(rows) > 1:
+        return 1 + len(rows), max(3, len(rows[0][1]))
+    if att.meta.get("method") == "rollout":  # the summary row shows the one map; masks below it
+        return 1 + int(threshold is not None or att.masks is not None), 3
+    count = len(rows[0][1])
+    cols = max(3, min(MAX_COLS, count))
+    map_rows = -(-count // cols)
+    with_masks = threshold is not None or att.masks is not None
+    return 1 + map_rows * (2 if with_masks else 1), cols
 
 
 def figure_size(rows: int, cols: int, aspect: float) -> tuple[float, float]:
@@ -261,17 +332,37 @@ def figure_size(rows: int, cols: int, aspect: float) -> tuple[float, float]:
     return width, rows * (PANEL_INCHES * aspect + TITLE_INCHES) + TITLE_INCHES  # + the suptitle
 
 
+def map_titles(att: Attention, label: str, count: int) -> list[str]:
+    if att.meta.get("method") == "rollout":
+        return [f"rollout through layer {att.meta['layer']}"]
+    prefix = f"{label} " if att.meta.get("layers") else ""
+    return [f"{prefix}head {h}" for h in att.meta["heads"][:count]]
+
+
+def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int) -> None:
+    """DINO-style mask outline (patch grid -> pixels) and, if any, the box of its largest component."""
+    pixels = masks.repeat(patch, axis=0).repeat(patch, axis=1)
+    if pixels.any() and not pixels.all():
+        ax.contour(pixels.astype(float), levels=[0.5], colors="cyan", linewidths=1)
+    if boxes is not None and len(boxes) == 4:
+        x0, y0, x1, y1 = (float(v) for v in boxes)
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
+
+
 def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale: bool, threshold: float | None, dpi: int) -> Figure:
-    """The whole picture for one image; returns a matplotlib Figure."""
-    heads = att.meta["heads"]
-    rows, cols = figure_layout(len(heads), threshold)
+    """The whole picture for one image; returns a matplotlib Figure.
+
+    Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks with ``threshold``.
+    """
+    rows, cols = figure_layout(att, threshold)
+    grid_view = len(att.rows) > 1  # layers x heads: no colour bars, one row per layer
     layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
     fig = Figure(figsize=figure_size(rows, cols, image.shape[0] / image.shape[1]), dpi=dpi, layout=layout)
     fig.suptitle(att.title, fontsize=9)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    mean = att.pixels.mean(axis=0)
+    patch = att.meta["patch_size"]
     vmin, vmax = (float(att.pixels.min()), float(att.pixels.max())) if shared_scale else (None, None)
 
     def panel(ax: Axes, data: np.ndarray, title: str, colorbar: bool = True) -> None:
@@ -280,21 +371,33 @@ def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale:
         if colorbar:
             fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02, aspect=30).ax.tick_params(labelsize=6)
 
+    label, first_maps, _ = att.rows[-1]  # the summary shows the deepest layer asked for
+    mean = first_maps.mean(axis=0)
+    summary = "rollout" if att.meta.get("method") == "rollout" else f"{label} head mean"
     panel(axes[0, 0], image, f"image {image.shape[0]}x{image.shape[1]}", colorbar=False)
-    panel(axes[0, 1], mean, "head mean")
-    panel(axes[0, 2], overlay(image, mean, cmap), "head mean over image", colorbar=False)
-    for i, head in enumerate(heads):
-        panel(axes[1 + i // cols, i % cols], att.pixels[i], f"head {head}")
-    if threshold is not None:
-        masks = np.kron(threshold_masks(att.grid, threshold), np.ones((att.meta["patch_size"],) * 2, bool))
-        first = 1 + -(-len(heads) // cols)
-        for i, head in enumerate(heads):
-            ax = axes[first + i // cols, i % cols]
-            ax.imshow(image)
-            ax.imshow(np.ma.masked_where(~masks[i], masks[i]), cmap="cool", alpha=0.35, vmin=0, vmax=1)
-            if masks[i].any() and not masks[i].all():
-                ax.contour(masks[i].astype(float), levels=[0.5], colors="cyan", linewidths=1)
-            ax.set_title(f"head {head}: {threshold:.0%} of mass", fontsize=8, pad=2)
+    panel(axes[0, 1], mean, summary, colorbar=not grid_view)
+    panel(axes[0, 2], overlay(image, mean, cmap), f"{summary} over image", colorbar=False)
+    for r, (label, maps, server_masks) in enumerate(att.rows):
+        own = threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold is not None else None
+        masks = server_masks if server_masks is not None else own
+        boxes = att.boxes if att.boxes is not None else None
+        titles = map_titles(att, label, len(maps))
+        rollout = att.meta.get("method") == "rollout"
+        for i, title in enumerate([] if rollout else titles):
+            ax = axes[1 + r, i] if grid_view else axes[1 + i // cols, i % cols]
+            panel(ax, maps[i], title, colorbar=not grid_view)
+            if grid_view and masks is not None:
+                draw_masks(ax, masks[i], boxes[r][i] if boxes is not None else None, patch)
+        if not grid_view and masks is not None:
+            kept = att.meta.get("mask", threshold)
+            first = 1 if rollout else 1 + -(-len(titles) // cols)
+            for i, title in enumerate(titles):
+                ax = axes[first + i // cols, i % cols]
+                ax.imshow(image)
+                mask_pixels = masks[i].repeat(patch, axis=0).repeat(patch, axis=1)
+                ax.imshow(np.ma.masked_where(~mask_pixels, mask_pixels), cmap="cool", alpha=0.35, vmin=0, vmax=1)
+                draw_masks(ax, masks[i], boxes[i] if boxes is not None else None, patch)
+                ax.set_title(f"{title}: {kept:.0%} of mass", fontsize=8, pad=2)
     fit_height(fig, rows)
     return fig
 
@@ -313,24 +416,30 @@ def fit_height(fig: Figure, rows: int, passes: int = 2) -> None:
 
 
 def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, threshold: float | None) -> None:
-    """DINO-style per-head files: attn-head{j}.png, mask_th{t}_head{j}.png, plus the overlay."""
+    """DINO-style per-map files: attn-head{j}.png (attn-layer{b}-head{j}.png for layers, rollout.png),
+    mask_th{t}_head{j}.png with ``threshold`` (or the server's masks), plus the image and the overlay."""
     import matplotlib.image as mpimg
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    patch = att.meta["patch_size"]
     mpimg.imsave(out_dir / "img.png", image)
-    mpimg.imsave(out_dir / "overlay.png", overlay(image, att.pixels.mean(axis=0), cmap))
-    for i, head in enumerate(att.meta["heads"]):
-        mpimg.imsave(out_dir / f"attn-head{head}.png", att.pixels[i], cmap=cmap, format="png")
-    if threshold is not None:
-        masks = np.kron(threshold_masks(att.grid, threshold), np.ones((att.meta["patch_size"],) * 2, bool))
-        for i, head in enumerate(att.meta["heads"]):
-            mpimg.imsave(out_dir / f"mask_th{threshold:g}_head{head}.png", masks[i].astype(np.float32), cmap="gray", vmin=0, vmax=1)
+    mpimg.imsave(out_dir / "overlay.png", overlay(image, att.rows[-1][1].mean(axis=0), cmap))
+    for label, maps, server_masks in att.rows:
+        prefix = f"{label.replace(' ', '')}-" if att.meta.get("layers") else ""
+        names = ["rollout"] if att.meta.get("method") == "rollout" else [f"attn-{prefix}head{h}" for h in att.meta["heads"]]
+        masks = server_masks if server_masks is not None else threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold else None
+        t = att.meta.get("mask", threshold)
+        for i, name in enumerate(names):
+            mpimg.imsave(out_dir / f"{name}.png", maps[i], cmap=cmap, format="png")
+            if masks is not None:
+                mask = masks[i].repeat(patch, axis=0).repeat(patch, axis=1).astype(np.float32)
+                mpimg.imsave(out_dir / f"mask_th{t:g}_{name.removeprefix('attn-')}.png", mask, cmap="gray", vmin=0, vmax=1)
 
 
 def option_fields(args: argparse.Namespace) -> dict[str, str]:
     """Multipart fields for the server; the client upsamples itself, so maps travel as the patch grid."""
     fields = {"upsample": "false"}
-    for name in ("layer", "short_side", "scale", "size", "heads", "precision", "format"):
+    for name in (*SERVER_OPTIONS, "format"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = str(value)
@@ -402,6 +511,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", help="HxW")
     parser.add_argument("--heads", help="comma-separated head indices, e.g. 0,2")
     parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--layers", help="several blocks in one pass: all, or e.g. 0,5,11 (a layers x heads grid)")
+    parser.add_argument("--method", choices=METHODS, help="attention (default) or rollout through blocks 0..layer")
+    parser.add_argument("--head-fusion", dest="head_fusion", choices=HEAD_FUSIONS, help="rollout: how heads combine (mean)")
+    parser.add_argument("--discard-ratio", dest="discard_ratio", type=float, help="rollout: share of each row discarded, in [0, 1)")
+    parser.add_argument("--mask", type=float, help="server-side DINO masks holding this fraction of each map's mass, in (0, 1]")
+    parser.add_argument("--boxes", action="store_const", const="true", help="with --mask: each mask's largest component as a box")
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--threshold", type=float, help="also draw masks keeping this fraction of each head's mass (DINO: 0.6)")
     parser.add_argument("--cmap", default="inferno")

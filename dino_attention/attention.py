@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .model.rollout import cls_rollout
 from .model.vit import VisionTransformer
+from .options import MapSpec
 from .precision import DTYPES, FP32
 
 
@@ -34,6 +36,24 @@ def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | 
     return row[:, :, 1:].reshape(B, row.shape[1], H // p, W // p).float()  # (B, heads, H/p, W/p)
 
 
+@torch.inference_mode()
+def attention_maps(model: VisionTransformer, batch: torch.Tensor, spec: MapSpec, precision: str = FP32) -> torch.Tensor:
+    """The maps ``spec`` asks for, on the patch grid: (B, 3, H, W) -> (B, layers, maps, H/p, W/p), float32.
+
+    ``attention``: the [CLS] rows of ``spec.layers`` (maps = heads) from one forward pass;
+    ``rollout``: the [CLS] row of the rollout through blocks 0..layer (one map, the heads fused);
+    both over the patch tokens only ([CLS] dropped).
+    """
+    H, W = batch.shape[-2:]
+    p = model.patch_size
+    with torch.autocast(batch.device.type, dtype=DTYPES[precision], enabled=precision != FP32):
+        if spec.method == "rollout":
+            rows = cls_rollout(model, batch, spec.layers[0], spec.head_fusion, spec.discard_ratio)[:, None, None]  # (B, 1, 1, 1 + N)
+        else:
+            rows = model.get_cls_attention_layers(batch, list(spec.layers))  # (B, layers, heads, 1 + N)
+    return rows[..., 1:].reshape(*rows.shape[:3], H // p, W // p).float()
+
+
 def map_agreement(model: VisionTransformer, device: torch.device, precision: str, grid: int = 16) -> float:
     """Min per-head correlation of last-layer maps in ``precision`` with fp32's, on a fixed input.
 
@@ -48,7 +68,7 @@ def map_agreement(model: VisionTransformer, device: torch.device, precision: str
 
 
 def upsample_nearest(maps: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upsampling by an integer factor, as DINO: (heads, h, w) -> (heads, h*f, w*f)."""
-    heads, h, w = maps.shape
-    tiled = np.broadcast_to(maps[:, :, None, :, None], (heads, h, factor, w, factor))
-    return np.ascontiguousarray(tiled.reshape(heads, h * factor, w * factor))
+    """Nearest-neighbour upsampling by an integer factor, as DINO: (..., h, w) -> (..., h*f, w*f)."""
+    *lead, h, w = maps.shape
+    tiled = np.broadcast_to(maps[..., :, None, :, None], (*lead, h, factor, w, factor))
+    return np.ascontiguousarray(tiled.reshape(*lead, h * factor, w * factor))

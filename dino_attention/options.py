@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import OptionError
 from .image import Size
+from .model.rollout import HEAD_FUSIONS
 from .model.variants import resolve_layer
 
 OPTION_NAMES: tuple[str, ...] = (
@@ -21,7 +22,14 @@ OPTION_NAMES: tuple[str, ...] = (
     "precision",
     "format",
     "dtype",
+    "layers",
+    "method",
+    "head_fusion",
+    "discard_ratio",
+    "mask",
+    "boxes",
 )
+METHODS: tuple[str, ...] = ("attention", "rollout")  # [CLS] attention of a block, or attention rollout up to it
 # Forward-pass arithmetic: fp32 is exact; what bf16/fp16/auto run as is decided per device (precision.py).
 PRECISIONS: tuple[str, str, str, str] = ("fp32", "bf16", "fp16", "auto")
 FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings
@@ -36,10 +44,20 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X\u00d7]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
+class MapSpec:
+    """What maps one forward pass computes; requests with equal specs (and sizes) share it."""
+
+    layers: tuple[int, ...]  # blocks, 0..depth-1; rollout: one, the top of the product
+    method: str = "attention"
+    head_fusion: str = "mean"  # rollout only
+    discard_ratio: float = 0.0  # rollout only
+
+
+@dataclass(frozen=True)
 class Options:
     """Validated options of one request. Exactly one of short_side/scale/size is set."""
 
-    layer: int  # 0..depth-1
+    layer: int  # 0..depth-1 (with ``layers``: the deepest of them)
     heads: tuple[int, ...]  # head indices to return, ascending
     upsample: bool
     short_side: int | None = None
@@ -48,6 +66,18 @@ class Options:
     precision: str = "fp32"
     format: str = "json"
     dtype: str = "float32"
+    layers: tuple[int, ...] | None = None  # several blocks in one pass: maps (layers, heads, H, W)
+    method: str = "attention"
+    head_fusion: str | None = None  # rollout: mean (default), max or min
+    discard_ratio: float | None = None  # rollout: in [0, 1), default 0
+    mask: float | None = None  # DINO's threshold masks keeping this fraction of each map's mass
+    boxes: bool = False  # with mask: each mask's largest 8-connected component as [x0, y0, x1, y1]
+
+    @property
+    def spec(self) -> MapSpec:
+        if self.method == "rollout":
+            return MapSpec((self.layer,), "rollout", self.head_fusion or "mean", self.discard_ratio or 0.0)
+        return MapSpec(self.layers or (self.layer,))
 
 
 @dataclass(frozen=True)
@@ -97,17 +127,77 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
         raise OptionError(str(e)) from e
     heads = _heads(values["heads"], num_heads) if values.get("heads") is not None else tuple(range(num_heads))
     upsample = _bool("upsample", values["upsample"]) if values.get("upsample") is not None else defaults.upsample
+    method = _choice("method", values.get("method"), METHODS, "attention")
+    fmt = _choice("format", values.get("format"), FORMATS, defaults.format)
+    layers = _layers(values["layers"], depth) if values.get("layers") is not None else None
+    head_fusion = _choice("head_fusion", values["head_fusion"], HEAD_FUSIONS, "mean") if values.get("head_fusion") is not None else None
+    discard_ratio = (
+        _fraction("discard_ratio", values["discard_ratio"], "[0, 1)", lambda x: 0 <= x < 1)
+        if values.get("discard_ratio") is not None
+        else None
+    )
+    mask = _fraction("mask", values["mask"], "(0, 1]", lambda x: 0 < x <= 1) if values.get("mask") is not None else None
+    boxes = _bool("boxes", values["boxes"]) if values.get("boxes") is not None else False
+    _check_combination(values, method=method, layers=layers, mask=mask, boxes=boxes, fmt=fmt)
     return Options(
-        layer=layer,
-        heads=heads,
+        layer=max(layers) if layers else layer,
+        heads=tuple(range(num_heads)) if method == "rollout" else heads,
         upsample=upsample,
         short_side=short_side,
         scale=scale,
         size=size,
         precision=_choice("precision", values.get("precision"), PRECISIONS, defaults.precision),
-        format=_choice("format", values.get("format"), FORMATS, defaults.format),
+        format=fmt,
         dtype=_choice("dtype", values.get("dtype"), DTYPES, "float32"),
+        layers=layers,
+        method=method,
+        head_fusion=head_fusion or ("mean" if method == "rollout" else None),
+        discard_ratio=discard_ratio if discard_ratio is not None else (0.0 if method == "rollout" else None),
+        mask=mask,
+        boxes=boxes,
     )
+
+
+def _check_combination(values: Mapping[str, object], *, method: str, layers: object, mask: object, boxes: bool, fmt: str) -> None:
+    """Options that make no sense together: 400 naming them and why."""
+    given = {k for k, v in values.items() if v is not None}
+    if "layers" in given and "layer" in given:
+        raise OptionError("give layer=N (one block) or layers=all / layers=0,5,11 (several), not both")
+    if method == "rollout":
+        if "heads" in given:
+            raise OptionError("heads does not apply to method=rollout: rollout fuses all heads (choose how with head_fusion)")
+        if layers is not None:
+            raise OptionError("method=rollout returns one map, the rollout through blocks 0..layer: give layer=N, not layers")
+    else:
+        for name in ("head_fusion", "discard_ratio"):
+            if name in given:
+                raise OptionError(f"{name} applies to method=rollout only (method={method})")
+    if boxes and mask is None:
+        raise OptionError("boxes=true needs mask=t: the boxes are those of the masks (e.g. mask=0.6&boxes=true)")
+    if mask is not None and fmt == "npy":
+        raise OptionError("format=npy carries one array, the attention: ask format=npz (arrays attention, masks, boxes) or json with mask")
+
+
+def _layers(value: object, depth: int) -> tuple[int, ...]:
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return tuple(range(depth))
+    try:
+        layers = sorted({resolve_layer(_int("layers", item), depth) for item in _items(value)})
+    except ValueError as e:
+        raise OptionError(f"layers={value!r}: {e}; give block indices, e.g. layers=0,5,11, or layers=all") from e
+    if not layers:
+        raise OptionError(f"layers={value!r}: give block indices, e.g. layers=0,5,11, or layers=all")
+    return tuple(layers)
+
+
+def _fraction(name: str, value: object, interval: str, ok: Callable[[float], bool]) -> float:
+    try:
+        x = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and ok(x)):
+        raise OptionError(f"{name}={value!r} must be a number in {interval}")
+    return x
 
 
 def _text(name: str, value: bytes | bytearray) -> str:
@@ -155,14 +245,15 @@ def _size(value: object) -> Size:
     return h, w
 
 
-def _heads(value: object, num_heads: int) -> tuple[int, ...]:
+def _items(value: object) -> list[object]:
+    """The elements of a list option: "0,2" (text) or [0, 2] (JSON)."""
     if isinstance(value, str):
-        items: list[object] = [s for s in value.split(",") if s.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [value]
-    heads = sorted({_int("heads", item) for item in items})
+        return [s for s in value.split(",") if s.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _heads(value: object, num_heads: int) -> tuple[int, ...]:
+    heads = sorted({_int("heads", item) for item in _items(value)})
     bad = [h for h in heads if not 0 <= h < num_heads]
     if not heads or bad:
         raise OptionError(f"heads={value!r}: give head indices in 0..{num_heads - 1}, e.g. heads=0,2")

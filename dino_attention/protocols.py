@@ -28,11 +28,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 import numpy as np
 import orjson
 
 from .errors import PayloadError, RequestError
+from .masks import encode_masks
 from .options import CONTENT_TYPES, META_HEADER, PRECISION_HEADER
 from .schema import AttentionResult, ImageRequest
 
@@ -115,6 +117,16 @@ def json_float16(maps: np.ndarray) -> np.ndarray:
     if top == 0.0:
         return values
     return np.round(values, FLOAT16_DIGITS - 1 - math.floor(math.log10(top)))
+
+
+def mask_fields(result: AttentionResult) -> dict[str, object]:
+    """``masks`` (bit-packed, see ``masks.encode_masks``) and ``boxes`` (nested lists) of a JSON document, when asked for."""
+    fields: dict[str, object] = {}
+    if result.masks is not None:
+        fields["masks"] = encode_masks(result.masks)
+    if result.boxes is not None:
+        fields["boxes"] = result.boxes
+    return fields
 
 
 def typed_attention(result: AttentionResult) -> np.ndarray:
@@ -208,13 +220,15 @@ def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str
     meta = result.metadata()
     if result.format == "json":
         values = json_float16(result.attention) if result.dtype == "float16" else result.attention
-        return json_bytes({**meta, "attention": np.ascontiguousarray(values)}), CONTENT_TYPES["json"], {}
+        return json_bytes({**meta, "attention": np.ascontiguousarray(values), **mask_fields(result)}), CONTENT_TYPES["json"], {}
     buf = io.BytesIO()
     if result.format == "npy":
         np.save(buf, typed_attention(result), allow_pickle=False)
         return buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()}
     if result.format == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
-        np.savez(buf, attention=typed_attention(result), meta=np.array(orjson.dumps(meta).decode()))
+        arrays: dict[str, Any] = {"attention": typed_attention(result), "meta": np.array(orjson.dumps(meta).decode())}
+        arrays.update({name: array for name, array in (("masks", result.masks), ("boxes", result.boxes)) if array is not None})
+        np.savez(buf, **arrays)
         return buf.getvalue(), CONTENT_TYPES["npz"], {}
     raise ValueError(f"unknown format {result.format!r}; choose one of {list(CONTENT_TYPES)}")
 
@@ -249,7 +263,7 @@ class KServeV1Codec(Codec):
 
     @staticmethod
     def prediction(result: AttentionResult) -> dict[str, object]:
-        return {**result.metadata(), "attention": typed_attention(result)}
+        return {**result.metadata(), "attention": typed_attention(result), **mask_fields(result)}
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
         error = first_error(results)
@@ -293,27 +307,32 @@ class KServeV2Codec(Codec):
         return [ImageRequest(image_from_base64(item, first + i), params) for i, item in enumerate(items)]
 
     @staticmethod
-    def output(name: str, result: AttentionResult) -> dict[str, object]:
-        """A v2 output tensor; the metadata as parameters (v2 parameters are scalars: lists become "a,b")."""
+    def outputs(suffix: str, result: AttentionResult) -> list[dict[str, object]]:
+        """v2 output tensors of one image: ``attention`` (the metadata as its parameters; v2 parameters
+        are scalars: lists become "a,b"), and ``masks`` (BOOL) and ``boxes`` (INT32) when asked for."""
         params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in result.metadata().items()}
-        return {
-            "name": name,
-            "shape": list(result.attention.shape),
-            "datatype": V2_DATATYPES[result.dtype],
-            "data": typed_attention(result).ravel(),
-            "parameters": params,
-        }
+        tensors = [
+            ("attention", typed_attention(result), V2_DATATYPES[result.dtype]),
+            ("masks", result.masks, "BOOL"),
+            ("boxes", result.boxes, "INT32"),
+        ]
+        outputs: list[dict[str, object]] = []
+        for name, array, datatype in tensors:
+            if array is not None:
+                output: dict[str, object] = {"name": name + suffix, "shape": list(array.shape), "datatype": datatype, "data": array.ravel()}
+                outputs.append({**output, "parameters": params} if name == "attention" else output)
+        return outputs
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
         error = first_error(results)
         if error is not None:
             return error_reply(error)
         good = [r for r in results if isinstance(r, AttentionResult)]
-        names = ["attention"] if len(good) == 1 else [f"attention_{i}" for i in range(len(good))]
+        suffixes = [""] if len(good) == 1 else [f"_{i}" for i in range(len(good))]  # attention, or attention_0, attention_1, ...
         body = {
             "model_name": server.model_name,
             "model_version": server.model_version,
-            "outputs": [self.output(name, r) for name, r in zip(names, good, strict=True)],
+            "outputs": [output for suffix, r in zip(suffixes, good, strict=True) for output in self.outputs(suffix, r)],
             **decoded.echo,
         }
         return Reply(int(HTTPStatus.OK), json_bytes(body), headers=precision_header(good), stats=merged_stats(good))
@@ -333,6 +352,7 @@ class V1EnvelopeCodec(KServeV1Codec):
         if isinstance(result, RequestError):
             return error_reply(result, envelope=True)
         prediction = {**self.prediction(result), "attention": typed_attention(result).tolist()}
+        prediction.update({k: v.tolist() for k, v in prediction.items() if isinstance(v, np.ndarray)})  # boxes
         return Reply(int(HTTPStatus.OK), prediction, headers=precision_header([result]), stats=result.stats)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 NOT_IN_SCHEMA = {"schema": False}  # dataclass field metadata: carried along, never sent
+OPTIONAL = {"optional": True}  # sent only when set (the options that ask for them were given)
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,27 @@ class AttentionResult:
     precision: str  # forward precision that ran: fp32, bf16 or fp16
     precision_requested: str  # what the request (or the model's default) asked for, auto included
     dtype: str  # element type the response carries: float32 or float16
-    attention: np.ndarray = field(repr=False)  # (len(heads), H, W) or (len(heads), H/p, W/p), float32
+    attention: np.ndarray = field(repr=False)  # (len(heads), H, W) / (layers, len(heads), H, W) / (1, H, W); or per patch
+    layers: list[int] | None = field(default=None, metadata=OPTIONAL)  # the blocks of a layers= request
+    method: str | None = field(default=None, metadata=OPTIONAL)  # "rollout" (plain attention is the default)
+    head_fusion: str | None = field(default=None, metadata=OPTIONAL)  # rollout: mean, max or min
+    discard_ratio: float | None = field(default=None, metadata=OPTIONAL)  # rollout: share of each row discarded
+    mask: float | None = field(default=None, metadata=OPTIONAL)  # threshold t of the masks
+    masks: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., H/p, W/p) bool
+    boxes: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., 4) int32, pixels
     format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz
     stats: dict[str, float] = field(default_factory=dict, compare=False, metadata=NOT_IN_SCHEMA)  # for metrics
 
     def metadata(self) -> dict[str, object]:
-        """Every schema field but ``attention``, in schema order."""
-        return {name: getattr(self, name) for name in SCHEMA_FIELDS if name != "attention"}
+        """Every schema field but the arrays (``attention``, ``masks``, ``boxes``), in schema order;
+        optional fields only when set."""
+        return {
+            name: getattr(self, name)
+            for name in SCHEMA_FIELDS
+            if name not in ARRAY_FIELDS and not (name in OPTIONAL_FIELDS and getattr(self, name) is None)
+        }
 
 
 SCHEMA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AttentionResult) if f.metadata.get("schema", True))
+OPTIONAL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(AttentionResult) if f.metadata.get("optional"))
+ARRAY_FIELDS: tuple[str, ...] = ("attention", "masks", "boxes")  # encoded by each protocol in its own way

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import map_agreement, patch_attention, to_tensor, upsample_nearest
+from .attention import attention_maps, map_agreement, to_tensor, upsample_nearest
 from .errors import RequestError
 from .image import PreparedImage, prepare_image
+from .masks import boxes_of, threshold_masks
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
 from .model.variants import Variant, get_variant
 from .model.vit import VisionTransformer
-from .options import DEFAULTS, FORMATS, PRECISIONS, Defaults, Options, format_from_accept, parse_options
+from .options import DEFAULTS, FORMATS, PRECISIONS, Defaults, MapSpec, Options, format_from_accept, parse_options
 from .precision import PrecisionPlan, plan_precisions
 from .schema import AttentionResult, ImageRequest
 
@@ -152,29 +153,35 @@ class AttentionService:
         return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
 
     def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
-        """Patch-grid attention (heads, H/p, W/p) per item, with the milliseconds of the forward pass it
-        was part of; items alike in size, layer and precision share one forward."""
-        groups: dict[tuple[tuple[int, ...], int, str], list[int]] = {}
+        """Patch-grid maps (layers, maps, H/p, W/p) per item, with the milliseconds of the forward pass it
+        was part of; items alike in size, maps asked (``MapSpec``) and precision share one forward."""
+        groups: dict[tuple[tuple[int, ...], MapSpec, str], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault((tuple(item.tensor.shape), item.options.layer, item.precision), []).append(i)
+            groups.setdefault((tuple(item.tensor.shape), item.options.spec, item.precision), []).append(i)
         if len(items) > 1:
             logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
         results: list[tuple[np.ndarray, float]] = [(np.empty(0), 0.0)] * len(items)
-        for (_, layer, precision), indices in groups.items():
+        for (_, spec, precision), indices in groups.items():
             start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
-            maps = patch_attention(self.model, batch, layer, precision).cpu().numpy()  # (B, heads, H/p, W/p)
+            maps = attention_maps(self.model, batch, spec, precision).cpu().numpy()  # (B, layers, maps, H/p, W/p)
             elapsed_ms = (time.perf_counter() - start) * 1000
             for i, m in zip(indices, maps, strict=True):
                 results[i] = (m, elapsed_ms)
         return results
 
     def describe(self, item: Prepared, maps: np.ndarray, forward_ms: float) -> AttentionResult:
-        """The result of one item from its (heads, H/p, W/p) maps: requested heads, upsampled if asked."""
+        """The result of one item from its (layers, maps, H/p, W/p) maps: the requested heads (one
+        layer: without the layers axis), upsampled if asked, with masks and boxes if asked."""
         p = self.variant.patch_size
         options = item.options
-        maps = maps[list(options.heads)]  # (heads requested, H/p, W/p)
+        if options.method == "attention":
+            maps = maps[:, list(options.heads)]  # (layers, heads requested, H/p, W/p)
+        if options.layers is None:
+            maps = maps[0]  # (heads, H/p, W/p), or (1, H/p, W/p) for rollout
         attention = upsample_nearest(maps, p) if options.upsample else np.ascontiguousarray(maps)
+        masks = threshold_masks(maps, options.mask) if options.mask is not None else None
+        rollout = options.method == "rollout"
         return AttentionResult(
             model=self.variant.arch,
             patch_size=p,
@@ -185,17 +192,24 @@ class AttentionService:
             input_size=list(item.image.input_size),
             resized_size=list(item.image.resized_size),
             image_size=list(item.image.image_size),
-            grid=list(maps.shape[1:]),
+            grid=list(maps.shape[-2:]),
             upsampled=options.upsample,
             precision=item.precision,
             precision_requested=options.precision,
             dtype=options.dtype,
             attention=attention,
+            layers=list(options.layers) if options.layers else None,
+            method=options.method if rollout else None,
+            head_fusion=options.head_fusion if rollout else None,
+            discard_ratio=options.discard_ratio if rollout else None,
+            mask=options.mask,
+            masks=masks,
+            boxes=boxes_of(masks, p) if masks is not None and options.boxes else None,
             format=options.format,
             stats={
                 "preprocess_ms": item.preprocess_ms,
                 "forward_ms": forward_ms,
-                "tokens": float(maps.shape[1] * maps.shape[2]),
+                "tokens": float(maps.shape[-2] * maps.shape[-1]),
             },
         )
 

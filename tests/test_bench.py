@@ -26,8 +26,11 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         "1",
         "--device",
         "cpu",
+        "--method-sizes",
+        "32x48",
         "--sections",
         "forward",
+        "methods",
         "encoding",
         "--out",
         str(tmp_path),
@@ -39,7 +42,15 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     assert report.startswith("# Benchmark: vit_tiny/16\n")
     for fact in ("- Machine: ", "avx512_bf16=", "amx_bf16=", "torch CPU capability", f"torch {torch.__version__}", "precision=auto runs"):
         assert fact in report
-    for row in ("| 32x48 | 6 | seed |", "| 32x48 | 6 | fp32 |", "orjson, upsample=false", "max |seed - fp32|"):
+    for row in (
+        "| 32x48 | 6 | seed |",
+        "| 32x48 | 6 | fp32 |",
+        "orjson, upsample=false",
+        "max |seed - fp32|",
+        "| 32x48 | 6 | layers_all |",
+    ):
+        assert row in report
+    for row in ("| 32x48 | 6 | rollout |", "max |rollout - naive| / max", "| 32x48 | 6 | rollout_naive |"):
         assert row in report
     for precision in ("bf16", "fp16"):  # timed where native, else named as skipped with the reason
         speed = probe_speed(torch.device("cpu"), precision)

@@ -253,3 +253,33 @@ def test_notebook_api_against_the_server(served: Served) -> None:
     assert result.figure().get_suptitle().startswith("vit_tiny/16") and result._repr_png_().startswith(b"\x89PNG")
     with pytest.raises(client.ClientError, match=r"HTTP 400 .*layer"):
         client.AttentionClient(served.url).explain(random_rgb(40, 72), layer=99)
+
+
+@pytest.mark.parametrize(
+    "options, files",
+    [
+        (
+            {"layers": "0,11", "mask": "0.6", "boxes": "true"},
+            ["attn-layer0-head0.png", "attn-layer11-head2.png", "mask_th0.6_layer11-head2.png"],
+        ),
+        ({"method": "rollout", "head_fusion": "max", "mask": "0.5", "boxes": "true"}, ["rollout.png", "mask_th0.5_rollout.png"]),
+    ],
+)
+def test_render_layers_grid_and_rollout_with_server_masks(dark_square, tmp_path: Path, options: dict, files: list[str]) -> None:
+    image_path, _, _ = dark_square
+    service = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), tmp_path / "dark.pth"))
+    (reply,) = answer(service, [{"data": image_path.read_bytes(), "scale": "1", "upsample": "false", **options}])
+    (tmp_path / "reply.json").write_bytes(reply.body)
+    att = client.parse_response(orjson.loads(reply.body))
+    assert att.masks is not None and att.masks.shape == att.grid.shape and att.boxes is not None
+    rc = client.main(["--from-json", str(tmp_path / "reply.json"), "--image", str(image_path), "--out", str(tmp_path), "--save-heads"])
+    assert rc == 0 and png(tmp_path / "square_attention.png").std() > 20
+    for name in files:
+        assert png(tmp_path / "square" / name).shape[:2] == (96, 160), name
+
+
+def test_cli_passes_the_method_options() -> None:
+    args = client.parse_args(["img.png", "--layers", "all", "--mask", "0.6", "--boxes", "--heads", "0"])
+    assert client.option_fields(args) == {"upsample": "false", "heads": "0", "layers": "all", "mask": "0.6", "boxes": "true"}
+    args = client.parse_args(["img.png", "--method", "rollout", "--head-fusion", "min", "--discard-ratio", "0.9"])
+    assert client.option_fields(args) == {"upsample": "false", "method": "rollout", "head_fusion": "min", "discard_ratio": "0.9"}

@@ -142,8 +142,8 @@ def test_each_row_gets_its_own_status_type_headers_and_metrics(uniform: Attentio
 
 def test_rows_of_different_protocols_share_one_forward(uniform: AttentionService, monkeypatch) -> None:
     calls = []
-    forward = uniform.model.get_cls_attention
-    monkeypatch.setattr(uniform.model, "get_cls_attention", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    forward = uniform.model.get_cls_attention_layers
+    monkeypatch.setattr(uniform.model, "get_cls_attention_layers", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
     rows = [
         {"body": PNG},
         {"body": {"instances": [B64]}},

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import yaml
 
 from client import render_attention as client
 from dino_attention import image, options
+from dino_attention.masks import encode_masks, threshold_masks
 from dino_attention.options import DEFAULTS
 from dino_attention.schema import SCHEMA_FIELDS
 from scripts import REPO
@@ -36,6 +38,15 @@ def test_client_protocol_constants_match_the_server() -> None:
     assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
     assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
+    assert client.METHODS == options.METHODS and client.HEAD_FUSIONS == options.HEAD_FUSIONS
+    assert set(client.SERVER_OPTIONS) <= set(options.OPTION_NAMES)
+
+
+def test_client_decodes_the_server_masks() -> None:
+    masks = np.random.default_rng(0).random((2, 3, 5, 9)) > 0.4
+    np.testing.assert_array_equal(client.decode_masks(encode_masks(masks)), masks)
+    grid = np.random.default_rng(1).random((3, 7, 9)).astype(np.float32)
+    np.testing.assert_array_equal(client.threshold_masks(grid, 0.6), threshold_masks(grid, 0.6))
 
 
 def test_shipped_model_config_states_the_defaults() -> None:

@@ -15,7 +15,7 @@ from dino_attention.attention import patch_attention, to_tensor
 from dino_attention.image import prepare_image
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import SCHEMA_FIELDS
+from dino_attention.schema import OPTIONAL_FIELDS, SCHEMA_FIELDS
 from dino_attention.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
@@ -40,7 +40,7 @@ def test_response_schema_and_values(service: AttentionService) -> None:
     (reply,) = answer(service, [{"body": data}])
     assert reply.status == 200 and reply.content_type == "application/json"
     doc = orjson.loads(reply.body)
-    assert tuple(doc) == SCHEMA_FIELDS  # the JSON keys, in the schema's order
+    assert tuple(doc) == tuple(f for f in SCHEMA_FIELDS if f not in OPTIONAL_FIELDS)  # the JSON keys, in the schema's order
     assert doc["model"] == "vit_tiny" and doc["patch_size"] == 16 and doc["layer"] == 11 and doc["num_heads"] == 3
     assert doc["weights"] == "test.pth@sha256:0" and doc["heads"] == [0, 1, 2] and doc["upsampled"] is True
     # short_side 64: 90x130 -> 64x92 -> crop to 64x80
@@ -85,8 +85,8 @@ def test_batch_mixed_sizes_and_bad_requests(service: AttentionService) -> None:
 
 def test_same_size_same_layer_share_one_forward(service: AttentionService, monkeypatch) -> None:
     calls: list[tuple[int, ...]] = []
-    original = service.model.get_cls_attention
-    monkeypatch.setattr(service.model, "get_cls_attention", lambda x, layer: calls.append(tuple(x.shape)) or original(x, layer))
+    original = service.model.get_cls_attention_layers
+    monkeypatch.setattr(service.model, "get_cls_attention_layers", lambda x, layers: calls.append(tuple(x.shape)) or original(x, layers))
     data = [encode(random_rgb(64, 64, seed=s)) for s in range(3)]
     answer(service, [{"body": data[0]}, {"body": data[1]}, {"data": data[2], "layer": "2"}])
     assert sorted(calls) == [(1, 3, 64, 64), (2, 3, 64, 64)]

@@ -25,6 +25,8 @@ from torch import nn
 
 from .variants import Variant, resolve_layer
 
+QKStore = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (scaled queries, transposed keys)
+
 # bf16 attention on the CPU: query rows per chunk, and the token count up to which chunking wins.
 CPU_BF16_QUERY_CHUNK = 64
 CPU_BF16_MAX_CHUNKED_TOKENS = 16384
@@ -94,18 +96,33 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
         return q, k, v
 
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """One of the qkv projections (0: queries, 1: keys, 2: values): (B, N, C) -> (B, heads, N, d)."""
+        weight = self.qkv.weight.chunk(3)[part]  # (C, C)
+        bias = None if self.qkv.bias is None else self.qkv.bias.chunk(3)[part]
+        return self._split_heads(F.linear(x, weight, bias))
+
+    def queries_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled queries and keys, each (B, heads, N, d): ``q @ k^T`` are the attention logits."""
+        return self._project(x, 0) * self.scale, self._project(x, 1)
+
     def explicit_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference maths: the full softmax matrix (B, heads, N, N) and the values (B, heads, N, d)."""
         q, k, v = self._qkv(x)
         return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1), v
 
-    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
+        """``keep``: a list to append (scaled queries, transposed keys) to, (B, heads, N, d) and
+        (B, heads, d, N), for a later pass over this block's attention (rollout)."""
         B, N, C = x.shape
         if explicit:
             weights, v = self.explicit_weights(x)
             x = weights @ v  # (B, heads, N, d)
         else:
-            x = attend(*self._qkv(x))  # (B, heads, N, d)
+            q, k, v = self._qkv(x)
+            if keep is not None:
+                keep.append(((q * self.scale).contiguous(), k.transpose(-2, -1).contiguous()))
+            x = attend(q, k, v)  # (B, heads, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
     def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
@@ -115,10 +132,8 @@ class Attention(nn.Module):
         """
         if explicit:
             return self.explicit_weights(x)[0][:, :, 0]  # the CLS row of (B, heads, N, N)
-        w_q, w_k, _ = self.qkv.weight.chunk(3)  # each (C, C)
-        b_q, b_k = (None, None) if self.qkv.bias is None else self.qkv.bias.chunk(3)[:2]
-        q = self._split_heads(F.linear(x[:, :1], w_q, b_q))  # (B, heads, 1, d)
-        k = self._split_heads(F.linear(x, w_k, b_k))  # (B, heads, N, d)
+        q = self._project(x[:, :1], 0)  # (B, heads, 1, d)
+        k = self._project(x, 1)  # (B, heads, N, d)
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
         return logits.float().softmax(dim=-1).squeeze(2)  # (B, heads, N), fp32 even under bf16
 
@@ -131,8 +146,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), explicit)
+    def forward(self, x: torch.Tensor, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), explicit, keep)
         return x + self.mlp(self.norm2(x))
 
     def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
@@ -213,6 +228,23 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks:
             tokens = blk(tokens)
         return self.norm(tokens)[:, 0]
+
+    def get_cls_attention_layers(self, x: torch.Tensor, layers: list[int]) -> torch.Tensor:
+        """[CLS] attention rows of several blocks in one forward pass: (B, 3, H, W) -> (B, len(layers), heads, 1 + N).
+
+        ``layers``: block indices (0..depth-1), returned in the order given; blocks after the
+        deepest never run.
+        """
+        wanted = {resolve_layer(layer, self.depth) for layer in layers}
+        tokens = self.prepare_tokens(x)
+        rows: dict[int, torch.Tensor] = {}
+        blocks = cast(list[Block], self.blocks)
+        for index, blk in enumerate(blocks[: max(wanted) + 1]):
+            if index in wanted:
+                rows[index] = blk.cls_attention(tokens)  # (B, heads, 1 + N)
+            if index < max(wanted):
+                tokens = blk(tokens)
+        return torch.stack([rows[resolve_layer(layer, self.depth)] for layer in layers], dim=1)
 
     def get_cls_attention(self, x: torch.Tensor, layer: int | None = None, explicit: bool = False) -> torch.Tensor:
         """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, 1 + N).

@@ -1,0 +1,129 @@
+"""Attention rollout (Abnar & Zuidema, 2020), exact and in memory linear in the number of tokens.
+
+Definition, per block b = 0..L (L: the requested layer), with A_b the (heads, N, N) softmax attention
+over all N tokens ([CLS] first):
+
+1. fuse the heads: F_b = mean, max or min over heads (``head_fusion``), (N, N);
+2. discard (``discard_ratio`` r in [0, 1)): in every row i of F_b, the k = floor(r * (N - 1))
+   smallest entries among the columns j >= 1 are set to 0. The [CLS] column is never discarded, and
+   each row (one query's distribution) loses the same share whatever the other rows hold;
+3. add the identity and renormalise every row to sum 1: Â_b = (F_b + I) / rowsum(F_b + I);
+
+then R = Â_L ... Â_1 Â_0, and the result is the [CLS] row of R: e_0^T R, (N,), raw (not rescaled).
+
+``cls_rollout`` computes e_0^T R top-down, v <- v Â_b, from the queries and keys each block used
+in one forward pass (kept, O(N) per block); each Â_b is rebuilt ``chunk`` query rows at a time, so no
+N x N matrix (nor any (heads, N, N) tensor) ever exists: memory grows linearly in N. Rows whose
+weight in v is zero are skipped (in the top block, all but the [CLS] row). ``rollout_reference``
+is the naive full-matrix product (O(N^2) memory, O(N^3) time) the tests and the benchmark compare with.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+
+from .variants import resolve_layer
+from .vit import Block, QKStore, VisionTransformer
+
+HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
+
+ROW_CHUNK = 32  # query rows of Â_b rebuilt at a time: (B, heads, 32, N) scores (32 ran fastest at N=3601 on 2 cores)
+
+
+def fuse_heads(weights: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, heads, rows, N) -> (B, rows, N) by the mean, max or min over heads."""
+    if head_fusion == "mean":
+        return weights.mean(dim=1)
+    if head_fusion == "max":
+        return weights.amax(dim=1)
+    if head_fusion == "min":
+        return weights.amin(dim=1)
+    raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {list(HEAD_FUSIONS)}")
+
+
+def discard_weakest(fused: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Zero the floor(ratio * (N - 1)) smallest entries of every row among columns 1..N-1, in place: (B, rows, N)."""
+    count = int(ratio * (fused.shape[-1] - 1))
+    if count > 0:
+        patches = fused[..., 1:]  # a view: the [CLS] column 0 is never touched
+        patches.scatter_(-1, patches.topk(count, dim=-1, largest=False).indices, 0.0)
+    return fused
+
+
+def propagate_rows(
+    v: torch.Tensor, q: torch.Tensor, k_t: torch.Tensor, rows: slice, head_fusion: str, discard_ratio: float
+) -> torch.Tensor:
+    """v[:, rows] @ Â[rows] for one block: its rows ``rows`` rebuilt from the scaled queries (B, heads, N, d)
+    and the transposed keys (B, heads, d, N); v (B, N) -> (B, N)."""
+    weights = (q[:, :, rows] @ k_t).softmax(dim=-1)  # (B, heads, rows, N)
+    weight = v[:, rows]  # (B, rows)
+    if head_fusion == "mean" and discard_ratio == 0:
+        # The rows of mean_h A_h sum to 1, so those of F + I sum to 2: v Â = (v F + v) / 2, with the
+        # head mean folded into the product (no fused (rows, N) matrix is built).
+        out = (weight[:, None, None] / (2 * weights.shape[1]) @ weights).sum(dim=1).squeeze(1)  # (B, N)
+        out[:, rows] += weight / 2
+        return out
+    fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio)  # (B, rows, N)
+    fused.diagonal(offset=rows.start, dim1=-2, dim2=-1).add_(1.0)  # + I: entry (i, start + i)
+    fused /= fused.sum(dim=-1, keepdim=True)
+    return (weight.unsqueeze(1) @ fused).squeeze(1)
+
+
+@torch.inference_mode()
+def cls_rollout(
+    model: VisionTransformer,
+    x: torch.Tensor,
+    layer: int | None = None,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    chunk: int = ROW_CHUNK,
+) -> torch.Tensor:
+    """e_0^T Â_layer ... Â_0 for a batch of images: (B, 3, H, W) -> (B, 1 + N), float32.
+
+    The forward pass (blocks 0..layer-1) runs as usual (fused SDPA, any autocast precision); the
+    rollout itself is computed in float32.
+    """
+    layer = resolve_layer(layer, model.depth)
+    blocks = cast(list[Block], model.blocks)
+    tokens = model.prepare_tokens(x)
+    kept: QKStore = []  # per block below ``layer``: the queries and keys its forward used, O(N) each
+    for blk in blocks[:layer]:
+        tokens = blk(tokens, keep=kept)
+    top = blocks[layer]
+    q, k = top.attn.queries_keys(top.norm1(tokens))  # the top block never runs forward: project here
+    kept.append((q.contiguous(), k.transpose(-2, -1).contiguous()))
+    B, N, _ = tokens.shape
+    v = torch.zeros(B, N, dtype=torch.float32, device=x.device)  # (B, N)
+    v[:, 0] = 1.0  # e_0: the [CLS] token
+    while kept:  # blocks layer, layer - 1, ..., 0
+        q, k_t = (t.float() for t in kept.pop())  # (B, heads, N, d), (B, heads, d, N)
+        with torch.autocast(x.device.type, enabled=False):
+            out = torch.zeros_like(v)
+            for start in range(0, N, chunk):
+                rows = slice(start, min(start + chunk, N))
+                if bool(v[:, rows].any()):
+                    out += propagate_rows(v, q, k_t, rows, head_fusion, discard_ratio)
+        v = out
+    return v
+
+
+@torch.inference_mode()
+def rollout_reference(
+    model: VisionTransformer, x: torch.Tensor, layer: int | None = None, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
+    """The naive rollout (as jacobgil/vit-explain, with the definition above): every N x N matrix of
+    blocks 0..layer, explicitly multiplied. (B, 3, H, W) -> (B, 1 + N). O(N^2) memory, O(N^3) time."""
+    layer = resolve_layer(layer, model.depth)
+    blocks = cast(list[Block], model.blocks)
+    tokens = model.prepare_tokens(x)
+    B, N, _ = tokens.shape
+    product = torch.eye(N).expand(B, N, N)  # (B, N, N)
+    for index, blk in enumerate(blocks[: layer + 1]):
+        weights, _ = blk.attn.explicit_weights(blk.norm1(tokens))  # (B, heads, N, N)
+        fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + torch.eye(N)  # (B, N, N)
+        product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_index ... Â_0
+        if index < layer:
+            tokens = blk(tokens, explicit=True)
+    return product[:, 0]
