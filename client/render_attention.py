@@ -58,20 +58,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 METHODS = ("attention", "rollout")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
-SERVER_OPTIONS = (
-    "layer",
-    "short_side",
-    "scale",
-    "size",
-    "heads",
-    "precision",
-    "layers",
-    "method",
-    "head_fusion",
-    "discard_ratio",
-    "mask",
-    "boxes",
-)
+MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
+METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes")
+SERVER_OPTIONS = MAP_OPTIONS + METHOD_OPTIONS
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white
 ImageLike = str | Path | bytes | Image.Image | np.ndarray

@@ -178,7 +178,8 @@ def test_masks_and_boxes_in_every_format(tiny) -> None:
     base = {"data": encode(image), "scale": "1", "layer": "0", "mask": "0.9", "boxes": "true"}
     v2_input = {"name": "i", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(base["data"]).decode()]}
     v2 = {"body": {"inputs": [v2_input], "parameters": {k: v for k, v in base.items() if k != "data"}}}
-    as_json, as_npz, as_v2 = answer(service, [base, {**base, "format": "npz", "upsample": "false"}, v2])
+    v1 = {"body": {"instances": [{**{k: v for k, v in base.items() if k != "data"}, "data": v2_input["data"][0]}]}}
+    as_json, as_npz, as_v2, as_v1 = answer(service, [base, {**base, "format": "npz", "upsample": "false"}, v2, v1])
     document = doc(as_json)
     masks, boxes = decode_masks(document["masks"]), np.asarray(document["boxes"])
     assert masks.shape == (3, 6, 10) and document["mask"] == 0.9
@@ -191,6 +192,9 @@ def test_masks_and_boxes_in_every_format(tiny) -> None:
     assert outputs["masks"]["datatype"] == "BOOL" and outputs["masks"]["shape"] == [3, 6, 10]
     np.testing.assert_array_equal(np.asarray(outputs["masks"]["data"]).reshape(3, 6, 10), masks)
     assert outputs["boxes"]["datatype"] == "INT32" and outputs["boxes"]["data"] == boxes.ravel().tolist()
+    (prediction,) = doc(as_v1)["predictions"]
+    np.testing.assert_array_equal(decode_masks(prediction["masks"]), masks)
+    assert prediction["boxes"] == boxes.tolist() and prediction["mask"] == 0.9
 
 
 def test_masks_with_layers_and_rollout(tiny) -> None:

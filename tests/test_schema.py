@@ -4,6 +4,7 @@ the client's protocol constants, the shipped defaults (model-config.yaml), what 
 from __future__ import annotations
 
 import re
+import subprocess
 
 import numpy as np
 import yaml
@@ -53,3 +54,15 @@ def test_shipped_model_config_states_the_defaults() -> None:
     handler = yaml.safe_load((REPO / "model-config.yaml").read_text())["handler"]
     for name in ("short_side", "upsample", "precision"):
         assert handler[name] == getattr(DEFAULTS, name), name
+
+
+def test_readme_layout_matches_the_tree() -> None:
+    """Every path README's layout table names exists, and every top-level folder of the tree is named."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| path | what |") :].split("\n\n")[0]
+    named = [p for row in table.splitlines()[2:] for p in re.findall(r"`([^`]+)`", row.split("|")[1])]
+    for path in named:
+        assert (REPO / path).exists(), f"README names {path}, which does not exist"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    folders = {p.split("/")[0] for p in tracked if "/" in p and not p.startswith(".")}
+    assert folders <= {p.rstrip("/").split("/")[0] for p in named}, folders - {p.split("/")[0] for p in named}
