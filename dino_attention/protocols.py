@@ -25,6 +25,7 @@ import binascii
 import io
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -153,17 +154,19 @@ def first_error(results: Sequence[Result]) -> RequestError | None:
 
 
 # ----------------------------------------------------------------------------- codecs
-class Codec:
+class Codec(ABC):
     """decode(row) -> Decoded; encode(decoded, results) -> Reply. Subclasses are the protocols."""
 
     name = "codec"
     envelope = False  # TorchServe's envelope wraps the reply (one HTTP request for all its rows)
 
+    @abstractmethod
     def decode(self, row: object, accept: str | None = None) -> Decoded:
-        raise NotImplementedError
+        """The image requests of one row; ``PayloadError`` if its shape is not this protocol's."""
 
+    @abstractmethod
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
-        raise NotImplementedError
+        """The reply to one row from the results of its image requests, in order."""
 
 
 class PlainCodec(Codec):
