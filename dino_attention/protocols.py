@@ -25,11 +25,12 @@ import binascii
 import io
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -45,9 +46,15 @@ JSON_IMAGE_FIELD = "image"
 V1_IMAGE_KEYS: tuple[str, ...] = ("data", "image", "b64")  # where a v1 instance may carry its base64 image
 V2_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 FLOAT16_DIGITS = 4  # float16 holds ~3.3 significant digits; JSON float16 keeps 4 relative to the maximum
+_BASE64_BYTES = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _URL_PREFIXES = ("http://", "https://", "ftp://", "file://", "s3://", "gs://")
 
 Result = AttentionResult | RequestError
+Headers = Mapping[str, str]  # a request's HTTP headers, names in lower case
+BINARY_HEADER = "inference-header-content-length"  # v2 binary tensor extension: the JSON part's length
+# v2 parameters that belong to the protocol (binary tensor extension, scheduling), not to our options
+V2_REQUEST_PARAMETERS = frozenset({"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"})
+V2_INPUT_PARAMETERS = frozenset({"binary_data_size"})
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A row decoded by its codec: the images it asks about, and what its reply needs to echo."""
+    """A row decoded by its codec: the images it asks about, and what its reply needs to know."""
 
     requests: list[ImageRequest]
-    echo: dict[str, object] = field(default_factory=dict)  # e.g. the v2 request id
+    echo: dict[str, object] = field(default_factory=dict)  # copied into the reply, e.g. the v2 request id
+    binary_outputs: frozenset[str] | bool = False  # v2: outputs to send as binary (True: all of them)
+    requested_outputs: frozenset[str] = frozenset()  # v2: the outputs asked for by name (empty: all)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,50 @@ def image_from_base64(text: object, item: int | None = None) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise PayloadError(f'{prefix}"image" is not valid base64: {e}') from e
+
+
+def kserve_document(row: object, headers: Headers) -> tuple[Mapping[str, object], bytes] | None:
+    """A row's KServe v1/v2 document and the bytes after it (v2 binary tensor extension), or None.
+
+    The body may be JSON TorchServe already decoded, or bytes (no ``Content-Type: application/json``,
+    or the binary extension, whose JSON part is ``Inference-Header-Content-Length`` bytes long).
+    """
+    body = row.get(BODY_FIELD) if isinstance(row, Mapping) else None
+    if isinstance(body, Mapping):
+        document, rest = body, b""
+    elif isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        try:
+            length = int(headers.get(BINARY_HEADER, len(body)))
+            document, rest = json.loads(bytes(body[:length])), bytes(body[length:])
+        except (ValueError, UnicodeDecodeError):
+            return None
+    else:
+        return None
+    if isinstance(document, Mapping) and (isinstance(document.get("instances"), list) or isinstance(document.get("inputs"), list)):
+        return document, rest
+    return None
+
+
+def binary_elements(data: bytes) -> list[bytes]:
+    """The elements of a BYTES tensor in the binary extension: each a 4-byte little-endian length, then its bytes."""
+    elements, offset = [], 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 4], "little")
+        if offset + 4 + size > len(data):
+            raise PayloadError("binary BYTES tensor is truncated: an element is longer than the data left")
+        elements.append(data[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return elements
+
+
+def element_image(element: object, item: int) -> bytes:
+    """A v2 BYTES element as image bytes: base64 text (JSON, or binary elements made only of base64
+    characters) is decoded; other binary elements are the image file itself (no format begins in base64)."""
+    if isinstance(element, bytes):
+        if element and _BASE64_BYTES.fullmatch(element):
+            return image_from_base64(element.decode("ascii"), item)
+        return element
+    return image_from_base64(element, item)
 
 
 def json_request(document: Mapping[str, object], accept: str | None = None) -> ImageRequest:
@@ -161,7 +214,7 @@ class Codec(ABC):
     envelope = False  # TorchServe's envelope wraps the reply (one HTTP request for all its rows)
 
     @abstractmethod
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         """The image requests of one row; ``PayloadError`` if its shape is not this protocol's."""
 
     @abstractmethod
@@ -174,9 +227,10 @@ class PlainCodec(Codec):
 
     name = "plain"
 
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         if not isinstance(row, Mapping):
             raise PayloadError(f"a request row must be a mapping of fields, not a {type(row).__name__}")
+        accept = (headers or {}).get("accept")
         fields = dict(row)
         body = fields.pop(BODY_FIELD, None)
         if body is not None and not fields:
@@ -242,9 +296,9 @@ class KServeV1Codec(Codec):
 
     name = "kserve-v1"
 
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
-        document = row[BODY_FIELD] if isinstance(row, Mapping) and BODY_FIELD in row else row
-        instances = document.get("instances") if isinstance(document, Mapping) else None
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
+        found = kserve_document(row, headers or {})
+        instances = found[0].get("instances") if found else None
         if not isinstance(instances, list):
             raise PayloadError('a KServe v1 request is {"instances": [...]}')
         return Decoded([self.instance(item, i) for i, item in enumerate(instances)])
@@ -285,29 +339,46 @@ class KServeV2Codec(Codec):
 
     name = "kserve-v2"
 
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
-        document = row[BODY_FIELD] if isinstance(row, Mapping) and BODY_FIELD in row else row
-        if not isinstance(document, Mapping) or not isinstance(document.get("inputs"), list):
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
+        found = kserve_document(row, headers or {})
+        if not found or not isinstance(found[0].get("inputs"), list):
             raise PayloadError('a KServe v2 request is {"inputs": [...]}')
-        inputs: list[object] = document["inputs"]
+        document, binary = found
         shared = document.get("parameters") or {}
+        if not isinstance(shared, Mapping):
+            raise PayloadError("v2 request parameters must be an object")
         requests: list[ImageRequest] = []
+        inputs = cast(list[object], document["inputs"])
         for tensor in inputs:
+            params = tensor.get("parameters") if isinstance(tensor, Mapping) else None
+            size = params.get("binary_data_size") if isinstance(params, Mapping) else None
+            if size is not None:  # binary tensor extension: this input's elements follow the JSON part
+                if not isinstance(size, int) or not 0 <= size <= len(binary):
+                    raise PayloadError(f"binary_data_size={size!r} does not fit the {len(binary)} bytes after the JSON part")
+                tensor, binary = {**cast(Mapping[str, object], tensor), "data": binary_elements(binary[:size])}, binary[size:]
             requests += self.tensor(tensor, shared, first=len(requests))
-        return Decoded(requests, {"id": document["id"]} if document.get("id") else {})
+        requested = document.get("outputs")
+        outputs: list[object] = list(requested) if isinstance(requested, list) else []
+        wanted = {str(o.get("name")): o.get("parameters") or {} for o in outputs if isinstance(o, Mapping)}
+        binary_outputs: frozenset[str] | bool = bool(shared.get("binary_data_output")) or frozenset(
+            name for name, params in wanted.items() if isinstance(params, Mapping) and params.get("binary_data")
+        )
+        echo = {"id": document["id"]} if document.get("id") else {}
+        return Decoded(requests, echo, binary_outputs, frozenset(wanted))
 
     @staticmethod
-    def tensor(tensor: object, shared: object, first: int = 0) -> list[ImageRequest]:
+    def tensor(tensor: object, shared: Mapping[str, object], first: int = 0) -> list[ImageRequest]:
         """The images of one BYTES input; ``first``: the index of its first image in the document."""
         if not isinstance(tensor, Mapping) or tensor.get("datatype") != "BYTES":
             raise PayloadError('v2 inputs must be {"name": ..., "datatype": "BYTES", "shape": [n], "data": ["<base64>", ...]}')
         data = tensor.get("data")
         items = data if isinstance(data, list) else [data]
         own = tensor.get("parameters") or {}
-        if not items or not isinstance(shared, Mapping) or not isinstance(own, Mapping):
+        if not items or not isinstance(own, Mapping):
             raise PayloadError("a v2 input needs data (base64 images) and parameters as an object")
-        params = {**shared, **own}
-        return [ImageRequest(image_from_base64(item, first + i), params) for i, item in enumerate(items)]
+        params = {k: v for k, v in shared.items() if k not in V2_REQUEST_PARAMETERS}
+        params.update({k: v for k, v in own.items() if k not in V2_INPUT_PARAMETERS})
+        return [ImageRequest(element_image(item, first + i), params) for i, item in enumerate(items)]
 
     @staticmethod
     def outputs(suffix: str, result: AttentionResult) -> list[dict[str, object]]:
@@ -332,13 +403,21 @@ class KServeV2Codec(Codec):
             return error_reply(error)
         good = [r for r in results if isinstance(r, AttentionResult)]
         suffixes = [""] if len(good) == 1 else [f"_{i}" for i in range(len(good))]  # attention, or attention_0, attention_1, ...
-        body = {
-            "model_name": server.model_name,
-            "model_version": server.model_version,
-            "outputs": [output for suffix, r in zip(suffixes, good, strict=True) for output in self.outputs(suffix, r)],
-            **decoded.echo,
-        }
-        return Reply(int(HTTPStatus.OK), json_bytes(body), headers=precision_header(good), stats=merged_stats(good))
+        outputs = [output for suffix, r in zip(suffixes, good, strict=True) for output in self.outputs(suffix, r)]
+        if decoded.requested_outputs:
+            outputs = [o for o in outputs if o["name"] in decoded.requested_outputs]
+        binary = [o for o in outputs if decoded.binary_outputs is True or (decoded.binary_outputs and o["name"] in decoded.binary_outputs)]
+        raw = []
+        for output in binary:  # binary tensor extension: the data leaves the JSON for the bytes after it
+            data = np.ascontiguousarray(output.pop("data")).tobytes()
+            output["parameters"] = {**cast(dict[str, object], output.get("parameters", {})), "binary_data_size": len(data)}
+            raw.append(data)
+        body = json_bytes({"model_name": server.model_name, "model_version": server.model_version, "outputs": outputs, **decoded.echo})
+        headers = precision_header(good)
+        if binary:
+            headers[BINARY_HEADER.title()] = str(len(body))
+            return Reply(int(HTTPStatus.OK), body + b"".join(raw), "application/octet-stream", headers, merged_stats(good))
+        return Reply(int(HTTPStatus.OK), body, headers=headers, stats=merged_stats(good))
 
 
 class V1EnvelopeCodec(KServeV1Codec):
@@ -347,7 +426,7 @@ class V1EnvelopeCodec(KServeV1Codec):
     name = "kserve-v1-envelope"
     envelope = True
 
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         return Decoded([self.instance(row, 0)])
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
@@ -367,7 +446,7 @@ class V2EnvelopeCodec(KServeV2Codec):
     name = "kserve-v2-envelope"
     envelope = True
 
-    def decode(self, row: object, accept: str | None = None) -> Decoded:
+    def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         if not isinstance(row, Mapping):
             raise PayloadError("a v2 input must be an object")
         return Decoded(self.tensor({**row, "data": [row.get("data")]}, {}))
@@ -383,19 +462,17 @@ PLAIN, KSERVE_V1, KSERVE_V2 = PlainCodec(), KServeV1Codec(), KServeV2Codec()
 V1_ENVELOPE, V2_ENVELOPE = V1EnvelopeCodec(), V2EnvelopeCodec()
 
 
-def codec_for(row: object) -> Codec:
-    """The codec of one row, from its shape alone (pure).
+def codec_for(row: object, headers: Headers | None = None) -> Codec:
+    """The codec of one row, from its shape (and the binary extension's header) alone (pure).
 
     Rows TorchServe builds from an HTTP request always carry a ``body`` or a file (bytes) field;
-    a body that is a KServe document picks that protocol. Rows without either were unwrapped by
-    TorchServe's envelopes: v2 inputs carry a ``datatype``, v1 instances do not.
+    a body that is a KServe document (decoded or not) picks that protocol. Rows without either were
+    unwrapped by TorchServe's envelopes: v2 inputs carry a ``datatype``, v1 instances do not.
     """
     if isinstance(row, Mapping) and (BODY_FIELD in row or any(isinstance(v, (bytes, bytearray)) for v in row.values())):
-        body = row.get(BODY_FIELD)
-        if isinstance(body, Mapping) and isinstance(body.get("instances"), list):
-            return KSERVE_V1
-        if isinstance(body, Mapping) and isinstance(body.get("inputs"), list):
-            return KSERVE_V2
+        found = kserve_document(row, headers or {})
+        if found:
+            return KSERVE_V1 if isinstance(found[0].get("instances"), list) else KSERVE_V2
         return PLAIN
     if isinstance(row, Mapping) and "datatype" in row:
         return V2_ENVELOPE

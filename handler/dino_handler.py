@@ -46,10 +46,12 @@ DIMENSIONS = ["ModelName", "Level"]
 Row = tuple[Codec, Decoded | RequestError]
 
 
-def header(context: Any, idx: int, name: str) -> str | None:
-    """Request header ``name`` of request ``idx``, case-insensitively (clients differ)."""
-    wanted = name.lower()
-    return next((v for k, v in context.get_all_request_header(idx).items() if k.lower() == wanted), None)
+def request_headers(context: Any, idx: int) -> dict[str, str]:
+    """Request ``idx``'s HTTP headers, names in lower case (clients differ); none for the rows
+    TorchServe's envelopes split out of one request (only request 0 has headers then)."""
+    if idx >= len(context.request_processor or ()):
+        return {}
+    return {k.lower(): v for k, v in context.get_all_request_header(idx).items()}
 
 
 class DinoAttentionHandler:
@@ -75,11 +77,10 @@ class DinoAttentionHandler:
         """Pick each row's codec and decode it; a row that cannot be decoded keeps its error."""
         rows: list[Row] = []
         for idx, raw in enumerate(data):
-            codec = codec_for(raw)
-            # an envelope's rows are parts of one HTTP request: TorchServe keeps headers for request 0 only
-            accept = None if codec.envelope else header(context, idx, "Accept")
+            headers = request_headers(context, idx)
+            codec = codec_for(raw, headers)
             try:
-                rows.append((codec, codec.decode(raw, accept)))
+                rows.append((codec, codec.decode(raw, headers)))
             except RequestError as e:
                 logger.info("request rejected (%d): %s", e.status, e)
                 rows.append((codec, e))

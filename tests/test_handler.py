@@ -178,3 +178,53 @@ def test_initialize_from_the_context(tmp_path: Path) -> None:
     assert handler.service.device == torch.device("cpu") and handler.service.config.weights.startswith("dino_backbone.pth@sha256:")
     (body,) = handler.handle([{"body": PNG}], context)
     assert orjson.loads(body)["model"] == "vit_tiny"
+
+
+def binary_v2(document: dict, *elements: bytes) -> tuple[bytes, dict[str, str]]:
+    """A v2 request with the binary tensor extension: (body, headers)."""
+    tensor = b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+    document["inputs"][0]["parameters"] = {"binary_data_size": len(tensor)}
+    header = orjson.dumps(document)
+    return header + tensor, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_v2_binary_tensor_extension_in_and_out(uniform: AttentionService) -> None:
+    document = {
+        "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES"}],
+        "parameters": {"binary_data_output": True, "upsample": False},
+        "id": "b1",
+    }
+    body, headers = binary_v2(document, PNG, B64.encode())  # raw image bytes, or base64 text as bytes
+    context = mock_context([headers])
+    (reply_body,) = handler_for(uniform).handle([{"body": body}], context)
+    reply = reply_of(context, 0, reply_body)
+    assert reply.status == 200 and reply.content_type == "application/octet-stream"
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    header = orjson.loads(reply_body[:length])
+    assert header["id"] == "b1" and [o["name"] for o in header["outputs"]] == ["attention_0", "attention_1"]
+    offset = length
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        maps = np.frombuffer(reply_body[offset : offset + size], np.float32).reshape(output["shape"])
+        np.testing.assert_array_equal(maps, np.full((3, 2, 2), 0.2, np.float32))
+        offset += size
+    assert offset == len(reply_body) and "data" not in header["outputs"][0]
+
+
+def test_v2_json_body_without_content_type_is_v2(uniform: AttentionService) -> None:
+    """TorchServe hands an undeclared JSON body over as bytes: it is still a v2 document."""
+    document = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], "parameters": {"upsample": False}}
+    assert codec_for({"body": orjson.dumps(document)}) is KSERVE_V2
+    (reply,) = answer(uniform, [{"body": orjson.dumps(document)}])
+    assert reply.status == 200 and orjson.loads(reply.body)["outputs"][0]["shape"] == [3, 2, 2]
+
+
+@pytest.mark.parametrize("size, message", [(10**6, "does not fit"), (-1, "does not fit"), ("x", "does not fit")])
+def test_v2_binary_sizes_are_checked(uniform: AttentionService, size: object, message: str) -> None:
+    body, headers = binary_v2({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES"}]}, PNG)
+    document = orjson.loads(body[: int(headers["Inference-Header-Content-Length"])])
+    document["inputs"][0]["parameters"]["binary_data_size"] = size
+    header = orjson.dumps(document)
+    context = mock_context([{"Inference-Header-Content-Length": str(len(header))}])
+    (reply_body,) = handler_for(uniform).handle([{"body": header + body[len(body) - len(PNG) - 4 :]}], context)
+    assert reply_of(context, 0, reply_body).status == 400 and message in orjson.loads(reply_body)["error"]

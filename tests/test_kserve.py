@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import tritonclient.http
+import tritonclient.utils
 
 from scripts import archive, kserve_bundle
 from scripts.serve import read_properties
@@ -125,3 +127,39 @@ def test_torchserve_envelopes(bundle: Path, envelope: str) -> None:
             (output,) = reply.json()["outputs"]
             assert output["datatype"] == "FP32" and len(output["data"]) == 3 * 3 * 5  # TorchServe flattens the shape
             assert reply.headers["X-Attention-Precision"] == "fp32"  # the one place this envelope names it
+
+
+def triton(server: PrivateServer) -> tritonclient.http.InferenceServerClient:
+    return tritonclient.http.InferenceServerClient(server.props["inference_address"].removeprefix("http://"), network_timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_on_the_v2_route(kserve_server: PrivateServer, binary: bool) -> None:
+    """A standard v2 client: JSON tensors (sent without a Content-Type) or the binary tensor extension
+    (raw image bytes in, raw float32/bool tensors out), with our options as request parameters."""
+    image = tritonclient.http.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([IMAGE if binary else B64], dtype=object), binary_data=binary)
+    outputs = None if binary else [tritonclient.http.InferRequestedOutput(n, binary_data=False) for n in ("attention", "masks")]
+    params = {"scale": 1, "upsample": False, "mask": 0.6}
+    result = triton(kserve_server).infer(NAME, [image], outputs=outputs, parameters=params)
+    expected = reference(kserve_server, scale="1", upsample="false")
+    np.testing.assert_allclose(result.as_numpy("attention"), np.asarray(expected["attention"]), atol=1e-7)
+    assert result.as_numpy("masks").dtype == np.bool_ and result.as_numpy("masks").shape == (3, 3, 5)
+    assert result.get_output("attention")["parameters"]["mask"] == 0.6
+    if not binary:
+        assert result.get_output("boxes") is None  # only the outputs asked for
+
+
+def test_tritonclient_errors_name_the_option(kserve_server: PrivateServer) -> None:
+    image = tritonclient.http.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([B64], dtype=object), binary_data=False)
+    with pytest.raises(tritonclient.utils.InferenceServerException, match="layer=99 is out of range"):
+        triton(kserve_server).infer(NAME, [image], parameters={"layer": 99})
+
+
+def test_v2_json_without_content_type(kserve_server: PrivateServer) -> None:
+    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], "parameters": {"upsample": False, "scale": 1}}
+    url = f"{kserve_server.props['inference_address']}/v2/models/{NAME}/infer"
+    reply = requests.post(url, data=json.dumps(body).encode(), timeout=TIMEOUT)  # no Content-Type header
+    assert reply.status_code == 200, reply.text[:300]
+    assert reply.json()["outputs"][0]["shape"] == [3, 3, 5]

@@ -29,7 +29,7 @@ B64 = base64.b64encode(IMG).decode()
     ],
 )
 def test_plain_rows_decode(payload, options) -> None:
-    assert PLAIN.decode(payload, "application/x-npy").requests == [ImageRequest(IMG, options, "application/x-npy")]
+    assert PLAIN.decode(payload, {"accept": "application/x-npy"}).requests == [ImageRequest(IMG, options, "application/x-npy")]
 
 
 @pytest.mark.parametrize(
