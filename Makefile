@@ -12,7 +12,7 @@ CHECKPOINT ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --threshold 0.6
-# Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in model/variants.py.
+# Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in dino_attention/model/variants.py.
 NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
