@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from .model.rollout import cls_rollout
+from .model.variants import resolve_layer
 from .model.vit import VisionTransformer
 from .options import MapSpec
 from .precision import DTYPES, FP32
@@ -29,11 +30,8 @@ def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | 
     the CLS row stays fp32); weights stay fp32, so one model serves every precision. Which
     precision a request gets is decided by ``precision.PrecisionPlan``, not here.
     """
-    B, _, H, W = batch.shape
-    p = model.patch_size
-    with torch.autocast(batch.device.type, dtype=DTYPES[precision], enabled=precision != FP32):
-        row = model.get_cls_attention(batch, layer)  # (B, heads, 1 + N)
-    return row[:, :, 1:].reshape(B, row.shape[1], H // p, W // p).float()  # (B, heads, H/p, W/p)
+    spec = MapSpec((resolve_layer(layer, model.depth),))
+    return attention_maps(model, batch, spec, precision)[:, 0]  # (B, heads, H/p, W/p)
 
 
 @torch.inference_mode()

@@ -110,25 +110,38 @@ def image_from_base64(text: object, item: int | None = None) -> bytes:
         raise PayloadError(f'{prefix}"image" is not valid base64: {e}') from e
 
 
-def kserve_document(row: object, headers: Headers) -> tuple[Mapping[str, object], bytes] | None:
-    """A row's KServe v1/v2 document and the bytes after it (v2 binary tensor extension), or None.
+@dataclass(frozen=True)
+class ParsedRow:
+    """A row whose JSON body ``route`` has parsed (once), and the bytes after it (v2 binary extension)."""
 
-    The body may be JSON TorchServe already decoded, or bytes (no ``Content-Type: application/json``,
-    or the binary extension, whose JSON part is ``Inference-Header-Content-Length`` bytes long).
-    """
+    document: Mapping[str, object]
+    binary: bytes = b""
+
+
+def json_body(row: object, headers: Headers) -> ParsedRow | None:
+    """A row's JSON object body, parsed: JSON TorchServe already decoded, or bytes (no
+    ``Content-Type: application/json``, or the binary extension, whose JSON part is
+    ``Inference-Header-Content-Length`` bytes long). None for any other body, or JSON that does not parse."""
+    if isinstance(row, ParsedRow):
+        return row
     body = row.get(BODY_FIELD) if isinstance(row, Mapping) else None
     if isinstance(body, Mapping):
-        document, rest = body, b""
-    elif isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
+        return ParsedRow(body)
+    if isinstance(body, (bytes, bytearray)) and body[:1] == b"{":
         try:
             length = int(headers.get(BINARY_HEADER, len(body)))
-            document, rest = json.loads(bytes(body[:length])), bytes(body[length:])
+            document = json.loads(bytes(body[:length]))
         except (ValueError, UnicodeDecodeError):
             return None
-    else:
-        return None
-    if isinstance(document, Mapping) and (isinstance(document.get("instances"), list) or isinstance(document.get("inputs"), list)):
-        return document, rest
+        return ParsedRow(document, bytes(body[length:])) if isinstance(document, Mapping) else None
+    return None
+
+
+def kserve_document(row: object, headers: Headers) -> tuple[Mapping[str, object], bytes] | None:
+    """A row's KServe v1/v2 document and the bytes after it (v2 binary tensor extension), or None."""
+    parsed = json_body(row, headers)
+    if parsed and (isinstance(parsed.document.get("instances"), list) or isinstance(parsed.document.get("inputs"), list)):
+        return parsed.document, parsed.binary
     return None
 
 
@@ -462,21 +475,28 @@ PLAIN, KSERVE_V1, KSERVE_V2 = PlainCodec(), KServeV1Codec(), KServeV2Codec()
 V1_ENVELOPE, V2_ENVELOPE = V1EnvelopeCodec(), V2EnvelopeCodec()
 
 
-def codec_for(row: object, headers: Headers | None = None) -> Codec:
-    """The codec of one row, from its shape (and the binary extension's header) alone (pure).
+def route(row: object, headers: Headers | None = None) -> tuple[Codec, object]:
+    """The codec of one row, from its shape (and the binary extension's header) alone (pure), and the
+    row as that codec is to take it: a JSON body parsed here is handed on parsed, never parsed twice.
 
     Rows TorchServe builds from an HTTP request always carry a ``body`` or a file (bytes) field;
     a body that is a KServe document (decoded or not) picks that protocol. Rows without either were
     unwrapped by TorchServe's envelopes: v2 inputs carry a ``datatype``, v1 instances do not.
     """
     if isinstance(row, Mapping) and (BODY_FIELD in row or any(isinstance(v, (bytes, bytearray)) for v in row.values())):
-        found = kserve_document(row, headers or {})
-        if found:
-            return KSERVE_V1 if isinstance(found[0].get("instances"), list) else KSERVE_V2
-        return PLAIN
+        parsed = json_body(row, headers or {})
+        if parsed is None:
+            return PLAIN, row
+        if isinstance(parsed.document.get("instances"), list):
+            return KSERVE_V1, parsed
+        if isinstance(parsed.document.get("inputs"), list):
+            return KSERVE_V2, parsed
+        # a plain JSON request: handed on parsed when the body is all there is (anything else, extra
+        # fields or bytes after the JSON, is left as it came for the plain codec to reject)
+        return PLAIN, {BODY_FIELD: parsed.document} if len(row) == 1 and not parsed.binary else row
     if isinstance(row, Mapping) and "datatype" in row:
-        return V2_ENVELOPE
-    return V1_ENVELOPE
+        return V2_ENVELOPE, row
+    return V1_ENVELOPE, row
 
 
 def merged_stats(results: Sequence[AttentionResult]) -> dict[str, float]:

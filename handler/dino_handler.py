@@ -24,7 +24,7 @@ from typing import Any
 from ts.metrics.metric_type_enum import MetricTypes
 
 from dino_attention.errors import RequestError
-from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, codec_for, error_reply
+from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route
 from dino_attention.service import AttentionService, create_service, select_device
 
 logger = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ class DinoAttentionHandler:
         rows: list[Row] = []
         for idx, raw in enumerate(data):
             headers = request_headers(context, idx)
-            codec = codec_for(raw, headers)
+            codec, row = route(raw, headers)
             try:
-                rows.append((codec, codec.decode(raw, headers)))
+                rows.append((codec, codec.decode(row, headers)))
             except RequestError as e:
                 logger.info("request rejected (%d): %s", e.status, e)
                 rows.append((codec, e))

@@ -15,7 +15,7 @@ import torch
 
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
-from dino_attention.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, codec_for
+from dino_attention.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
 from dino_attention.service import AttentionService, ServiceConfig
 from handler.dino_handler import DinoAttentionHandler
 
@@ -116,7 +116,7 @@ def test_responses_are_byte_identical_to_the_pinned_ones(uniform: AttentionServi
     ],
 )
 def test_codec_is_chosen_from_the_row_alone(row: object, codec: object) -> None:
-    assert codec_for(row) is codec
+    assert route(row)[0] is codec
 
 
 def test_each_row_gets_its_own_status_type_headers_and_metrics(uniform: AttentionService) -> None:
@@ -214,7 +214,7 @@ def test_v2_binary_tensor_extension_in_and_out(uniform: AttentionService) -> Non
 def test_v2_json_body_without_content_type_is_v2(uniform: AttentionService) -> None:
     """TorchServe hands an undeclared JSON body over as bytes: it is still a v2 document."""
     document = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], "parameters": {"upsample": False}}
-    assert codec_for({"body": orjson.dumps(document)}) is KSERVE_V2
+    assert route({"body": orjson.dumps(document)})[0] is KSERVE_V2
     (reply,) = answer(uniform, [{"body": orjson.dumps(document)}])
     assert reply.status == 200 and orjson.loads(reply.body)["outputs"][0]["shape"] == [3, 2, 2]
 
@@ -228,3 +228,15 @@ def test_v2_binary_sizes_are_checked(uniform: AttentionService, size: object, me
     context = mock_context([{"Inference-Header-Content-Length": str(len(header))}])
     (reply_body,) = handler_for(uniform).handle([{"body": header + body[len(body) - len(PNG) - 4 :]}], context)
     assert reply_of(context, 0, reply_body).status == 400 and message in orjson.loads(reply_body)["error"]
+
+
+def test_a_json_body_is_parsed_once(uniform: AttentionService, monkeypatch) -> None:
+    """route() hands the parsed document on: neither a v2 nor a plain JSON body is parsed twice."""
+    from dino_attention import protocols
+
+    parsed: list[int] = []
+    loads = protocols.json.loads
+    monkeypatch.setattr(protocols.json, "loads", lambda data, *a, **k: parsed.append(len(data)) or loads(data, *a, **k))
+    v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], "parameters": {"upsample": False}}
+    replies = answer(uniform, [{"body": orjson.dumps(v2)}, {"body": orjson.dumps({"image": B64, "upsample": False})}])
+    assert [r.status for r in replies] == [200, 200] and len(parsed) == 2
