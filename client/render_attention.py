@@ -328,6 +328,14 @@ def map_titles(att: Attention, label: str, count: int) -> list[str]:
     return [f"{prefix}head {h}" for h in att.meta["heads"][:count]]
 
 
+def masks_to_draw(server_masks: np.ndarray | None, maps: np.ndarray, patch: int, threshold: float | None) -> np.ndarray | None:
+    """The server's masks of one row of maps (``mask=t``), else the client's own DINO masks with
+    ``threshold`` (computed on the patch grid of the pixel maps), else None."""
+    if server_masks is not None:
+        return server_masks
+    return threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold is not None else None
+
+
 def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int) -> None:
     """DINO-style mask outline (patch grid -> pixels) and, if any, the box of its largest component."""
     pixels = masks.repeat(patch, axis=0).repeat(patch, axis=1)
@@ -366,12 +374,10 @@ def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale:
     panel(axes[0, 0], image, f"image {image.shape[0]}x{image.shape[1]}", colorbar=False)
     panel(axes[0, 1], mean, summary, colorbar=not grid_view)
     panel(axes[0, 2], overlay(image, mean, cmap), f"{summary} over image", colorbar=False)
+    rollout, boxes = att.meta.get("method") == "rollout", att.boxes
     for r, (label, maps, server_masks) in enumerate(att.rows):
-        own = threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold is not None else None
-        masks = server_masks if server_masks is not None else own
-        boxes = att.boxes if att.boxes is not None else None
+        masks = masks_to_draw(server_masks, maps, patch, threshold)
         titles = map_titles(att, label, len(maps))
-        rollout = att.meta.get("method") == "rollout"
         for i, title in enumerate([] if rollout else titles):
             ax = axes[1 + r, i] if grid_view else axes[1 + i // cols, i % cols]
             panel(ax, maps[i], title, colorbar=not grid_view)
@@ -416,7 +422,7 @@ def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, thre
     for label, maps, server_masks in att.rows:
         prefix = f"{label.replace(' ', '')}-" if att.meta.get("layers") else ""
         names = ["rollout"] if att.meta.get("method") == "rollout" else [f"attn-{prefix}head{h}" for h in att.meta["heads"]]
-        masks = server_masks if server_masks is not None else threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold else None
+        masks = masks_to_draw(server_masks, maps, patch, threshold)
         t = att.meta.get("mask", threshold)
         for i, name in enumerate(names):
             mpimg.imsave(out_dir / f"{name}.png", maps[i], cmap=cmap, format="png")
