@@ -250,14 +250,17 @@ class VisionTransformer(nn.Module):
         """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, 1 + N).
 
         Index 0 of the last axis is CLS->CLS; 1: are the patch tokens in raster order.
-        ``explicit``: the reference path (N x N softmax in every block), for tests and benchmarks.
+        ``explicit``: the reference path (N x N softmax in every block), for tests and benchmarks;
+        otherwise the served path, ``get_cls_attention_layers`` for one layer.
         """
         layer = resolve_layer(layer, self.depth)
+        if not explicit:
+            return self.get_cls_attention_layers(x, [layer])[:, 0]
         tokens = self.prepare_tokens(x)
         blocks = cast(list[Block], self.blocks)  # nn.ModuleList is typed as holding any Module
         for blk in blocks[:layer]:
-            tokens = blk(tokens, explicit)
-        return blocks[layer].cls_attention(tokens, explicit)
+            tokens = blk(tokens, explicit=True)
+        return blocks[layer].cls_attention(tokens, explicit=True)
 
 
 def _init_weights(m: nn.Module) -> None:
