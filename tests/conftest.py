@@ -21,8 +21,9 @@ from scripts import REPO, archive
 from tests.support.torchserve import PrivateServer, private_torchserve
 
 from .support.checkpoints import backbone_state, full_checkpoint, save
+from .support.handler import MODEL_NAME
 
-NAME = "dino_vitt16"
+NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
 E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_metrics")
 
 

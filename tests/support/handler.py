@@ -12,8 +12,9 @@ from ts.context import Context, RequestProcessor
 from dino_attention.protocols import Reply
 from dino_attention.service import AttentionService
 from handler.dino_handler import DinoAttentionHandler
+from tests.support.checkpoints import TINY
 
-MODEL_NAME = "dino_vitt16"
+MODEL_NAME = TINY.archive_name  # dino_vitt16
 
 
 @dataclass
