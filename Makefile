@@ -3,8 +3,11 @@ SHELL   := /bin/bash
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
+# A hub name (dino_vits8, dinov2_vits14_reg, dinov3_vits16, ...: README's model table), or DINO's
+# vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8).
 MODEL   ?= vit_small
-PATCH   ?= 8
+PATCH   ?=
+MODEL_ARGS = --model $(MODEL) $(if $(PATCH),--patch $(PATCH))
 WEIGHTS ?=
 # Where `make weights` caches the official checkpoints (git-ignored).
 WEIGHTS_DIR ?= weights
@@ -12,8 +15,8 @@ CHECKPOINT ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --threshold 0.6
-# Archive name (dino_vits8, dino_vitb16, ...) comes from the variants table in dino_attention/model/variants.py.
-NAME     = $(shell $(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --print-name)
+# Archive name (dino_vits8, dinov2_vits14_reg, ...) comes from the variants table in dino_attention/model/variants.py.
+NAME     = $(shell $(PY) -m scripts.archive $(MODEL_ARGS) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
 CONFIG  ?= config.properties
@@ -35,10 +38,10 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 weights: install
-	$(PY) -m scripts.weights fetch --model $(MODEL) --patch $(PATCH) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m scripts.weights fetch $(MODEL_ARGS) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 archive: install
-	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)
@@ -75,7 +78,7 @@ kserve-bundle: install
 # Tries to fetch the official weights; without them (offline) it goes on with random ones, loudly.
 demo: install
 	-$(MAKE) weights
-	$(PY) -m scripts.archive --model $(MODEL) --patch $(PATCH) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store --fallback-random
+	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store --fallback-random
 	$(MAKE) serve
 	$(MAKE) predict
 	$(MAKE) render

@@ -77,7 +77,7 @@ def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray
     p = model.patch_size
     if path == "seed":  # the seed article's pipeline: an explicit N x N softmax in every block
         with torch.inference_mode():
-            row = model.get_cls_attention(x, None, explicit=True)[0, :, 1:]  # (heads, N)
+            row = model.get_cls_attention(x, None, explicit=True)[0, :, model.num_prefix_tokens :]  # (heads, patches)
         return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
     if path in METHOD_PATHS:
         return method_maps(path, model, x)
@@ -88,11 +88,11 @@ def method_maps(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndar
     """Patch-grid maps of one ``METHOD_PATHS`` entry, fp32: (layers, maps, H/p, W/p)."""
     depth, p = model.depth, model.patch_size
     if path == "rollout_naive":
-        row = rollout_reference(model, x)[:, None, None, 1:]  # (B, 1, 1, N)
+        row = rollout_reference(model, x)[:, None, None, model.num_prefix_tokens :]  # (B, 1, 1, patches)
         return row.reshape(1, 1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
     layers = tuple(range(depth)) if path == "layers_all" else (depth - 1,)
     spec = MapSpec(layers, "rollout" if path == "rollout" else "attention")
-    return attention_maps(model, x, spec)[0].cpu().numpy()
+    return attention_maps(model, x, spec)[0][0].cpu().numpy()
 
 
 def method_over_budget(path: str, tokens: int, args: argparse.Namespace) -> str | None:
@@ -359,7 +359,7 @@ def percentile(values: list[float], q: float) -> float:
 def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: Path) -> dict:
     """p50/p95 of the same request through a real TorchServe and in-process (the handler with TorchServe's Context, no HTTP)."""
     variant = get_variant(args.model, args.patch)
-    service = create_service({"arch": args.model, "patch_size": args.patch}, weights)
+    service = create_service({"model": variant.name}, weights)
     in_process = timed(lambda: answer(service, [{"body": image}]), args.requests)
     served: list[float] = []
     with private_torchserve(store, variant.archive_name) as server:

@@ -95,7 +95,7 @@ class Attention:
             layers = f"layers {m['layers']}" if m.get("layers") else f"layer {m['layer']}"
             heads = m["heads"] if len(m["heads"]) < m.get("num_heads", 0) else "all"
             what = f"{layers}  heads {heads}"
-        return f"{m['model']}/{m['patch_size']}  {what}  weights: {m['weights']}"
+        return f"{m['model']}  {what}  weights: {m['weights']}"
 
     @property
     def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:

@@ -31,16 +31,20 @@ def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | 
     precision a request gets is decided by ``precision.PrecisionPlan``, not here.
     """
     spec = MapSpec((resolve_layer(layer, model.depth),))
-    return attention_maps(model, batch, spec, precision)[:, 0]  # (B, heads, H/p, W/p)
+    return attention_maps(model, batch, spec, precision)[0][:, 0]  # (B, heads, H/p, W/p)
 
 
 @torch.inference_mode()
-def attention_maps(model: VisionTransformer, batch: torch.Tensor, spec: MapSpec, precision: str = FP32) -> torch.Tensor:
-    """The maps ``spec`` asks for, on the patch grid: (B, 3, H, W) -> (B, layers, maps, H/p, W/p), float32.
+def attention_maps(
+    model: VisionTransformer, batch: torch.Tensor, spec: MapSpec, precision: str = FP32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps ``spec`` asks for, on the patch grid, and the same rows' register entries:
+    (B, 3, H, W) -> (B, layers, maps, H/p, W/p) and (B, layers, maps, R), float32.
 
     ``attention``: the [CLS] rows of ``spec.layers`` (maps = heads) from one forward pass;
-    ``rollout``: the [CLS] row of the rollout through blocks 0..layer (one map, the heads fused);
-    both over the patch tokens only ([CLS] dropped).
+    ``rollout``: the [CLS] row of the rollout through blocks 0..layer (one map, the heads fused),
+    computed over all tokens. The maps hold the patch tokens only: [CLS] and the R register/storage
+    tokens (DINOv2 _reg, DINOv3) are dropped, so a map sums to the mass the patches get (<= 1).
     """
     H, W = batch.shape[-2:]
     p = model.patch_size
@@ -49,7 +53,9 @@ def attention_maps(model: VisionTransformer, batch: torch.Tensor, spec: MapSpec,
             rows = cls_rollout(model, batch, spec.layers[0], spec.head_fusion, spec.discard_ratio)[:, None, None]  # (B, 1, 1, 1 + N)
         else:
             rows = model.get_cls_attention_layers(batch, list(spec.layers))  # (B, layers, heads, 1 + N)
-    return rows[..., 1:].reshape(*rows.shape[:3], H // p, W // p).float()
+    prefix = model.num_prefix_tokens
+    maps = rows[..., prefix:].reshape(*rows.shape[:3], H // p, W // p).float()  # (B, layers, maps, H/p, W/p)
+    return maps, rows[..., 1:prefix].float()  # registers: (B, layers, maps, R)
 
 
 def map_agreement(model: VisionTransformer, device: torch.device, precision: str, grid: int = 16) -> float:

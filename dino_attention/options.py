@@ -28,6 +28,7 @@ OPTION_NAMES: tuple[str, ...] = (
     "discard_ratio",
     "mask",
     "boxes",
+    "registers",
 )
 METHODS: tuple[str, ...] = ("attention", "rollout")  # [CLS] attention of a block, or attention rollout up to it
 # Forward-pass arithmetic: fp32 is exact; what bf16/fp16/auto run as is decided per device (precision.py).
@@ -72,6 +73,7 @@ class Options:
     discard_ratio: float | None = None  # rollout: in [0, 1), default 0
     mask: float | None = None  # DINO's threshold masks keeping this fraction of each map's mass
     boxes: bool = False  # with mask: each mask's largest 8-connected component as [x0, y0, x1, y1]
+    registers: bool = False  # also the maps' entries for the register/storage tokens (DINOv2 _reg, DINOv3)
 
     @property
     def spec(self) -> MapSpec:
@@ -103,7 +105,7 @@ def format_from_accept(accept: str | None, default: str) -> str:
     return default
 
 
-def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defaults: Defaults) -> Options:
+def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defaults: Defaults, num_registers: int = 0) -> Options:
     """Validate raw option values (str, bytes, or JSON numbers/lists/bools); ``RequestError`` on any problem."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
@@ -138,7 +140,12 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
     )
     mask = _fraction("mask", values["mask"], "(0, 1]", lambda x: 0 < x <= 1) if values.get("mask") is not None else None
     boxes = _bool("boxes", values["boxes"]) if values.get("boxes") is not None else False
+    registers = _bool("registers", values["registers"]) if values.get("registers") is not None else False
     _check_combination(values, method=method, layers=layers, mask=mask, boxes=boxes, fmt=fmt)
+    if registers and not num_registers:
+        raise OptionError("registers=true: this model has no register tokens (DINOv2 *_reg and DINOv3 models have 4)")
+    if registers and fmt == "npy":
+        raise OptionError("format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers")
     return Options(
         layer=max(layers) if layers else layer,
         heads=tuple(range(num_heads)) if method == "rollout" else heads,
@@ -155,6 +162,7 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
         discard_ratio=discard_ratio if discard_ratio is not None else (0.0 if method == "rollout" else None),
         mask=mask,
         boxes=boxes,
+        registers=registers,
     )
 
 

@@ -186,13 +186,15 @@ def json_float16(maps: np.ndarray) -> np.ndarray:
     return np.round(values, FLOAT16_DIGITS - 1 - math.floor(math.log10(top)))
 
 
-def mask_fields(result: AttentionResult) -> dict[str, object]:
-    """``masks`` (bit-packed, see ``masks.encode_masks``) and ``boxes`` (nested lists) of a JSON document, when asked for."""
+def extra_arrays(result: AttentionResult) -> dict[str, object]:
+    """``masks`` (bit-packed, see ``masks.encode_masks``), ``boxes`` and ``registers`` (nested lists) of a
+    JSON document, when asked for."""
     fields: dict[str, object] = {}
     if result.masks is not None:
         fields["masks"] = encode_masks(result.masks)
-    if result.boxes is not None:
-        fields["boxes"] = result.boxes
+    for name in ("boxes", "registers"):
+        if getattr(result, name) is not None:
+            fields[name] = getattr(result, name)
     return fields
 
 
@@ -290,14 +292,14 @@ def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str
     meta = result.metadata()
     if result.format == "json":
         values = json_float16(result.attention) if result.dtype == "float16" else result.attention
-        return json_bytes({**meta, "attention": np.ascontiguousarray(values), **mask_fields(result)}), CONTENT_TYPES["json"], {}
+        return json_bytes({**meta, "attention": np.ascontiguousarray(values), **extra_arrays(result)}), CONTENT_TYPES["json"], {}
     buf = io.BytesIO()
     if result.format == "npy":
         np.save(buf, typed_attention(result), allow_pickle=False)
         return buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()}
     if result.format == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
         arrays: dict[str, Any] = {"attention": typed_attention(result), "meta": np.array(orjson.dumps(meta).decode())}
-        arrays.update({name: array for name, array in (("masks", result.masks), ("boxes", result.boxes)) if array is not None})
+        arrays.update({name: getattr(result, name) for name in ("masks", "boxes", "registers") if getattr(result, name) is not None})
         np.savez(buf, **arrays)
         return buf.getvalue(), CONTENT_TYPES["npz"], {}
     raise ValueError(f"unknown format {result.format!r}; choose one of {list(CONTENT_TYPES)}")
@@ -333,7 +335,7 @@ class KServeV1Codec(Codec):
 
     @staticmethod
     def prediction(result: AttentionResult) -> dict[str, object]:
-        return {**result.metadata(), "attention": typed_attention(result), **mask_fields(result)}
+        return {**result.metadata(), "attention": typed_attention(result), **extra_arrays(result)}
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
         error = first_error(results)
@@ -396,12 +398,13 @@ class KServeV2Codec(Codec):
     @staticmethod
     def outputs(suffix: str, result: AttentionResult) -> list[dict[str, object]]:
         """v2 output tensors of one image: ``attention`` (the metadata as its parameters; v2 parameters
-        are scalars: lists become "a,b"), and ``masks`` (BOOL) and ``boxes`` (INT32) when asked for."""
+        are scalars: lists become "a,b"), and ``masks`` (BOOL), ``boxes`` (INT32) and ``registers`` (FP32) when asked for."""
         params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in result.metadata().items()}
         tensors = [
             ("attention", typed_attention(result), V2_DATATYPES[result.dtype]),
             ("masks", result.masks, "BOOL"),
             ("boxes", result.boxes, "INT32"),
+            ("registers", result.registers, "FP32"),
         ]
         outputs: list[dict[str, object]] = []
         for name, array, datatype in tensors:
@@ -447,7 +450,7 @@ class V1EnvelopeCodec(KServeV1Codec):
         if isinstance(result, RequestError):
             return error_reply(result, envelope=True)
         prediction = {**self.prediction(result), "attention": typed_attention(result).tolist()}
-        prediction.update({k: v.tolist() for k, v in prediction.items() if isinstance(v, np.ndarray)})  # boxes
+        prediction.update({k: v.tolist() for k, v in prediction.items() if isinstance(v, np.ndarray)})  # boxes, registers
         return Reply(int(HTTPStatus.OK), prediction, headers=precision_header([result]), stats=result.stats)
 
 

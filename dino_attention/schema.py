@@ -30,7 +30,7 @@ class ImageRequest:
 class AttentionResult:
     """The [CLS] attention of one image, with the metadata to interpret it (JSON key order)."""
 
-    model: str  # architecture, e.g. vit_small
+    model: str  # torch.hub name, e.g. dino_vits8, dinov2_vits14_reg, dinov3_vits16
     patch_size: int
     layer: int  # block the attention comes from, 0-based
     num_heads: int  # heads of the model
@@ -52,11 +52,12 @@ class AttentionResult:
     mask: float | None = field(default=None, metadata=OPTIONAL)  # threshold t of the masks
     masks: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., H/p, W/p) bool
     boxes: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., 4) int32, pixels
+    registers: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., R) float32: [CLS] -> registers
     format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz
     stats: dict[str, float] = field(default_factory=dict, compare=False, metadata=NOT_IN_SCHEMA)  # for metrics
 
     def metadata(self) -> dict[str, object]:
-        """Every schema field but the arrays (``attention``, ``masks``, ``boxes``), in schema order;
+        """Every schema field but the arrays (``attention``, ``masks``, ``boxes``, ``registers``), in schema order;
         optional fields only when set."""
         return {
             name: getattr(self, name)
@@ -67,4 +68,4 @@ class AttentionResult:
 
 SCHEMA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AttentionResult) if f.metadata.get("schema", True))
 OPTIONAL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(AttentionResult) if f.metadata.get("optional"))
-ARRAY_FIELDS: tuple[str, ...] = ("attention", "masks", "boxes")  # encoded by each protocol in its own way
+ARRAY_FIELDS: tuple[str, ...] = ("attention", "masks", "boxes", "registers")  # encoded by each protocol in its own way

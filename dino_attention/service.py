@@ -47,8 +47,7 @@ class ConfigError(ValueError):
 class ServiceConfig:
     """Handler settings; every field can be set in model-config.yaml under ``handler:``."""
 
-    arch: str = "vit_small"  # architecture in model/variants.py
-    patch_size: int = 8
+    model: str = "dino_vits8"  # torch.hub name, a key of model/variants.py's VARIANTS
     weights: str = ""  # tag written by the archiver: "file.pth@sha256:<prefix>" or "random"
     # Request defaults (options.Defaults is their one home; model-config.yaml may override them):
     short_side: int = DEFAULTS.short_side  # resize when a request gives none of short_side/scale/size
@@ -138,6 +137,7 @@ class AttentionService:
             depth=self.model.depth,
             num_heads=self.variant.num_heads,
             defaults=self.config.defaults(request.accept),
+            num_registers=self.variant.num_registers,
         )
         image = prepare_image(
             request.image,
@@ -152,38 +152,41 @@ class AttentionService:
         elapsed_ms = (time.perf_counter() - start) * 1000
         return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
 
-    def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, float]]:
-        """Patch-grid maps (layers, maps, H/p, W/p) per item, with the milliseconds of the forward pass it
-        was part of; items alike in size, maps asked (``MapSpec``) and precision share one forward."""
+    def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Patch-grid maps (layers, maps, H/p, W/p) and register entries (layers, maps, R) per item, with
+        the milliseconds of the forward pass it was part of; items alike in size, maps asked
+        (``MapSpec``) and precision share one forward."""
         groups: dict[tuple[tuple[int, ...], MapSpec, str], list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault((tuple(item.tensor.shape), item.options.spec, item.precision), []).append(i)
         if len(items) > 1:
             logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
-        results: list[tuple[np.ndarray, float]] = [(np.empty(0), 0.0)] * len(items)
+        results: list[tuple[np.ndarray, np.ndarray, float]] = [(np.empty(0), np.empty(0), 0.0)] * len(items)
         for (_, spec, precision), indices in groups.items():
             start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
-            maps = attention_maps(self.model, batch, spec, precision).cpu().numpy()  # (B, layers, maps, H/p, W/p)
+            maps, registers = (t.cpu().numpy() for t in attention_maps(self.model, batch, spec, precision))
             elapsed_ms = (time.perf_counter() - start) * 1000
-            for i, m in zip(indices, maps, strict=True):
-                results[i] = (m, elapsed_ms)
+            for i, m, r in zip(indices, maps, registers, strict=True):  # (layers, maps, H/p, W/p), (layers, maps, R)
+                results[i] = (m, r, elapsed_ms)
         return results
 
-    def describe(self, item: Prepared, maps: np.ndarray, forward_ms: float) -> AttentionResult:
-        """The result of one item from its (layers, maps, H/p, W/p) maps: the requested heads (one
-        layer: without the layers axis), upsampled if asked, with masks and boxes if asked."""
+    def describe(self, item: Prepared, maps: np.ndarray, registers: np.ndarray, forward_ms: float) -> AttentionResult:
+        """The result of one item from its (layers, maps, H/p, W/p) maps and (layers, maps, R) register
+        entries: the requested heads (one layer: without the layers axis), upsampled if asked, with
+        masks, boxes and register entries if asked."""
         p = self.variant.patch_size
         options = item.options
         if options.method == "attention":
             maps = maps[:, list(options.heads)]  # (layers, heads requested, H/p, W/p)
+            registers = registers[:, list(options.heads)]  # (layers, heads requested, R)
         if options.layers is None:
-            maps = maps[0]  # (heads, H/p, W/p), or (1, H/p, W/p) for rollout
+            maps, registers = maps[0], registers[0]  # (heads, H/p, W/p), or (1, H/p, W/p) for rollout
         attention = upsample_nearest(maps, p) if options.upsample else np.ascontiguousarray(maps)
         masks = threshold_masks(maps, options.mask) if options.mask is not None else None
         rollout = options.method == "rollout"
         return AttentionResult(
-            model=self.variant.arch,
+            model=self.variant.name,
             patch_size=p,
             layer=options.layer,
             num_heads=self.variant.num_heads,
@@ -205,6 +208,7 @@ class AttentionService:
             mask=options.mask,
             masks=masks,
             boxes=boxes_of(masks, p) if masks is not None and options.boxes else None,
+            registers=np.ascontiguousarray(registers) if options.registers else None,
             format=options.format,
             stats={
                 "preprocess_ms": item.preprocess_ms,
@@ -225,7 +229,7 @@ def create_service(settings: Mapping[str, object], weights_path: str | Path | No
     """Build the service from handler settings and the archived weights (``None`` for random weights)."""
     config = ServiceConfig.from_mapping(settings)
     try:
-        variant = get_variant(config.arch, config.patch_size)
+        variant = get_variant(config.model)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if config.threads > 0:

@@ -1,8 +1,9 @@
-"""Archive a DINO ViT into ``model_store/<name>.mar`` with torch-model-archiver.
+"""Archive a DINO, DINOv2 or DINOv3 ViT into ``model_store/<name>.mar`` with torch-model-archiver.
 
-    python -m scripts.archive --model vit_small --patch 8                     # cached official weights
-    python -m scripts.archive --model vit_small --patch 8 --weights dino_deitsmall8_pretrain.pth
-    python -m scripts.archive --model vit_small --patch 8 --weights random
+    python -m scripts.archive --model vit_small --patch 8                     # DINO's dino_vits8, cached official weights
+    python -m scripts.archive --model dino_vits8 --weights dino_deitsmall8_pretrain.pth
+    python -m scripts.archive --model dinov2_vits14_reg --weights random
+    python -m scripts.archive --model dinov3_vits16 --weights dinov3_vits16_pretrain_lvd1689m-08c60483.pth
 
 The checkpoint (plain backbone or full DINO checkpoint) is filtered to the backbone and checked
 strictly against the model here, so a mismatched checkpoint fails the archive, not the server.
@@ -21,11 +22,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from dino_attention.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, build_model, filter_state_dict, read_checkpoint, weights_tag
-from dino_attention.model.variants import ARCHS, CHECKPOINTS, PATCH_SIZES, Variant, get_variant
+from dino_attention.model.checkpoint import (
+    RANDOM_WEIGHTS,
+    CheckpointError,
+    build_model,
+    filter_state_dict,
+    read_checkpoint,
+    weights_tag,
+)
+from dino_attention.model.variants import CHECKPOINTS, Variant, get_variant
 from dino_attention.service import ConfigError, ServiceConfig
 from scripts import REPO
-from scripts.weights import WeightsError, cached_weights, default_cache_dir
+from scripts.weights import WeightsError, add_model_arguments, cached_weights, default_cache_dir, verify_hash_in_name
 
 logger = logging.getLogger("archive")
 
@@ -37,8 +45,7 @@ WEIGHTS_FILE = "dino_backbone.pth"  # name of the filtered state_dict inside the
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_small", choices=sorted(ARCHS))
-    parser.add_argument("--patch", type=int, default=8, choices=PATCH_SIZES)
+    add_model_arguments(parser)
     parser.add_argument(
         "--weights", default="", help=f"checkpoint path, or '{RANDOM_WEIGHTS}'; default: the cached official weights (make weights)"
     )
@@ -53,14 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def handler_config(config_path: Path, variant: Variant, weights: str) -> dict:
-    """model-config.yaml contents with the handler's model, patch size and weights tag filled in."""
+    """model-config.yaml contents with the handler's model and weights tag filled in."""
     config = yaml.safe_load(config_path.read_text()) or {}
-    config["handler"] = {
-        **config.get("handler", {}),
-        "arch": variant.arch,
-        "patch_size": variant.patch_size,
-        "weights": weights,
-    }
+    config["handler"] = {**config.get("handler", {}), "model": variant.name, "weights": weights}
     ServiceConfig.from_mapping(config["handler"])  # fail here, not in the worker
     return config
 
@@ -70,6 +72,7 @@ def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, st
     if weights == RANDOM_WEIGHTS:
         logger.warning("archiving %s with RANDOM weights: attention maps will be noise", variant.archive_name)
         return None, RANDOM_WEIGHTS
+    verify_hash_in_name(Path(weights))
     state = filter_state_dict(read_checkpoint(weights), checkpoint_key)
     build_model(variant, state)  # strict key/shape check; raises CheckpointError listing keys
     path = stage / WEIGHTS_FILE
@@ -127,8 +130,8 @@ def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, nam
         logger.warning("%s", RANDOM_BANNER)
         return RANDOM_WEIGHTS
     raise WeightsError(
-        f"no cached weights for {variant.arch}/{variant.patch_size} in {cache_dir}: run "
-        f"`make weights MODEL={variant.arch} PATCH={variant.patch_size}`, or pass WEIGHTS=path/to/checkpoint.pth "
+        f"no cached weights for {variant.name} in {cache_dir}: run "
+        f"`make weights MODEL={variant.name}`, or pass WEIGHTS=path/to/checkpoint.pth "
         "(or WEIGHTS=random for an untrained model)"
     )
 
@@ -136,7 +139,11 @@ def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, nam
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    variant = get_variant(args.model, args.patch)
+    try:
+        variant = get_variant(args.model, args.patch)
+    except ValueError as e:
+        logger.error("%s", e)
+        return 2
     if args.print_name:
         print(variant.archive_name)
         return 0
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         logger.error("torch-model-archiver failed with exit code %d", e.returncode)
         return 1
-    logger.info("wrote %s (%s/%d, weights: %s)", mar, variant.arch, variant.patch_size, args.weights)
+    logger.info("wrote %s (%s, weights: %s)", mar, variant.name, args.weights)
     return 0
 
 

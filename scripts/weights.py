@@ -1,12 +1,15 @@
-"""Fetch the official DINO weights once into a local cache, verified; find them for archiving.
+"""Fetch the official DINO / DINOv2 weights once into a local cache, verified; find them for archiving.
 
-    python -m scripts.weights fetch --model vit_small --patch 8       # default checkpoint of the variant
-    python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model vit_base --patch 16
+    python -m scripts.weights fetch --model vit_small --patch 8       # DINO's dino_vits8, its default checkpoint
+    python -m scripts.weights fetch --model dinov2_vits14_reg
+    python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model dino_vitb16
     python -m scripts.weights list
 
-Each file is verified against the size/sha256 in ``dino_attention.model.variants.CHECKPOINTS`` where published;
-otherwise the sha256 of the first verified download is recorded beside it (``<file>.sha256``) and
-checked on every later use. Every file must also load strictly into its model.
+Each file is verified against the size/sha256 in ``dino_attention.model.variants.CHECKPOINTS`` where
+published, and against the sha256 prefix in its name where it has one (DINOv3); otherwise the sha256
+of the first verified download is recorded beside it (``<file>.sha256``) and checked on every later
+use. Every file must also load strictly into its model. DINOv3's weights are gated behind Meta's
+request form: fetching them says how to get them (or set $DINO_WEIGHTS_URL to your mirror).
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ from pathlib import Path
 
 from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
 from dino_attention.model.variants import (
-    ARCHS,
     CHECKPOINTS,
     DEFAULT_CHECKPOINTS,
-    PATCH_SIZES,
+    DINO_ARCHS,
+    DINO_PATCH_SIZES,
+    VARIANTS,
     WEIGHTS_URL_ENV,
     Checkpoint,
     Variant,
     get_checkpoint,
     get_variant,
+    official_checkpoint,
 )
 from scripts import REPO
 from scripts.download import DownloadError, download, partial_path
@@ -50,8 +55,18 @@ def record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def verify_hash_in_name(path: Path) -> None:
+    """A file named as an official checkpoint with a hash in its name (DINOv3's ``-<sha256 prefix>.pth``)
+    must have that hash, so a truncated or substituted download fails here rather than in a worker."""
+    checkpoint = official_checkpoint(path.name)
+    prefix = checkpoint.hash_prefix if checkpoint is not None else None
+    if prefix and path.is_file() and not sha256_of(path).startswith(prefix):
+        raise WeightsError(f"{path}: its sha256 does not start with {prefix}, the hash in the official file name; download it again")
+
+
 def verify_cached(path: Path, checkpoint: Checkpoint) -> None:
     """Check a cached file against the published sha256, else against the recorded one."""
+    verify_hash_in_name(path)
     expected = checkpoint.sha256
     if expected is None and record_path(path).exists():
         expected = record_path(path).read_text().split()[0]
@@ -64,8 +79,8 @@ def cached_weights(variant: Variant, cache_dir: Path, name: str | None = None) -
 
     ``ValueError`` if ``name`` is not a checkpoint of this variant.
     """
-    if name is None and (variant.arch, variant.patch_size) not in DEFAULT_CHECKPOINTS:
-        return None  # DINO published no weights for it
+    if name is None and variant.name not in DEFAULT_CHECKPOINTS:
+        return None  # no official weights for it
     checkpoint = get_checkpoint(variant, name)
     path = cache_dir / checkpoint.filename
     if not path.is_file():
@@ -81,6 +96,8 @@ def fetch(variant: Variant, checkpoint: Checkpoint, cache_dir: Path, progress=No
         verify_cached(dest, checkpoint)
         logger.info("%s is already in the cache", dest)
         return dest
+    if checkpoint.gated_message() and not os.environ.get(WEIGHTS_URL_ENV):
+        raise WeightsError(checkpoint.gated_message())
     url = checkpoint.url()
     try:
         download(url, dest, expected_size=checkpoint.size, expected_sha256=checkpoint.sha256, progress=progress)
@@ -93,10 +110,11 @@ def fetch(variant: Variant, checkpoint: Checkpoint, cache_dir: Path, progress=No
             + "  To try the pipeline without it: make archive WEIGHTS=random (an untrained model)."
         ) from e
     try:
+        verify_hash_in_name(dest)
         build_model(variant, filter_state_dict(read_checkpoint(dest)))
-    except CheckpointError as e:
+    except (CheckpointError, WeightsError) as e:
         dest.unlink()
-        raise WeightsError(f"{url} is not a {variant.arch}/{variant.patch_size} checkpoint (removed): {e}") from e
+        raise WeightsError(f"{url} is not the {variant.name} checkpoint (removed): {e}") from e
     if checkpoint.sha256 is None:
         record_path(dest).write_text(f"{sha256_of(dest)}  {dest.name}\n")
     logger.info("verified %s", dest)
@@ -112,11 +130,18 @@ def progress_bar(done: int, total: int | None) -> None:
     sys.stderr.flush()
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model (a hub name, or DINO's vit_tiny/small/base with --patch 8|16) and --patch."""
+    parser.add_argument(
+        "--model", default="vit_small", choices=sorted(VARIANTS) + sorted(DINO_ARCHS), help="hub name, or DINO's size with --patch"
+    )
+    parser.add_argument("--patch", type=int, default=None, choices=DINO_PATCH_SIZES, help="DINO's patch size (default 8) for --model vit_*")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("fetch", "list"))
-    parser.add_argument("--model", default="vit_small", choices=sorted(ARCHS))
-    parser.add_argument("--patch", type=int, default=8, choices=PATCH_SIZES)
+    add_model_arguments(parser)
     parser.add_argument("--checkpoint", choices=sorted(CHECKPOINTS), help="default: the variant's default checkpoint")
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"default: ${CACHE_ENV} or ./weights")
     return parser.parse_args(argv)
@@ -129,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "list":
         for c in CHECKPOINTS.values():
             state = "cached" if (cache_dir / c.filename).is_file() else "-"
-            print(f"{c.name:48} {c.arch}/{c.patch_size:<3} {'full' if c.full else 'backbone':9} {state:7} {c.url()}")
+            kind = "full" if c.full else "gated" if c.gated_message() else "backbone"
+            print(f"{c.name:48} {c.model:18} {kind:9} {state:7} {c.url()}")
         return 0
-    variant = get_variant(args.model, args.patch)
     try:
+        variant = get_variant(args.model, args.patch)
         checkpoint = get_checkpoint(variant, args.checkpoint)
         logger.info("fetching %s from %s into %s", checkpoint.filename, checkpoint.url(), cache_dir)
         fetch(variant, checkpoint, cache_dir, progress=progress_bar if sys.stderr.isatty() else None)

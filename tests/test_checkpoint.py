@@ -117,4 +117,4 @@ def test_archive_fails_on_mismatched_checkpoint(tmp_path: Path, state, caplog) -
 
 def test_archive_without_weights_or_cache_says_what_to_do(tmp_path: Path, caplog) -> None:
     assert archive.main(["--export-path", str(tmp_path), "--cache-dir", str(tmp_path / "empty")]) == 2
-    assert "make weights MODEL=vit_small PATCH=8" in caplog.text and "WEIGHTS=random" in caplog.text
+    assert "make weights MODEL=dino_vits8" in caplog.text and "WEIGHTS=random" in caplog.text

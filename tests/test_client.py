@@ -38,7 +38,7 @@ def dark_square(tmp_path_factory) -> tuple[Path, Path, tuple[slice, slice]]:
     square = (slice(48, 80), slice(16, 48))
     image[square] = 0
     (root / "square.png").write_bytes(encode(image))
-    service = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), root / "dark.pth"))
+    service = create_service({"model": "dino_vitt16"}, save(brightness_seeking_state(-1.0), root / "dark.pth"))
     (reply,) = answer(service, [{"data": encode(image), "layer": "0", "scale": "1", "upsample": "false"}])
     (root / "square.json").write_bytes(reply.body)
     return root / "square.png", root / "square.json", square
@@ -241,7 +241,7 @@ def test_figure_is_compact(dark_square) -> None:
         bottom_of_upper = min(ax.get_window_extent(renderer).y0 for ax in upper)
         top_of_lower = max(ax.title.get_window_extent(renderer).y1 for ax in lower)
         assert bottom_of_upper - top_of_lower <= title
-    assert "vit_tiny/16" in fig.get_suptitle() and "layer 0" in fig.get_suptitle()
+    assert "dino_vitt16" in fig.get_suptitle() and "layer 0" in fig.get_suptitle()
 
 
 def test_notebook_api_against_the_server(served: Served) -> None:
@@ -267,7 +267,7 @@ def test_notebook_api_against_the_server(served: Served) -> None:
 )
 def test_render_layers_grid_and_rollout_with_server_masks(dark_square, tmp_path: Path, options: dict, files: list[str]) -> None:
     image_path, _, _ = dark_square
-    service = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(-1.0), tmp_path / "dark.pth"))
+    service = create_service({"model": "dino_vitt16"}, save(brightness_seeking_state(-1.0), tmp_path / "dark.pth"))
     (reply,) = answer(service, [{"data": image_path.read_bytes(), "scale": "1", "upsample": "false", **options}])
     (tmp_path / "reply.json").write_bytes(reply.body)
     att = client.parse_response(orjson.loads(reply.body))

@@ -172,7 +172,7 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / f"{NAME}.mar") as mar:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert config["handler"] == {**config["handler"], "arch": "vit_tiny", "patch_size": 16, "weights": "random"}
+    assert config["handler"] == {**config["handler"], "model": "dino_vitt16", "weights": "random"}
     assert {"dino_handler.py", "dino_attention/service.py", "dino_attention/model/vit.py"} <= names
     assert not any(n.endswith(".pth") for n in names)
     # the archive ships only what the worker imports: unpacked alone, loading and serving imports every module

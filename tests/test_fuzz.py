@@ -44,7 +44,7 @@ options = st.dictionaries(st.sampled_from([*OPTION_NAMES, "bogus", "data"]), val
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
     torch.manual_seed(0)
-    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
+    config = ServiceConfig(model="dino_vitt16", weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
     return AttentionService(build_model(TINY, None), TINY, config)
 
 

@@ -23,7 +23,7 @@ def maps(service: AttentionService, data: bytes, precision: str) -> np.ndarray:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_gpu_matches_cpu(precision: str) -> None:
-    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="test")
+    config = ServiceConfig(model="dino_vitt16", weights="test")
     state = backbone_state(seed=2)
     cpu = AttentionService(build_model(TINY, state), TINY, config, "cpu")
     gpu = AttentionService(build_model(TINY, state), TINY, config, select_device(0))

@@ -32,13 +32,14 @@ def uniform() -> AttentionService:
     state = backbone_state(seed=3)
     state["blocks.11.attn.qkv.weight"][: TINY.embed_dim] = 0
     state["blocks.11.attn.qkv.bias"][: TINY.embed_dim] = 0
-    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="pinned.pth@sha256:0", short_side=32)
+    config = ServiceConfig(model="dino_vitt16", weights="pinned.pth@sha256:0", short_side=32)
     return AttentionService(build_model(TINY, state), TINY, config, precisions=PrecisionPlan.fp32_only())
 
 
-# Made by the code before the request path was split into codecs (commit 880fd4d), same inputs.
+# Made by the code before the request path was split into codecs (commit 880fd4d), same inputs; re-pinned
+# when "model" became the hub name (dino_vitt16, was vit_tiny): decoded, old and new bodies differ in that value only.
 PINNED = [
-    (({"body": PNG}, None), 200, "application/json", "607d6c8b4b84020ff388d92f8c4936efe13b481018dd19d72cfa6fb13f550906"),
+    (({"body": PNG}, None), 200, "application/json", "81934e6c0ea90ece46e88e78b93c94c2c2f54de1dc294a57689789fb4c67ffe3"),
     (
         ({"data": PNG, "heads": "0,2", "upsample": "false", "format": "npy"}, None),
         200,
@@ -49,15 +50,15 @@ PINNED = [
         ({"body": {"image": B64, "dtype": "float16", "format": "npz", "layer": -1}}, None),
         200,
         "application/x-npz",
-        "796e7018489e3b57a5c7d260e6100cf677d7a311d7f75da59a073c6f94b216af",
+        "bafd4de7789527df698ecfb311e28151b1e93c7480d56307f3f8fa6223796224",
     ),
-    (({"body": PNG}, "application/x-npz"), 200, "application/x-npz", "b0357b85d5819b82368b2061bad02b9eadc5927260934be1796525693cc34e49"),
+    (({"body": PNG}, "application/x-npz"), 200, "application/x-npz", "881dbacaa7759fb586c73c928995ac1ef56e0d67d05534f0ae4fbb5c7d9feb71"),
     (({"data": PNG, "layer": "99"}, None), 400, "application/json", "cea38f1d2589381a2409ccc47d32577a52a2dc445631a94b98a759ea335a9d34"),
     (
         ({"body": {"instances": [{"data": B64, "upsample": False}, B64]}}, None),
         200,
         "application/json",
-        "bb253a90b276f7ff684e9b6a4b808c5aeb30cb46886e2c77aedbee31c47f0b58",
+        "1f442bccd32d931ead2c1ca7fe413a84d8c39ff7c07a2a6b1736bbaabad866a0",
     ),
     (
         (
@@ -72,7 +73,7 @@ PINNED = [
         ),
         200,
         "application/json",
-        "c3c48f625858b9f74f7a34c2e557d75e88f9e0a50e0eb37327ca7aa5ccfc6fb3",
+        "220769cf024ad2e7bef0532271d27ac36acceea2bd6955c0ccd5a555ede14c62",
     ),
     (
         ({"body": {"instances": [{"data": "!!"}]}}, None),
@@ -82,7 +83,7 @@ PINNED = [
     ),
 ]
 PINNED_NPY_META = (
-    '{"model":"vit_tiny","patch_size":16,"layer":11,"num_heads":3,"heads":[0,2],"weights":"pinned.pth@sha256:0",'
+    '{"model":"dino_vitt16","patch_size":16,"layer":11,"num_heads":3,"heads":[0,2],"weights":"pinned.pth@sha256:0",'
     '"input_size":[48,64],"resized_size":[32,42],"image_size":[32,32],"grid":[2,2],"upsampled":false,'
     '"precision":"fp32","precision_requested":"fp32","dtype":"float32"}'
 )
@@ -170,14 +171,14 @@ def test_envelope_rows_answer_one_request(uniform: AttentionService) -> None:
 def test_initialize_from_the_context(tmp_path: Path) -> None:
     save(backbone_state(seed=1), tmp_path / "dino_backbone.pth")
     context = mock_context(
-        [{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"arch": "vit_tiny", "patch_size": 16}
+        [{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"model": "dino_vitt16"}
     )
     handler = DinoAttentionHandler()
     handler.initialize(context)
     assert handler.initialized and handler.service is not None
     assert handler.service.device == torch.device("cpu") and handler.service.config.weights.startswith("dino_backbone.pth@sha256:")
     (body,) = handler.handle([{"body": PNG}], context)
-    assert orjson.loads(body)["model"] == "vit_tiny"
+    assert orjson.loads(body)["model"] == "dino_vitt16"
 
 
 def binary_v2(document: dict, *elements: bytes) -> tuple[bytes, dict[str, str]]:

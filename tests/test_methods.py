@@ -31,7 +31,7 @@ def tiny() -> torch.nn.Module:
 
 
 def service_of(model: torch.nn.Module) -> AttentionService:
-    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="test", short_side=64)
+    config = ServiceConfig(model="dino_vitt16", weights="test", short_side=64)
     return AttentionService(model, TINY, config, precisions=PrecisionPlan.fp32_only())
 
 
@@ -59,7 +59,7 @@ def test_reference_follows_the_stated_definition(tiny) -> None:
     x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         blk = tiny.blocks[0]
-        weights, _ = blk.attn.explicit_weights(blk.norm1(tiny.prepare_tokens(x)))  # (1, heads, N, N)
+        weights, _ = blk.attn.explicit_weights(blk.norm1(tiny.prepare_tokens(x)[0]))  # (1, heads, N, N)
     fused, n = weights[0].max(dim=0).values.clone(), weights.shape[-1]  # (N, N), max fusion
     k = int(0.5 * (n - 1))
     for row in fused:

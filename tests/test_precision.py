@@ -127,7 +127,7 @@ def model() -> torch.nn.Module:
 
 def service_on(model: torch.nn.Module, cpu: CpuInfo, speedups: dict[str, float]) -> AttentionService:
     """The service as it decides on a machine with ``cpu`` (its own map-agreement check included)."""
-    config = ServiceConfig(arch="vit_tiny", patch_size=16, weights="test")
+    config = ServiceConfig(model="dino_vitt16", weights="test")
     plan = plan_precisions(CPU, lambda p: map_agreement(model, CPU, p), speed=forced_speed(cpu, speedups))
     return AttentionService(model, TINY, config, precisions=plan)
 
@@ -169,7 +169,7 @@ def test_bf16_machine_runs_bf16_for_auto(model: torch.nn.Module) -> None:
 
 def test_this_machine_decides_by_its_flags(model: torch.nn.Module) -> None:
     """On whatever CPU runs this: no flag, no bf16; the decision and the CPU are described."""
-    service = AttentionService(model, TINY, ServiceConfig(arch="vit_tiny", patch_size=16, weights="test"))
+    service = AttentionService(model, TINY, ServiceConfig(model="dino_vitt16", weights="test"))
     info = cpu_info()
     for precision in (BF16, FP16):
         if not info.has_any(CPU_FLAGS[precision]):

@@ -25,7 +25,7 @@ from .support.handler import answer
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
     model = build_model(TINY, backbone_state(seed=3))
-    return AttentionService(model, TINY, ServiceConfig(arch="vit_tiny", patch_size=16, weights="test.pth@sha256:0", short_side=64))
+    return AttentionService(model, TINY, ServiceConfig(model="dino_vitt16", weights="test.pth@sha256:0", short_side=64))
 
 
 def expected_maps(service: AttentionService, data: bytes, layer: int, **resize) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_response_schema_and_values(service: AttentionService) -> None:
     assert reply.status == 200 and reply.content_type == "application/json"
     doc = orjson.loads(reply.body)
     assert tuple(doc) == tuple(f for f in SCHEMA_FIELDS if f not in OPTIONAL_FIELDS)  # the JSON keys, in the schema's order
-    assert doc["model"] == "vit_tiny" and doc["patch_size"] == 16 and doc["layer"] == 11 and doc["num_heads"] == 3
+    assert doc["model"] == "dino_vitt16" and doc["patch_size"] == 16 and doc["layer"] == 11 and doc["num_heads"] == 3
     assert doc["weights"] == "test.pth@sha256:0" and doc["heads"] == [0, 1, 2] and doc["upsampled"] is True
     # short_side 64: 90x130 -> 64x92 -> crop to 64x80
     assert (doc["input_size"], doc["resized_size"], doc["image_size"], doc["grid"]) == ([90, 130], [64, 92], [64, 80], [4, 5])
@@ -93,7 +93,7 @@ def test_same_size_same_layer_share_one_forward(service: AttentionService, monke
 
 
 def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
-    svc = create_service({"arch": "vit_tiny", "patch_size": 16}, save(brightness_seeking_state(), tmp_path / "bright.pth"))
+    svc = create_service({"model": "dino_vitt16"}, save(brightness_seeking_state(), tmp_path / "bright.pth"))
     image = np.zeros((96, 160, 3), np.uint8)  # non-square, black
     top, left, side = 16, 96, 32  # off-centre bright square, patch-aligned
     image[top : top + side, left : left + side] = 255
@@ -111,7 +111,7 @@ def test_attention_peak_lies_on_bright_square(tmp_path: Path) -> None:
 
 def test_create_service_with_random_weights_warns(caplog) -> None:
     with caplog.at_level(logging.WARNING):
-        svc = create_service({"arch": "vit_tiny", "patch_size": 16, "weights": "random"}, None)
+        svc = create_service({"model": "dino_vitt16", "weights": "random"}, None)
     assert "RANDOM weights" in caplog.text
     (reply,) = answer(svc, [{"data": encode(random_rgb(32, 32)), "scale": "1"}])
     assert orjson.loads(reply.body)["weights"] == "random"
@@ -119,18 +119,19 @@ def test_create_service_with_random_weights_warns(caplog) -> None:
 
 def test_create_service_tags_weights_file(tmp_path: Path) -> None:
     path = save(backbone_state(), tmp_path / "tiny.pth")
-    svc = create_service({"arch": "vit_tiny", "patch_size": 16}, path)
+    svc = create_service({"model": "dino_vitt16"}, path)
     assert svc.config.weights.startswith("tiny.pth@sha256:")
 
 
 @pytest.mark.parametrize(
     "settings, weights, match",
     [
-        ({"arch": "vit_tiny", "patch_size": 16, "colour": 1}, "random", "unknown handler setting"),
-        ({"arch": "vit_tiny", "patch_size": "16"}, "random", "patch_size='16' must be int"),
-        ({"arch": "vit_tiny", "patch_size": 16, "max_tokens": 0}, "random", "max_tokens must be positive"),
-        ({"arch": "vit_giant", "patch_size": 16}, "random", "unknown architecture"),
-        ({"arch": "vit_tiny", "patch_size": 16}, "", "carries no weights"),
+        ({"model": "dino_vitt16", "colour": 1}, "random", "unknown handler setting"),
+        ({"model": 16}, "random", "model=16 must be str"),
+        ({"arch": "vit_tiny", "patch_size": 16}, "random", "unknown handler setting"),
+        ({"model": "dino_vitt16", "max_tokens": 0}, "random", "max_tokens must be positive"),
+        ({"model": "dinov2_vitg16"}, "random", "unknown model 'dinov2_vitg16'"),
+        ({"model": "dino_vitt16"}, "", "carries no weights"),
     ],
 )
 def test_bad_settings(settings, weights: str, match: str) -> None:
@@ -161,12 +162,12 @@ def test_bf16_maps_correlate_with_fp32(service: AttentionService, layer: int) ->
 
 
 def test_precision_default_comes_from_settings(tmp_path: Path) -> None:
-    svc = create_service({"arch": "vit_tiny", "patch_size": 16, "precision": "auto"}, save(backbone_state(), tmp_path / "w.pth"))
+    svc = create_service({"model": "dino_vitt16", "precision": "auto"}, save(backbone_state(), tmp_path / "w.pth"))
     (reply,) = answer(svc, [{"data": encode(random_rgb(32, 32)), "scale": "1"}])
     doc = orjson.loads(reply.body)
     assert doc["precision_requested"] == "auto" and doc["precision"] == svc.precisions.auto
     with pytest.raises(ConfigError, match="precision='fp8' must be one of"):
-        create_service({"arch": "vit_tiny", "patch_size": 16, "precision": "fp8", "weights": "random"}, None)
+        create_service({"model": "dino_vitt16", "precision": "fp8", "weights": "random"}, None)
 
 
 def test_binary_formats_keep_values_and_metadata(service: AttentionService) -> None:

@@ -48,9 +48,9 @@ def test_sdpa_block_equals_eager_block(tiny: VisionTransformer) -> None:
         torch.testing.assert_close(attn.cls_attention(blk.norm1(tokens), explicit=True), weights[:, :, 0])
 
 
-@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.archive_name)
+@pytest.mark.parametrize("variant", [v for v in all_variants() if v.family == "dino"], ids=lambda v: v.archive_name)
 def test_variant_dims_and_forward_shape(variant) -> None:
-    model = VisionTransformer.from_variant(variant)
+    model = VisionTransformer(variant)
     dims = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}[variant.arch]
     assert (model.cls_token.shape[-1], model.num_heads, model.depth) == (*dims, 12)
     assert model.pos_embed.shape == (1, 1 + (224 // variant.patch_size) ** 2, dims[0])
@@ -68,8 +68,9 @@ def test_pos_embed_interpolation_yields_exact_grid(tiny: VisionTransformer, grid
 
 
 def test_pos_embed_interpolation_is_bicubic_resize_of_stored_grid(tiny: VisionTransformer) -> None:
+    """DINO's resize: bicubic by the scale factors (grid + 0.1) / 14 (its historical offset), no antialias."""
     stored = tiny.pos_embed[:, 1:].reshape(1, 14, 14, 192).permute(0, 3, 1, 2)
-    expected = F.interpolate(stored, size=(5, 9), mode="bicubic", align_corners=False)
+    expected = F.interpolate(stored, scale_factor=(5.1 / 14, 9.1 / 14), mode="bicubic", align_corners=False)
     got = tiny.interpolate_pos_encoding(5, 9)[:, 1:].reshape(1, 5, 9, 192).permute(0, 3, 1, 2)
     torch.testing.assert_close(got, expected)
     assert tiny.interpolate_pos_encoding(14, 14) is tiny.pos_embed
@@ -101,8 +102,10 @@ def test_unpatchable_size_is_rejected(tiny: VisionTransformer) -> None:
 
 
 def test_unknown_variant() -> None:
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="choose a hub name"):
         get_variant("vit_huge", 8)
+    with pytest.raises(ValueError, match="has patch size 14"):
+        get_variant("dinov2_vits14", 16)
     with pytest.raises(ValueError, match="patch size"):
         get_variant("vit_small", 14)
 

@@ -22,8 +22,8 @@ from scripts.download import DownloadError, download, partial_path
 
 from .support.checkpoints import TINY, backbone_state, full_checkpoint, save
 
-TEST_CKPT = Checkpoint("dino_vittiny16_test", "vit_tiny", 16)
-TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "vit_tiny", 16, full=True)
+TEST_CKPT = Checkpoint("dino_vittiny16_test", "dino_vitt16", "dino_vittiny16_test")
+TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "dino_vitt16", "dino_vittiny16_test", full=True)
 
 
 @dataclass
@@ -91,7 +91,7 @@ def table(monkeypatch, server: FileServer, tmp_path_factory) -> dict[str, bytes]
     """Register tiny checkpoints in the table, served by ``server`` under DINO's URL layout."""
     monkeypatch.setitem(variants.CHECKPOINTS, TEST_CKPT.name, TEST_CKPT)
     monkeypatch.setitem(variants.CHECKPOINTS, TEST_FULL.name, TEST_FULL)
-    monkeypatch.setitem(variants.DEFAULT_CHECKPOINTS, ("vit_tiny", 16), TEST_CKPT.name)
+    monkeypatch.setitem(variants.DEFAULT_CHECKPOINTS, "dino_vitt16", TEST_CKPT.name)
     monkeypatch.setenv(variants.WEIGHTS_URL_ENV, server.url + "/dino/")
     root = tmp_path_factory.mktemp("ckpt")
     blobs = {
@@ -113,9 +113,9 @@ def test_url_layout_and_override(monkeypatch) -> None:
     monkeypatch.setenv(variants.WEIGHTS_URL_ENV, "http://mirror.local/dino")
     assert ckpt.url() == "http://mirror.local/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
     assert variants.get_checkpoint(variants.get_variant("vit_small", 8)).name == "dino_deitsmall8_300ep_pretrain"
-    with pytest.raises(ValueError, match="published no weights for vit_tiny/8"):
+    with pytest.raises(ValueError, match="no official weights for dino_vitt8"):
         variants.get_checkpoint(variants.get_variant("vit_tiny", 8))
-    with pytest.raises(ValueError, match="is a vit_base/16 checkpoint"):
+    with pytest.raises(ValueError, match="is a dino_vitb16 checkpoint, not dino_vits16"):
         variants.get_checkpoint(variants.get_variant("vit_small", 16), "dino_vitbase16_pretrain")
 
 
@@ -181,7 +181,7 @@ def test_recorded_hash_is_checked_later(table, tmp_path: Path) -> None:
 
 
 def test_404_names_url_manual_path_and_random(table, server: FileServer, tmp_path: Path, monkeypatch) -> None:
-    missing = Checkpoint("dino_vittiny16_missing", "vit_tiny", 16)
+    missing = Checkpoint("dino_vittiny16_missing", "dino_vitt16", "dino_vittiny16_missing")
     with pytest.raises(weights.WeightsError) as err:
         weights.fetch(TINY, missing, tmp_path)
     message = str(err.value)
@@ -204,7 +204,7 @@ def test_wrong_file_at_url_is_rejected_and_removed(table, server: FileServer, tm
         backbone_state(variants.get_variant("vit_tiny", 8)), tmp_path / "p8.pth"
     ).read_bytes()
     (tmp_path / "p8.pth").unlink()
-    with pytest.raises(weights.WeightsError, match="not a vit_tiny/16 checkpoint"):
+    with pytest.raises(weights.WeightsError, match="not the dino_vitt16 checkpoint"):
         weights.fetch(TINY, TEST_CKPT, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -233,7 +233,7 @@ def test_archive_a_named_cached_checkpoint(table, tmp_path: Path, caplog) -> Non
         )
         == 2
     )
-    assert "is a vit_tiny/16 checkpoint, not vit_small/8" in caplog.text
+    assert "is a dino_vitt16 checkpoint, not dino_vits8" in caplog.text
 
 
 def test_demo_fallback_without_cache(tmp_path: Path, caplog) -> None:

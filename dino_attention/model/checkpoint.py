@@ -1,10 +1,11 @@
-"""DINO checkpoints: read safely, filter to the backbone (a pure function), load strictly."""
+"""DINO, DINOv2 and DINOv3 checkpoints: read safely, filter to the backbone (a pure function), load strictly."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,8 @@ CHECKPOINT_KEYS: tuple[str, ...] = ("teacher", "student")
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
 # The projection head of MultiCropWrapper (DINOHead); the backbone does not use it.
 HEAD_PREFIX = "head."
+# DINOv2's training code groups blocks for FSDP (block_chunks): blocks.<chunk>.<index>. -> blocks.<index>.
+CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 RANDOM_WEIGHTS = "random"
 
 
@@ -48,9 +51,10 @@ def read_checkpoint(path: str | Path) -> Mapping[str, object]:
 def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
     """Backbone state_dict from any DINO layout; pure (the input is not modified).
 
-    Accepts a plain backbone state_dict, or a full training checkpoint whose ``checkpoint_key``
-    (default: ``teacher``, else ``student``) holds one. Strips ``module.`` and ``backbone.``
-    prefixes and drops the DINO projection head (``head.*``).
+    Accepts a plain backbone state_dict (the hub checkpoints of all three families), or a full
+    training checkpoint whose ``checkpoint_key`` (default: ``teacher``, else ``student``) holds one.
+    Strips ``module.`` and ``backbone.`` prefixes, un-chunks DINOv2's ``blocks.<chunk>.<i>.`` and
+    drops the DINO projection head (``head.*``).
     """
     keys = (checkpoint_key,) if checkpoint_key else CHECKPOINT_KEYS
     state = next((checkpoint[k] for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
@@ -66,6 +70,7 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
             key = key.removeprefix(prefix)
         if key.startswith(HEAD_PREFIX):
             continue
+        key = CHUNKED_BLOCK.sub(r"blocks.\1.", key)
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor; is this a state_dict?")
         out[key] = value
@@ -73,13 +78,21 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
 
 
 def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
-    """Best-effort 'embed_dim=384, patch=8' description, to say which variant a checkpoint is."""
+    """Best-effort 'embed_dim=384, patch=14, blocks=12, registers=4' description, to say which variant a checkpoint is."""
     parts = []
     if isinstance(state.get("cls_token"), torch.Tensor):
         parts.append(f"embed_dim={state['cls_token'].shape[-1]}")
     proj = state.get("patch_embed.proj.weight")
     if isinstance(proj, torch.Tensor) and proj.ndim == 4:
         parts.append(f"patch={proj.shape[-1]}")
+    blocks = {key.split(".")[1] for key in state if key.startswith("blocks.")}
+    if blocks:
+        parts.append(f"blocks={len(blocks)}")
+    for key, what in (("register_tokens", "registers (DINOv2)"), ("storage_tokens", "storage tokens (DINOv3)")):
+        if isinstance(state.get(key), torch.Tensor):
+            parts.append(f"{state[key].shape[1]} {what}")
+    if "rope_embed.periods" in state:
+        parts.append("RoPE (DINOv3)")
     return ", ".join(parts) or "unrecognised layout"
 
 
@@ -100,13 +113,13 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
             f"  shape mismatches ({len(shapes)}): {shapes}\n"
-            "Pick the MODEL/PATCH the checkpoint was trained with, or another checkpoint."
+            "Pick the MODEL the checkpoint was trained with (e.g. MODEL=dinov2_vits14_reg), or another checkpoint."
         )
 
 
 def build_model(variant: Variant, state: Mapping[str, torch.Tensor] | None) -> VisionTransformer:
-    """The variant's network in eval mode; ``state=None`` keeps DINO's random initialisation."""
-    model = VisionTransformer.from_variant(variant)
+    """The variant's network in eval mode; ``state=None`` keeps the random initialisation."""
+    model = VisionTransformer(variant)
     if state is not None:
         check_state_dict(model, state)
         model.load_state_dict(state, strict=True)

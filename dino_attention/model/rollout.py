@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema, 2020), exact and in memory linear in the number of tokens.
 
 Definition, per block b = 0..L (L: the requested layer), with A_b the (heads, N, N) softmax attention
-over all N tokens ([CLS] first):
+over all N tokens ([CLS] first, then any register/storage tokens, then the patches):
 
 1. fuse the heads: F_b = mean, max or min over heads (``head_fusion``), (N, N);
 2. discard (``discard_ratio`` r in [0, 1)): in every row i of F_b, the k = floor(r * (N - 1))
@@ -87,12 +87,12 @@ def cls_rollout(
     """
     layer = resolve_layer(layer, model.depth)
     blocks = cast(list[Block], model.blocks)
-    tokens = model.prepare_tokens(x)
+    tokens, rope = model.prepare_tokens(x)
     kept: QKStore = []  # per block below ``layer``: the queries and keys its forward used, O(N) each
     for blk in blocks[:layer]:
-        tokens = blk(tokens, keep=kept)
+        tokens = blk(tokens, rope, keep=kept)
     top = blocks[layer]
-    q, k = top.attn.queries_keys(top.norm1(tokens))  # the top block never runs forward: project here
+    q, k = top.attn.queries_keys(top.norm1(tokens), rope)  # the top block never runs forward: project here
     kept.append((q.contiguous(), k.transpose(-2, -1).contiguous()))
     B, N, _ = tokens.shape
     v = torch.zeros(B, N, dtype=torch.float32, device=x.device)  # (B, N)
@@ -117,13 +117,13 @@ def rollout_reference(
     blocks 0..layer, explicitly multiplied. (B, 3, H, W) -> (B, 1 + N). O(N^2) memory, O(N^3) time."""
     layer = resolve_layer(layer, model.depth)
     blocks = cast(list[Block], model.blocks)
-    tokens = model.prepare_tokens(x)
+    tokens, rope = model.prepare_tokens(x)
     B, N, _ = tokens.shape
     product = torch.eye(N).expand(B, N, N)  # (B, N, N)
     for index, blk in enumerate(blocks[: layer + 1]):
-        weights, _ = blk.attn.explicit_weights(blk.norm1(tokens))  # (B, heads, N, N)
+        weights, _ = blk.attn.explicit_weights(blk.norm1(tokens), rope)  # (B, heads, N, N)
         fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + torch.eye(N)  # (B, N, N)
         product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_index ... Â_0
         if index < layer:
-            tokens = blk(tokens, explicit=True)
+            tokens = blk(tokens, rope, explicit=True)
     return product[:, 0]

@@ -1,71 +1,235 @@
-"""The one table of model variants, official checkpoints and constants. Nothing here is re-typed elsewhere."""
+"""The one table of model variants, official checkpoints and constants. Nothing here is re-typed elsewhere.
+
+Three families, each named as its torch.hub entry point:
+
+* DINO (Caron et al. 2021): ``dino_vits8`` ... learned position embedding on a 224/p grid.
+* DINOv2 (Oquab et al. 2023): ``dinov2_vits14`` ... LayerScale, a 518/14 = 37x37 position grid,
+  ViT-g with a SwiGLU FFN; ``_reg`` variants add 4 register tokens (Darcet et al. 2024).
+* DINOv3 (Simeoni et al. 2025): ``dinov3_vits16`` ... no position embedding but RoPE on the patch
+  tokens, 4 storage tokens, a masked key bias, LayerScale; ViT-S+ with a SwiGLU FFN.
+
+The architecture facts come from the official code (facebookresearch/dino, dinov2 ``hub/backbones.py``
+and dinov3 ``hub/backbones.py``); tests freeze the resulting state_dict layouts.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# DINO's checkpoints were trained at 224x224; the stored position embedding is that grid.
-PRETRAIN_IMG_SIZE = 224
-DEPTH = 12
-MLP_RATIO = 4.0
-LAYER_NORM_EPS = 1e-6
-PATCH_SIZES: tuple[int, ...] = (8, 16)
-
 
 @dataclass(frozen=True)
-class Arch:
-    """Width of one ViT family member; DINO's depth/MLP ratio/eps are shared."""
+class Family:
+    """Facts shared by every model of one family."""
 
-    embed_dim: int
-    num_heads: int
-    hub_prefix: str  # DINO torch.hub naming: dino_vits8, dino_vitb16, ...
+    name: str  # dino, dinov2, dinov3
+    title: str
+    register_key: str  # state_dict name of the extra tokens after [CLS] ("" if the family has none)
+    licence: str
+    licence_url: str
+    weights_url: str  # official download base
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # preprocessing (LVD-1689M DINOv3 weights use ImageNet's too)
+    std: tuple[float, float, float] = IMAGENET_STD
+    gated: str = ""  # how to obtain weights that cannot be downloaded anonymously
 
 
-ARCHS: dict[str, Arch] = {
-    "vit_tiny": Arch(embed_dim=192, num_heads=3, hub_prefix="dino_vitt"),
-    "vit_small": Arch(embed_dim=384, num_heads=6, hub_prefix="dino_vits"),
-    "vit_base": Arch(embed_dim=768, num_heads=12, hub_prefix="dino_vitb"),
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "dino",
+            "DINO",
+            "",
+            "Apache-2.0",
+            "https://github.com/facebookresearch/dino/blob/main/LICENSE",
+            "https://dl.fbaipublicfiles.com/dino",
+        ),
+        Family(
+            "dinov2",
+            "DINOv2",
+            "register_tokens",
+            "Apache-2.0",
+            "https://github.com/facebookresearch/dinov2/blob/main/LICENSE",
+            "https://dl.fbaipublicfiles.com/dinov2",
+        ),
+        Family(
+            "dinov3",
+            "DINOv3",
+            "storage_tokens",
+            "DINOv3 License",
+            "https://github.com/facebookresearch/dinov3/blob/main/LICENSE.md",
+            "https://dl.fbaipublicfiles.com/dinov3",
+            gated=(
+                "DINOv3 weights are gated: request access with Meta's form at "
+                "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ , download {filename} "
+                "with the link Meta emails you, then pass the file: make archive MODEL={model} WEIGHTS=path/to/{filename} "
+                "(or set $DINO_WEIGHTS_URL to a mirror that serves {folder}/{filename})"
+            ),
+        ),
+    )
 }
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A concrete model: architecture x patch size, with its preprocessing constants."""
+    """A concrete model: its architecture, tokens, position encoding and preprocessing."""
 
-    arch: str  # key of ARCHS, e.g. vit_small
+    name: str  # torch.hub name, e.g. dino_vits8, dinov2_vits14_reg, dinov3_vits16: archive and URL name
+    family: str  # key of FAMILIES
+    arch: str  # size class: vit_tiny, vit_small, vit_small_plus, vit_base, vit_large, vit_giant2
     patch_size: int
     embed_dim: int
+    depth: int
     num_heads: int
-    depth: int = DEPTH
-    mlp_ratio: float = MLP_RATIO
-    eps: float = LAYER_NORM_EPS
-    pretrain_img_size: int = PRETRAIN_IMG_SIZE
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mlp_ratio: float = 4.0
+    ffn: str = "mlp"  # mlp (fc1/fc2), swiglu_fused (DINOv2: w12/w3) or swiglu (DINOv3: w1/w2/w3)
+    eps: float = 1e-6  # LayerNorm epsilon
+    layerscale_init: float | None = None  # LayerScale (ls1/ls2.gamma) and its init value; None: none
+    num_registers: int = 0  # register (DINOv2) / storage (DINOv3) tokens after [CLS]
+    pretrain_img_size: int = 224  # the stored position grid is pretrain_img_size / patch_size (learned positions)
+    interpolate_offset: float = 0.1  # position-grid resize: scale factor (grid + offset) / stored grid; 0: size=
+    interpolate_antialias: bool = False
+    rope_base: float | None = None  # RoPE instead of a position embedding (DINOv3): period base
+    mask_k_bias: bool = False  # qkv bias multiplied by a stored bias_mask (DINOv3 zeroes the key bias)
 
     @property
     def archive_name(self) -> str:
-        """DINO hub-style name, e.g. ``dino_vits8``; used for the .mar and the URL."""
-        return f"{ARCHS[self.arch].hub_prefix}{self.patch_size}"
+        """The .mar and URL name: the torch.hub name."""
+        return self.name
 
     @property
     def pretrain_grid(self) -> int:
-        """Side of the position-embedding grid stored in the checkpoint (224 / patch)."""
+        """Side of the position-embedding grid stored in the checkpoint (224 / patch, or 518 / 14)."""
         return self.pretrain_img_size // self.patch_size
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: [CLS] and the registers."""
+        return 1 + self.num_registers
 
-def get_variant(name: str, patch_size: int) -> Variant:
-    """Look up a variant; raise ``ValueError`` naming the valid choices."""
-    if name not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(ARCHS)}")
-    if patch_size not in PATCH_SIZES:
-        raise ValueError(f"unsupported patch size {patch_size!r}; choose one of {list(PATCH_SIZES)}")
-    arch = ARCHS[name]
-    return Variant(arch=name, patch_size=patch_size, embed_dim=arch.embed_dim, num_heads=arch.num_heads)
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return FAMILIES[self.family].mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return FAMILIES[self.family].std
+
+    @property
+    def register_key(self) -> str:
+        return FAMILIES[self.family].register_key if self.num_registers else ""
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Hidden width of the FFN as the official code computes it (SwiGLU: 2/3 of it, aligned to 8)."""
+        hidden = int(self.embed_dim * self.mlp_ratio)
+        if self.ffn == "swiglu_fused":
+            return (int(hidden * 2 / 3) + 7) // 8 * 8
+        if self.ffn == "swiglu":
+            d = int(hidden * 2 / 3)
+            return d + (-d % 8)
+        return hidden
+
+
+# DINO (v1) sizes: name -> (embed_dim, heads, hub letter); depth 12, patch 8 or 16.
+DINO_ARCHS: dict[str, tuple[int, int, str]] = {
+    "vit_tiny": (192, 3, "t"),
+    "vit_small": (384, 6, "s"),
+    "vit_base": (768, 12, "b"),
+}
+DINO_PATCH_SIZES: tuple[int, ...] = (8, 16)
+DEFAULT_DINO_PATCH = 8
+# DINOv2 / DINOv3 sizes: name -> (embed_dim, depth, heads, hub letters).
+V2_ARCHS: dict[str, tuple[int, int, int, str]] = {
+    "vit_small": (384, 12, 6, "s"),
+    "vit_base": (768, 12, 12, "b"),
+    "vit_large": (1024, 24, 16, "l"),
+    "vit_giant2": (1536, 40, 24, "g"),
+}
+V3_ARCHS: dict[str, tuple[int, int, int, str, float, str]] = {  # + mlp ratio, ffn
+    "vit_small": (384, 12, 6, "s", 4.0, "mlp"),
+    "vit_small_plus": (384, 12, 6, "s16plus", 6.0, "swiglu"),
+    "vit_base": (768, 12, 12, "b", 4.0, "mlp"),
+    "vit_large": (1024, 24, 16, "l", 4.0, "mlp"),
+}
+
+
+def _dino(arch: str, patch: int) -> Variant:
+    dim, heads, letter = DINO_ARCHS[arch]
+    return Variant(f"dino_vit{letter}{patch}", "dino", arch, patch, dim, 12, heads)
+
+
+def _dinov2(arch: str, registers: bool) -> Variant:
+    dim, depth, heads, letter = V2_ARCHS[arch]
+    return Variant(
+        f"dinov2_vit{letter}14" + ("_reg" if registers else ""),
+        "dinov2",
+        arch,
+        14,
+        dim,
+        depth,
+        heads,
+        ffn="swiglu_fused" if arch == "vit_giant2" else "mlp",
+        layerscale_init=1.0,
+        num_registers=4 if registers else 0,
+        pretrain_img_size=518,
+        # The register models resize the position grid to an explicit size, antialiased (dinov2 hub).
+        interpolate_offset=0.0 if registers else 0.1,
+        interpolate_antialias=registers,
+    )
+
+
+def _dinov3(arch: str) -> Variant:
+    dim, depth, heads, letters, mlp_ratio, ffn = V3_ARCHS[arch]
+    name = f"dinov3_vit{letters}" if letters.endswith("plus") else f"dinov3_vit{letters}16"
+    return Variant(
+        name,
+        "dinov3",
+        arch,
+        16,
+        dim,
+        depth,
+        heads,
+        mlp_ratio=mlp_ratio,
+        ffn=ffn,
+        eps=1e-5,
+        layerscale_init=1e-5,
+        num_registers=4,
+        rope_base=100.0,
+        mask_k_bias=True,
+    )
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        *(_dino(arch, patch) for arch in DINO_ARCHS for patch in DINO_PATCH_SIZES),
+        *(_dinov2(arch, registers) for registers in (False, True) for arch in V2_ARCHS),
+        *(_dinov3(arch) for arch in V3_ARCHS),
+    )
+}
+
+
+def get_variant(name: str, patch_size: int | None = None) -> Variant:
+    """The variant of a hub name (``dinov2_vits14_reg``), or of DINO's ``vit_small`` + patch 8/16.
+
+    ``patch_size`` with a hub name must agree with it. ``ValueError`` names the valid choices.
+    """
+    if name in VARIANTS:
+        variant = VARIANTS[name]
+        if patch_size is not None and patch_size != variant.patch_size:
+            raise ValueError(f"{name} has patch size {variant.patch_size}, not {patch_size}: leave PATCH out for hub names")
+        return variant
+    if name in DINO_ARCHS:
+        patch_size = patch_size or DEFAULT_DINO_PATCH
+        if patch_size not in DINO_PATCH_SIZES:
+            raise ValueError(f"unsupported patch size {patch_size!r} for DINO's {name}; choose one of {list(DINO_PATCH_SIZES)}")
+        return VARIANTS[f"dino_vit{DINO_ARCHS[name][2]}{patch_size}"]
+    raise ValueError(f"unknown model {name!r}; choose a hub name {sorted(VARIANTS)} or DINO's {sorted(DINO_ARCHS)} with PATCH=8|16")
 
 
 def resolve_layer(layer: int | None, depth: int) -> int:
@@ -78,22 +242,23 @@ def resolve_layer(layer: int | None, depth: int) -> int:
 
 
 def all_variants() -> list[Variant]:
-    """Every (architecture, patch size) pair, in table order."""
-    return [get_variant(name, p) for name in ARCHS for p in PATCH_SIZES]
+    """Every variant, in table order."""
+    return list(VARIANTS.values())
 
 
-# Official DINO checkpoints (https://github.com/facebookresearch/dino#pretrained-models).
-DINO_BASE_URL = "https://dl.fbaipublicfiles.com/dino/"
-WEIGHTS_URL_ENV = "DINO_WEIGHTS_URL"  # overrides DINO_BASE_URL: a mirror or an air-gapped file server
+# Official checkpoints. DINO: https://github.com/facebookresearch/dino#pretrained-models ; DINOv2:
+# dinov2/hub/backbones.py (<base>/<model>/<model>[_reg4]_pretrain.pth); DINOv3: dinov3/hub/backbones.py.
+WEIGHTS_URL_ENV = "DINO_WEIGHTS_URL"  # overrides every family's base: a mirror or an air-gapped file server
+_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})$")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One downloadable DINO checkpoint. ``size``/``sha256`` are None where not published."""
+    """One official checkpoint. ``size``/``sha256`` are None where not published."""
 
-    name: str  # e.g. dino_deitsmall8_300ep_pretrain
-    arch: str
-    patch_size: int
+    name: str  # file name without .pth, e.g. dino_deitsmall8_300ep_pretrain, dinov2_vits14_reg4_pretrain
+    model: str  # key of VARIANTS
+    folder: str  # directory under the family's base URL
     full: bool = False  # a training checkpoint (teacher/student), not a plain backbone
     size: int | None = None
     sha256: str | None = None
@@ -102,47 +267,81 @@ class Checkpoint:
     def filename(self) -> str:
         return f"{self.name}.pth"
 
+    @property
+    def family(self) -> Family:
+        return FAMILIES[VARIANTS[self.model].family]
+
+    @property
+    def hash_prefix(self) -> str | None:
+        """The sha256 prefix in the file name (torch.hub's ``-<hash>.pth`` convention), if any."""
+        match = _HASH_SUFFIX.search(self.name)
+        return match.group(1) if match else None
+
     def url(self, base: str | None = None) -> str:
-        """Download URL under ``base`` (default: $DINO_WEIGHTS_URL, else DINO's public base)."""
-        base = base or os.environ.get(WEIGHTS_URL_ENV) or DINO_BASE_URL
-        folder = self.name.removesuffix("_full_checkpoint")
-        return f"{base.rstrip('/')}/{folder}/{self.filename}"
+        """Download URL under ``base`` (default: $DINO_WEIGHTS_URL, else the family's public base)."""
+        base = base or os.environ.get(WEIGHTS_URL_ENV) or self.family.weights_url
+        return f"{base.rstrip('/')}/{self.folder}/{self.filename}"
+
+    def gated_message(self) -> str:
+        """How to obtain this checkpoint if it cannot be downloaded anonymously, else ''."""
+        template = self.family.gated
+        return template.format(filename=self.filename, model=self.model, folder=self.folder) if template else ""
 
 
-def _pair(folder: str, model: str, patch: int) -> tuple[Checkpoint, Checkpoint]:
-    return Checkpoint(folder, model, patch), Checkpoint(f"{folder}_full_checkpoint", model, patch, full=True)
+def _dino_pair(folder: str, model: str) -> tuple[Checkpoint, Checkpoint]:
+    return Checkpoint(folder, model, folder), Checkpoint(f"{folder}_full_checkpoint", model, folder, full=True)
+
+
+def _dinov2_checkpoint(model: str) -> Checkpoint:
+    base = model.removesuffix("_reg")
+    return Checkpoint(f"{base}_reg4_pretrain" if model.endswith("_reg") else f"{base}_pretrain", model, base)
+
+
+def _dinov3_checkpoint(model: str, hash_prefix: str) -> Checkpoint:
+    return Checkpoint(f"{model}_pretrain_lvd1689m-{hash_prefix}", model, model)
 
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     c.name: c
     for c in (
-        *_pair("dino_deitsmall16_pretrain", "vit_small", 16),
-        *_pair("dino_deitsmall8_300ep_pretrain", "vit_small", 8),  # DINO's paper figures
-        *_pair("dino_deitsmall8_pretrain", "vit_small", 8),
-        *_pair("dino_vitbase16_pretrain", "vit_base", 16),
-        *_pair("dino_vitbase8_pretrain", "vit_base", 8),
+        *_dino_pair("dino_deitsmall16_pretrain", "dino_vits16"),
+        *_dino_pair("dino_deitsmall8_300ep_pretrain", "dino_vits8"),  # DINO's paper figures
+        *_dino_pair("dino_deitsmall8_pretrain", "dino_vits8"),
+        *_dino_pair("dino_vitbase16_pretrain", "dino_vitb16"),
+        *_dino_pair("dino_vitbase8_pretrain", "dino_vitb8"),
+        *(_dinov2_checkpoint(v.name) for v in VARIANTS.values() if v.family == "dinov2"),
+        _dinov3_checkpoint("dinov3_vits16", "08c60483"),
+        _dinov3_checkpoint("dinov3_vits16plus", "4057cbaa"),
+        _dinov3_checkpoint("dinov3_vitb16", "73cec8be"),
+        _dinov3_checkpoint("dinov3_vitl16", "8aa4cbdd"),
     )
 }
-DEFAULT_CHECKPOINTS: dict[tuple[str, int], str] = {
-    ("vit_small", 16): "dino_deitsmall16_pretrain",
-    ("vit_small", 8): "dino_deitsmall8_300ep_pretrain",
-    ("vit_base", 16): "dino_vitbase16_pretrain",
-    ("vit_base", 8): "dino_vitbase8_pretrain",
+DEFAULT_CHECKPOINTS: dict[str, str] = {
+    "dino_vits16": "dino_deitsmall16_pretrain",
+    "dino_vits8": "dino_deitsmall8_300ep_pretrain",
+    "dino_vitb16": "dino_vitbase16_pretrain",
+    "dino_vitb8": "dino_vitbase8_pretrain",
+    **{c.model: c.name for c in CHECKPOINTS.values() if c.family.name != "dino"},
 }
 
 
 def get_checkpoint(variant: Variant, name: str | None = None) -> Checkpoint:
     """The named checkpoint (checked against the variant) or the variant's default one."""
     if name is None:
-        if (variant.arch, variant.patch_size) not in DEFAULT_CHECKPOINTS:
+        if variant.name not in DEFAULT_CHECKPOINTS:
             raise ValueError(
-                f"DINO published no weights for {variant.arch}/{variant.patch_size}; "
-                f"available: {sorted(DEFAULT_CHECKPOINTS)}. Use WEIGHTS=path/to/your.pth or WEIGHTS=random"
+                f"no official weights for {variant.name}; available: {sorted(DEFAULT_CHECKPOINTS)}. "
+                "Use WEIGHTS=path/to/your.pth or WEIGHTS=random"
             )
-        name = DEFAULT_CHECKPOINTS[(variant.arch, variant.patch_size)]
+        name = DEFAULT_CHECKPOINTS[variant.name]
     if name not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {name!r}; choose one of {sorted(CHECKPOINTS)}")
     checkpoint = CHECKPOINTS[name]
-    if (checkpoint.arch, checkpoint.patch_size) != (variant.arch, variant.patch_size):
-        raise ValueError(f"{name} is a {checkpoint.arch}/{checkpoint.patch_size} checkpoint, not {variant.arch}/{variant.patch_size}")
+    if checkpoint.model != variant.name:
+        raise ValueError(f"{name} is a {checkpoint.model} checkpoint, not {variant.name}")
     return checkpoint
+
+
+def official_checkpoint(filename: str) -> Checkpoint | None:
+    """The official checkpoint a file name is, if it is one (to verify the hash in its name)."""
+    return next((c for c in CHECKPOINTS.values() if c.filename == filename), None)

@@ -1,8 +1,9 @@
-"""DINO's Vision Transformer (inference only), with a fast path for [CLS] attention.
+"""The DINO-family Vision Transformer (inference only), with a fast path for [CLS] attention.
 
-state_dict keys are identical to DINO's ``vision_transformer.py`` so its checkpoints load with
-``strict=True``. Dropout and stochastic depth are omitted: they hold no parameters and do nothing
-at inference.
+One module builds DINO, DINOv2 (with and without registers) and DINOv3 backbones from their row in
+``variants.py``; state_dict keys are identical to the official code's, so official checkpoints
+load with ``strict=True``. Dropout and stochastic depth are omitted: they hold no parameters and
+do nothing at inference. Tokens are ``[CLS], registers (DINOv2 _reg) / storage (DINOv3), patches``.
 
 Attention path, decided once here:
 * blocks before the requested layer run ``F.scaled_dot_product_attention`` (fused, no N x N tensor
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .position import Rope, RopePositionEmbedding, apply_rope, resize_pos_embed
 from .variants import Variant, resolve_layer
 
 QKStore = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (scaled queries, transposed keys)
@@ -75,196 +77,261 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class SwiGLUFused(nn.Module):
+    """DINOv2 ViT-g's FFN: one projection ``w12`` to both halves, silu(x1) * x2, then ``w3``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w12 = nn.Linear(dim, 2 * hidden_dim)
+        self.w3 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class SwiGLU(nn.Module):
+    """DINOv3's SwiGLU FFN (ViT-S+): separate ``w1``, ``w2``, then ``w3``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim)
+        self.w2 = nn.Linear(dim, hidden_dim)
+        self.w3 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu_fused": SwiGLUFused, "swiglu": SwiGLU}
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (DINOv2, DINOv3): x * gamma."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class MaskedBiasLinear(nn.Linear):
+    """DINOv3's qkv projection: its bias is multiplied by a stored ``bias_mask`` (zero on the keys)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        mask = torch.ones(out_features)
+        mask[out_features // 3 : 2 * out_features // 3] = 0.0  # the key third, as the official init
+        self.register_buffer("bias_mask", mask, persistent=True)
+        self.bias_mask: torch.Tensor
+
+    @property
+    def effective_bias(self) -> torch.Tensor:
+        return self.bias * self.bias_mask.to(self.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.effective_bias)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    """Multi-head self-attention; ``rope`` (DINOv3) rotates the patch tokens' queries and keys."""
+
+    def __init__(self, dim: int, num_heads: int, mask_k_bias: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = MaskedBiasLinear(dim, dim * 3) if mask_k_bias else nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, N, d)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
-        return q, k, v
+        return apply_rope(q, rope), apply_rope(k, rope), v
 
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """One of the qkv projections (0: queries, 1: keys, 2: values): (B, N, C) -> (B, heads, N, d)."""
         weight = self.qkv.weight.chunk(3)[part]  # (C, C)
-        bias = None if self.qkv.bias is None else self.qkv.bias.chunk(3)[part]
-        return self._split_heads(F.linear(x, weight, bias))
+        bias = self.qkv.effective_bias if isinstance(self.qkv, MaskedBiasLinear) else self.qkv.bias
+        return self._split_heads(F.linear(x, weight, bias.chunk(3)[part]))
 
-    def queries_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries_keys(self, x: torch.Tensor, rope: Rope | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled queries and keys, each (B, heads, N, d): ``q @ k^T`` are the attention logits."""
-        return self._project(x, 0) * self.scale, self._project(x, 1)
+        return apply_rope(self._project(x, 0), rope) * self.scale, apply_rope(self._project(x, 1), rope)
 
-    def explicit_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def explicit_weights(self, x: torch.Tensor, rope: Rope | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference maths: the full softmax matrix (B, heads, N, N) and the values (B, heads, N, d)."""
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, rope)
         return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1), v
 
-    def forward(self, x: torch.Tensor, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
         """``keep``: a list to append (scaled queries, transposed keys) to, (B, heads, N, d) and
         (B, heads, d, N), for a later pass over this block's attention (rollout)."""
         B, N, C = x.shape
         if explicit:
-            weights, v = self.explicit_weights(x)
+            weights, v = self.explicit_weights(x, rope)
             x = weights @ v  # (B, heads, N, d)
         else:
-            q, k, v = self._qkv(x)
+            q, k, v = self._qkv(x, rope)
             if keep is not None:
                 keep.append(((q * self.scale).contiguous(), k.transpose(-2, -1).contiguous()))
             x = attend(q, k, v)  # (B, heads, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
-    def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    def cls_attention(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False) -> torch.Tensor:
         """Softmax attention of the [CLS] query (token 0) over all N tokens: (B, N, C) -> (B, heads, N).
 
         Only the CLS query and the keys are projected (no values, no N x N scores), unless ``explicit``.
+        [CLS] is a prefix token, so RoPE leaves its query as it is.
         """
         if explicit:
-            return self.explicit_weights(x)[0][:, :, 0]  # the CLS row of (B, heads, N, N)
+            return self.explicit_weights(x, rope)[0][:, :, 0]  # the CLS row of (B, heads, N, N)
         q = self._project(x[:, :1], 0)  # (B, heads, 1, d)
-        k = self._project(x, 1)  # (B, heads, N, d)
+        k = apply_rope(self._project(x, 1), rope)  # (B, heads, N, d)
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
         return logits.float().softmax(dim=-1).squeeze(2)  # (B, heads, N), fp32 even under bf16
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float) -> None:
+    def __init__(self, variant: Variant) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        dim = variant.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=variant.eps)
+        self.attn = Attention(dim, variant.num_heads, variant.mask_k_bias)
+        scale = variant.layerscale_init
+        self.ls1 = LayerScale(dim, scale) if scale is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=variant.eps)
+        self.mlp = FFNS[variant.ffn](dim, variant.ffn_hidden)
+        self.ls2 = LayerScale(dim, scale) if scale is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), explicit, keep)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), rope, explicit, keep))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
-    def cls_attention(self, x: torch.Tensor, explicit: bool = False) -> torch.Tensor:
+    def cls_attention(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False) -> torch.Tensor:
         """(B, N, C) -> (B, heads, N): this block's [CLS] attention row."""
-        return self.attn.cls_attention(self.norm1(x), explicit)
+        return self.attn.cls_attention(self.norm1(x), rope, explicit)
 
 
 class VisionTransformer(nn.Module):
-    """DINO ViT backbone (no classification head)."""
+    """A DINO, DINOv2 or DINOv3 backbone (no head), as its ``Variant`` describes it."""
 
-    def __init__(
-        self,
-        patch_size: int = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        eps: float = 1e-6,
-        pretrain_grid: int = 14,
-    ) -> None:
+    def __init__(self, variant: Variant) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.num_heads = num_heads
-        self.pretrain_grid = pretrain_grid
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pretrain_grid**2, embed_dim))
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, eps) for _ in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=eps)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        dim = variant.embed_dim
+        self.variant = variant
+        self.patch_size = variant.patch_size
+        self.num_heads = variant.num_heads
+        self.num_prefix_tokens = variant.num_prefix_tokens
+        self.patch_embed = PatchEmbed(variant.patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed: nn.Parameter | None = None
+        self.rope_embed: RopePositionEmbedding | None = None
+        if variant.rope_base is None:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + variant.pretrain_grid**2, dim))
+        else:
+            self.rope_embed = RopePositionEmbedding(dim // variant.num_heads, variant.rope_base)
+        if variant.num_registers:  # named as the family names them: register_tokens or storage_tokens
+            self.register_parameter(variant.register_key, nn.Parameter(torch.zeros(1, variant.num_registers, dim)))
+        if variant.family != "dino":
+            self.mask_token = nn.Parameter(torch.zeros(1, dim))  # in the official checkpoints; unused at inference
+        self.blocks = nn.ModuleList(Block(variant) for _ in range(variant.depth))
+        self.norm = nn.LayerNorm(dim, eps=variant.eps)
+        for parameter in (self.pos_embed, self.cls_token, self.registers if variant.num_registers else None):
+            if parameter is not None:
+                nn.init.trunc_normal_(parameter, std=0.02)
         self.apply(_init_weights)
-
-    @classmethod
-    def from_variant(cls, variant: Variant) -> VisionTransformer:
-        return cls(
-            patch_size=variant.patch_size,
-            embed_dim=variant.embed_dim,
-            depth=variant.depth,
-            num_heads=variant.num_heads,
-            mlp_ratio=variant.mlp_ratio,
-            eps=variant.eps,
-            pretrain_grid=variant.pretrain_grid,
-        )
 
     @property
     def depth(self) -> int:
         return len(self.blocks)
 
+    @property
+    def registers(self) -> torch.Tensor:
+        """The register/storage tokens, (1, R, C); (1, 0, C) for a model without them."""
+        if not self.variant.num_registers:
+            return self.cls_token[:, :0]
+        return cast(torch.Tensor, getattr(self, self.variant.register_key))
+
     def interpolate_pos_encoding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """Position embedding for a (grid_h, grid_w) patch grid: (1, 1 + grid_h * grid_w, C).
+        """Learned position embedding for a (grid_h, grid_w) patch grid: (1, 1 + grid_h * grid_w, C)."""
+        if self.pos_embed is None:
+            raise ValueError(f"{self.variant.name} has no position embedding (it uses RoPE)")
+        v = self.variant
+        return resize_pos_embed(self.pos_embed, grid_h, grid_w, v.interpolate_offset, v.interpolate_antialias)
 
-        Bicubic resize of the stored square grid with ``size=`` so the result is exactly the
-        requested grid for every size, square or not.
+    def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, Rope | None]:
+        """(B, 3, H, W) image batch -> tokens (B, 1 + R + H/p * W/p, C), [CLS] then R registers then
+        the patches, with their positions; and the patches' RoPE (DINOv3) or None.
+
+        Learned positions are added to [CLS] and the patches; the registers come after, without one
+        (DINOv2). DINOv3's positions are the rotations its blocks apply.
         """
-        if (grid_h, grid_w) == (self.pretrain_grid, self.pretrain_grid):
-            return self.pos_embed
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]  # (1, 1, C), (1, g*g, C)
-        g, dim = self.pretrain_grid, self.pos_embed.shape[-1]
-        patch_pos = patch_pos.reshape(1, g, g, dim).permute(0, 3, 1, 2)  # (1, C, g, g)
-        patch_pos = F.interpolate(patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)  # (1, h*w, C)
-        return torch.cat((cls_pos, patch_pos), dim=1)
-
-    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) image batch -> (B, 1 + H/p * W/p, C) tokens with [CLS] and positions."""
         B, _, H, W = x.shape
         p = self.patch_size
         if H % p or W % p:
             raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}; crop it first")
-        tokens = self.patch_embed(x)  # (B, N, C)
-        tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)  # (B, 1 + N, C)
-        return tokens + self.interpolate_pos_encoding(H // p, W // p)
+        patches = self.patch_embed(x)  # (B, n, C)
+        cls = self.cls_token.expand(B, -1, -1)  # (B, 1, C)
+        if self.pos_embed is not None:
+            pos = self.interpolate_pos_encoding(H // p, W // p)  # (1, 1 + n, C)
+            cls, patches = cls + pos[:, :1], patches + pos[:, 1:]
+        tokens = torch.cat((cls, self.registers.expand(B, -1, -1), patches), dim=1)  # (B, 1 + R + n, C)
+        rope = self.rope_embed(H // p, W // p) if self.rope_embed is not None else None
+        return tokens, rope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """DINO's embedding: normalised [CLS] features of the last block, (B, C)."""
-        tokens = self.prepare_tokens(x)
+        """The backbone's embedding: normalised [CLS] features of the last block, (B, C)."""
+        tokens, rope = self.prepare_tokens(x)
         for blk in self.blocks:
-            tokens = blk(tokens)
+            tokens = blk(tokens, rope)
         return self.norm(tokens)[:, 0]
 
     def get_cls_attention_layers(self, x: torch.Tensor, layers: list[int]) -> torch.Tensor:
-        """[CLS] attention rows of several blocks in one forward pass: (B, 3, H, W) -> (B, len(layers), heads, 1 + N).
+        """[CLS] attention rows of several blocks in one forward pass: (B, 3, H, W) -> (B, len(layers), heads, N).
 
-        ``layers``: block indices (0..depth-1), returned in the order given; blocks after the
-        deepest never run.
+        N = 1 + R + patches: [CLS], the registers, then the patches in raster order. ``layers``: block
+        indices (0..depth-1), returned in the order given; blocks after the deepest never run.
         """
         wanted = {resolve_layer(layer, self.depth) for layer in layers}
-        tokens = self.prepare_tokens(x)
+        tokens, rope = self.prepare_tokens(x)
         rows: dict[int, torch.Tensor] = {}
         blocks = cast(list[Block], self.blocks)
         for index, blk in enumerate(blocks[: max(wanted) + 1]):
             if index in wanted:
-                rows[index] = blk.cls_attention(tokens)  # (B, heads, 1 + N)
+                rows[index] = blk.cls_attention(tokens, rope)  # (B, heads, N)
             if index < max(wanted):
-                tokens = blk(tokens)
+                tokens = blk(tokens, rope)
         return torch.stack([rows[resolve_layer(layer, self.depth)] for layer in layers], dim=1)
 
     def get_cls_attention(self, x: torch.Tensor, layer: int | None = None, explicit: bool = False) -> torch.Tensor:
-        """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, 1 + N).
+        """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, N).
 
-        Index 0 of the last axis is CLS->CLS; 1: are the patch tokens in raster order.
-        ``explicit``: the reference path (N x N softmax in every block), for tests and benchmarks;
-        otherwise the served path, ``get_cls_attention_layers`` for one layer.
+        Token order as in ``get_cls_attention_layers``. ``explicit``: the reference path (N x N
+        softmax in every block), for tests and benchmarks; otherwise the served path,
+        ``get_cls_attention_layers`` for one layer.
         """
         layer = resolve_layer(layer, self.depth)
         if not explicit:
             return self.get_cls_attention_layers(x, [layer])[:, 0]
-        tokens = self.prepare_tokens(x)
+        tokens, rope = self.prepare_tokens(x)
         blocks = cast(list[Block], self.blocks)  # nn.ModuleList is typed as holding any Module
         for blk in blocks[:layer]:
-            tokens = blk(tokens, explicit=True)
-        return blocks[layer].cls_attention(tokens, explicit=True)
+            tokens = blk(tokens, rope, explicit=True)
+        return blocks[layer].cls_attention(tokens, rope, explicit=True)
 
 
 def _init_weights(m: nn.Module) -> None:
-    """DINO's initialisation (only matters for random-weight archives and tests)."""
+    """timm/DINO's initialisation (only matters for random-weight archives and tests)."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch
 from PIL import Image
 
 from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import Variant, get_variant
+from dino_attention.model.variants import VARIANTS, Variant, get_variant
 
-TINY = get_variant("vit_tiny", 16)  # the cheapest variant: 192 dims, 3 heads
+TINY = get_variant("dino_vitt16")  # the cheapest variant: 192 dims, 3 heads
 
 
 def backbone_state(variant: Variant = TINY, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -61,30 +62,42 @@ def encode(img: Image.Image | np.ndarray, fmt: str = "PNG", **save_kwargs: objec
     return buf.getvalue()
 
 
-def brightness_seeking_state(sign: float = 1.0) -> dict[str, torch.Tensor]:
-    """TINY weights whose block-0 [CLS] query attends to bright (sign=+1) or dark (sign=-1) patches.
+def tiny_replica(name: str) -> Variant:
+    """A small model in an official variant's layout (the same keys, tokens, position encoding and
+    maths; 96 dims, 3 heads, 3 blocks), for fast tests of every family."""
+    return replace(VARIANTS[name], name=f"{name}_tiny", embed_dim=96, num_heads=3, depth=3)
 
-    The patch embedding puts +s*b, -s*b in dims 0, 1 (b = mean normalised brightness), so after
-    LayerNorm dim 0 is about +9.8 for sought and -9.8 for other patches; q and k both read dim 0.
+
+def brightness_seeking_state(sign: float = 1.0, variant: Variant = TINY) -> dict[str, torch.Tensor]:
+    """Weights whose block-0 [CLS] query attends to bright (sign=+1) or dark (sign=-1) patches.
+
+    The patch embedding puts +s*b, -s*b in dims c, c+1 (b = mean normalised brightness), so after
+    LayerNorm dim c is large and positive for sought and negative for other patches; every head's q
+    and k read dim c. Registers keep their random values; learned positions are zeroed. Under RoPE
+    (DINOv3), c is each head's slowest-turning row-frequency dim (period 100^(1 - 4/head_dim)), which
+    patch keys keep to within cos(2 pi / period) of its value.
     """
-    state = backbone_state(seed=4)
-    dim, head_dim, p = TINY.embed_dim, TINY.embed_dim // TINY.num_heads, TINY.patch_size
+    state = backbone_state(variant, seed=4)
+    dim, p = variant.embed_dim, variant.patch_size
+    head_dim = dim // variant.num_heads
+    c = head_dim // 4 - 1 if variant.rope_base else 0
     proj = torch.zeros(dim, 3, p, p)
-    proj[0], proj[1] = sign / (3 * p * p), -sign / (3 * p * p)
+    proj[c], proj[c + 1] = sign / (3 * p * p), -sign / (3 * p * p)
     cls = torch.zeros(1, 1, dim)
-    cls[..., 0], cls[..., 1] = 1.0, -1.0
+    cls[..., c], cls[..., c + 1] = 1.0, -1.0
     qkv = torch.zeros(3 * dim, dim)
-    for h in range(TINY.num_heads):
-        qkv[h * head_dim, 0] = 1.0  # q, head h
-        qkv[dim + h * head_dim, 0] = 1.0  # k, head h
+    for h in range(variant.num_heads):
+        qkv[h * head_dim + c, c] = 1.0  # q, head h
+        qkv[dim + h * head_dim + c, c] = 1.0  # k, head h
     state.update(
         {
             "patch_embed.proj.weight": proj,
             "patch_embed.proj.bias": torch.zeros(dim),
-            "pos_embed": torch.zeros_like(state["pos_embed"]),
             "cls_token": cls,
             "blocks.0.attn.qkv.weight": qkv,
             "blocks.0.attn.qkv.bias": torch.zeros(3 * dim),
         }
     )
+    if "pos_embed" in state:
+        state["pos_embed"] = torch.zeros_like(state["pos_embed"])
     return state
