@@ -145,7 +145,9 @@ def parse_options(raw: Mapping[str, object], *, depth: int, num_heads: int, defa
     if registers and not num_registers:
         raise OptionError("registers=true: this model has no register tokens (DINOv2 *_reg and DINOv3 models have 4)")
     if registers and fmt == "npy":
-        raise OptionError("format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers")
+        raise OptionError(
+            "format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers"
+        )
     return Options(
         layer=max(layers) if layers else layer,
         heads=tuple(range(num_heads)) if method == "rollout" else heads,

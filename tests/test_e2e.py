@@ -27,6 +27,7 @@ from scripts import REPO, archive
 from .conftest import NAME, Served
 from .support.checkpoints import encode, random_rgb
 from .support.handler import answer
+from .support.torchserve import private_torchserve
 
 TIMEOUT = 120  # s per HTTP call: generous for a loaded CI machine
 
@@ -195,3 +196,22 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     imported = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert set(shipped) <= imported, sorted(set(shipped) - imported)
     assert "scripts.download" not in imported and not any(n.startswith(("scripts/", "tests/")) for n in names)
+
+
+def test_dinov2_with_registers_is_served(tmp_path: Path) -> None:
+    """README's DINOv2 walk-through: archive dinov2_vits14_reg (random weights), serve it, and curl a
+    non-square image with registers=true (its own TorchServe: the model API is off by default)."""
+    name, store = "dinov2_vits14_reg", tmp_path / "store"
+    assert archive.main(["--model", name, "--weights", "random", "--export-path", str(store)]) == 0
+    (tmp_path / "img.png").write_bytes(encode(random_rgb(300, 200, seed=9)))
+    out = tmp_path / "out.json"
+    with private_torchserve(store, name) as server:
+        command = ["curl", "-sS", "--fail-with-body", "-F", f"data=@{tmp_path / 'img.png'}", "-F", "registers=true", server.url(name)]
+        subprocess.run([*command, "-o", str(out)], check=True, timeout=TIMEOUT)
+    doc = orjson.loads(out.read_bytes())
+    attention, registers = np.asarray(doc["attention"]), np.asarray(doc["registers"])
+    assert (doc["model"], doc["patch_size"], doc["num_heads"], doc["weights"]) == (name, 14, 6, "random")
+    assert doc["image_size"] == [714, 476] and doc["grid"] == [51, 34]  # 200x300 -> 480x720 -> multiples of 14
+    assert attention.shape == (6, 714, 476) and registers.shape == (6, 4)
+    patch_mass = attention[:, ::14, ::14].sum(axis=(1, 2))
+    assert (patch_mass + registers.sum(axis=1) <= 1 + 1e-4).all() and (patch_mass > 0).all()

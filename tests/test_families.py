@@ -21,11 +21,12 @@ from dino_attention.errors import RequestError
 from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from dino_attention.model.position import RopePositionEmbedding, apply_rope
 from dino_attention.model.rollout import cls_rollout, rollout_reference
-from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, VARIANTS, Variant, get_checkpoint, get_variant
+from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, FAMILIES, VARIANTS, Variant, get_checkpoint, get_variant
 from dino_attention.model.vit import VisionTransformer
 from dino_attention.precision import PrecisionPlan
 from dino_attention.schema import AttentionResult, ImageRequest
 from dino_attention.service import AttentionService, ServiceConfig
+from scripts import REPO
 
 from .support.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica
 
@@ -150,7 +151,7 @@ def replica(request: pytest.FixtureRequest) -> tuple[Variant, VisionTransformer]
     model = build_model(variant, None)
     with torch.no_grad():  # LayerScale at its init (1e-5 in DINOv3) would hide the blocks: make them count
         for name, parameter in model.named_parameters():
-            if name.endswith("gamma") or name.endswith("bias"):
+            if name.endswith(("gamma", "bias")):
                 parameter.normal_(0.0, 0.5)
     return variant, model
 
@@ -281,7 +282,8 @@ def test_registers_option() -> None:
     assert isinstance(rollout, AttentionResult) and rollout.registers is not None and rollout.registers.shape == (1, 4)
     assert isinstance(npy, RequestError) and "format=npz" in str(npy)
     plain = tiny_replica("dinov2_vits14")
-    service = AttentionService(build_model(plain, None), plain, ServiceConfig(model=plain.name, weights="test"), precisions=PrecisionPlan.fp32_only())
+    config = ServiceConfig(model=plain.name, weights="test")
+    service = AttentionService(build_model(plain, None), plain, config, precisions=PrecisionPlan.fp32_only())
     (error,) = service.explain([ImageRequest(png, {"registers": "true"})])
     assert isinstance(error, RequestError) and error.status == 400 and "no register tokens" in str(error)
 
@@ -307,3 +309,15 @@ def test_chunked_dinov2_training_blocks_are_unchunked() -> None:
     assert "backbone.blocks.1.2.norm1.weight" in chunked
     loaded = build_model(variant, filter_state_dict({"teacher": chunked}))
     torch.testing.assert_close(loaded.state_dict()["blocks.2.norm1.weight"], state["blocks.2.norm1.weight"])
+
+
+def test_readme_model_table_is_the_variants_table() -> None:
+    """Every model is in README's table, with the parameter count of the backbone built here."""
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| (`[^|]+`) \| (DINO\w*) \| ([\d.]+) M \|", text, re.MULTILINE)
+    listed = {name: (family, float(params)) for names, family, params in rows for name in re.findall(r"`(\w+)`", names)}
+    assert sorted(listed) == sorted(VARIANTS)
+    for name, (family, params) in listed.items():
+        with torch.device("meta"):
+            count = sum(p.numel() for p in VisionTransformer(VARIANTS[name]).parameters())
+        assert (family, params) == (FAMILIES[VARIANTS[name].family].title, round(count / 1e6, 1)), name

@@ -170,9 +170,7 @@ def test_envelope_rows_answer_one_request(uniform: AttentionService) -> None:
 
 def test_initialize_from_the_context(tmp_path: Path) -> None:
     save(backbone_state(seed=1), tmp_path / "dino_backbone.pth")
-    context = mock_context(
-        [{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"model": "dino_vitt16"}
-    )
+    context = mock_context([{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"model": "dino_vitt16"})
     handler = DinoAttentionHandler()
     handler.initialize(context)
     assert handler.initialized and handler.service is not None

@@ -7,7 +7,7 @@ import socket
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from dino_attention.model.variants import Checkpoint
 from scripts import archive, weights
 from scripts.download import DownloadError, download, partial_path
 
-from .support.checkpoints import TINY, backbone_state, full_checkpoint, save
+from .support.checkpoints import TINY, backbone_state, full_checkpoint, save, tiny_replica
 
 TEST_CKPT = Checkpoint("dino_vittiny16_test", "dino_vitt16", "dino_vittiny16_test")
 TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "dino_vitt16", "dino_vittiny16_test", full=True)
@@ -243,3 +243,51 @@ def test_demo_fallback_without_cache(tmp_path: Path, caplog) -> None:
     assert rc == 0 and "NO DINO WEIGHTS" in caplog.text
     with zipfile.ZipFile(tmp_path / "dino_vitt16.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["weights"] == "random"
+
+
+def test_dinov2_fetch_and_archive_from_the_local_mirror(server: FileServer, tmp_path: Path, monkeypatch) -> None:
+    """DINOv2's URL layout (<base>/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth) through the same
+    fetch/verify/archive path, with a small model in dinov2_vits14_reg's layout standing in for it."""
+    replica = replace(tiny_replica("dinov2_vits14_reg"), name="dinov2_vits14_reg")
+    monkeypatch.setitem(variants.VARIANTS, replica.name, replica)
+    checkpoint = variants.CHECKPOINTS["dinov2_vits14_reg4_pretrain"]
+    server.files["/mirror/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"] = save(backbone_state(replica), tmp_path / "w.pth").read_bytes()
+    monkeypatch.setenv(variants.WEIGHTS_URL_ENV, server.url + "/mirror")
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    assert weights.main(["fetch", "--model", "dinov2_vits14_reg", "--cache-dir", str(cache)]) == 0
+    assert (cache / checkpoint.filename).is_file() and weights.record_path(cache / checkpoint.filename).is_file()
+    assert archive.main(["--model", "dinov2_vits14_reg", "--cache-dir", str(cache), "--export-path", str(store)]) == 0
+    with zipfile.ZipFile(store / "dinov2_vits14_reg.mar") as mar:
+        handler = yaml.safe_load(mar.read("model-config.yaml"))["handler"]
+    assert handler["model"] == "dinov2_vits14_reg" and handler["weights"].startswith("dinov2_vits14_reg4_pretrain.pth@sha256:")
+
+
+def test_dinov3_weights_are_gated(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.delenv(variants.WEIGHTS_URL_ENV, raising=False)
+    assert weights.main(["fetch", "--model", "dinov3_vits16", "--cache-dir", str(tmp_path)]) == 1
+    assert "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/" in caplog.text
+    assert "make archive MODEL=dinov3_vits16 WEIGHTS=path/to/dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hash_in_an_official_file_name_is_checked(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A file named as an official DINOv3 checkpoint must have the sha256 its name carries."""
+    replica = replace(tiny_replica("dinov3_vits16"), name="dinov3_vits16")
+    monkeypatch.setitem(variants.VARIANTS, replica.name, replica)
+    blob = save(backbone_state(replica), tmp_path / "w.pth").read_bytes()
+    prefix = hashlib.sha256(blob).hexdigest()[:8]
+    good = Checkpoint(f"dinov3_vits16_pretrain_lvd1689m-{prefix}", "dinov3_vits16", "dinov3_vits16")
+    bad = Checkpoint("dinov3_vits16_pretrain_lvd1689m-00000000", "dinov3_vits16", "dinov3_vits16")
+    for checkpoint in (good, bad):
+        monkeypatch.setitem(variants.CHECKPOINTS, checkpoint.name, checkpoint)
+        (tmp_path / checkpoint.filename).write_bytes(blob)
+    store = tmp_path / "store"
+    args = ["--model", "dinov3_vits16", "--export-path", str(store), "--weights"]
+    assert archive.main([*args, str(tmp_path / good.filename)]) == 0
+    with zipfile.ZipFile(store / "dinov3_vits16.mar") as mar:
+        assert (
+            yaml.safe_load(mar.read("model-config.yaml"))["handler"]["weights"]
+            == f"{good.filename}@sha256:{hashlib.sha256(blob).hexdigest()[:12]}"
+        )
+    assert archive.main([*args, str(tmp_path / bad.filename)]) == 2
+    assert "does not start with 00000000" in caplog.text

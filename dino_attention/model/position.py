@@ -57,9 +57,9 @@ class RopePositionEmbedding(nn.Module):
 
     def forward(self, grid_h: int, grid_w: int) -> Rope:
         """(sin, cos) for the grid's patches in raster order, each (grid_h * grid_w, head_dim)."""
-        options = {"device": self.periods.device, "dtype": torch.float32}
-        rows = torch.arange(0.5, grid_h, **options) / grid_h  # (h,)
-        cols = torch.arange(0.5, grid_w, **options) / grid_w  # (w,)
+        device = self.periods.device
+        rows = torch.arange(0.5, grid_h, device=device, dtype=torch.float32) / grid_h  # (h,)
+        cols = torch.arange(0.5, grid_w, device=device, dtype=torch.float32) / grid_w  # (w,)
         coords = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).flatten(0, 1)  # (h*w, 2)
         coords = 2.0 * coords - 1.0  # [0, 1] -> [-1, 1]
         angles = 2 * math.pi * coords[:, :, None] / self.periods[None, None, :]  # (h*w, 2, head_dim/4)
