@@ -53,10 +53,16 @@ logger = logging.getLogger("bench")
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 PATHS = ("seed", "fp32", "bf16", "fp16")  # fp32/bf16/fp16: our path in that precision
-SECTIONS = ("forward", "methods", "encoding", "served", "throughput")
+SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput")
 # The methods section (fp32): a last-layer request, layers=all, rollout, and the naive full-matrix rollout.
 METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive")
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
+# The families section (fp32, last layer): our path vs the eager N x N path on today's models.
+FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("dinov2_vits14_reg", (518, 518)),
+    ("dinov2_vits14_reg", (1036, 1036)),
+    ("dinov3_vits16", (512, 512)),
+)
 TARGETS = {  # what the benchmark checks, printed next to each figure
     "fp32_vs_seed_480": 3.5,
     "bf16_vs_seed": 10.0,
@@ -201,7 +207,7 @@ def measure(
     done: list[Result],
     speeds: dict[str, Speed],
 ) -> Result:
-    tokens = (size[0] // args.patch) * (size[1] // args.patch)
+    tokens = (size[0] // args.patch) * (size[1] // args.patch)  # patch tokens
     result = Result(path, size, tokens)
     if path in speeds and not speeds[path].fast:
         result.skipped = speeds[path].reason
@@ -281,6 +287,43 @@ def methods_report(results: list[Result], maps_dir: Path) -> list[str]:
     naive = by.get(("rollout_naive", (1080, 1920)))
     if naive and naive.skipped:
         lines.append(f"- naive full-matrix rollout at 1080x1920: {naive.skipped}")
+    return lines
+
+
+def bench_families(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """``args.families`` (default ``FAMILY_ROWS``): each model (random weights in its official layout) at each size, our fp32 path
+    and the eager N x N path (the seed's maths), each in its own process; the maps compared."""
+    lines = [
+        "",
+        "## Today's models (fp32, one image, last layer): our path vs the eager N x N path",
+        "",
+        "| model | size | tokens | path | min s | median s | peak RSS MB | speed-up vs eager | maps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in dict.fromkeys(model for model, _ in args.families):
+        variant = get_variant(name)
+        model_args = argparse.Namespace(**{**vars(args), "model": name, "patch": variant.patch_size})
+        folder = workdir / name
+        folder.mkdir()
+        torch.manual_seed(0)
+        weights = folder / "random.pth"
+        torch.save(build_model(variant, None).state_dict(), weights)
+        done: list[Result] = []
+        for model, size in args.families:
+            if model == name:
+                done += [measure(path, size, model_args, weights, folder, done, {}) for path in ("seed", "fp32")]
+        compare_maps(done, folder)
+        for r in done:
+            eager = next(e for e in done if e.path == "seed" and e.size == r.size)
+            label = "eager N x N" if r.path == "seed" else "ours (SDPA + [CLS] row)"
+            if r.skipped:
+                lines.append(f"| {name} | {r.size[0]}x{r.size[1]} | {r.tokens} | {label} | {r.skipped}: skipped | | | | |")
+                continue
+            speedup = f"{min(eager.times) / min(r.times):.1f}x" if r.path != "seed" and eager.times else ""
+            lines.append(
+                f"| {name} | {r.size[0]}x{r.size[1]} | {r.tokens} | {label} | {min(r.times):.3f} | {statistics.median(r.times):.3f} "
+                f"| {r.peak_rss_mb:.0f} (loaded {r.loaded_rss_mb:.0f}) | {speedup} | {eager.agreement if r.path != 'seed' else ''} |"
+            )
     return lines
 
 
@@ -491,8 +534,8 @@ def gpu_target(by: dict, machine: Machine, args: argparse.Namespace) -> str:
     name = f"- vit_small/8 at 1080x1920 on a GPU (bf16/fp16) < {TARGETS['gpu_1080x1920_s']:g} s"
     if machine.device.type != "cuda":
         return f"{name}: n/a here (forward passes ran on the CPU; no GPU in this run)"
-    if (args.model, args.patch) != ("vit_small", 8):
-        return f"{name}: n/a here (this run measured {args.model}/{args.patch})"
+    if args.model != "dino_vits8":
+        return f"{name}: n/a here (this run measured {args.model})"
     done = [by[(p, (1080, 1920))] for p in ("bf16", "fp16") if (p, (1080, 1920)) in by and not by[(p, (1080, 1920))].skipped]
     if not done:
         return f"{name}: n/a here (1080x1920 not measured in bf16/fp16)"
@@ -511,7 +554,7 @@ def report(
 ) -> str:
     by = {(r.path, r.size): r for r in results}
     memory = "peak GPU MB" if machine.device.type == "cuda" else "peak RSS MB"
-    lines = machine.header(f"Benchmark: {args.model}/{args.patch}")
+    lines = machine.header(f"Benchmark: {args.model}")
     if results:
         lines += [
             "",
@@ -628,16 +671,26 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def parse_family_row(text: str) -> tuple[str, tuple[int, int]]:
+    """'dinov2_vits14_reg:518x518' -> ('dinov2_vits14_reg', (518, 518))."""
+    name, _, size = text.partition(":")
+    get_variant(name)  # a clear error for an unknown model
+    return name, parse_size(size)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_small")
+    parser.add_argument("--model", default="vit_small", help="hub name (dinov2_vits14_reg, ...) or DINO's vit_* with --patch")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="forward passes on (default: cuda if present)"
     )
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="forward paths to measure")
-    parser.add_argument("--patch", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=None, help="DINO's patch size for --model vit_* (default 8)")
     parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES), help="HxW ...")
     parser.add_argument("--method-sizes", type=parse_size, nargs="+", default=list(METHOD_SIZES), help="HxW for the methods section")
+    parser.add_argument(
+        "--families", type=parse_family_row, nargs="+", default=list(FAMILY_ROWS), help="model:HxW rows of the families section"
+    )
     parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
@@ -657,6 +710,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
         args.method_sizes = [(480, 480)]
+    variant = get_variant(args.model, args.patch)  # from here on: the hub name and its patch size
+    args.model, args.patch = variant.name, variant.patch_size
     return args
 
 
@@ -683,6 +738,10 @@ def main(argv: list[str] | None = None) -> int:
             compare_maps(results, workdir)
         methods: list[Result] = []
         methods_lines: list[str] = []
+        families_lines: list[str] = []
+        if "families" in args.sections:
+            logger.info("families: DINOv2 with registers, DINOv3, fast vs eager N x N (one process each) ...")
+            families_lines = bench_families(args, workdir)
         if "methods" in args.sections:
             logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
             for size in args.method_sizes:
@@ -697,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         image = (REPO / "data" / "samples" / "astronaut.jpg").read_bytes()  # 512x512 -> 480x480
         if "served" in args.sections or "throughput" in args.sections:
             store = workdir / "store"
-            if archive.main(["--model", args.model, "--patch", str(args.patch), "--weights", str(weights), "--export-path", str(store)]):
+            if archive.main(["--model", args.model, "--weights", str(weights), "--export-path", str(store)]):
                 raise RuntimeError("archiving the benchmark model failed")
         if "served" in args.sections:
             logger.info("served latency through TorchServe (%d requests) ...", args.requests)
@@ -705,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in args.sections:
             logger.info("throughput: batch size x workers x concurrency ...")
             throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
-    text = report(results, machine, encodings, served, throughput, args, methods_lines)
+    text = report(results, machine, encodings, served, throughput, args, [*methods_lines, *families_lines])
     (args.out / f"{args.name}.md").write_text(text)
     if results:
         plot(results, machine.peaks, args.out / f"{args.name}.png")

@@ -59,7 +59,7 @@ METHODS = ("attention", "rollout")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
-METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes")
+METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes", "registers")
 SERVER_OPTIONS = MAP_OPTIONS + METHOD_OPTIONS
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white
@@ -85,6 +85,7 @@ class Attention:
     image: np.ndarray | None = None  # (H, W, 3) uint8: the original resized and cropped as the server did
     masks: np.ndarray | None = None  # bool, shaped like ``grid``
     boxes: np.ndarray | None = None  # (..., 4) [x0, y0, x1, y1] in pixels, one per map
+    registers: np.ndarray | None = None  # (..., R): each map's weights on the register/storage tokens (registers=true)
 
     @property
     def title(self) -> str:
@@ -172,10 +173,11 @@ def parse_response(doc: object) -> Attention:
     try:
         masks = decode_masks(doc["masks"]) if "masks" in doc else None
         boxes = np.asarray(doc["boxes"], dtype=np.int64) if "boxes" in doc else None
+        registers = np.asarray(doc["registers"], dtype=np.float32) if "registers" in doc else None
     except (KeyError, TypeError, ValueError) as e:
         raise ClientError(f"response masks/boxes are malformed: {e}") from e
-    meta = {k: v for k, v in doc.items() if k not in ("attention", "masks", "boxes")}
-    return Attention(meta, grid, pixels, masks=masks, boxes=boxes)
+    meta = {k: v for k, v in doc.items() if k not in ("attention", "masks", "boxes", "registers")}
+    return Attention(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers)
 
 
 def decode_masks(document: dict) -> np.ndarray:
@@ -321,11 +323,17 @@ def figure_size(rows: int, cols: int, aspect: float) -> tuple[float, float]:
     return width, rows * (PANEL_INCHES * aspect + TITLE_INCHES) + TITLE_INCHES  # + the suptitle
 
 
-def map_titles(att: Attention, label: str, count: int) -> list[str]:
+def map_titles(att: Attention, label: str, count: int, row: int = 0) -> list[str]:
+    """Panel titles of one row of maps; with the server's ``registers``, each map's share on them."""
     if att.meta.get("method") == "rollout":
-        return [f"rollout through layer {att.meta['layer']}"]
-    prefix = f"{label} " if att.meta.get("layers") else ""
-    return [f"{prefix}head {h}" for h in att.meta["heads"][:count]]
+        titles = [f"rollout through layer {att.meta['layer']}"]
+    else:
+        prefix = f"{label} " if att.meta.get("layers") else ""
+        titles = [f"{prefix}head {h}" for h in att.meta["heads"][:count]]
+    if att.registers is None:
+        return titles
+    shares = (att.registers[row] if att.meta.get("layers") else att.registers).sum(axis=-1)  # (maps,)
+    return [f"{title}, registers {share:.0%}" for title, share in zip(titles, shares, strict=False)]
 
 
 def masks_to_draw(server_masks: np.ndarray | None, maps: np.ndarray, patch: int, threshold: float | None) -> np.ndarray | None:
@@ -377,7 +385,7 @@ def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale:
     rollout, boxes = att.meta.get("method") == "rollout", att.boxes
     for r, (label, maps, server_masks) in enumerate(att.rows):
         masks = masks_to_draw(server_masks, maps, patch, threshold)
-        titles = map_titles(att, label, len(maps))
+        titles = map_titles(att, label, len(maps), r)
         for i, title in enumerate([] if rollout else titles):
             ax = axes[1 + r, i] if grid_view else axes[1 + i // cols, i % cols]
             panel(ax, maps[i], title, colorbar=not grid_view)
@@ -512,6 +520,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--discard-ratio", dest="discard_ratio", type=float, help="rollout: share of each row discarded, in [0, 1)")
     parser.add_argument("--mask", type=float, help="server-side DINO masks holding this fraction of each map's mass, in (0, 1]")
     parser.add_argument("--boxes", action="store_const", const="true", help="with --mask: each mask's largest component as a box")
+    parser.add_argument(
+        "--registers",
+        action="store_const",
+        const="true",
+        help="DINOv2 *_reg / DINOv3: each map's share on the register tokens, in its title",
+    )
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--threshold", type=float, help="also draw masks keeping this fraction of each head's mass (DINO: 0.6)")
     parser.add_argument("--cmap", default="inferno")

@@ -31,7 +31,11 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         "--sections",
         "forward",
         "methods",
+        "families",
         "encoding",
+        "--families",
+        "dinov2_vits14_reg:28x42",
+        "dinov3_vits16:32x48",
         "--out",
         str(tmp_path),
         "--name",
@@ -39,7 +43,7 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     ]
     assert bench_attention.main(args) == 0
     report = (tmp_path / "tiny.md").read_text()
-    assert report.startswith("# Benchmark: vit_tiny/16\n")
+    assert report.startswith("# Benchmark: dino_vitt16\n")
     for fact in ("- Machine: ", "avx512_bf16=", "amx_bf16=", "torch CPU capability", f"torch {torch.__version__}", "precision=auto runs"):
         assert fact in report
     for row in (
@@ -52,6 +56,9 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         assert row in report
     for row in ("| 32x48 | 6 | rollout |", "max |rollout - naive| / max", "| 32x48 | 6 | rollout_naive |"):
         assert row in report
+    for row in ("| dinov2_vits14_reg | 28x42 | 6 | eager N x N |", "| dinov2_vits14_reg | 28x42 | 6 | ours (SDPA + [CLS] row) |"):
+        assert row in report
+    assert "| dinov3_vits16 | 32x48 | 6 | ours (SDPA + [CLS] row) |" in report and report.count("max |seed - fp32| = ") >= 3
     for precision in ("bf16", "fp16"):  # timed where native, else named as skipped with the reason
         speed = probe_speed(torch.device("cpu"), precision)
         row = f"| 32x48 | 6 | {precision} | {speed.reason}: skipped |"

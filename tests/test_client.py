@@ -18,11 +18,13 @@ from PIL import Image
 
 from client import render_attention as client
 from dino_attention.image import prepare_image
-from dino_attention.service import create_service
+from dino_attention.model.checkpoint import build_model
+from dino_attention.precision import PrecisionPlan
+from dino_attention.service import AttentionService, ServiceConfig, create_service
 from scripts import REPO
 
 from .conftest import Served
-from .support.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb
+from .support.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb, tiny_replica
 from .support.handler import answer
 
 
@@ -283,3 +285,20 @@ def test_cli_passes_the_method_options() -> None:
     assert client.option_fields(args) == {"upsample": "false", "heads": "0", "layers": "all", "mask": "0.6", "boxes": "true"}
     args = client.parse_args(["img.png", "--method", "rollout", "--head-fusion", "min", "--discard-ratio", "0.9"])
     assert client.option_fields(args) == {"upsample": "false", "method": "rollout", "head_fusion": "min", "discard_ratio": "0.9"}
+
+
+def test_registers_in_the_titles(tmp_path: Path) -> None:
+    """A DINOv2 _reg response with registers=true: the client reads them and titles each head with
+    its share on the registers; the patch grid is on multiples of 14 and aligns with the image."""
+    variant = tiny_replica("dinov2_vits14_reg")
+    service = AttentionService(
+        build_model(variant, None), variant, ServiceConfig(model=variant.name, weights="t"), "cpu", PrecisionPlan.fp32_only()
+    )
+    data = encode(smooth_rgb(100, 150))
+    (reply,) = answer(service, [{"data": data, "registers": "true", "upsample": "false"}])
+    att = client.parse_response(orjson.loads(reply.body)).with_image(data)
+    assert att.registers is not None and att.registers.shape == (3, 4) and att.grid.shape == (3, 34, 51)
+    assert att.image is not None and att.image.shape == (476, 714, 3) and att.pixels.shape == (3, 476, 714)
+    titles = client.map_titles(att, "layer 2", 3)
+    assert titles == [f"head {h}, registers {att.registers[h].sum():.0%}" for h in range(3)]
+    att.figure().savefig(tmp_path / "reg.png")
