@@ -30,7 +30,7 @@ from dino_attention.model.checkpoint import (
     read_checkpoint,
     weights_tag,
 )
-from dino_attention.model.variants import CHECKPOINTS, Variant, get_variant
+from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, Variant, get_variant
 from dino_attention.service import ConfigError, ServiceConfig
 from scripts import REPO
 from scripts.weights import WeightsError, add_model_arguments, cached_weights, default_cache_dir, verify_hash_in_name
@@ -129,10 +129,12 @@ def resolve_cached(variant: Variant, cache_dir: Path, fallback_random: bool, nam
     if fallback_random:
         logger.warning("%s", RANDOM_BANNER)
         return RANDOM_WEIGHTS
+    official = DEFAULT_CHECKPOINTS.get(variant.name)
+    gated = CHECKPOINTS[official].gated_message() if official else ""
     raise WeightsError(
-        f"no cached weights for {variant.name} in {cache_dir}: run "
-        f"`make weights MODEL={variant.name}`, or pass WEIGHTS=path/to/checkpoint.pth "
-        "(or WEIGHTS=random for an untrained model)"
+        f"no cached weights for {variant.name} in {cache_dir}: "
+        + (gated if gated else f"run `make weights MODEL={variant.name}`, or pass WEIGHTS=path/to/checkpoint.pth")
+        + " (or WEIGHTS=random for an untrained model)"
     )
 
 

@@ -268,6 +268,9 @@ def test_dinov3_weights_are_gated(tmp_path: Path, monkeypatch, caplog) -> None:
     assert "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/" in caplog.text
     assert "make archive MODEL=dinov3_vits16 WEIGHTS=path/to/dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in caplog.text
     assert list(tmp_path.iterdir()) == []
+    caplog.clear()
+    assert archive.main(["--model", "dinov3_vits16", "--cache-dir", str(tmp_path), "--export-path", str(tmp_path)]) == 2
+    assert "no cached weights for dinov3_vits16" in caplog.text and "request access" in caplog.text and "WEIGHTS=random" in caplog.text
 
 
 def test_hash_in_an_official_file_name_is_checked(tmp_path: Path, monkeypatch, caplog) -> None:

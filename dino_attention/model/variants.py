@@ -143,18 +143,19 @@ DINO_ARCHS: dict[str, tuple[int, int, str]] = {
 }
 DINO_PATCH_SIZES: tuple[int, ...] = (8, 16)
 DEFAULT_DINO_PATCH = 8
-# DINOv2 / DINOv3 sizes: name -> (embed_dim, depth, heads, hub letters).
+# DINOv2 sizes: name -> (embed_dim, depth, heads, hub letter); patch 14, each with and without registers.
 V2_ARCHS: dict[str, tuple[int, int, int, str]] = {
     "vit_small": (384, 12, 6, "s"),
     "vit_base": (768, 12, 12, "b"),
     "vit_large": (1024, 24, 16, "l"),
     "vit_giant2": (1536, 40, 24, "g"),
 }
-V3_ARCHS: dict[str, tuple[int, int, int, str, float, str]] = {  # + mlp ratio, ffn
-    "vit_small": (384, 12, 6, "s", 4.0, "mlp"),
-    "vit_small_plus": (384, 12, 6, "s16plus", 6.0, "swiglu"),
-    "vit_base": (768, 12, 12, "b", 4.0, "mlp"),
-    "vit_large": (1024, 24, 16, "l", 4.0, "mlp"),
+# DINOv3 LVD-1689M ViTs: hub name -> (size, embed_dim, depth, heads, FFN ratio, FFN); patch 16.
+V3_MODELS: dict[str, tuple[str, int, int, int, float, str]] = {
+    "dinov3_vits16": ("vit_small", 384, 12, 6, 4.0, "mlp"),
+    "dinov3_vits16plus": ("vit_small_plus", 384, 12, 6, 6.0, "swiglu"),
+    "dinov3_vitb16": ("vit_base", 768, 12, 12, 4.0, "mlp"),
+    "dinov3_vitl16": ("vit_large", 1024, 24, 16, 4.0, "mlp"),
 }
 
 
@@ -183,9 +184,8 @@ def _dinov2(arch: str, registers: bool) -> Variant:
     )
 
 
-def _dinov3(arch: str) -> Variant:
-    dim, depth, heads, letters, mlp_ratio, ffn = V3_ARCHS[arch]
-    name = f"dinov3_vit{letters}" if letters.endswith("plus") else f"dinov3_vit{letters}16"
+def _dinov3(name: str) -> Variant:
+    arch, dim, depth, heads, mlp_ratio, ffn = V3_MODELS[name]
     return Variant(
         name,
         "dinov3",
@@ -209,7 +209,7 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         *(_dino(arch, patch) for arch in DINO_ARCHS for patch in DINO_PATCH_SIZES),
         *(_dinov2(arch, registers) for registers in (False, True) for arch in V2_ARCHS),
-        *(_dinov3(arch) for arch in V3_ARCHS),
+        *(_dinov3(name) for name in V3_MODELS),
     )
 }
 
