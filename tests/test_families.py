@@ -9,10 +9,13 @@ which the tests do not import.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import re
 
 import numpy as np
+import orjson
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ from dino_attention.service import AttentionService, ServiceConfig
 from scripts import REPO
 
 from .support.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica
+from .support.handler import answer
 
 Layout = dict[str, tuple[int, ...]]
 
@@ -321,3 +325,28 @@ def test_readme_model_table_is_the_variants_table() -> None:
         with torch.device("meta"):
             count = sum(p.numel() for p in VisionTransformer(VARIANTS[name]).parameters())
         assert (family, params) == (FAMILIES[VARIANTS[name].family].title, round(count / 1e6, 1)), name
+
+
+def test_registers_in_every_protocol() -> None:
+    """JSON, npz, KServe v1 and v2 (an FP32 output tensor) carry the registers when asked for."""
+    variant = tiny_replica("dinov3_vits16")
+    config = ServiceConfig(model=variant.name, weights="test")
+    service = AttentionService(build_model(variant, None), variant, config, precisions=PrecisionPlan.fp32_only())
+    png = encode(np.full((48, 64, 3), 90, np.uint8))
+    b64 = base64.b64encode(png).decode()
+    rows = [
+        {"data": png, "registers": "true", "upsample": "false"},
+        {"data": png, "registers": "true", "format": "npz"},
+        {"body": {"instances": [{"data": b64, "registers": True, "upsample": False}]}},
+        {"body": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}], "parameters": {"registers": True}}},
+    ]
+    plain, npz, v1, v2 = answer(service, rows)
+    assert all(reply.status == 200 for reply in (plain, npz, v1, v2))
+    expected = np.asarray(orjson.loads(plain.body)["registers"], dtype=np.float32)
+    assert expected.shape == (3, 4)
+    with np.load(io.BytesIO(npz.body), allow_pickle=False) as arrays:
+        np.testing.assert_array_equal(arrays["registers"], expected)
+    np.testing.assert_array_equal(np.asarray(orjson.loads(v1.body)["predictions"][0]["registers"], dtype=np.float32), expected)
+    outputs = {o["name"]: o for o in orjson.loads(v2.body)["outputs"]}
+    assert (outputs["registers"]["datatype"], outputs["registers"]["shape"]) == ("FP32", [3, 4])
+    np.testing.assert_array_equal(np.asarray(outputs["registers"]["data"], dtype=np.float32).reshape(3, 4), expected)
