@@ -252,7 +252,7 @@ def test_notebook_api_against_the_server(served: Served) -> None:
     rows = [{"data": encode(random_rgb(40, 72)), "heads": "0,2", "scale": "1", "upsample": "false"}]
     expected = orjson.loads(answer(served.in_process, rows)[0].body)["attention"]
     np.testing.assert_allclose(result.grid, np.asarray(expected), atol=1e-6)
-    assert result.figure().get_suptitle().startswith("vit_tiny/16") and result._repr_png_().startswith(b"\x89PNG")
+    assert result.figure().get_suptitle().startswith("dino_vitt16  layer 11") and result._repr_png_().startswith(b"\x89PNG")
     with pytest.raises(client.ClientError, match=r"HTTP 400 .*layer"):
         client.AttentionClient(served.url).explain(random_rgb(40, 72), layer=99)
 

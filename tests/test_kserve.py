@@ -67,7 +67,7 @@ def test_native_v2_gives_proper_tensors(kserve_server: PrivateServer) -> None:
     (output,) = doc["outputs"]
     assert output["name"] == "attention" and output["datatype"] == "FP32" and output["shape"] == [3, 3, 5]
     params = output["parameters"]
-    assert params["image_size"] == "48,80" and params["model"] == "vit_tiny" and params["upsampled"] is False
+    assert params["image_size"] == "48,80" and params["model"] == "dino_vitt16" and params["upsampled"] is False
     expected = reference(kserve_server, scale="1", upsample="false", precision="bf16")
     # the precision that ran (bf16 where native, else fp32) is named in the parameters and the header
     assert params["precision"] == expected["precision"] == reply.headers["X-Attention-Precision"]
