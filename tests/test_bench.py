@@ -35,7 +35,6 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         "encoding",
         "--families",
         "dinov2_vits14_reg:28x42",
-        "dinov3_vits16:32x48",
         "--out",
         str(tmp_path),
         "--name",
@@ -58,7 +57,7 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         assert row in report
     for row in ("| dinov2_vits14_reg | 28x42 | 6 | eager N x N |", "| dinov2_vits14_reg | 28x42 | 6 | ours (SDPA + [CLS] row) |"):
         assert row in report
-    assert "| dinov3_vits16 | 32x48 | 6 | ours (SDPA + [CLS] row) |" in report and report.count("max |seed - fp32| = ") >= 3
+    assert report.count("max |seed - fp32| = ") == 2  # the forward section's and the families section's
     for precision in ("bf16", "fp16"):  # timed where native, else named as skipped with the reason
         speed = probe_speed(torch.device("cpu"), precision)
         row = f"| 32x48 | 6 | {precision} | {speed.reason}: skipped |"
