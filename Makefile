@@ -20,10 +20,12 @@ NAME     = $(shell $(PY) -m scripts.archive $(MODEL_ARGS) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
 CONFIG  ?= config.properties
+# The viewer's port (make viewer); config.properties allows http://127.0.0.1:8090 through CORS.
+VIEWER_PORT ?= 8090
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve stop predict render test lint bench kserve-bundle demo clean
+.PHONY: install weights archive serve viewer stop predict render test browser lint bench kserve-bundle demo clean
 
 install: $(STAMP)
 
@@ -46,8 +48,13 @@ archive: install
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)
 
+# The static attention viewer (viewer/) on 127.0.0.1:$(VIEWER_PORT), in the background; it talks to `make serve`.
+viewer: install
+	$(PY) -m scripts.viewer start --port $(VIEWER_PORT)
+
 stop: install
 	$(PY) -m scripts.serve stop
+	$(PY) -m scripts.viewer stop
 
 predict: install
 	@mkdir -p $(dir $(OUT))
@@ -58,7 +65,11 @@ predict: install
 render: install
 	$(PY) client/render_attention.py --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
 
-test: install
+# Debian's chromium + chromium-driver for the viewer's browser tests (installed when running as root).
+browser:
+	@scripts/install_browser.sh
+
+test: install browser
 	$(PY) -m pytest -q --durations=10 tests
 
 # ruff (style, imports, bugbear) and mypy (types), settings in pyproject.toml; CI runs it before the tests.

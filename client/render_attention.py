@@ -279,7 +279,7 @@ def threshold_masks(grid: np.ndarray, threshold: float) -> np.ndarray:
     """DINO's masks: per head, the highest patches holding ``threshold`` of the mass. (heads, h, w) bool."""
     heads = grid.shape[0]
     flat = grid.reshape(heads, -1).astype(np.float64)
-    order = np.argsort(flat, axis=1)  # ascending
+    order = np.argsort(flat, axis=1, kind="stable")  # ascending; ties in index order (as the server)
     ranked = np.take_along_axis(flat, order, axis=1)
     cumulative = np.cumsum(ranked / ranked.sum(axis=1, keepdims=True), axis=1)
     keep_sorted = cumulative > 1 - threshold

@@ -21,10 +21,11 @@ def threshold_masks(maps: np.ndarray, t: float) -> np.ndarray:
     """Boolean masks (..., h, w) keeping, per map, the highest patches that hold a fraction t of its mass."""
     *lead, h, w = maps.shape
     flat = maps.reshape(-1, h * w).astype(np.float64)  # (maps, h*w)
-    order = np.argsort(flat, axis=1)  # ascending
+    order = np.argsort(flat, axis=1, kind="stable")  # ascending; ties in index order (as the viewer)
     ranked = np.take_along_axis(flat, order, axis=1)
-    total = ranked.sum(axis=1, keepdims=True)
-    cumulative = np.cumsum(ranked, axis=1) / np.where(total > 0, total, 1.0)
+    running = np.cumsum(ranked, axis=1)  # sequential sums: the viewer's JavaScript adds in the same order
+    total = running[:, -1:]
+    cumulative = running / np.where(total > 0, total, 1.0)
     keep_sorted = cumulative > 1 - t
     masks = np.empty_like(keep_sorted)
     np.put_along_axis(masks, order, keep_sorted, axis=1)

@@ -1,0 +1,267 @@
+"""The attention viewer in a real browser: headless Chromium (Debian's chromium + chromium-driver,
+driven by selenium) against a real TorchServe serving a constructed dino_vits8 whose layer-0 [CLS]
+attends to bright patches. Screenshots and the measured redraw times go to build/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dino_attention.masks import threshold_masks
+from dino_attention.model.variants import get_variant
+from scripts import REPO, archive
+from scripts.serve import read_properties
+from scripts.viewer import DEFAULT_PORT, VIEWER_DIR, url_of
+
+from .support.checkpoints import brightness_seeking_state, encode, save
+from .support.torchserve import free_ports, private_torchserve
+
+ARTIFACTS = REPO / "build" / "test-artifacts"
+MODEL = get_variant("dino_vits8")  # vit_small/8: the configuration the redraw figure is quoted for
+SQUARE = (slice(160, 288), slice(256, 384))  # rows, columns of the bright square in the 480x480 image
+TIMEOUT = 120
+
+
+def missing_browser() -> str | None:
+    """Why the browser tests cannot run here, naming the package to install, else None."""
+    missing = [package for package, program in (("chromium", "chromium"), ("chromium-driver", "chromedriver")) if not shutil.which(program)]
+    return (
+        f"needs Debian's {' and '.join(missing)} (apt-get install chromium chromium-driver; make test does it as root)" if missing else None
+    )
+
+
+@dataclass
+class Page:
+    driver: object  # selenium WebDriver
+    url: str  # the viewer, pointed at the private TorchServe
+    inference: str
+
+
+@pytest.fixture(scope="module")
+def page() -> Iterator[Page]:
+    reason = missing_browser()
+    if reason:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    handler = functools.partial(QuietHandler, directory=str(VIEWER_DIR))
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), handler)
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{static.server_address[1]}"
+    tmp = Path(tempfile.mkdtemp(prefix="viewer-test-"))
+    driver = None
+    try:
+        weights = save(brightness_seeking_state(1.0, MODEL), tmp / "bright_vits8.pth")
+        assert archive.main(["--model", MODEL.name, "--weights", str(weights), "--export-path", str(tmp / "store")]) == 0
+        cors = {
+            "cors_allowed_origin": origin,
+            "cors_allowed_methods": "GET, POST, OPTIONS",
+            "cors_allowed_headers": "Authorization, Content-Type",
+        }
+        with private_torchserve(tmp / "store", MODEL.name, extra=cors) as server:
+            options = webdriver.ChromeOptions()
+            options.binary_location = shutil.which("chromium") or "chromium"
+            for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+                options.add_argument(argument)
+            options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+            driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+            driver.set_script_timeout(TIMEOUT)
+            inference, management = server.props["inference_address"], server.props["management_address"]
+            yield Page(driver, f"{origin}/?server={inference}&management={management}", inference)
+    finally:
+        if driver is not None:
+            driver.quit()
+        static.shutdown()
+        static.server_close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def bright_square_png(path: Path) -> Path:
+    image = np.full((480, 480, 3), 40, np.uint8)
+    image[SQUARE] = 230
+    path.write_bytes(encode(image))
+    return path
+
+
+def open_viewer(page: Page):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page.driver.get(page.url)
+    WebDriverWait(page.driver, 30).until(lambda d: "Models served" in d.find_element("id", "status").text)
+    return page.driver
+
+
+def upload(driver, path: Path) -> None:
+    """Choose a file and wait until the page has the new response drawn (or its error shown)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    before = driver.execute_script("return window.viewer.state.requestId")
+    driver.find_element("id", "file").send_keys(str(path))
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: d.execute_script("return window.viewer.state.requestId") > before and not d.find_element("id", "loading").is_displayed()
+    )
+
+
+def console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)
+    ]
+
+
+def screenshot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))
+
+
+def test_bright_square_is_where_the_overlay_is_hottest(page: Page, tmp_path: Path) -> None:
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    driver = open_viewer(page)
+    assert driver.find_element("id", "model").get_attribute("value") == MODEL.name  # picked from the management API's list
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    doc = driver.execute_script("return window.viewer.state.doc")
+    assert (doc["model"], doc["image_size"], doc["grid"], doc["upsampled"]) == (MODEL.name, [480, 480], [60, 60], False)
+    assert doc["layers"] == list(range(12))  # one request for every layer: the slider needs no other
+    layer = driver.find_element("id", "layer")
+    layer.send_keys(Keys.HOME)  # keyboard: layer 0, the block that seeks brightness
+    Select(driver.find_element("id", "cmap")).select_by_value("gray")
+    driver.find_element("id", "opacity").send_keys(Keys.END)  # opacity 1: the overlay shows the map alone
+    assert driver.find_element("id", "layer-value").text == "0"
+    assert driver.execute_script("return window.viewer.state.requestId") == 1  # still the first request
+    pixels = driver.execute_script(
+        "const c = document.getElementById('overlay');"
+        "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];"
+    )
+    width, height, data = pixels
+    rgba = np.asarray(data, dtype=np.int32).reshape(height, width, 4)
+    outline = rgba[..., 1] > rgba[..., 0] + 60  # the green mask outline is not part of the map
+    luminance = np.where(outline, 0, rgba[..., :3].sum(axis=-1))
+    hottest = np.argwhere(luminance >= np.percentile(luminance, 99.5))
+    rows, cols = hottest[:, 0], hottest[:, 1]
+    assert (width, height) == (480, 480)
+    assert rows.min() >= SQUARE[0].start and rows.max() < SQUARE[0].stop, (rows.min(), rows.max())
+    assert cols.min() >= SQUARE[1].start and cols.max() < SQUARE[1].stop, (cols.min(), cols.max())
+    screenshot(driver, "viewer-bright-square.png")
+    assert console_errors(driver) == []
+
+
+def test_threshold_slider_recomputes_the_mask_in_the_page(page: Page, tmp_path: Path) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    driver = open_viewer(page)
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    area = driver.find_element("id", "mask-area")
+    threshold = driver.find_element("id", "threshold")
+    first = int(area.get_attribute("data-patches"))
+    for _ in range(4):
+        threshold.send_keys(Keys.ARROW_LEFT)  # 0.6 -> 0.4 of the mass
+    second = int(area.get_attribute("data-patches"))
+    assert 0 < second < first
+    assert driver.execute_script("return window.viewer.state.requestId") == 1  # no new request
+    # the page's masks are the server's: dino_attention/masks.py on the same map
+    doc = driver.execute_script("return window.viewer.state.doc")
+    head = np.asarray(doc["attention"][11][2], dtype=np.float64)  # layer 11, head 2
+    page_mask = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('./js/maps.js').then((m) => {"
+        "  const map = Float64Array.from(arguments[0].flat());"
+        "  done(Array.from(m.thresholdMask(map, 0.6)));"
+        "});",
+        doc["attention"][11][2],
+    )
+    np.testing.assert_array_equal(np.asarray(page_mask, bool).reshape(60, 60), threshold_masks(head, 0.6))
+    # a slider move that needs no request: redraw times, measured in the page with performance.now()
+    for key in (Keys.ARROW_RIGHT, Keys.ARROW_LEFT) * 5:
+        threshold.send_keys(key)
+    layer = driver.find_element("id", "layer")
+    for key in (Keys.ARROW_LEFT, Keys.ARROW_RIGHT) * 5:
+        layer.send_keys(key)
+    redraws = driver.execute_script("return window.viewer.stats.redraws")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "viewer-redraw-ms.json").write_text(json.dumps({"model": MODEL.name, "image": [480, 480], "redraw_ms": redraws}))
+    assert len(redraws) >= 20 and all(ms > 0 for ms in redraws)
+    assert console_errors(driver) == []
+
+
+def test_non_image_shows_the_servers_message_as_text(page: Page, tmp_path: Path) -> None:
+    driver = open_viewer(page)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"<b>this is not an image</b>")
+    upload(driver, bad)
+    error = driver.find_element("id", "error")
+    assert error.is_displayed() and "400" in error.text and "not an image" in error.text
+    assert driver.execute_script("return document.getElementById('error').children.length") == 0  # text, not HTML
+    screenshot(driver, "viewer-error.png")
+    # the only console error is the browser's own line about the 400 response
+    assert console_errors(driver, allowed=("status of 400",)) == []
+
+
+def test_narrow_window_and_labels(page: Page, tmp_path: Path) -> None:
+    driver = open_viewer(page)
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    unlabelled = driver.execute_script(
+        "return [...document.querySelectorAll('input, select')].filter((e) => !e.labels || e.labels.length === 0).map((e) => e.id)"
+    )
+    assert unlabelled == []
+    driver.set_window_size(420, 900)
+    try:
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        overlay = driver.find_element("id", "overlay")
+        assert overlay.size["width"] <= 420 and overlay.is_displayed()
+        screenshot(driver, "viewer-narrow.png")
+    finally:
+        driver.set_window_size(1280, 800)
+    assert console_errors(driver) == []
+
+
+def test_configs_allow_exactly_the_viewers_origin() -> None:
+    local = read_properties(REPO / "config.properties")
+    assert local["cors_allowed_origin"] == url_of(DEFAULT_PORT).rstrip("/")
+    assert {m.strip() for m in local["cors_allowed_methods"].split(",")} == {"GET", "POST", "OPTIONS"}
+    assert "cors_allowed_origin" not in read_properties(REPO / "config.production.properties")
+    scripts = [line for line in (VIEWER_DIR / "index.html").read_text().splitlines() if "<script" in line or "<link" in line]
+    assert scripts and all("http" not in line for line in scripts)  # nothing from the internet: no CDN
+
+
+def test_make_viewer_serves_the_page_and_stop_stops_it(tmp_path: Path, monkeypatch) -> None:
+    """scripts.viewer (make viewer / make stop): loopback only, JavaScript modules with their MIME type."""
+    import requests
+
+    from scripts import viewer
+
+    monkeypatch.setattr(viewer, "PID_FILE", tmp_path / "viewer.pid")
+    port = free_ports(1)[0]
+    url = viewer.start(port)
+    try:
+        assert url == f"http://127.0.0.1:{port}/"
+        assert "DINO attention viewer" in requests.get(url, timeout=10).text
+        module = requests.get(url + "js/main.js", timeout=10)
+        assert module.status_code == 200 and module.headers["Content-Type"].split(";")[0] == "text/javascript"
+    finally:
+        assert viewer.stop()
+    with pytest.raises(requests.ConnectionError):
+        for _ in range(50):  # the process exits within moments of SIGTERM
+            requests.get(url, timeout=1)
+            time.sleep(0.1)
+    assert not viewer.stop()  # nothing left to stop

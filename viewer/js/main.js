@@ -1,0 +1,272 @@
+// The page: controls -> one request per image/method/model (all layers at once for plain attention),
+// then every slider, colour map, head or threshold change redraws from the response in memory.
+
+import { explain, listModels } from "./api.js";
+import { COLORMAPS, lookupTable } from "./colormaps.js";
+import { alignedImage, colourMap, outline, overlay } from "./draw.js";
+import { maskOutline, meanMap, parseMaps, thresholdMask } from "./maps.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "dino-attention-viewer-token"; // sessionStorage only: gone with the tab
+const ROLLOUT_DELAY_MS = 300; // a rollout needs a request per layer: wait for the slider to settle
+
+const state = {
+  image: null, // the File/Blob sent
+  bitmap: null, // the browser's decoding of it (null if it cannot decode the format)
+  doc: null, // the last response
+  text: "", // ... as received, for "download the response"
+  maps: null, // parseMaps(doc)
+  aligned: null, // the image resized and cropped as the server reports
+  selected: "mean", // "mean" or a head's index in the row
+  lut: lookupTable("inferno"),
+  mapCanvas: document.createElement("canvas"),
+  means: new Map(), // row index -> mean map
+  requestId: 0,
+  controller: null,
+  timer: 0,
+  rolloutTimer: 0,
+};
+const stats = { lastRedrawMs: NaN, redraws: [] }; // redraw times (ms) of the moves that needed no request
+window.viewer = { state, stats }; // for the tests and the console
+
+function init() {
+  const params = new URLSearchParams(location.search);
+  $("server").value = params.get("server") ?? `${location.protocol}//${location.hostname}:8080`;
+  $("management").value = params.get("management") ?? `${location.protocol}//${location.hostname}:8081`;
+  $("model").value = params.get("model") ?? "";
+  $("token").value = sessionStorage.getItem(TOKEN_KEY) ?? "";
+  for (const name of COLORMAPS) $("cmap").append(new Option(name, name));
+  showValues();
+  $("controls").addEventListener("submit", (event) => event.preventDefault());
+  $("token").addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, $("token").value));
+  $("refresh-models").addEventListener("click", refreshModels);
+  $("model").addEventListener("change", request);
+  $("file").addEventListener("change", () => $("file").files[0] && load($("file").files[0]));
+  $("method").addEventListener("change", () => {
+    $("head-fusion").disabled = $("method").value !== "rollout";
+    request();
+  });
+  $("head-fusion").addEventListener("change", request);
+  $("layer").addEventListener("input", onLayer);
+  $("cmap").addEventListener("change", () => {
+    state.lut = lookupTable($("cmap").value);
+    redraw(true);
+  });
+  for (const id of ["opacity", "threshold"]) $(id).addEventListener("input", () => redraw(false));
+  $("overlay").addEventListener("mousemove", hover);
+  $("overlay").addEventListener("mouseleave", () => ($("hover").textContent = "Hover the image for a patch's value."));
+  $("save-png").addEventListener("click", () => $("overlay").toBlob((blob) => download(blob, `${stem()}_attention.png`)));
+  $("save-json").addEventListener("click", () => download(new Blob([state.text], { type: "application/json" }), `${stem()}.json`));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) load(file);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (file) load(file);
+  });
+  refreshModels();
+}
+
+function showValues() {
+  $("layer-value").textContent = $("layer").value;
+  $("opacity-value").textContent = Number($("opacity").value).toFixed(2);
+  const t = Number($("threshold").value);
+  $("threshold-value").textContent = t > 0 ? `${Math.round(t * 100)}%` : "off";
+}
+
+async function refreshModels() {
+  try {
+    const names = await listModels($("management").value, $("token").value);
+    $("models").replaceChildren(...names.map((name) => new Option(name, name)));
+    if (!$("model").value && names.length) $("model").value = names[0];
+    $("status").textContent = `Models served: ${names.join(", ") || "none"}.`;
+  } catch (error) {
+    $("status").textContent = `Could not list the models (${error.message}); type the model's name.`;
+  }
+}
+
+async function load(file) {
+  state.image = file;
+  state.bitmap = await createImageBitmap(file).catch(() => null); // the server may read formats the browser cannot
+  await request();
+}
+
+/** One request for the current image, model and method; the answer replaces the maps in memory. */
+async function request() {
+  if (!state.image) return;
+  const model = $("model").value.trim();
+  if (!model) return showError("Choose a model first (the Model field).");
+  const rollout = $("method").value === "rollout";
+  const fields = { upsample: "false", dtype: "float16" }; // the patch grid; the page upsamples it
+  Object.assign(fields, rollout ? { method: "rollout", layer: $("layer").value, head_fusion: $("head-fusion").value } : { layers: "all" });
+  state.controller?.abort();
+  const controller = (state.controller = new AbortController());
+  const id = ++state.requestId;
+  startLoading();
+  try {
+    const { doc, text } = await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
+    if (id !== state.requestId) return;
+    const maps = parseMaps(doc);
+    Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
+    if (!rollout) $("layer").max = String(Math.max(...maps.layers));
+    state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
+    $("error").hidden = true;
+    $("save-png").disabled = $("save-json").disabled = false;
+    buildGallery();
+    redraw(true);
+  } catch (error) {
+    if (error.name !== "AbortError" && id === state.requestId) showError(error.message);
+  } finally {
+    if (id === state.requestId) stopLoading();
+  }
+}
+
+function onLayer() {
+  showValues();
+  if ($("method").value === "rollout") {
+    clearTimeout(state.rolloutTimer);
+    state.rolloutTimer = setTimeout(request, ROLLOUT_DELAY_MS);
+  } else {
+    state.means.clear();
+    redraw(true);
+  }
+}
+
+function currentRowIndex() {
+  if (state.doc.method === "rollout") return 0;
+  const index = state.maps.layers.indexOf(Number($("layer").value));
+  return index >= 0 ? index : state.maps.layers.length - 1;
+}
+
+function mean(rowIndex) {
+  if (!state.means.has(rowIndex)) state.means.set(rowIndex, meanMap(state.maps.rows[rowIndex]));
+  return state.means.get(rowIndex);
+}
+
+function currentMap() {
+  const r = currentRowIndex();
+  return state.selected === "mean" ? mean(r) : state.maps.rows[r][state.selected];
+}
+
+/** Redraw from memory: the overlay (and its mask outline), and with ``gallery`` the thumbnails. */
+function redraw(gallery) {
+  showValues();
+  if (!state.maps) return;
+  const start = performance.now();
+  const { grid, patch } = state.maps;
+  const [h, w] = grid;
+  const canvas = $("overlay");
+  if (canvas.width !== w * patch || canvas.height !== h * patch) [canvas.width, canvas.height] = [w * patch, h * patch];
+  const ctx = canvas.getContext("2d");
+  const map = currentMap();
+  overlay(ctx, state.aligned, colourMap(map, h, w, state.lut, state.mapCanvas), Number($("opacity").value));
+  const t = Number($("threshold").value);
+  if (t > 0) {
+    const mask = thresholdMask(map, t);
+    outline(ctx, maskOutline(mask, h, w), patch);
+    const kept = mask.reduce((a, b) => a + b, 0);
+    $("mask-area").textContent = `Mask: ${kept} of ${h * w} patches hold ${Math.round(t * 100)}% of the map's mass.`;
+    $("mask-area").dataset.patches = String(kept);
+  } else {
+    $("mask-area").textContent = "Mask: off.";
+    $("mask-area").dataset.patches = "0";
+  }
+  if (gallery) drawGallery();
+  const r = currentRowIndex();
+  const what = state.selected === "mean" ? "head mean" : state.maps.heads[state.selected];
+  const d = state.doc;
+  $("caption").textContent =
+    `${d.model}, ${state.maps.labels[r]}, ${what}; image ${d.image_size[0]}x${d.image_size[1]} ` +
+    `(${d.input_size[0]}x${d.input_size[1]} resized to ${d.resized_size[0]}x${d.resized_size[1]}, cropped), ` +
+    `grid ${h}x${w}, patch ${patch}, weights ${d.weights}, ${d.precision}`;
+  stats.lastRedrawMs = performance.now() - start;
+  stats.redraws.push(stats.lastRedrawMs);
+  $("redraw").textContent = `Redrawn in ${stats.lastRedrawMs.toFixed(1)} ms.`;
+}
+
+function buildGallery() {
+  const names = state.maps.heads.length > 1 ? ["mean", ...state.maps.heads.keys()] : ["mean"];
+  $("gallery").replaceChildren(
+    ...names.map((key) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.key = String(key);
+      const label = document.createElement("span");
+      label.textContent = key === "mean" ? (state.maps.heads.length > 1 ? "head mean" : state.maps.heads[0]) : state.maps.heads[key];
+      button.append(document.createElement("canvas"), label);
+      button.addEventListener("click", () => {
+        state.selected = key;
+        redraw(true);
+      });
+      return button;
+    }),
+  );
+}
+
+function drawGallery() {
+  const [h, w] = state.maps.grid;
+  const row = state.maps.rows[currentRowIndex()];
+  for (const button of $("gallery").children) {
+    const key = button.dataset.key === "mean" ? "mean" : Number(button.dataset.key);
+    colourMap(key === "mean" ? mean(currentRowIndex()) : row[key], h, w, state.lut, button.querySelector("canvas"));
+    button.setAttribute("aria-pressed", String(key === state.selected));
+  }
+}
+
+function hover(event) {
+  if (!state.maps) return;
+  const canvas = $("overlay");
+  const x = (event.offsetX * canvas.width) / canvas.clientWidth;
+  const y = (event.offsetY * canvas.height) / canvas.clientHeight;
+  const [h, w] = state.maps.grid;
+  const row = Math.min(h - 1, Math.floor(y / state.maps.patch));
+  const column = Math.min(w - 1, Math.floor(x / state.maps.patch));
+  const value = currentMap()[row * w + column];
+  $("hover").textContent = `Patch row ${row}, column ${column}: ${value.toPrecision(4)}`;
+}
+
+function blank([height, width]) {
+  const canvas = document.createElement("canvas");
+  [canvas.height, canvas.width] = [height, width];
+  return canvas;
+}
+
+function showError(message) {
+  $("error").textContent = message; // text, never HTML
+  $("error").hidden = false;
+}
+
+function startLoading() {
+  const start = performance.now();
+  $("loading").hidden = false;
+  clearInterval(state.timer);
+  state.timer = setInterval(() => ($("elapsed").textContent = ((performance.now() - start) / 1000).toFixed(1)), 100);
+}
+
+function stopLoading() {
+  clearInterval(state.timer);
+  $("loading").hidden = true;
+}
+
+function stem() {
+  return (state.image?.name ?? "image").replace(/\.[^.]*$/, "") || "image";
+}
+
+function download(blob, name) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+init();
