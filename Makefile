@@ -22,21 +22,23 @@ URL      = http://127.0.0.1:8080/predictions/$(NAME)
 CONFIG  ?= config.properties
 # The viewer's port (make viewer); config.properties allows http://127.0.0.1:8090 through CORS.
 VIEWER_PORT ?= 8090
+# KServe's model server (make serve-kserve), beside TorchServe's 8080-8082.
+KSERVE_PORT ?= 8085
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve viewer stop predict render test browser lint bench kserve-bundle demo clean
+.PHONY: install weights archive serve serve-kserve viewer stop predict render test browser lint bench kserve-bundle demo clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-core.txt requirements-kserve.txt pyproject.toml
 	@python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
 	  echo "needs Python 3.11 (the pinned torch 2.14.1 wheels); python3 is $$(python3 -V 2>&1)"; exit 1; }
 	@java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || { \
 	  echo "TorchServe needs Java 17+: apt-get install openjdk-17-jre-headless (or set JAVA_HOME)"; exit 1; }
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-kserve.txt
 	touch $@
 
 weights: install
@@ -48,6 +50,10 @@ archive: install
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)
 
+# The same archive on KServe's model server (kserve_engine, no TorchServe), in the background.
+serve-kserve: install
+	$(PY) -m scripts.serve_kserve start --model-name $(NAME) --port $(KSERVE_PORT)
+
 # The static attention viewer (viewer/) on 127.0.0.1:$(VIEWER_PORT), in the background; it talks to `make serve`.
 viewer: install
 	$(PY) -m scripts.viewer start --port $(VIEWER_PORT)
@@ -55,6 +61,7 @@ viewer: install
 stop: install
 	$(PY) -m scripts.serve stop
 	$(PY) -m scripts.viewer stop
+	$(PY) -m scripts.serve_kserve stop
 
 predict: install
 	@mkdir -p $(dir $(OUT))
@@ -82,7 +89,7 @@ lint: install
 bench: install
 	$(PY) -m bench.bench_attention $(BENCH_ARGS)
 
-# KServe storage layout in build/kserve (config/ + model-store/) for kserve/inferenceservice*.yaml.
+# KServe storage layout in build/kserve (config/ + model-store/) for deploy/kserve/inferenceservice*.yaml.
 kserve-bundle: install
 	$(PY) -m scripts.kserve_bundle --model-name $(NAME)
 

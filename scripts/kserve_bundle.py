@@ -7,7 +7,7 @@
     build/kserve/model-store/dino_vits8.mar
 
 Upload the folder (e.g. ``gsutil cp -r build/kserve gs://bucket/dino``) and point an
-InferenceService's ``storageUri`` at it (kserve/inferenceservice*.yaml).
+InferenceService's ``storageUri`` at it (deploy/kserve/inferenceservice*.yaml).
 """
 
 from __future__ import annotations

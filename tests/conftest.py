@@ -24,7 +24,7 @@ from .support.checkpoints import backbone_state, full_checkpoint, save
 from .support.handler import MODEL_NAME
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
-E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_metrics", "test_viewer")
+E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_kserve_engine", "test_metrics", "test_viewer")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,77 @@
+"""Serve an archived model with KServe's model server (kserve_engine) on loopback, in the background.
+
+    python -m scripts.serve_kserve start --model-name dino_vits8 --port 8085   # waits until the model is ready
+    python -m scripts.serve_kserve stop
+
+It serves ``model_store/<name>.mar`` (what `make archive` wrote), the same archive TorchServe serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from scripts import REPO, background
+
+logger = logging.getLogger("serve_kserve")
+
+PID_FILE = background.LOG_DIR / "kserve.pid"
+DEFAULT_PORT = 8085  # beside TorchServe's 8080-8082, so both engines can run at once
+ENTRY = ["-m", "kserve_engine"]  # the Dockerfile's entry point: the same module
+
+
+def model_folder(model_store: Path, name: str) -> Path:
+    """A folder holding only ``<name>.mar`` (linked), as a storage URI would deliver it."""
+    mar = model_store / f"{name}.mar"
+    if not mar.is_file():
+        raise FileNotFoundError(f"{mar} does not exist: run `make archive MODEL=...` first")
+    folder = Path(tempfile.mkdtemp(prefix="dino-kserve-store-"))
+    (folder / mar.name).symlink_to(mar.resolve())
+    return folder
+
+
+def command(model_dir: Path, name: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, *ENTRY, "--model_dir", str(model_dir), "--model_name", name, "--http_port", str(port), "--host", host]
+
+
+def start(name: str, port: int, model_store: Path, timeout: float = 240.0) -> str:
+    """Start the KServe model server for ``name``; return its v2 inference URL once the model is ready."""
+    base = f"http://127.0.0.1:{port}"
+    background.start(command(model_folder(model_store, name), name, port), PID_FILE, f"{base}/v2/models/{name}/ready", timeout)
+    return f"{base}/v2/models/{name}/infer"
+
+
+def stop() -> bool:
+    return background.stop(PID_FILE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("start", "stop"))
+    parser.add_argument("--model-name", default="dino_vits8")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        logger.info("KServe model server stopped" if stop() else "no KServe model server running")
+        return 0
+    try:
+        url = start(args.model_name, args.port, args.model_store)
+    except (FileNotFoundError, RuntimeError) as e:
+        logger.error("%s", e)
+        return 1
+    logger.info(
+        "%s is READY on KServe's model server: %s (v1: %s)",
+        args.model_name,
+        url,
+        url.replace("/v2/models/", "/v1/models/").replace("/infer", ":predict"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
