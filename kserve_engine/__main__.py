@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
+import kserve
+from kserve import model_server
 from kserve.protocol.rest.server import RESTServer
 
-import kserve
 from dino_attention.service import ConfigError, create_service, select_device
-from kserve import model_server
 from kserve_engine.model import AttentionModel, DefaultJsonContentType, EngineError, engine_error_handler, load_settings, unpack_model_dir
 
 logger = logging.getLogger("kserve_engine")

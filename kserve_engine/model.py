@@ -23,12 +23,12 @@ from typing import Any
 import yaml
 from fastapi import Request
 from fastapi.responses import Response
+from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 
 from dino_attention.errors import RequestError
 from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply
 from dino_attention.service import AttentionService
-from kserve import Model
 
 logger = logging.getLogger(__name__)
 
