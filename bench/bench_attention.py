@@ -14,6 +14,7 @@ flags, then a matmul probe) is reported as skipped, not timed: emulated bf16 is 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,16 +46,17 @@ from dino_attention.precision import DTYPES, FP32, PrecisionPlan, Speed, describ
 from dino_attention.protocols import PLAIN, ServerInfo, encode_attention
 from dino_attention.schema import AttentionResult
 from dino_attention.service import create_service
-from scripts import REPO, archive
+from scripts import REPO, archive, background, serve_kserve
 from tests.support.handler import answer
-from tests.support.torchserve import private_torchserve
+from tests.support.torchserve import free_ports, private_torchserve
 
 logger = logging.getLogger("bench")
 
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 PATHS = ("seed", "fp32", "bf16", "fp16")  # fp32/bf16/fp16: our path in that precision
-SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput")
+SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines")
+ENGINE_CONCURRENCY = 4  # clients in flight for the engines section's images/s
 # The methods section (fp32): a last-layer request, layers=all, rollout, and the naive full-matrix rollout.
 METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive")
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
@@ -429,6 +432,69 @@ def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: P
     }
 
 
+# ----------------------------------------------------------------------------- engines
+def v2_request(image: bytes) -> bytes:
+    """One KServe v2 JSON request for ``image`` with default options: what both engines are sent."""
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(image).decode()]}
+    return json.dumps({"inputs": [tensor], "parameters": {}}).encode()
+
+
+def engine_figures(url: str, body: bytes, requests_n: int) -> dict:
+    """p50/p95 of ``requests_n`` sequential POSTs (after one warm-up), and images/s with ENGINE_CONCURRENCY in flight."""
+    headers = {"Content-Type": "application/json"}
+
+    def post(session: requests.Session) -> float:
+        start = time.perf_counter()
+        session.post(url, data=body, headers=headers, timeout=600).raise_for_status()
+        return time.perf_counter() - start
+
+    with requests.Session() as session:
+        post(session)  # warm-up
+        sequential = [post(session) for _ in range(requests_n)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(ENGINE_CONCURRENCY) as pool:
+        list(pool.map(lambda _: post(requests.Session()), range(requests_n)))
+    rate = requests_n / (time.perf_counter() - start)
+    return {"p50": percentile(sequential, 50), "p95": percentile(sequential, 95), "images_per_s": rate}
+
+
+def bench_engines(args: argparse.Namespace, store: Path, image: bytes, workdir: Path) -> list[dict]:
+    """The same .mar and the same v2 requests through TorchServe and through KServe's model server."""
+    name = args.model
+    body = v2_request(image)
+    rows = []
+    with private_torchserve(store, name) as server:
+        url = f"{server.props['inference_address']}/v2/models/{name}/infer"
+        rows.append({"engine": "TorchServe 0.12.0", **engine_figures(url, body, args.requests)})
+    port = free_ports(1)[0]
+    pid_file = workdir / "kserve.pid"
+    base = f"http://127.0.0.1:{port}"
+    background.start(
+        serve_kserve.command(serve_kserve.model_folder(store, name), name, port), pid_file, f"{base}/v2/models/{name}/ready", 240
+    )
+    try:
+        rows.append(
+            {"engine": "KServe model server (kserve_engine)", **engine_figures(f"{base}/v2/models/{name}/infer", body, args.requests)}
+        )
+    finally:
+        background.stop(pid_file)
+    return rows
+
+
+def engines_report(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "",
+        f"## Engines: the same .mar, the same KServe v2 JSON request (480x480 JPEG, default options), {args.requests} requests",
+        "",
+        f"| engine | p50 s (sequential) | p95 s | images/s ({ENGINE_CONCURRENCY} in flight) |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {r['engine']} | {r['p50']:.3f} | {r['p95']:.3f} | {r['images_per_s']:.2f} |" for r in rows]
+    if len(rows) == 2:
+        lines += ["", f"KServe p50 / TorchServe p50: {rows[1]['p50'] / rows[0]['p50']:.2f}"]
+    return lines
+
+
 # ----------------------------------------------------------------------------- throughput
 THROUGHPUT_CONFIGS = ((1, 1), (4, 1), (1, 2), (4, 2))  # (TorchServe batchSize, workers)
 CONCURRENCY = (1, 4, 8)
@@ -754,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
             grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
             encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
         image = (REPO / "data" / "samples" / "astronaut.jpg").read_bytes()  # 512x512 -> 480x480
-        if "served" in args.sections or "throughput" in args.sections:
+        engines_lines: list[str] = []
+        if {"served", "throughput", "engines"} & set(args.sections):
             store = workdir / "store"
             if archive.main(["--model", args.model, "--weights", str(weights), "--export-path", str(store)]):
                 raise RuntimeError("archiving the benchmark model failed")
@@ -764,7 +831,10 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in args.sections:
             logger.info("throughput: batch size x workers x concurrency ...")
             throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
-    text = report(results, machine, encodings, served, throughput, args, [*methods_lines, *families_lines])
+        if "engines" in args.sections:
+            logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
+            engines_lines = engines_report(bench_engines(args, store, image, workdir), args)
+    text = report(results, machine, encodings, served, throughput, args, [*methods_lines, *families_lines, *engines_lines])
     (args.out / f"{args.name}.md").write_text(text)
     if results:
         plot(results, machine.peaks, args.out / f"{args.name}.png")

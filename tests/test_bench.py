@@ -33,6 +33,9 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
         "methods",
         "families",
         "encoding",
+        "engines",
+        "--requests",
+        "2",
         "--families",
         "dinov2_vits14_reg:28x42",
         "--out",
@@ -58,6 +61,11 @@ def test_bench_runs_and_reports(tmp_path: Path) -> None:
     for row in ("| dinov2_vits14_reg | 28x42 | 6 | eager N x N |", "| dinov2_vits14_reg | 28x42 | 6 | ours (SDPA + [CLS] row) |"):
         assert row in report
     assert report.count("max |seed - fp32| = ") == 2  # the forward section's and the families section's
+    assert (
+        "| TorchServe 0.12.0 |" in report
+        and "| KServe model server (kserve_engine) |" in report
+        and "KServe p50 / TorchServe p50: " in report
+    )
     for precision in ("bf16", "fp16"):  # timed where native, else named as skipped with the reason
         speed = probe_speed(torch.device("cpu"), precision)
         row = f"| 32x48 | 6 | {precision} | {speed.reason}: skipped |"
