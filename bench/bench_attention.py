@@ -470,7 +470,10 @@ def bench_engines(args: argparse.Namespace, store: Path, image: bytes, workdir: 
     pid_file = workdir / "kserve.pid"
     base = f"http://127.0.0.1:{port}"
     background.start(
-        serve_kserve.command(serve_kserve.model_folder(store, name), name, port), pid_file, f"{base}/v2/models/{name}/ready", 240
+        serve_kserve.command(serve_kserve.model_folder(store, name, workdir / "kserve-model"), name, port),
+        pid_file,
+        f"{base}/v2/models/{name}/ready",
+        240,
     )
     try:
         rows.append(

@@ -11,8 +11,10 @@ binary tensor extension, error messages) for TorchServe and KServe alike.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -160,6 +162,7 @@ def unpack_model_dir(model_dir: Path) -> Path:
         found = [p.name for p in model_dir.iterdir()] if model_dir.is_dir() else "no such folder"
         raise FileNotFoundError(f"{model_dir} holds neither {MODEL_CONFIG} nor exactly one .mar (found: {found}); make archive writes one")
     target = Path(tempfile.mkdtemp(prefix="dino-kserve-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)  # the server stops on SIGTERM, then this runs
     with zipfile.ZipFile(archives[0]) as mar:
         mar.extractall(target)
     return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +24,15 @@ DEFAULT_PORT = 8085  # beside TorchServe's 8080-8082, so both engines can run at
 ENTRY = ["-m", "kserve_engine"]  # the Dockerfile's entry point: the same module
 
 
-def model_folder(model_store: Path, name: str) -> Path:
-    """A folder holding only ``<name>.mar`` (linked), as a storage URI would deliver it."""
+def model_folder(model_store: Path, name: str, folder: Path | None = None) -> Path:
+    """``folder`` (default: a fresh temporary one) holding only ``<name>.mar`` (linked), as a storage
+    URI would deliver it to /mnt/models."""
     mar = model_store / f"{name}.mar"
     if not mar.is_file():
         raise FileNotFoundError(f"{mar} does not exist: run `make archive MODEL=...` first")
-    folder = Path(tempfile.mkdtemp(prefix="dino-kserve-store-"))
+    folder = folder or Path(tempfile.mkdtemp(prefix="dino-kserve-store-"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     (folder / mar.name).symlink_to(mar.resolve())
     return folder
 
@@ -40,7 +44,8 @@ def command(model_dir: Path, name: str, port: int, host: str = "127.0.0.1") -> l
 def start(name: str, port: int, model_store: Path, timeout: float = 240.0) -> str:
     """Start the KServe model server for ``name``; return its v2 inference URL once the model is ready."""
     base = f"http://127.0.0.1:{port}"
-    background.start(command(model_folder(model_store, name), name, port), PID_FILE, f"{base}/v2/models/{name}/ready", timeout)
+    folder = model_folder(model_store, name, PID_FILE.with_name("kserve-model"))
+    background.start(command(folder, name, port), PID_FILE, f"{base}/v2/models/{name}/ready", timeout)
     return f"{base}/v2/models/{name}/infer"
 
 

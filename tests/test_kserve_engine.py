@@ -51,7 +51,7 @@ def dockerfile_command(model_dir: Path, port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def engine(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     port = free_ports(1)[0]
-    folder = model_folder(Path(served.server.props["model_store"]), NAME)
+    folder = model_folder(Path(served.server.props["model_store"]), NAME, tmp_path_factory.mktemp("models"))
     pid_file = tmp_path_factory.mktemp("kserve") / "kserve.pid"
     base = f"http://127.0.0.1:{port}"
     background.start(dockerfile_command(folder, port), pid_file, f"{base}/v2/models/{NAME}/ready", timeout=TIMEOUT)
