@@ -265,3 +265,47 @@ def test_make_viewer_serves_the_page_and_stop_stops_it(tmp_path: Path, monkeypat
             requests.get(url, timeout=1)
             time.sleep(0.1)
     assert not viewer.stop()  # nothing left to stop
+
+
+def test_rollout_hover_token_drop_and_downloads(page: Page, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = open_viewer(page)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    # the token lives in sessionStorage only
+    driver.find_element("id", "token").send_keys("not-a-real-key")
+    assert driver.execute_script("return [sessionStorage.length, localStorage.length]") == [1, 0]
+    driver.find_element("id", "token").clear()
+    driver.execute_script("sessionStorage.clear()")
+    # drag and drop: a File dropped on the drop zone is sent like a chosen one
+    before = driver.execute_script("return window.viewer.state.requestId")
+    driver.execute_script(
+        "const c = document.createElement('canvas'); c.width = 96; c.height = 64;"
+        "c.toBlob((blob) => { const data = new DataTransfer(); data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));"
+        "document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true})); });"
+    )
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: d.execute_script("return window.viewer.state.requestId") > before and not d.find_element("id", "loading").is_displayed()
+    )
+    assert driver.execute_script("return window.viewer.state.doc.input_size") == [64, 96]
+    # rollout: one map, asked per layer
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    Select(driver.find_element("id", "method")).select_by_value("rollout")
+    WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "rollout")
+    assert driver.find_element("id", "head-fusion").is_enabled()
+    assert len(driver.find_elements("css selector", "#gallery button")) == 1
+    assert "rollout through layer 11" in driver.find_element("id", "caption").text
+    # hover: the patch under the pointer (the canvas is shown at 480 px: one CSS pixel per image pixel)
+    overlay = driver.find_element("id", "overlay")
+    ActionChains(driver).move_to_element_with_offset(overlay, 300 - overlay.size["width"] // 2, 204 - overlay.size["height"] // 2).perform()
+    assert driver.find_element("id", "hover").text.startswith("Patch row 25, column 37: ")
+    # downloads: the current view and the raw response
+    driver.find_element("id", "save-png").click()
+    driver.find_element("id", "save-json").click()
+    WebDriverWait(driver, 30).until(lambda _: {p.name for p in downloads.iterdir()} == {"square_attention.png", "square.json"})
+    assert (downloads / "square_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((downloads / "square.json").read_text())["method"] == "rollout"
+    assert console_errors(driver) == []
