@@ -73,6 +73,18 @@ def auth_header(key_file: Path, api: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def wait_until_settled(log: Path, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:
+    """Wait until ``log`` has not grown for ``quiet_s`` (at most ``limit_s``)."""
+    deadline, size, since = time.monotonic() + limit_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = log.stat().st_size if log.exists() else 0
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
 def wait_ready(
     management_url: str,
     model_name: str,
@@ -91,6 +103,7 @@ def wait_ready(
             raise ServeError(f"TorchServe exited with code {process.returncode}\n{log_tail(log_dir)}")
         ts_log = log_dir / "ts_log.log"
         if ts_log.exists() and any(m in ts_log.read_text(errors="replace") for m in FAILURE_MARKERS):
+            wait_until_settled(log_dir / "model_log.log")  # the worker's traceback arrives line by line
             raise ServeError(f"model {model_name} failed to load; model_log.log says:\n{log_tail(log_dir)}")
         try:
             headers = auth_header(key_file, "management") if key_file else {}
