@@ -408,8 +408,8 @@ def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: P
     service = create_service({"model": variant.name}, weights)
     in_process = timed(lambda: answer(service, [{"body": image}]), args.requests)
     served: list[float] = []
-    with private_torchserve(store, variant.archive_name) as server:
-        url = server.url(variant.archive_name)
+    with private_torchserve(store, variant.name) as server:
+        url = server.url(variant.name)
         with requests.Session() as session:
             for i in range(args.requests + 1):
                 start = time.perf_counter()
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
             served = bench_served(args, weights, image, store)
         if "throughput" in args.sections:
             logger.info("throughput: batch size x workers x concurrency ...")
-            throughput = bench_throughput(args, store / f"{variant.archive_name}.mar", image, workdir)
+            throughput = bench_throughput(args, store / f"{variant.name}.mar", image, workdir)
         if "engines" in args.sections:
             logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
             engines_lines = engines_report(bench_engines(args, store, image, workdir), args)

@@ -242,12 +242,12 @@ def create_service(settings: Mapping[str, object], weights_path: str | Path | No
             raise ConfigError(
                 "the archive carries no weights file; archive with WEIGHTS=path/to/dino.pth (or WEIGHTS=random for an untrained model)"
             )
-        logger.warning("%s has RANDOM weights: attention maps are noise (archived with WEIGHTS=random)", variant.archive_name)
+        logger.warning("%s has RANDOM weights: attention maps are noise (archived with WEIGHTS=random)", variant.name)
         torch.manual_seed(RANDOM_SEED)
         model = build_model(variant, None)
     else:
         model = build_model(variant, filter_state_dict(read_checkpoint(weights_path)))
         if not config.weights:
             config = replace(config, weights=weights_tag(weights_path))
-    logger.info("loaded %s (%s) on %s", variant.archive_name, config.weights, device)
+    logger.info("loaded %s (%s) on %s", variant.name, config.weights, device)
     return AttentionService(model, variant, config, device)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ConfigError, ValueError) as e:
         logger.error("%s", e)
         return 2
-    name = args.model_name if args.model_name != "model" else service.variant.archive_name
+    name = args.model_name if args.model_name != "model" else service.variant.name
     model = AttentionModel(name, service, version)
     model_server.app.add_exception_handler(EngineError, engine_error_handler)
     model_server.app.add_middleware(DefaultJsonContentType)

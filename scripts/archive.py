@@ -70,7 +70,7 @@ def handler_config(config_path: Path, variant: Variant, weights: str) -> dict:
 def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, stage: Path) -> tuple[Path | None, str]:
     """Write the strictly-checked backbone state_dict into ``stage``; return (path or None, weights tag)."""
     if weights == RANDOM_WEIGHTS:
-        logger.warning("archiving %s with RANDOM weights: attention maps will be noise", variant.archive_name)
+        logger.warning("archiving %s with RANDOM weights: attention maps will be noise", variant.name)
         return None, RANDOM_WEIGHTS
     verify_hash_in_name(Path(weights))
     state = filter_state_dict(read_checkpoint(weights), checkpoint_key)
@@ -94,7 +94,7 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
         cmd = [
             str(Path(sys.executable).with_name("torch-model-archiver")),
             "--model-name",
-            variant.archive_name,
+            variant.name,
             "--version",
             "1.0",
             "--handler",
@@ -110,7 +110,7 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
         if weights_path is not None:
             cmd += ["--serialized-file", str(weights_path)]
         subprocess.run(cmd, check=True)
-    return args.export_path / f"{variant.archive_name}.mar"
+    return args.export_path / f"{variant.name}.mar"
 
 
 BANNER_LINES = (
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", e)
         return 2
     if args.print_name:
-        print(variant.archive_name)
+        print(variant.name)
         return 0
     try:
         cache_dir = args.cache_dir or default_cache_dir()

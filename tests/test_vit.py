@@ -48,7 +48,7 @@ def test_sdpa_block_equals_eager_block(tiny: VisionTransformer) -> None:
         torch.testing.assert_close(attn.cls_attention(blk.norm1(tokens), explicit=True), weights[:, :, 0])
 
 
-@pytest.mark.parametrize("variant", [v for v in all_variants() if v.family == "dino"], ids=lambda v: v.archive_name)
+@pytest.mark.parametrize("variant", [v for v in all_variants() if v.family == "dino"], ids=lambda v: v.name)
 def test_variant_dims_and_forward_shape(variant) -> None:
     model = VisionTransformer(variant)
     dims = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}[variant.arch]

@@ -97,11 +97,6 @@ class Variant:
     mask_k_bias: bool = False  # qkv bias multiplied by a stored bias_mask (DINOv3 zeroes the key bias)
 
     @property
-    def archive_name(self) -> str:
-        """The .mar and URL name: the torch.hub name."""
-        return self.name
-
-    @property
     def pretrain_grid(self) -> int:
         """Side of the position-embedding grid stored in the checkpoint (224 / patch, or 518 / 14)."""
         return self.pretrain_img_size // self.patch_size

@@ -14,7 +14,7 @@ from dino_attention.service import AttentionService
 from handler.dino_handler import DinoAttentionHandler
 from tests.support.checkpoints import TINY
 
-MODEL_NAME = TINY.archive_name  # dino_vitt16
+MODEL_NAME = TINY.name  # dino_vitt16
 
 
 @dataclass
