@@ -28,6 +28,7 @@ from dino_attention.model.checkpoint import (
     build_model,
     filter_state_dict,
     read_checkpoint,
+    sha256_of,
     weights_tag,
 )
 from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, Variant, get_variant
@@ -72,12 +73,14 @@ def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, st
     if weights == RANDOM_WEIGHTS:
         logger.warning("archiving %s with RANDOM weights: attention maps will be noise", variant.name)
         return None, RANDOM_WEIGHTS
-    verify_hash_in_name(Path(weights))
+    digest = sha256_of(weights) if Path(weights).is_file() else None  # once: for the name's hash and the tag
+    if digest is not None:
+        verify_hash_in_name(Path(weights), digest)
     state = filter_state_dict(read_checkpoint(weights), checkpoint_key)
     build_model(variant, state)  # strict key/shape check; raises CheckpointError listing keys
     path = stage / WEIGHTS_FILE
     torch.save(state, path)
-    return path, weights_tag(weights)
+    return path, weights_tag(weights, digest)
 
 
 def archive(args: argparse.Namespace, variant: Variant) -> Path:

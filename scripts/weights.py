@@ -55,22 +55,24 @@ def record_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def verify_hash_in_name(path: Path) -> None:
+def verify_hash_in_name(path: Path, digest: str) -> None:
     """A file named as an official checkpoint with a hash in its name (DINOv3's ``-<sha256 prefix>.pth``)
-    must have that hash, so a truncated or substituted download fails here rather than in a worker."""
+    must have that hash (``digest``, its sha256), so a truncated or substituted download fails here
+    rather than in a worker."""
     checkpoint = official_checkpoint(path.name)
     prefix = checkpoint.hash_prefix if checkpoint is not None else None
-    if prefix and path.is_file() and not sha256_of(path).startswith(prefix):
+    if prefix and not digest.startswith(prefix):
         raise WeightsError(f"{path}: its sha256 does not start with {prefix}, the hash in the official file name; download it again")
 
 
 def verify_cached(path: Path, checkpoint: Checkpoint) -> None:
-    """Check a cached file against the published sha256, else against the recorded one."""
-    verify_hash_in_name(path)
+    """Check a cached file against the hash in its name, and the published sha256, else the recorded one."""
+    digest = sha256_of(path)
+    verify_hash_in_name(path, digest)
     expected = checkpoint.sha256
     if expected is None and record_path(path).exists():
         expected = record_path(path).read_text().split()[0]
-    if expected is not None and sha256_of(path) != expected:
+    if expected is not None and digest != expected:
         raise WeightsError(f"{path} does not match its sha256 {expected} (corrupted or replaced?); delete it and run `make weights` again")
 
 
@@ -109,14 +111,15 @@ def fetch(variant: Variant, checkpoint: Checkpoint, cache_dir: Path, progress=No
             + (f"  The partial download {kept} is kept: `make weights` again resumes it.\n" if kept.exists() else "")
             + "  To try the pipeline without it: make archive WEIGHTS=random (an untrained model)."
         ) from e
+    digest = sha256_of(dest)
     try:
-        verify_hash_in_name(dest)
+        verify_hash_in_name(dest, digest)
         build_model(variant, filter_state_dict(read_checkpoint(dest)))
     except (CheckpointError, WeightsError) as e:
         dest.unlink()
         raise WeightsError(f"{url} is not the {variant.name} checkpoint (removed): {e}") from e
     if checkpoint.sha256 is None:
-        record_path(dest).write_text(f"{sha256_of(dest)}  {dest.name}\n")
+        record_path(dest).write_text(f"{digest}  {dest.name}\n")
     logger.info("verified %s", dest)
     return dest
 

@@ -135,6 +135,6 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def weights_tag(path: str | Path, digits: int = 12) -> str:
-    """'file.pth@sha256:<prefix>' identifying a weights file in every response."""
-    return f"{Path(path).name}@sha256:{sha256_of(path)[:digits]}"
+def weights_tag(path: str | Path, digest: str | None = None, digits: int = 12) -> str:
+    """'file.pth@sha256:<prefix>' identifying a weights file in every response (``digest``: its sha256, if known)."""
+    return f"{Path(path).name}@sha256:{(digest or sha256_of(path))[:digits]}"
