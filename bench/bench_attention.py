@@ -466,19 +466,10 @@ def bench_engines(args: argparse.Namespace, store: Path, image: bytes, workdir: 
     with private_torchserve(store, name) as server:
         url = f"{server.props['inference_address']}/v2/models/{name}/infer"
         rows.append({"engine": "TorchServe 0.12.0", **engine_figures(url, body, args.requests)})
-    port = free_ports(1)[0]
     pid_file = workdir / "kserve.pid"
-    base = f"http://127.0.0.1:{port}"
-    background.start(
-        serve_kserve.command(serve_kserve.model_folder(store, name, workdir / "kserve-model"), name, port),
-        pid_file,
-        f"{base}/v2/models/{name}/ready",
-        240,
-    )
+    url = serve_kserve.start(name, free_ports(1)[0], store, pid_file=pid_file)
     try:
-        rows.append(
-            {"engine": "KServe model server (kserve_engine)", **engine_figures(f"{base}/v2/models/{name}/infer", body, args.requests)}
-        )
+        rows.append({"engine": "KServe model server (kserve_engine)", **engine_figures(url, body, args.requests)})
     finally:
         background.stop(pid_file)
     return rows

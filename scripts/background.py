@@ -3,12 +3,14 @@ pid file and a log under logs/, waited for until a URL answers, stopped by `make
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from scripts import REPO
@@ -46,6 +48,25 @@ def start(command: list[str], pid_file: Path, ready_url: str, timeout: float = 1
     except RuntimeError:
         stop(pid_file)
         raise
+
+
+def run_action(
+    action: str, what: str, start_: Callable[[], str], stop_: Callable[[], bool], started: Callable[[str], str], logger: logging.Logger
+) -> int:
+    """A background server's `start` / `stop` command line: the exit status, the outcome logged.
+
+    ``start_`` returns the URL (``started`` turns it into the log line); ``stop_`` says whether one ran.
+    """
+    if action == "stop":
+        logger.info("%s stopped" if stop_() else "no %s running", what)
+        return 0
+    try:
+        url = start_()
+    except (FileNotFoundError, RuntimeError) as e:
+        logger.error("%s", e)
+        return 1
+    logger.info("%s", started(url))
+    return 0
 
 
 def stop(pid_file: Path) -> bool:

@@ -41,16 +41,24 @@ def command(model_dir: Path, name: str, port: int, host: str = "127.0.0.1") -> l
     return [sys.executable, *ENTRY, "--model_dir", str(model_dir), "--model_name", name, "--http_port", str(port), "--host", host]
 
 
-def start(name: str, port: int, model_store: Path, timeout: float = 240.0) -> str:
-    """Start the KServe model server for ``name``; return its v2 inference URL once the model is ready."""
+def start(name: str, port: int, model_store: Path, timeout: float = 240.0, pid_file: Path | None = None) -> str:
+    """Start the KServe model server for ``name`` (its pid file: ``pid_file``, default logs/kserve.pid);
+    return its v2 inference URL once the model is ready."""
+    pid_file = pid_file or PID_FILE
     base = f"http://127.0.0.1:{port}"
-    folder = model_folder(model_store, name, PID_FILE.with_name("kserve-model"))
-    background.start(command(folder, name, port), PID_FILE, f"{base}/v2/models/{name}/ready", timeout)
+    folder = model_folder(model_store, name, pid_file.with_name("kserve-model"))
+    background.start(command(folder, name, port), pid_file, f"{base}/v2/models/{name}/ready", timeout)
     return f"{base}/v2/models/{name}/infer"
 
 
 def stop() -> bool:
     return background.stop(PID_FILE)
+
+
+def ready_line(name: str, url: str) -> str:
+    return (
+        f"{name} is READY on KServe's model server: {url} (v1: {url.replace('/v2/models/', '/v1/models/').replace('/infer', ':predict')})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,21 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     args = parser.parse_args(argv)
-    if args.action == "stop":
-        logger.info("KServe model server stopped" if stop() else "no KServe model server running")
-        return 0
-    try:
-        url = start(args.model_name, args.port, args.model_store)
-    except (FileNotFoundError, RuntimeError) as e:
-        logger.error("%s", e)
-        return 1
-    logger.info(
-        "%s is READY on KServe's model server: %s (v1: %s)",
-        args.model_name,
-        url,
-        url.replace("/v2/models/", "/v1/models/").replace("/infer", ":predict"),
+    return background.run_action(
+        args.action,
+        "KServe model server",
+        lambda: start(args.model_name, args.port, args.model_store),
+        stop,
+        lambda url: ready_line(args.model_name, url),
+        logger,
     )
-    return 0
 
 
 if __name__ == "__main__":

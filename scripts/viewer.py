@@ -44,16 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
-    if args.action == "stop":
-        logger.info("viewer stopped" if stop() else "no viewer running")
-        return 0
-    try:
-        url = start(args.port)
-    except RuntimeError as e:
-        logger.error("%s", e)
-        return 1
-    logger.info("viewer: %s (TorchServe must allow this origin: cors_allowed_origin in config.properties)", url)
-    return 0
+    return background.run_action(
+        args.action,
+        "viewer",
+        lambda: start(args.port),
+        stop,
+        lambda url: f"viewer: {url} (TorchServe must allow this origin: cors_allowed_origin in config.properties)",
+        logger,
+    )
 
 
 if __name__ == "__main__":
