@@ -36,13 +36,15 @@ import torch
 import yaml
 
 from bench.load import Probe, run_load
-from dino_attention.attention import attention_maps, map_agreement, patch_attention, upsample_nearest
+from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
+from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from dino_attention.methods.maps import GRID, MAPS
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from dino_attention.model.rollout import rollout_reference
 from dino_attention.model.variants import Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
-from dino_attention.options import MapSpec
-from dino_attention.precision import DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
+from dino_attention.options import parse_options
+from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
 from dino_attention.protocols import PLAIN, ServerInfo, encode_attention
 from dino_attention.schema import AttentionResult
 from dino_attention.service import create_service
@@ -95,13 +97,15 @@ def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray
 
 def method_maps(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
     """Patch-grid maps of one ``METHOD_PATHS`` entry, fp32: (layers, maps, H/p, W/p)."""
-    depth, p = model.depth, model.patch_size
+    p = model.patch_size
     if path == "rollout_naive":
         row = rollout_reference(model, x)[:, None, None, model.num_prefix_tokens :]  # (B, 1, 1, patches)
         return row.reshape(1, 1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
-    layers = tuple(range(depth)) if path == "layers_all" else (depth - 1,)
-    spec = MapSpec(layers, "rollout" if path == "rollout" else "attention")
-    return attention_maps(model, x, spec)[0][0].cpu().numpy()
+    raw = {"layers": "all"} if path == "layers_all" else {"method": "rollout"} if path == "rollout" else {}
+    options = parse_options(raw, ModelFacts.of(model))
+    method = METHODS[options.method]
+    with torch.inference_mode():
+        return method.compute(model, x, method.forward_spec(options))[GRID][0].cpu().numpy()  # (layers, maps, H/p, W/p)
 
 
 def method_over_budget(path: str, tokens: int, args: argparse.Namespace) -> str | None:
@@ -374,11 +378,12 @@ def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[dict]:
         precision="fp32",
         precision_requested="fp32",
         dtype="float32",
-        attention=up,
+        arrays={MAPS.name: up},
+        outputs=METHODS[DEFAULT_METHOD].outputs,
     )
 
     def body(fmt: str, dtype: str, upsampled: bool = True) -> bytes:
-        result = replace(base, format=fmt, dtype=dtype, upsampled=upsampled, attention=up if upsampled else maps)
+        result = replace(base, format=fmt, dtype=dtype, upsampled=upsampled, arrays={MAPS.name: up if upsampled else maps})
         return encode_attention(result)[0]
 
     cases: dict[str, Callable[[], bytes]] = {
@@ -548,7 +553,7 @@ class Machine:
 
     def header(self, title: str) -> list[str]:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-        peaks = [f"{p} {self.peaks[p]:.0f} GFLOP/s" for p in DTYPES if p in self.peaks]
+        peaks = [f"{p} {self.peaks[p]:.0f} GFLOP/s" for p in AUTOCAST_DTYPES if p in self.peaks]
         peaks += [f"{p} not measured ({s.reason})" for p, s in self.speeds.items() if not s.fast]
         return [
             f"# {title}",
@@ -719,10 +724,10 @@ def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Mach
     """Describe the device, decide which reduced precisions are native (as the server does), and
     measure the matmul peak of fp32 and of those precisions only (an emulated peak is ~0)."""
     logger.info("probing %s: precisions, matmul peaks ...", device)
-    speeds = {p: probe_speed(device, p) for p in DTYPES if p != FP32}
+    speeds = {p: probe_speed(device, p) for p in AUTOCAST_DTYPES if p != FP32}
     model = build_model(variant, filter_state_dict(read_checkpoint(weights))).to(device)
     plan = plan_precisions(device, lambda p: map_agreement(model, device, p), speed=lambda _device, p: speeds[p])
-    peaks = {p: matmul_peak(device, dtype) for p, dtype in DTYPES.items() if p == FP32 or speeds[p].fast}
+    peaks = {p: matmul_peak(device, dtype) for p, dtype in AUTOCAST_DTYPES.items() if p == FP32 or speeds[p].fast}
     return Machine(device, describe_device(device), speeds, peaks, plan)
 
 

@@ -1,4 +1,4 @@
-"""Attention extraction and maths: image -> normalised tensor -> [CLS] attention maps."""
+"""Image -> normalised tensor, last-layer [CLS] maps (the precision probe's measure), nearest upsampling."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model.rollout import cls_rollout
 from .model.variants import resolve_layer
 from .model.vit import VisionTransformer
-from .options import MapSpec
-from .precision import DTYPES, FP32
+from .precision import FP32, autocast
 
 
 def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -25,37 +23,16 @@ def to_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...])
 def patch_attention(model: VisionTransformer, batch: torch.Tensor, layer: int | None = None, precision: str = FP32) -> torch.Tensor:
     """[CLS] attention over the patch grid: (B, 3, H, W) -> (B, heads, H/p, W/p), float32.
 
-    CLS->CLS is dropped, so each map sums to <= 1; rows are image y (top to bottom), columns x.
-    ``precision="bf16"``/``"fp16"`` runs matmuls and attention under that autocast dtype (softmax of
-    the CLS row stays fp32); weights stay fp32, so one model serves every precision. Which
-    precision a request gets is decided by ``precision.PrecisionPlan``, not here.
-    """
-    spec = MapSpec((resolve_layer(layer, model.depth),))
-    return attention_maps(model, batch, spec, precision)[0][:, 0]  # (B, heads, H/p, W/p)
-
-
-@torch.inference_mode()
-def attention_maps(
-    model: VisionTransformer, batch: torch.Tensor, spec: MapSpec, precision: str = FP32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The maps ``spec`` asks for, on the patch grid, and the same rows' register entries:
-    (B, 3, H, W) -> (B, layers, maps, H/p, W/p) and (B, layers, maps, R), float32.
-
-    ``attention``: the [CLS] rows of ``spec.layers`` (maps = heads) from one forward pass;
-    ``rollout``: the [CLS] row of the rollout through blocks 0..layer (one map, the heads fused),
-    computed over all tokens. The maps hold the patch tokens only: [CLS] and the R register/storage
-    tokens (DINOv2 _reg, DINOv3) are dropped, so a map sums to the mass the patches get (<= 1).
+    CLS->CLS and the register/storage tokens are dropped, so each map sums to <= 1; rows are image y
+    (top to bottom), columns x. ``precision="bf16"``/``"fp16"`` runs matmuls and attention under that
+    autocast dtype (softmax of the CLS row stays fp32); weights stay fp32, so one model serves every
+    precision. Which precision a request gets is decided by ``precision.PrecisionPlan``, not here.
     """
     H, W = batch.shape[-2:]
     p = model.patch_size
-    with torch.autocast(batch.device.type, dtype=DTYPES[precision], enabled=precision != FP32):
-        if spec.method == "rollout":
-            rows = cls_rollout(model, batch, spec.layers[0], spec.head_fusion, spec.discard_ratio)[:, None, None]  # (B, 1, 1, 1 + N)
-        else:
-            rows = model.get_cls_attention_layers(batch, list(spec.layers))  # (B, layers, heads, 1 + N)
-    prefix = model.num_prefix_tokens
-    maps = rows[..., prefix:].reshape(*rows.shape[:3], H // p, W // p).float()  # (B, layers, maps, H/p, W/p)
-    return maps, rows[..., 1:prefix].float()  # registers: (B, layers, maps, R)
+    with autocast(batch.device, precision):
+        rows = model.get_cls_attention_layers(batch, [resolve_layer(layer, model.depth)])[:, 0]  # (B, heads, 1 + N)
+    return rows[..., model.num_prefix_tokens :].reshape(*rows.shape[:2], H // p, W // p).float()  # (B, heads, H/p, W/p)
 
 
 def map_agreement(model: VisionTransformer, device: torch.device, precision: str, grid: int = 16) -> float:

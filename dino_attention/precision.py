@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from .options import PRECISIONS
-
 logger = logging.getLogger(__name__)
 
+# Forward-pass arithmetic: fp32 is exact; what bf16/fp16/auto run as is decided per device (below).
+PRECISIONS: tuple[str, str, str, str] = ("fp32", "bf16", "fp16", "auto")
 FP32, BF16, FP16, AUTO = PRECISIONS  # what a request or model-config.yaml may name
-DTYPES: dict[str, torch.dtype] = {FP32: torch.float32, BF16: torch.bfloat16, FP16: torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {FP32: torch.float32, BF16: torch.bfloat16, FP16: torch.float16}
 PREFERENCE: tuple[str, ...] = (BF16, FP16)  # tie-break between equally fast reduced precisions (bf16: fp32's range)
 MIN_SPEEDUP = 1.1  # a reduced precision counts as fast when its matmul probe beats fp32 by this factor
 MIN_CORRELATION = 0.999  # auto picks a precision only if its maps correlate this well with fp32's
@@ -60,6 +60,11 @@ class CpuInfo:
 
     def has_any(self, names: tuple[str, ...]) -> bool:
         return any(name in self.flags for name in names)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context a forward pass in ``precision`` (fp32, bf16 or fp16) runs under; off for fp32."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], enabled=precision != FP32)
 
 
 def _proc_cpuinfo() -> tuple[str, frozenset[str]] | None:
@@ -155,7 +160,7 @@ def matmul_speedup(device: torch.device, precision: str) -> float:
     An emulated precision (say 50x slower) is recognised from its first run, in ~50 fp32 probe times.
     """
     fp32 = matmul_seconds(device, torch.float32)
-    return fp32 / matmul_seconds(device, DTYPES[precision], give_up_after=10 * fp32)
+    return fp32 / matmul_seconds(device, AUTOCAST_DTYPES[precision], give_up_after=10 * fp32)
 
 
 @dataclass(frozen=True)

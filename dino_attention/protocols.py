@@ -44,7 +44,6 @@ BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
 JSON_IMAGE_FIELD = "image"
 V1_IMAGE_KEYS: tuple[str, ...] = ("data", "image", "b64")  # where a v1 instance may carry its base64 image
-V2_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 FLOAT16_DIGITS = 4  # float16 holds ~3.3 significant digits; JSON float16 keeps 4 relative to the maximum
 _BASE64_BYTES = re.compile(rb"[A-Za-z0-9+/=\s]+")
 _URL_PREFIXES = ("http://", "https://", "ftp://", "file://", "s3://", "gs://")
@@ -186,21 +185,25 @@ def json_float16(maps: np.ndarray) -> np.ndarray:
     return np.round(values, FLOAT16_DIGITS - 1 - math.floor(math.log10(top)))
 
 
-def extra_arrays(result: AttentionResult) -> dict[str, object]:
-    """``masks`` (bit-packed, see ``masks.encode_masks``), ``boxes`` and ``registers`` (nested lists) of a
-    JSON document, when asked for."""
+def json_arrays(result: AttentionResult, round_float16: bool) -> dict[str, object]:
+    """The result's arrays as a JSON document holds them, in the method's output order: booleans
+    bit-packed (``masks.encode_masks``), the rest as nested lists in the element type the request asked
+    for; with ``round_float16`` float16 maps are written as ``json_float16`` (the plain JSON answer)."""
     fields: dict[str, object] = {}
-    if result.masks is not None:
-        fields["masks"] = encode_masks(result.masks)
-    for name in ("boxes", "registers"):
-        if getattr(result, name) is not None:
-            fields[name] = getattr(result, name)
+    for spec, array in result.sent():
+        if spec.json == "packbits":
+            fields[spec.name] = encode_masks(array)
+        elif round_float16 and spec.dtype == "float" and result.dtype == "float16":
+            fields[spec.name] = np.ascontiguousarray(json_float16(array))
+        else:
+            fields[spec.name] = np.ascontiguousarray(spec.typed(array, result.dtype))
     return fields
 
 
-def typed_attention(result: AttentionResult) -> np.ndarray:
-    """The attention array in the element type the request asked for (``dtype``)."""
-    return result.attention.astype(result.dtype, copy=False)
+def main_array(result: AttentionResult) -> np.ndarray:
+    """The method's main output in the element type the request asked for (``dtype``)."""
+    spec, array = result.main
+    return spec.typed(array, result.dtype)
 
 
 def json_bytes(document: object) -> bytes:
@@ -225,7 +228,6 @@ def first_error(results: Sequence[Result]) -> RequestError | None:
 class Codec(ABC):
     """decode(row) -> Decoded; encode(decoded, results) -> Reply. Subclasses are the protocols."""
 
-    name = "codec"
     envelope = False  # TorchServe's envelope wraps the reply (one HTTP request for all its rows)
 
     @abstractmethod
@@ -239,8 +241,6 @@ class Codec(ABC):
 
 class PlainCodec(Codec):
     """Raw image body, multipart form, or a JSON object; one image per row."""
-
-    name = "plain"
 
     def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         if not isinstance(row, Mapping):
@@ -291,15 +291,15 @@ def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str
     """(body, content type, extra headers) of one result in its ``format`` (json|npy|npz) and ``dtype``."""
     meta = result.metadata()
     if result.format == "json":
-        values = json_float16(result.attention) if result.dtype == "float16" else result.attention
-        return json_bytes({**meta, "attention": np.ascontiguousarray(values), **extra_arrays(result)}), CONTENT_TYPES["json"], {}
+        return json_bytes({**meta, **json_arrays(result, round_float16=True)}), CONTENT_TYPES["json"], {}
     buf = io.BytesIO()
     if result.format == "npy":
-        np.save(buf, typed_attention(result), allow_pickle=False)
+        np.save(buf, main_array(result), allow_pickle=False)
         return buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()}
     if result.format == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
-        arrays: dict[str, Any] = {"attention": typed_attention(result), "meta": np.array(orjson.dumps(meta).decode())}
-        arrays.update({name: getattr(result, name) for name in ("masks", "boxes", "registers") if getattr(result, name) is not None})
+        (main, _), *others = result.sent()
+        arrays: dict[str, Any] = {main.name: main_array(result), "meta": np.array(orjson.dumps(meta).decode())}
+        arrays.update({spec.name: spec.typed(array, result.dtype) for spec, array in others})
         np.savez(buf, **arrays)
         return buf.getvalue(), CONTENT_TYPES["npz"], {}
     raise ValueError(f"unknown format {result.format!r}; choose one of {list(CONTENT_TYPES)}")
@@ -308,8 +308,6 @@ def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str
 class KServeV1Codec(Codec):
     """KServe v1 ``{"instances": [...]}``: each instance ``{"data"|"image"|"b64": "<base64>", ...options}``
     or a bare base64 string."""
-
-    name = "kserve-v1"
 
     def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         found = kserve_document(row, headers or {})
@@ -335,7 +333,7 @@ class KServeV1Codec(Codec):
 
     @staticmethod
     def prediction(result: AttentionResult) -> dict[str, object]:
-        return {**result.metadata(), "attention": typed_attention(result), **extra_arrays(result)}
+        return {**result.metadata(), **json_arrays(result, round_float16=False)}
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
         error = first_error(results)
@@ -351,8 +349,6 @@ class KServeV2Codec(Codec):
 
     Options come from the request's ``parameters``, overridden by each input's ``parameters``.
     """
-
-    name = "kserve-v2"
 
     def decode(self, row: object, headers: Headers | None = None) -> Decoded:
         found = kserve_document(row, headers or {})
@@ -397,20 +393,19 @@ class KServeV2Codec(Codec):
 
     @staticmethod
     def outputs(suffix: str, result: AttentionResult) -> list[dict[str, object]]:
-        """v2 output tensors of one image: ``attention`` (the metadata as its parameters; v2 parameters
-        are scalars: lists become "a,b"), and ``masks`` (BOOL), ``boxes`` (INT32) and ``registers`` (FP32) when asked for."""
+        """v2 output tensors of one image, one per array in the method's output order; the first (main)
+        one carries the metadata as its parameters (v2 parameters are scalars: lists become "a,b")."""
         params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in result.metadata().items()}
-        tensors = [
-            ("attention", typed_attention(result), V2_DATATYPES[result.dtype]),
-            ("masks", result.masks, "BOOL"),
-            ("boxes", result.boxes, "INT32"),
-            ("registers", result.registers, "FP32"),
-        ]
         outputs: list[dict[str, object]] = []
-        for name, array, datatype in tensors:
-            if array is not None:
-                output: dict[str, object] = {"name": name + suffix, "shape": list(array.shape), "datatype": datatype, "data": array.ravel()}
-                outputs.append({**output, "parameters": params} if name == "attention" else output)
+        for spec, array in result.sent():
+            data = spec.typed(array, result.dtype)
+            output: dict[str, object] = {
+                "name": spec.name + suffix,
+                "shape": list(data.shape),
+                "datatype": spec.v2_datatype(result.dtype),
+                "data": data.ravel(),
+            }
+            outputs.append({**output, "parameters": params} if not outputs else output)
         return outputs
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
@@ -439,7 +434,6 @@ class KServeV2Codec(Codec):
 class V1EnvelopeCodec(KServeV1Codec):
     """Under TorchServe's ``kserve`` envelope: a row is one v1 instance; the reply its prediction object."""
 
-    name = "kserve-v1-envelope"
     envelope = True
 
     def decode(self, row: object, headers: Headers | None = None) -> Decoded:
@@ -449,8 +443,7 @@ class V1EnvelopeCodec(KServeV1Codec):
         (result,) = results
         if isinstance(result, RequestError):
             return error_reply(result, envelope=True)
-        prediction = {**self.prediction(result), "attention": typed_attention(result).tolist()}
-        prediction.update({k: v.tolist() for k, v in prediction.items() if isinstance(v, np.ndarray)})  # boxes, registers
+        prediction = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.prediction(result).items()}
         return Reply(int(HTTPStatus.OK), prediction, headers=precision_header([result]), stats=result.stats)
 
 
@@ -459,7 +452,6 @@ class V2EnvelopeCodec(KServeV2Codec):
     image; the reply the attention array (the envelope flattens it and drops all metadata, so the
     ``X-Attention-Precision`` header is where the precision that ran is named)."""
 
-    name = "kserve-v2-envelope"
     envelope = True
 
     def decode(self, row: object, headers: Headers | None = None) -> Decoded:
@@ -471,7 +463,7 @@ class V2EnvelopeCodec(KServeV2Codec):
         (result,) = results
         if isinstance(result, RequestError):
             return error_reply(result, envelope=True)
-        return Reply(int(HTTPStatus.OK), typed_attention(result), headers=precision_header([result]), stats=result.stats)
+        return Reply(int(HTTPStatus.OK), main_array(result), headers=precision_header([result]), stats=result.stats)
 
 
 PLAIN, KSERVE_V1, KSERVE_V2 = PlainCodec(), KServeV1Codec(), KServeV2Codec()

@@ -1,9 +1,11 @@
 """What goes into the service and what comes out of it, defined once.
 
 ``ImageRequest``: one image and its raw options, as a protocol codec decoded them.
-``AttentionResult``: one image's attention and its metadata. Its fields, in order, are the response
-schema of every protocol (JSON keys, the .npy header, npz ``meta``, KServe parameters); the client,
-the tests and README's field table are checked against ``SCHEMA_FIELDS``.
+``AttentionResult``: one image's arrays and the metadata to interpret them. Its metadata fields, in
+order, then the method's own fields, are the response schema of every protocol (JSON keys, the .npy
+header, npz ``meta``, KServe parameters); the arrays are the method's declared outputs (``methods/``).
+``response_fields()`` is every field a response may hold: README's field table and the client are
+checked against it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-NOT_IN_SCHEMA = {"schema": False}  # dataclass field metadata: carried along, never sent
+from .methods import METHODS, OutputSpec, all_outputs
+
+NOT_IN_SCHEMA = {"schema": False}  # dataclass field metadata: carried along, never sent as a field of its own
 OPTIONAL = {"optional": True}  # sent only when set (the options that ask for them were given)
 
 
@@ -28,11 +32,11 @@ class ImageRequest:
 
 @dataclass(frozen=True)
 class AttentionResult:
-    """The [CLS] attention of one image, with the metadata to interpret it (JSON key order)."""
+    """What the service found for one image, with the metadata to interpret it (JSON key order)."""
 
     model: str  # torch.hub name, e.g. dino_vits8, dinov2_vits14_reg, dinov3_vits16
     patch_size: int
-    layer: int  # block the attention comes from, 0-based
+    layer: int  # block the maps come from, 0-based
     num_heads: int  # heads of the model
     heads: list[int]  # the heads in ``attention``, in order
     weights: str  # checkpoint file name + sha256 prefix, or "random"
@@ -40,32 +44,45 @@ class AttentionResult:
     resized_size: list[int]  # [Hr, Wr] after the resize
     image_size: list[int]  # [H, W] after the crop to a multiple of patch_size
     grid: list[int]  # [H/p, W/p]
-    upsampled: bool  # attention per pixel (True) or per patch
+    upsampled: bool  # maps per pixel (True) or per patch
     precision: str  # forward precision that ran: fp32, bf16 or fp16
     precision_requested: str  # what the request (or the model's default) asked for, auto included
-    dtype: str  # element type the response carries: float32 or float16
-    attention: np.ndarray = field(repr=False)  # (len(heads), H, W) / (layers, len(heads), H, W) / (1, H, W); or per patch
+    dtype: str  # element type of the float arrays the response carries: float32 or float16
     layers: list[int] | None = field(default=None, metadata=OPTIONAL)  # the blocks of a layers= request
-    method: str | None = field(default=None, metadata=OPTIONAL)  # "rollout" (plain attention is the default)
-    head_fusion: str | None = field(default=None, metadata=OPTIONAL)  # rollout: mean, max or min
-    discard_ratio: float | None = field(default=None, metadata=OPTIONAL)  # rollout: share of each row discarded
+    method: str | None = field(default=None, metadata=OPTIONAL)  # any method but the default
+    method_fields: dict[str, object] = field(default_factory=dict, metadata=NOT_IN_SCHEMA)  # how it ran, after ``method``
     mask: float | None = field(default=None, metadata=OPTIONAL)  # threshold t of the masks
-    masks: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., H/p, W/p) bool
-    boxes: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., 4) int32, pixels
-    registers: np.ndarray | None = field(default=None, repr=False, metadata=OPTIONAL)  # (maps..., R) float32: [CLS] -> registers
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_SCHEMA)  # output name -> array
+    outputs: tuple[OutputSpec, ...] = field(default=(), repr=False, metadata=NOT_IN_SCHEMA)  # the method's, in order
     format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz
     stats: dict[str, float] = field(default_factory=dict, compare=False, metadata=NOT_IN_SCHEMA)  # for metrics
 
     def metadata(self) -> dict[str, object]:
-        """Every schema field but the arrays (``attention``, ``masks``, ``boxes``, ``registers``), in schema order;
-        optional fields only when set."""
-        return {
-            name: getattr(self, name)
-            for name in SCHEMA_FIELDS
-            if name not in ARRAY_FIELDS and not (name in OPTIONAL_FIELDS and getattr(self, name) is None)
-        }
+        """Every metadata field in schema order, the method's own after ``method``; optional ones only when set."""
+        meta: dict[str, object] = {}
+        for name in SCHEMA_FIELDS:
+            value = getattr(self, name)
+            if not (name in OPTIONAL_FIELDS and value is None):
+                meta[name] = value
+            if name == "method":
+                meta.update(self.method_fields)
+        return meta
+
+    def sent(self) -> list[tuple[OutputSpec, np.ndarray]]:
+        """The arrays this result carries, each with its declaration, main output first."""
+        return [(spec, self.arrays[spec.name]) for spec in self.outputs if spec.name in self.arrays]
+
+    @property
+    def main(self) -> tuple[OutputSpec, np.ndarray]:
+        """The method's main output (what format=npy and TorchServe's kservev2 envelope carry)."""
+        return self.sent()[0]
 
 
 SCHEMA_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AttentionResult) if f.metadata.get("schema", True))
 OPTIONAL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(AttentionResult) if f.metadata.get("optional"))
-ARRAY_FIELDS: tuple[str, ...] = ("attention", "masks", "boxes", "registers")  # encoded by each protocol in its own way
+
+
+def response_fields() -> tuple[str, ...]:
+    """Every field a response may hold: the metadata, each method's own fields, each output."""
+    own = tuple(dict.fromkeys(spec.name for method in METHODS.values() for spec in method.options))
+    return SCHEMA_FIELDS + own + tuple(output.name for output in all_outputs())

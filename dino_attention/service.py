@@ -6,8 +6,8 @@ options, from any protocol codec) and returns, per request, an ``AttentionResult
 layer and precision share one forward pass. The pipeline, in order:
 
     prepare: options -> decoded, resized, cropped image -> normalised tensor   (options.py, image.py)
-    predict: tensors -> [CLS] attention maps, batched                          (attention.py -> model/vit.py)
-    describe: maps -> requested heads, upsampled -> AttentionResult            (schema.py)
+    predict: tensors -> the method's tensors, batched                          (methods/ -> model/)
+    describe: one image's tensors -> the method's arrays -> AttentionResult    (methods/, schema.py)
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attention import attention_maps, map_agreement, to_tensor, upsample_nearest
+from .attention import map_agreement, to_tensor
 from .errors import RequestError
 from .image import PreparedImage, prepare_image
-from .masks import boxes_of, threshold_masks
+from .methods import DEFAULT_METHOD, METHODS, ModelFacts
+from .methods.base import ForwardSpec
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
-from .model.variants import Variant, get_variant
+from .model.variants import DEFAULT_MODEL, Variant, get_variant
 from .model.vit import VisionTransformer
-from .options import DEFAULTS, FORMATS, PRECISIONS, Defaults, MapSpec, Options, format_from_accept, parse_options
-from .precision import PrecisionPlan, plan_precisions
+from .options import DEFAULTS, FORMATS, RESPONSE_DTYPES, Defaults, Options, describe_options, format_from_accept, parse_options
+from .precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
 from .schema import AttentionResult, ImageRequest
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ConfigError(ValueError):
 class ServiceConfig:
     """Handler settings; every field can be set in model-config.yaml under ``handler:``."""
 
-    model: str = "dino_vits8"  # torch.hub name, a key of model/variants.py's VARIANTS
+    model: str = DEFAULT_MODEL  # torch.hub name, a key of model/variants.py's VARIANTS
     weights: str = ""  # tag written by the archiver: "file.pth@sha256:<prefix>" or "random"
     # Request defaults (options.Defaults is their one home; model-config.yaml may override them):
     short_side: int = DEFAULTS.short_side  # resize when a request gives none of short_side/scale/size
@@ -126,19 +127,13 @@ class AttentionService:
                 logger.info("request rejected (%d): %s", e.status, e)
                 prepared.append(e)
         good = [p for p in prepared if isinstance(p, Prepared)]
-        maps = iter(self.predict(good))
-        return [p if isinstance(p, RequestError) else self.describe(p, *next(maps)) for p in prepared]
+        computed = iter(self.predict(good))
+        return [p if isinstance(p, RequestError) else self.describe(p, *next(computed)) for p in prepared]
 
     def prepare(self, request: ImageRequest) -> Prepared:
         """Parse the options, decode, resize and crop the image; ``RequestError`` if anything is wrong."""
         start = time.perf_counter()
-        options = parse_options(
-            request.options,
-            depth=self.model.depth,
-            num_heads=self.variant.num_heads,
-            defaults=self.config.defaults(request.accept),
-            num_registers=self.variant.num_registers,
-        )
+        options = parse_options(request.options, self.facts, self.config.defaults(request.accept))
         image = prepare_image(
             request.image,
             patch_size=self.variant.patch_size,
@@ -152,39 +147,33 @@ class AttentionService:
         elapsed_ms = (time.perf_counter() - start) * 1000
         return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
 
-    def predict(self, items: Sequence[Prepared]) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """Patch-grid maps (layers, maps, H/p, W/p) and register entries (layers, maps, R) per item, with
-        the milliseconds of the forward pass it was part of; items alike in size, maps asked
-        (``MapSpec``) and precision share one forward."""
-        groups: dict[tuple[tuple[int, ...], MapSpec, str], list[int]] = {}
+    def predict(self, items: Sequence[Prepared]) -> list[tuple[dict[str, np.ndarray], float]]:
+        """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
+        part of; items alike in size, forward pass (``ForwardSpec``) and precision share one."""
+        groups: dict[tuple[tuple[int, ...], ForwardSpec, str], list[int]] = {}
         for i, item in enumerate(items):
-            groups.setdefault((tuple(item.tensor.shape), item.options.spec, item.precision), []).append(i)
+            spec = METHODS[item.options.method].forward_spec(item.options)
+            groups.setdefault((tuple(item.tensor.shape), spec, item.precision), []).append(i)
         if len(items) > 1:
             logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
-        results: list[tuple[np.ndarray, np.ndarray, float]] = [(np.empty(0), np.empty(0), 0.0)] * len(items)
+        results: list[tuple[dict[str, np.ndarray], float]] = [({}, 0.0)] * len(items)
         for (_, spec, precision), indices in groups.items():
             start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
-            maps, registers = (t.cpu().numpy() for t in attention_maps(self.model, batch, spec, precision))
+            with torch.inference_mode(), autocast(self.device, precision):
+                computed = METHODS[spec.method].compute(self.model, batch, spec)  # name -> (B, ...)
+            arrays = {name: tensor.float().cpu().numpy() for name, tensor in computed.items()}
             elapsed_ms = (time.perf_counter() - start) * 1000
-            for i, m, r in zip(indices, maps, registers, strict=True):  # (layers, maps, H/p, W/p), (layers, maps, R)
-                results[i] = (m, r, elapsed_ms)
+            for n, i in enumerate(indices):
+                results[i] = ({name: array[n] for name, array in arrays.items()}, elapsed_ms)
         return results
 
-    def describe(self, item: Prepared, maps: np.ndarray, registers: np.ndarray, forward_ms: float) -> AttentionResult:
-        """The result of one item from its (layers, maps, H/p, W/p) maps and (layers, maps, R) register
-        entries: the requested heads (one layer: without the layers axis), upsampled if asked, with
-        masks, boxes and register entries if asked."""
+    def describe(self, item: Prepared, computed: dict[str, np.ndarray], forward_ms: float) -> AttentionResult:
+        """The result of one item from its share of the forward pass: the method's arrays and the metadata."""
         p = self.variant.patch_size
         options = item.options
-        if options.method == "attention":
-            maps = maps[:, list(options.heads)]  # (layers, heads requested, H/p, W/p)
-            registers = registers[:, list(options.heads)]  # (layers, heads requested, R)
-        if options.layers is None:
-            maps, registers = maps[0], registers[0]  # (heads, H/p, W/p), or (1, H/p, W/p) for rollout
-        attention = upsample_nearest(maps, p) if options.upsample else np.ascontiguousarray(maps)
-        masks = threshold_masks(maps, options.mask) if options.mask is not None else None
-        rollout = options.method == "rollout"
+        method = METHODS[options.method]
+        h, w = (size // p for size in item.image.image_size)
         return AttentionResult(
             model=self.variant.name,
             patch_size=p,
@@ -195,27 +184,39 @@ class AttentionService:
             input_size=list(item.image.input_size),
             resized_size=list(item.image.resized_size),
             image_size=list(item.image.image_size),
-            grid=list(maps.shape[-2:]),
+            grid=[h, w],
             upsampled=options.upsample,
             precision=item.precision,
             precision_requested=options.precision,
             dtype=options.dtype,
-            attention=attention,
             layers=list(options.layers) if options.layers else None,
-            method=options.method if rollout else None,
-            head_fusion=options.head_fusion if rollout else None,
-            discard_ratio=options.discard_ratio if rollout else None,
+            method=method.name if method.name != DEFAULT_METHOD else None,
+            method_fields=method.metadata(options),
             mask=options.mask,
-            masks=masks,
-            boxes=boxes_of(masks, p) if masks is not None and options.boxes else None,
-            registers=np.ascontiguousarray(registers) if options.registers else None,
+            arrays=method.arrays(options, computed, p),
+            outputs=method.outputs,
             format=options.format,
-            stats={
-                "preprocess_ms": item.preprocess_ms,
-                "forward_ms": forward_ms,
-                "tokens": float(maps.shape[-2] * maps.shape[-1]),
-            },
+            stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w)},
         )
+
+    @property
+    def facts(self) -> ModelFacts:
+        return ModelFacts.of(self.model)
+
+    def description(self) -> dict[str, object]:
+        """What this model serves, for the describe APIs (TorchServe's ``?customized=true``, KServe's
+        model metadata): the model's facts, the methods with the options each takes (the model's
+        defaults filled in) and their outputs, the formats and precisions."""
+        defaults = self.config.defaults()
+        return {
+            "model": {**self.facts.describe(), "weights": self.config.weights},
+            "default_method": DEFAULT_METHOD,
+            "methods": [{**method.describe(), "options": describe_options(method, defaults)} for method in METHODS.values()],
+            "formats": list(FORMATS),
+            "dtypes": list(RESPONSE_DTYPES),
+            "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},
+            "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels},
+        }
 
 
 def select_device(gpu_id: int | str | None) -> torch.device:

@@ -9,10 +9,13 @@ One batch, in the shape of TorchServe's ``BaseHandler``:
     preprocess   each row -> its protocol codec -> ImageRequests (or the row's error)
     inference    every ImageRequest of every row, in one ``AttentionService.explain`` call
     postprocess  each row's results -> its codec's Reply: status, content type, headers, metrics
+
+and ``describe_handle`` for TorchServe's describe API (``GET /models/<name>?customized=true``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -54,6 +57,12 @@ def request_headers(context: Any, idx: int) -> dict[str, str]:
     return {k.lower(): v for k, v in context.get_all_request_header(idx).items()}
 
 
+def is_describe(context: Any) -> bool:
+    """Whether TorchServe's frontend asks for the model's description (its ``describe`` header), as
+    ``BaseHandler._is_describe`` reads it."""
+    return bool(context.request_processor) and context.get_request_header(0, "describe") == "True"
+
+
 class DinoAttentionHandler:
     """Per-head [CLS] attention of a DINO ViT, one answer per request of a batch."""
 
@@ -70,8 +79,16 @@ class DinoAttentionHandler:
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[object]:
+        if is_describe(context):
+            return [self.describe_handle()]
         rows = self.preprocess(data, context)
         return self.postprocess(rows, self.inference(rows), context)
+
+    def describe_handle(self) -> str:
+        """``GET /models/<name>?customized=true``: the service's description (methods, their options and
+        outputs, the model's facts) as JSON text; TorchServe sends it as ``customizedMetadata``."""
+        assert self.service is not None, "initialize() first"
+        return json.dumps(self.service.description())
 
     def preprocess(self, data: Sequence[object], context: Any) -> list[Row]:
         """Pick each row's codec and decode it; a row that cannot be decoded keeps its error."""

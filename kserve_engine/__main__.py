@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     model = AttentionModel(name, service, version)
     model_server.app.add_exception_handler(EngineError, engine_error_handler)
     model_server.app.add_middleware(DefaultJsonContentType)
+    model_server.app.add_api_route(f"/v2/models/{name}", model.metadata_endpoint, methods=["GET"])
     bind_to(args.host)
     logger.info(
         "serving %s on http://%s:%d (v1 /v1/models/%s:predict, v2 /v2/models/%s/infer)", name, args.host, args.http_port, name, name

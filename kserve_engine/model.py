@@ -29,14 +29,19 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 
 from dino_attention.errors import RequestError
+from dino_attention.layout import MANIFEST, MODEL_CONFIG
+from dino_attention.methods import all_outputs
 from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply
 from dino_attention.service import AttentionService
 
 logger = logging.getLogger(__name__)
 
-MODEL_CONFIG = "model-config.yaml"  # what scripts/archive.py puts into the .mar
-WEIGHTS_FILE = "dino_backbone.pth"
-MANIFEST = Path("MAR-INF") / "MANIFEST.json"
+PLATFORM = "pytorch_dino_attention"  # the v2 metadata's platform
+
+
+def v2_shape(axes: str) -> list[int]:
+    """A v2 metadata shape from an output's axes, "[maps, 4]" -> [-1, 4]: -1 for every named axis."""
+    return [int(a) if a.strip().isdigit() else -1 for a in axes.strip("[]").split(",")]
 
 
 class EngineError(Exception):
@@ -120,12 +125,24 @@ class AttentionModel(Model):
         return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict[str, object]]:
-        return [
-            {"name": "attention", "datatype": "FP32", "shape": [-1, -1, -1]},
-            {"name": "masks", "datatype": "BOOL", "shape": [-1, -1, -1]},
-            {"name": "boxes", "datatype": "INT32", "shape": [-1, 4]},
-            {"name": "registers", "datatype": "FP32", "shape": [-1, -1]},
-        ]
+        """Every output any method returns (``methods/``), float ones as FP32 (FP16 with dtype=float16)."""
+        return [{"name": o.name, "datatype": o.v2_datatype("float32"), "shape": v2_shape(o.axes)} for o in all_outputs()]
+
+    def metadata(self) -> dict[str, object]:
+        """KServe's v2 model metadata plus ``parameters.description``: the service's description (methods,
+        their options and outputs, the model's facts) as JSON text, as TorchServe's ``customizedMetadata``."""
+        return {
+            "name": self.name,
+            "versions": [self.server.model_version] if self.server.model_version else [],
+            "platform": PLATFORM,
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+            "parameters": {"description": json.dumps(self.service.description())},
+        }
+
+    async def metadata_endpoint(self) -> Response:
+        """``GET /v2/models/<name>``, registered ahead of KServe's own (whose response model drops ``parameters``)."""
+        return Response(content=json.dumps(self.metadata()), media_type="application/json")
 
     async def preprocess(self, payload: InferRequest | Mapping[str, object], headers: dict[str, str] | None = None) -> Pending:
         codec, document = (KSERVE_V2, v2_document(payload)) if isinstance(payload, InferRequest) else (KSERVE_V1, payload)
@@ -172,7 +189,10 @@ def load_settings(folder: Path) -> tuple[dict[str, object], Path | None, str]:
     """(handler settings, weights file or None for a random-weights archive, model version) of an
     unpacked model; the version is the archive's (MAR-INF/MANIFEST.json), as TorchServe reports it."""
     config = yaml.safe_load((folder / MODEL_CONFIG).read_text()) or {}
-    weights = folder / WEIGHTS_FILE
     manifest = folder / MANIFEST
-    version = str(json.loads(manifest.read_text()).get("model", {}).get("modelVersion", "")) if manifest.is_file() else ""
-    return dict(config.get("handler") or {}), weights if weights.is_file() else None, version
+    model = json.loads(manifest.read_text()).get("model", {}) if manifest.is_file() else {}
+    serialized = model.get("serializedFile")  # as TorchServe finds the weights: none for a random-weights archive
+    weights = folder / serialized if serialized else None
+    if weights is not None and not weights.is_file():
+        raise FileNotFoundError(f"{manifest} names the weights {serialized}, which {folder} lacks: archive again (make archive)")
+    return dict(config.get("handler") or {}), weights, str(model.get("modelVersion", ""))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from dino_attention import layout
 from dino_attention.model.checkpoint import (
     RANDOM_WEIGHTS,
     CheckpointError,
@@ -40,8 +41,7 @@ logger = logging.getLogger("archive")
 
 PACKAGE = REPO / "dino_attention"  # the core: everything the worker imports, nothing else
 HANDLER = REPO / "handler" / "dino_handler.py"
-MODEL_CONFIG = REPO / "model-config.yaml"
-WEIGHTS_FILE = "dino_backbone.pth"  # name of the filtered state_dict inside the .mar
+MODEL_CONFIG = REPO / layout.MODEL_CONFIG  # the shipped settings, the template of every archive's
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +78,7 @@ def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, st
         verify_hash_in_name(Path(weights), digest)
     state = filter_state_dict(read_checkpoint(weights), checkpoint_key)
     build_model(variant, state)  # strict key/shape check; raises CheckpointError listing keys
-    path = stage / WEIGHTS_FILE
+    path = stage / layout.WEIGHTS_FILE
     torch.save(state, path)
     return path, weights_tag(weights, digest)
 
@@ -91,7 +91,7 @@ def archive(args: argparse.Namespace, variant: Variant) -> Path:
         # staged one level down to arrive as dino_attention/ (importable from TorchServe's model_dir).
         shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         weights_path, tag = stage_weights(args.weights, variant, args.checkpoint_key, stage)
-        config_path = stage / "model-config.yaml"
+        config_path = stage / layout.MODEL_CONFIG
         config_path.write_text(yaml.safe_dump(handler_config(args.config, variant, tag), sort_keys=False))
         args.export_path.mkdir(parents=True, exist_ok=True)
         cmd = [

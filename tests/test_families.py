@@ -257,16 +257,17 @@ def test_constructed_model_finds_the_bright_square(name: str) -> None:
     options = {"layer": 0, "upsample": "false", "registers": "true" if variant.num_registers else "false", "size": f"{9 * p}x{12 * p}"}
     (result,) = service.explain([ImageRequest(encode(image), options)])
     assert isinstance(result, AttentionResult) and result.model == variant.name
-    assert result.attention.shape == (3, 9, 12) and result.image_size == [9 * p, 12 * p]
-    on_square = result.attention[:, 3:6, 7:10].sum(axis=(1, 2))  # [CLS] looks like a bright patch: it keeps ~1/10
-    assert (on_square / result.attention.sum(axis=(1, 2)) > 0.99).all() and (on_square > 0.85).all(), on_square
+    attention, registers = result.arrays["attention"], result.arrays.get("registers")
+    assert attention.shape == (3, 9, 12) and result.image_size == [9 * p, 12 * p]
+    on_square = attention[:, 3:6, 7:10].sum(axis=(1, 2))  # [CLS] looks like a bright patch: it keeps ~1/10
+    assert (on_square / attention.sum(axis=(1, 2)) > 0.99).all() and (on_square > 0.85).all(), on_square
     if variant.num_registers:
-        assert result.registers is not None and result.registers.shape == (3, 4)
-        assert (result.registers.sum(axis=1) < 0.05).all()
-        total = result.attention.sum(axis=(1, 2)) + result.registers.sum(axis=1)
+        assert registers is not None and registers.shape == (3, 4)
+        assert (registers.sum(axis=1) < 0.05).all()
+        total = attention.sum(axis=(1, 2)) + registers.sum(axis=1)
         assert (total <= 1.0 + 1e-5).all()  # the rest is [CLS] -> [CLS]
     else:
-        assert result.registers is None
+        assert registers is None
 
 
 def test_registers_option() -> None:
@@ -281,9 +282,9 @@ def test_registers_option() -> None:
             ImageRequest(png, {"registers": "true", "format": "npy"}),
         ]
     )
-    assert isinstance(with_layers, AttentionResult) and with_layers.registers is not None
-    assert with_layers.registers.shape == (2, 1, 4) and with_layers.attention.shape[:2] == (2, 1)
-    assert isinstance(rollout, AttentionResult) and rollout.registers is not None and rollout.registers.shape == (1, 4)
+    assert isinstance(with_layers, AttentionResult) and isinstance(rollout, AttentionResult)
+    assert with_layers.arrays["registers"].shape == (2, 1, 4) and with_layers.arrays["attention"].shape[:2] == (2, 1)
+    assert rollout.arrays["registers"].shape == (1, 4)
     assert isinstance(npy, RequestError) and "format=npz" in str(npy)
     plain = tiny_replica("dinov2_vits14")
     config = ServiceConfig(model=plain.name, weights="test")

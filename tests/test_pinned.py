@@ -30,7 +30,7 @@ from .support.checkpoints import TINY, encode, random_rgb, tiny_replica
 from .support.handler import answer
 
 PINS = Path(__file__).parent / "data" / "pinned_responses.json"
-ROLLOUT_FUNCTION = "dino_attention.attention.cls_rollout"  # where the rollout method looks it up
+ROLLOUT_FUNCTION = "dino_attention.methods.rollout.cls_rollout"  # where the rollout method looks it up
 REG = tiny_replica("dinov2_vits14_reg")
 PNG = encode(random_rgb(48, 64, seed=5))
 B64 = base64.b64encode(PNG).decode()

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from dino_attention.errors import RequestError
+from dino_attention.methods import ModelFacts
 from dino_attention.options import Defaults, Options, parse_options
 from dino_attention.protocols import PLAIN
 from dino_attention.schema import ImageRequest
@@ -50,8 +51,11 @@ def test_bad_payloads(payload, match: str) -> None:
         PLAIN.decode(payload)
 
 
+FACTS = ModelFacts("dino_vits8", "dino", 8, depth=12, num_heads=6, embed_dim=384, num_registers=0)
+
+
 def parse(**raw) -> Options:
-    return parse_options(raw, depth=12, num_heads=6, defaults=Defaults())
+    return parse_options(raw, FACTS, Defaults())
 
 
 def test_defaults() -> None:

@@ -12,8 +12,9 @@ import yaml
 from client import render_attention as client
 from dino_attention import image, options
 from dino_attention.masks import encode_masks, threshold_masks
+from dino_attention.methods import METHODS
 from dino_attention.options import DEFAULTS
-from dino_attention.schema import SCHEMA_FIELDS
+from dino_attention.schema import response_fields
 from scripts import REPO
 
 
@@ -28,18 +29,18 @@ def readme_field_table() -> list[str]:
 
 
 def test_readme_field_table_is_the_schema() -> None:
-    assert sorted(readme_field_table()) == sorted(SCHEMA_FIELDS)
+    assert sorted(readme_field_table()) == sorted(response_fields())
 
 
 def test_client_reads_only_schema_fields() -> None:
-    assert set(client.REQUIRED_KEYS) <= set(SCHEMA_FIELDS)
+    assert set(client.REQUIRED_KEYS) <= set(response_fields())
 
 
 def test_client_protocol_constants_match_the_server() -> None:
     assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
     assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
-    assert client.METHODS == options.METHODS and client.HEAD_FUSIONS == options.HEAD_FUSIONS
+    assert tuple(METHODS) == client.METHODS and options.ALL_OPTIONS["head_fusion"].choices == client.HEAD_FUSIONS
     assert set(client.SERVER_OPTIONS) <= set(options.OPTION_NAMES)
 
 

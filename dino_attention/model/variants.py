@@ -138,6 +138,7 @@ DINO_ARCHS: dict[str, tuple[int, int, str]] = {
 }
 DINO_PATCH_SIZES: tuple[int, ...] = (8, 16)
 DEFAULT_DINO_PATCH = 8
+DEFAULT_MODEL = "dino_vits8"  # what the handler, the scripts and make serve when no model is named (DINO's paper figures)
 # DINOv2 sizes: name -> (embed_dim, depth, heads, hub letter); patch 14, each with and without registers.
 V2_ARCHS: dict[str, tuple[int, int, int, str]] = {
     "vit_small": (384, 12, 6, "s"),
