@@ -1,16 +1,17 @@
 """Render the per-head [CLS] attention served by the DINO TorchServe model: a script and a notebook API.
 
     python client/render_attention.py data/samples/astronaut.jpg                 # ask the server
-    python client/render_attention.py img1.jpg img2.png --layer 5 --threshold 0.6 --save-heads
-    python client/render_attention.py --from-json out/astronaut.json --image data/samples/astronaut.jpg
+    python client/render_attention.py img1.jpg img2.png --layer 5 --mask 0.6 --save-heads
+    python client/render_attention.py --from-file out/astronaut.json --image data/samples/astronaut.jpg
     python client/render_attention.py --from-file out/astronaut.npz --image data/samples/astronaut.jpg
 
-In a notebook (this file is standalone: copy it next to the notebook, or put ``client/`` on
-``sys.path``)::
+Installed (``pip install ./client``), the same is the ``render-attention`` command. In a notebook::
 
     from render_attention import AttentionClient
-    result = AttentionClient("http://127.0.0.1:8080", model="dino_vits8").explain("cat.jpg", layer=11)
-    result.figure(threshold=0.6)       # a matplotlib Figure; the result itself also shows inline
+    client = AttentionClient("http://127.0.0.1:8080", model="dino_vits8")
+    client.describe()["methods"]       # what the server offers: methods, their options and outputs
+    result = client.explain("cat.jpg", layer=11)
+    result.figure(mask=0.6)            # a matplotlib Figure; the result itself also shows inline
     result.grid, result.meta           # (heads, H/p, W/p) maps and the server's metadata
 
 Needs only requests, matplotlib, numpy and pillow, and nothing from the server's code; the picture
@@ -26,8 +27,10 @@ import json
 import logging
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import matplotlib
 import numpy as np
@@ -41,13 +44,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 logger = logging.getLogger("render_attention")
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
-DEFAULT_MODEL = "dino_vits8"
+MANAGEMENT_PORT = 8081  # TorchServe's management API, beside the inference API (describe)
+DEFAULT_MODEL = "dino_vits8"  # the server's default model (tests check it against the variants table)
 DEFAULT_KEY_FILE = Path("key_file.json")  # where `make serve` (token auth on) leaves TorchServe's keys
 OVERLAY_ALPHA = 0.6
 PANEL_INCHES = 2.6  # width of one map
 TITLE_INCHES = 0.25  # one line of panel title
 COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
+# The response's arrays, and the name of an npz answer's metadata (tests check both against the server):
+ARRAY_FIELDS = ("attention", "masks", "boxes", "registers")
+NPZ_META = "meta"
 # The response fields this client reads (tests check them against the server's schema):
 REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size", "resized_size", "image_size", "grid", "attention")
 # The server's protocol facts this client relies on (tests check them against the server's own):
@@ -55,7 +62,6 @@ CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy", "npz": 
 FORMATS = tuple(CONTENT_TYPES)
 META_HEADER = "X-Attention-Meta"  # .npy answers carry their metadata in this header
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-METHODS = ("attention", "rollout")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
@@ -70,13 +76,53 @@ class ClientError(Exception):
     """An expected failure: reported as one line on stderr, exit status 1."""
 
 
+def heads_headline(meta: dict) -> str:
+    layers = f"layers {meta['layers']}" if meta.get("layers") else f"layer {meta['layer']}"
+    heads = meta["heads"] if len(meta["heads"]) < meta.get("num_heads", 0) else "all"
+    return f"{layers}  heads {heads}"
+
+
+def rollout_headline(meta: dict) -> str:
+    return f"rollout through layer {meta['layer']} ({meta['head_fusion']} of heads, discard {meta['discard_ratio']:g})"
+
+
 @dataclass(frozen=True)
-class Attention:
+class MethodView:
+    """How the client draws one method's maps. ``METHOD_VIEWS`` is the one place the client knows
+    methods by name; a method it does not know is drawn as numbered maps."""
+
+    headline: Callable[[dict], str]  # what the figure's title says after the model name
+    fused: bool  # one map per layer with the heads fused (no per-head panels), else one map per head
+
+    def map_names(self, meta: dict) -> list[str]:
+        """One name per map of a layer: "head 0", ..., or the method's name for a fused map."""
+        return [str(meta.get("method"))] if self.fused else [f"head {h}" for h in meta["heads"]]
+
+    def map_titles(self, meta: dict) -> list[str]:
+        """Panel titles of a layer's maps."""
+        return [f"{meta.get('method')} through layer {meta['layer']}"] if self.fused else self.map_names(meta)
+
+
+DEFAULT_METHOD = "attention"
+METHOD_VIEWS: dict[str, MethodView] = {
+    DEFAULT_METHOD: MethodView(heads_headline, fused=False),
+    "rollout": MethodView(rollout_headline, fused=True),
+}
+METHODS = tuple(METHOD_VIEWS)  # what --method offers (tests check them against the server's registry)
+OTHER_METHOD = MethodView(lambda meta: f"{meta.get('method')} of layer {meta['layer']}", fused=False)
+
+
+def view_of(meta: dict) -> MethodView:
+    return METHOD_VIEWS.get(meta.get("method") or DEFAULT_METHOD, OTHER_METHOD)
+
+
+@dataclass(frozen=True)
+class Response:
     """A parsed server response, and (once aligned) the image it is about.
 
     ``grid`` has the response's shape: (heads, H/p, W/p) for one layer, (layers, heads, H/p, W/p)
     for ``layers=``, (1, H/p, W/p) for ``method=rollout``; ``masks`` and ``boxes`` are the server's
-    (``mask=t``, ``boxes=true``), else None.
+    (``mask=t``, ``boxes=true``), ``registers`` the server's (``registers=true``), else None.
     """
 
     meta: dict  # every field but the arrays
@@ -88,15 +134,12 @@ class Attention:
     registers: np.ndarray | None = None  # (..., R): each map's weights on the register/storage tokens (registers=true)
 
     @property
+    def view(self) -> MethodView:
+        return view_of(self.meta)
+
+    @property
     def title(self) -> str:
-        m = self.meta
-        if m.get("method") == "rollout":
-            what = f"rollout through layer {m['layer']} ({m['head_fusion']} of heads, discard {m['discard_ratio']:g})"
-        else:
-            layers = f"layers {m['layers']}" if m.get("layers") else f"layer {m['layer']}"
-            heads = m["heads"] if len(m["heads"]) < m.get("num_heads", 0) else "all"
-            what = f"{layers}  heads {heads}"
-        return f"{m['model']}  {what}  weights: {m['weights']}"
+        return f"{self.meta['model']}  {self.view.headline(self.meta)}  weights: {self.meta['weights']}"
 
     @property
     def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -105,16 +148,17 @@ class Attention:
         if m.get("layers"):
             masks = self.masks if self.masks is not None else [None] * len(m["layers"])
             return [(f"layer {b}", self.pixels[i], masks[i]) for i, b in enumerate(m["layers"])]
-        label = "rollout" if m.get("method") == "rollout" else f"layer {m['layer']}"
+        label = self.view.map_names(m)[0] if self.view.fused else f"layer {m['layer']}"
         return [(label, self.pixels, self.masks)]
 
-    def figure(self, *, threshold: float | None = None, cmap: str = "inferno", shared_scale: bool = False, dpi: int = 100) -> Figure:
-        """The picture: image, head mean, overlay, every head (and DINO's masks with ``threshold``)."""
+    def figure(self, *, mask: float | None = None, cmap: str = "inferno", shared_scale: bool = False, dpi: int = 100) -> Figure:
+        """The picture: image, head mean, overlay, every head, and DINO's masks: the server's, else
+        the client's own keeping a fraction ``mask`` of each map's mass."""
         if self.image is None:
             raise ClientError("no image to draw on: build the result with AttentionClient.explain or with_image()")
-        return render_figure(self.image, self, cmap=cmap, shared_scale=shared_scale, threshold=threshold, dpi=dpi)
+        return render_figure(self.image, self, cmap=cmap, shared_scale=shared_scale, mask=mask, dpi=dpi)
 
-    def with_image(self, image: ImageLike) -> Attention:
+    def with_image(self, image: ImageLike) -> Response:
         """This result with ``image`` (the one sent) aligned to the maps."""
         data, name = image_bytes(image)
         return replace(self, image=aligned_image(data, self.meta, name))
@@ -128,17 +172,45 @@ class Attention:
 
 
 class AttentionClient:
-    """The server, from Python: ``AttentionClient(url).explain(image, layer=5)`` -> ``Attention``."""
+    """The server, from Python: ``AttentionClient(url).explain(image, layer=5)`` -> ``Response``.
+
+    ``management``: TorchServe's management API, for ``describe()`` (default: the inference URL's
+    host on port 8081).
+    """
 
     def __init__(
-        self, url: str = DEFAULT_HOST, model: str = DEFAULT_MODEL, *, key_file: Path | None = None, timeout: float = 120.0
+        self,
+        url: str = DEFAULT_HOST,
+        model: str = DEFAULT_MODEL,
+        *,
+        key_file: Path | None = None,
+        timeout: float = 120.0,
+        management: str | None = None,
     ) -> None:
         base = url.rstrip("/")
         self.url = base if "/predictions/" in base else f"{base}/predictions/{model}"
+        self.model = self.url.rsplit("/predictions/", 1)[1].split("/")[0]
+        parts = urlsplit(self.url)
+        self.management = (management or f"{parts.scheme}://{parts.hostname}:{MANAGEMENT_PORT}").rstrip("/")
         self.headers = auth_headers(key_file)
         self.timeout = timeout
 
-    def explain(self, image: ImageLike, **options: object) -> Attention:
+    def describe(self) -> dict:
+        """What the server offers for this model: its facts, its methods with their options (defaults,
+        ranges) and outputs, the formats. TorchServe's ``GET /models/<name>?customized=true``."""
+        url = f"{self.management}/models/{self.model}"
+        try:
+            reply = requests.get(url, params={"customized": "true"}, timeout=self.timeout, headers=self.headers)
+        except requests.RequestException as e:
+            raise ClientError(f"cannot reach {url}: is the server running (make serve), with its management API there?") from e
+        if reply.status_code != 200:
+            raise ClientError(f"server answered HTTP {reply.status_code} for {url}: {reply.text[:200]}")
+        try:
+            return json.loads(reply.json()[0]["customizedMetadata"])
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ClientError(f"{url} holds no description of this model's methods (an older server?): {e}") from e
+
+    def explain(self, image: ImageLike, **options: object) -> Response:
         """Ask for the attention over ``image`` (path, bytes, PIL image or uint8 array); ``options`` as
         the server's (layer=5, heads="0,2", short_side=320, precision="auto", ...)."""
         data, name = image_bytes(image)
@@ -147,7 +219,7 @@ class AttentionClient:
         return parse_response(doc).with_image(data)
 
 
-def parse_response(doc: object) -> Attention:
+def parse_response(doc: object) -> Response:
     """Validate a response document (upsampled or patch grid) and return both resolutions."""
     if not isinstance(doc, dict) or "error" in doc:
         raise ClientError(f"not an attention response: {str(doc)[:200]}")
@@ -159,10 +231,8 @@ def parse_response(doc: object) -> Attention:
     except (TypeError, ValueError) as e:
         raise ClientError(f"response attention is not a numeric array: {e}") from e
     p, (h, w), (gh, gw) = doc["patch_size"], doc["image_size"], doc["grid"]
-    if doc.get("method") == "rollout":
-        lead: tuple[int, ...] = (1,)
-    else:
-        lead = (len(doc["layers"]), len(doc["heads"])) if doc.get("layers") else (len(doc["heads"]),)
+    per_layer = len(view_of(doc).map_names(doc))
+    lead: tuple[int, ...] = (len(doc["layers"]), per_layer) if doc.get("layers") else (per_layer,)
     if att.shape == (*lead, gh, gw):
         grid = att
     elif att.shape == (*lead, h, w) and (h, w) == (gh * p, gw * p):
@@ -176,8 +246,8 @@ def parse_response(doc: object) -> Attention:
         registers = np.asarray(doc["registers"], dtype=np.float32) if "registers" in doc else None
     except (KeyError, TypeError, ValueError) as e:
         raise ClientError(f"response masks/boxes are malformed: {e}") from e
-    meta = {k: v for k, v in doc.items() if k not in ("attention", "masks", "boxes", "registers")}
-    return Attention(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers)
+    meta = {k: v for k, v in doc.items() if k not in ARRAY_FIELDS}
+    return Response(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers)
 
 
 def decode_masks(document: dict) -> np.ndarray:
@@ -197,8 +267,8 @@ def decode_body(body: bytes, content_type: str | None = None, meta_header: str |
     try:
         if kind == CONTENT_TYPES["npz"] or body.startswith(b"PK"):
             with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in ("attention", "masks", "boxes") if name in archive.files}
-                return {**json.loads(str(archive["meta"])), **arrays}
+                arrays = {name: archive[name] for name in archive.files if name != NPZ_META}  # every array the server sent
+                return {**json.loads(str(archive[NPZ_META])), **arrays}
         if kind == CONTENT_TYPES["npy"] or body.startswith(b"\x93NUMPY"):
             if not meta_header:
                 raise ClientError(f"a .npy answer carries its metadata in the {META_HEADER} header; save npz or JSON instead")
@@ -249,19 +319,38 @@ def image_bytes(image: ImageLike) -> tuple[bytes, str]:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB as the server makes it: transparency composited onto white."""
+    """Any PIL mode -> RGB as the server makes it (``dino_attention/image.py``; tests compare the two
+    pixel for pixel): alpha composited onto white, 16-bit/float data scaled to 8 bits."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(to_uint8(img)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
     return img.convert("RGB")
 
 
+def to_uint8(img: Image.Image) -> np.ndarray:
+    """Integer (I, I;16*) or float (F) single-channel data scaled to uint8 (H, W), as the server does."""
+    arr = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if img.mode.startswith("I;16"):
+        scaled = arr / 257.0
+    elif img.mode == "F" and arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        scaled = arr * 255.0
+    elif img.mode == "I" and arr.size and arr.min() >= 0.0 and arr.max() <= 255.0:
+        scaled = arr
+    else:  # anything else: stretch the observed range
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def aligned_image(data: bytes, meta: dict, name: str = "image") -> np.ndarray:
     """The original image resized and cropped as the server reports it did: (H, W, 3) uint8.
 
-    EXIF orientation, a bilinear resize to ``resized_size``, the bottom/right crop to ``image_size``,
-    as the server. (16-bit and float images are tone-mapped by PIL here, which may differ from the
-    server's scaling; the geometry is the same.)
+    EXIF orientation, the conversion to RGB, a bilinear resize to ``resized_size``, the bottom/right
+    crop to ``image_size``, as the server.
     """
     try:
         img = to_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
@@ -275,17 +364,22 @@ def aligned_image(data: bytes, meta: dict, name: str = "image") -> np.ndarray:
     return np.asarray(img.crop((0, 0, w, h)))
 
 
-def threshold_masks(grid: np.ndarray, threshold: float) -> np.ndarray:
-    """DINO's masks: per head, the highest patches holding ``threshold`` of the mass. (heads, h, w) bool."""
-    heads = grid.shape[0]
-    flat = grid.reshape(heads, -1).astype(np.float64)
-    order = np.argsort(flat, axis=1, kind="stable")  # ascending; ties in index order (as the server)
-    ranked = np.take_along_axis(flat, order, axis=1)
-    cumulative = np.cumsum(ranked / ranked.sum(axis=1, keepdims=True), axis=1)
-    keep_sorted = cumulative > 1 - threshold
+def threshold_masks(maps: np.ndarray, t: float) -> np.ndarray:
+    """DINO's masks (..., h, w) bool: per map, the highest patches holding a fraction ``t`` of its mass.
+
+    The server's ``masks.threshold_masks`` and the viewer's ``thresholdMask`` compute the same, step
+    for step (tests compare all three element by element): sort ascending (ties in index order),
+    running sums, divide by the total, keep the cumulative share > 1 - t.
+    """
+    *lead, h, w = maps.shape
+    flat = maps.reshape(-1, h * w).astype(np.float64)  # (maps, h*w)
+    order = np.argsort(flat, axis=1, kind="stable")
+    running = np.cumsum(np.take_along_axis(flat, order, axis=1), axis=1)
+    total = running[:, -1:]
+    keep_sorted = running / np.where(total > 0, total, 1.0) > 1 - t
     masks = np.empty_like(keep_sorted)
     np.put_along_axis(masks, order, keep_sorted, axis=1)
-    return masks.reshape(grid.shape)
+    return masks.reshape(*lead, h, w)
 
 
 def normalize(a: np.ndarray) -> np.ndarray:
@@ -300,19 +394,19 @@ def overlay(image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float = OVERL
     return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
 
 
-def figure_layout(att: Attention, threshold: float | None) -> tuple[int, int]:
+def figure_layout(att: Response, mask: float | None) -> tuple[int, int]:
     """(rows, cols): a summary row (image, mean, overlay), then the maps: one row per layer of a
     ``layers=`` answer (a column per head), else the heads wrapped at MAX_COLS and, with masks,
     as many mask rows."""
     rows = att.rows
     if len(rows) > 1:
         return 1 + len(rows), max(3, len(rows[0][1]))
-    if att.meta.get("method") == "rollout":  # the summary row shows the one map; masks below it
-        return 1 + int(threshold is not None or att.masks is not None), 3
+    with_masks = mask is not None or att.masks is not None
+    if att.view.fused:  # the summary row shows the one map; its mask below it
+        return 1 + int(with_masks), 3
     count = len(rows[0][1])
     cols = max(3, min(MAX_COLS, count))
     map_rows = -(-count // cols)
-    with_masks = threshold is not None or att.masks is not None
     return 1 + map_rows * (2 if with_masks else 1), cols
 
 
@@ -323,25 +417,22 @@ def figure_size(rows: int, cols: int, aspect: float) -> tuple[float, float]:
     return width, rows * (PANEL_INCHES * aspect + TITLE_INCHES) + TITLE_INCHES  # + the suptitle
 
 
-def map_titles(att: Attention, label: str, count: int, row: int = 0) -> list[str]:
+def map_titles(att: Response, label: str, count: int, row: int = 0) -> list[str]:
     """Panel titles of one row of maps; with the server's ``registers``, each map's share on them."""
-    if att.meta.get("method") == "rollout":
-        titles = [f"rollout through layer {att.meta['layer']}"]
-    else:
-        prefix = f"{label} " if att.meta.get("layers") else ""
-        titles = [f"{prefix}head {h}" for h in att.meta["heads"][:count]]
+    prefix = f"{label} " if att.meta.get("layers") else ""
+    titles = [prefix + title for title in att.view.map_titles(att.meta)[:count]]
     if att.registers is None:
         return titles
     shares = (att.registers[row] if att.meta.get("layers") else att.registers).sum(axis=-1)  # (maps,)
     return [f"{title}, registers {share:.0%}" for title, share in zip(titles, shares, strict=False)]
 
 
-def masks_to_draw(server_masks: np.ndarray | None, maps: np.ndarray, patch: int, threshold: float | None) -> np.ndarray | None:
-    """The server's masks of one row of maps (``mask=t``), else the client's own DINO masks with
-    ``threshold`` (computed on the patch grid of the pixel maps), else None."""
+def masks_to_draw(server_masks: np.ndarray | None, maps: np.ndarray, patch: int, mask: float | None) -> np.ndarray | None:
+    """The server's masks of one row of maps (``mask=t``), else the client's own DINO masks keeping
+    a fraction ``mask`` of each map's mass (computed on the patch grid of the pixel maps), else None."""
     if server_masks is not None:
         return server_masks
-    return threshold_masks(maps[:, ::patch, ::patch], threshold) if threshold is not None else None
+    return threshold_masks(maps[:, ::patch, ::patch], mask) if mask is not None else None
 
 
 def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int) -> None:
@@ -354,12 +445,12 @@ def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
 
 
-def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale: bool, threshold: float | None, dpi: int) -> Figure:
+def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int) -> Figure:
     """The whole picture for one image; returns a matplotlib Figure.
 
-    Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks with ``threshold``.
+    Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``.
     """
-    rows, cols = figure_layout(att, threshold)
+    rows, cols = figure_layout(att, mask)
     grid_view = len(att.rows) > 1  # layers x heads: no colour bars, one row per layer
     layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
     fig = Figure(figsize=figure_size(rows, cols, image.shape[0] / image.shape[1]), dpi=dpi, layout=layout)
@@ -378,22 +469,23 @@ def render_figure(image: np.ndarray, att: Attention, *, cmap: str, shared_scale:
 
     label, first_maps, _ = att.rows[-1]  # the summary shows the deepest layer asked for
     mean = first_maps.mean(axis=0)
-    summary = "rollout" if att.meta.get("method") == "rollout" else f"{label} head mean"
+    fused = att.view.fused
+    summary = label if fused else f"{label} head mean"
     panel(axes[0, 0], image, f"image {image.shape[0]}x{image.shape[1]}", colorbar=False)
     panel(axes[0, 1], mean, summary, colorbar=not grid_view)
     panel(axes[0, 2], overlay(image, mean, cmap), f"{summary} over image", colorbar=False)
-    rollout, boxes = att.meta.get("method") == "rollout", att.boxes
+    boxes = att.boxes
     for r, (label, maps, server_masks) in enumerate(att.rows):
-        masks = masks_to_draw(server_masks, maps, patch, threshold)
+        masks = masks_to_draw(server_masks, maps, patch, mask)
         titles = map_titles(att, label, len(maps), r)
-        for i, title in enumerate([] if rollout else titles):
+        for i, title in enumerate([] if fused else titles):
             ax = axes[1 + r, i] if grid_view else axes[1 + i // cols, i % cols]
             panel(ax, maps[i], title, colorbar=not grid_view)
             if grid_view and masks is not None:
                 draw_masks(ax, masks[i], boxes[r][i] if boxes is not None else None, patch)
         if not grid_view and masks is not None:
-            kept = att.meta.get("mask", threshold)
-            first = 1 if rollout else 1 + -(-len(titles) // cols)
+            kept = att.meta.get("mask", mask)
+            first = 1 if fused else 1 + -(-len(titles) // cols)
             for i, title in enumerate(titles):
                 ax = axes[first + i // cols, i % cols]
                 ax.imshow(image)
@@ -418,9 +510,9 @@ def fit_height(fig: Figure, rows: int, passes: int = 2) -> None:
         fig.set_size_inches(width, height * (1 - rows * spare))
 
 
-def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, threshold: float | None) -> None:
+def save_heads(out_dir: Path, image: np.ndarray, att: Response, cmap: str, mask: float | None) -> None:
     """DINO-style per-map files: attn-head{j}.png (attn-layer{b}-head{j}.png for layers, rollout.png),
-    mask_th{t}_head{j}.png with ``threshold`` (or the server's masks), plus the image and the overlay."""
+    mask_th{t}_head{j}.png with the server's masks or the client's (``mask``), plus the image and the overlay."""
     import matplotlib.image as mpimg
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -429,14 +521,15 @@ def save_heads(out_dir: Path, image: np.ndarray, att: Attention, cmap: str, thre
     mpimg.imsave(out_dir / "overlay.png", overlay(image, att.rows[-1][1].mean(axis=0), cmap))
     for label, maps, server_masks in att.rows:
         prefix = f"{label.replace(' ', '')}-" if att.meta.get("layers") else ""
-        names = ["rollout"] if att.meta.get("method") == "rollout" else [f"attn-{prefix}head{h}" for h in att.meta["heads"]]
-        masks = masks_to_draw(server_masks, maps, patch, threshold)
-        t = att.meta.get("mask", threshold)
+        names = [name.replace(" ", "") for name in att.view.map_names(att.meta)]
+        names = names if att.view.fused else [f"attn-{prefix}{name}" for name in names]
+        masks = masks_to_draw(server_masks, maps, patch, mask)
+        t = att.meta.get("mask", mask)
         for i, name in enumerate(names):
             mpimg.imsave(out_dir / f"{name}.png", maps[i], cmap=cmap, format="png")
             if masks is not None:
-                mask = masks[i].repeat(patch, axis=0).repeat(patch, axis=1).astype(np.float32)
-                mpimg.imsave(out_dir / f"mask_th{t:g}_{name.removeprefix('attn-')}.png", mask, cmap="gray", vmin=0, vmax=1)
+                pixels = masks[i].repeat(patch, axis=0).repeat(patch, axis=1).astype(np.float32)
+                mpimg.imsave(out_dir / f"mask_th{t:g}_{name.removeprefix('attn-')}.png", pixels, cmap="gray", vmin=0, vmax=1)
 
 
 def option_fields(args: argparse.Namespace) -> dict[str, str]:
@@ -462,22 +555,22 @@ def auth_headers(key_file: Path | None) -> dict[str, str]:
 
 def render_one(image_path: Path, args: argparse.Namespace, url: str, headers: dict[str, str]) -> Path:
     """Fetch (or load) one response and write its figure; returns the figure's path."""
-    if args.from_json:
+    if args.from_file:
         try:
-            doc = decode_body(args.from_json.read_bytes())
+            doc = decode_body(args.from_file.read_bytes())
         except OSError as e:
-            raise ClientError(f"cannot read {args.from_json}: {e.strerror}") from e
+            raise ClientError(f"cannot read {args.from_file}: {e.strerror}") from e
     else:
         doc = request_attention(url, image_path, option_fields(args), args.timeout, headers)
     att = parse_response(doc).with_image(image_path)
     out_dir = args.out or image_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = att.figure(cmap=args.cmap, shared_scale=args.color_scale == "shared", threshold=args.threshold, dpi=args.dpi)
+    fig = att.figure(cmap=args.cmap, shared_scale=args.color_scale == "shared", mask=args.mask, dpi=args.dpi)
     target = out_dir / f"{image_path.stem}_attention.png"
     fig.savefig(target)
     if args.save_heads:
         assert att.image is not None
-        save_heads(out_dir / image_path.stem, att.image, att, args.cmap, args.threshold)
+        save_heads(out_dir / image_path.stem, att.image, att, args.cmap, args.mask)
     if args.show:
         import matplotlib.pyplot as plt
 
@@ -501,13 +594,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", help=f"inference URL (default {DEFAULT_HOST}/predictions/<model>)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name in the default URL (dino_vits8, dino_vitb16, ...)")
     parser.add_argument(
-        "--from-json",
         "--from-file",
-        dest="from_json",
+        "--from-json",
+        dest="from_file",
         type=Path,
-        help="render a saved response (.json or .npz) instead of asking the server",
+        help="render a saved response (.json, .npz) instead of asking the server",
     )
-    parser.add_argument("--image", type=Path, help="the image the --from-json response was made from")
+    parser.add_argument("--image", type=Path, help="the image the --from-file response was made from")
+    parser.add_argument("--describe", action="store_true", help="print what the server offers (methods, options, outputs) and exit")
+    parser.add_argument("--management", help=f"management API for --describe (default: the server host, port {MANAGEMENT_PORT})")
     parser.add_argument("--layer", type=int)
     parser.add_argument("--short-side", dest="short_side", type=int)
     parser.add_argument("--scale", type=float)
@@ -518,7 +613,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", choices=METHODS, help="attention (default) or rollout through blocks 0..layer")
     parser.add_argument("--head-fusion", dest="head_fusion", choices=HEAD_FUSIONS, help="rollout: how heads combine (mean)")
     parser.add_argument("--discard-ratio", dest="discard_ratio", type=float, help="rollout: share of each row discarded, in [0, 1)")
-    parser.add_argument("--mask", type=float, help="server-side DINO masks holding this fraction of each map's mass, in (0, 1]")
+    parser.add_argument(
+        "--mask",
+        "--threshold",
+        dest="mask",
+        type=float,
+        help="DINO's masks keeping this fraction of each map's mass, in (0, 1] (e.g. 0.6): the server's, or for a saved "
+        "response without them the client's own",
+    )
     parser.add_argument("--boxes", action="store_const", const="true", help="with --mask: each mask's largest component as a box")
     parser.add_argument(
         "--registers",
@@ -527,7 +629,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="DINOv2 *_reg / DINOv3: each map's share on the register tokens, in its title",
     )
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
-    parser.add_argument("--threshold", type=float, help="also draw masks keeping this fraction of each head's mass (DINO: 0.6)")
     parser.add_argument("--cmap", default="inferno")
     parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")
     parser.add_argument("--out", type=Path, help="output folder (default: next to each image)")
@@ -539,12 +640,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--show", action="store_true", help="open a window (otherwise headless)")
     args = parser.parse_args(argv)
-    if args.from_json and (args.images or not args.image):
-        parser.error("--from-json takes exactly one --image and no positional images")
-    if not args.from_json and (args.image or not args.images):
-        parser.error("give image path(s), or --from-json resp.json --image img.jpg")
-    if args.threshold is not None and not 0 < args.threshold < 1:
-        parser.error("--threshold must be between 0 and 1, e.g. 0.6")
+    if args.describe:
+        return args
+    if args.from_file and (args.images or not args.image):
+        parser.error("--from-file takes exactly one --image and no positional images")
+    if not args.from_file and (args.image or not args.images):
+        parser.error("give image path(s), or --from-file resp.json --image img.jpg")
+    if args.mask is not None and not 0 < args.mask <= 1:
+        parser.error("--mask must be in (0, 1], e.g. 0.6")
     if args.cmap not in matplotlib.colormaps:
         parser.error(f"unknown colormap {args.cmap!r}")
     return args
@@ -555,11 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.show:
         matplotlib.use("Agg")
-    images = [args.image] if args.from_json else args.images
+    images = [args.image] if args.from_file else args.images
     url = args.url or f"{DEFAULT_HOST}/predictions/{args.model}"
     key_file = args.key_file or (DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None)
     try:
         headers = auth_headers(key_file)
+        if args.describe:
+            client = AttentionClient(url, key_file=key_file, timeout=args.timeout, management=args.management)
+            print(json.dumps(client.describe(), indent=2))
+            return 0
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

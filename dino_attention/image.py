@@ -57,7 +57,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Alpha is composited onto white; 16-bit/float data is scaled to 8 bits."""
+    """Any PIL mode -> RGB. Alpha is composited onto white; 16-bit/float data is scaled to 8 bits.
+    The client has the same function (it may not import the server); tests compare the two."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
     if img.mode.startswith("I") or img.mode == "F":

@@ -1,5 +1,6 @@
 """DINO's threshold masks on the patch grid, their largest connected components as boxes, and the
-compact encoding masks travel in (numpy only).
+compact encoding masks travel in (numpy only). The client (``client/render_attention.py``) and the
+viewer (``viewer/js/maps.js``) compute the same masks; tests compare the three element by element.
 
 A mask of a map keeps the highest patches that together hold a fraction ``t`` of the map's mass,
 exactly as DINO's ``visualize_attention.py``: sort ascending, normalise by the sum, keep the patches
@@ -69,16 +70,7 @@ def boxes_of(masks: np.ndarray, patch_size: int) -> np.ndarray:
 
 def encode_masks(masks: np.ndarray) -> dict[str, object]:
     """``{"shape": [..., h, w], "encoding": "packbits", "data": "<base64>"}``: one bit per patch, each
-    map's bits padded to whole bytes. ``decode_masks`` inverts it."""
+    map's bits padded to whole bytes. The client's ``decode_masks`` inverts it."""
     h, w = masks.shape[-2:]
     packed = np.packbits(masks.reshape(-1, h * w), axis=1)  # (maps, ceil(h*w / 8)) uint8
     return {"shape": list(masks.shape), "encoding": MASK_ENCODING, "data": base64.b64encode(packed.tobytes()).decode()}
-
-
-def decode_masks(document: dict) -> np.ndarray:
-    """The boolean masks of an ``encode_masks`` document."""
-    shape = list(document["shape"])
-    h, w = shape[-2:]
-    count = int(np.prod(shape[:-2], dtype=np.int64))
-    packed = np.frombuffer(base64.b64decode(document["data"]), np.uint8).reshape(count, -1)
-    return np.unpackbits(packed, axis=1, count=h * w).astype(bool).reshape(shape)

@@ -40,6 +40,7 @@ from .masks import encode_masks
 from .options import CONTENT_TYPES, META_HEADER, PRECISION_HEADER
 from .schema import AttentionResult, ImageRequest
 
+NPZ_META = "meta"  # the npz answer's metadata: a 0-d unicode array of compact JSON
 BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
 JSON_IMAGE_FIELD = "image"
@@ -298,7 +299,7 @@ def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str
         return buf.getvalue(), CONTENT_TYPES["npy"], {META_HEADER: orjson.dumps(meta).decode()}
     if result.format == "npz":  # metadata as a 0-d unicode array: loads with allow_pickle=False
         (main, _), *others = result.sent()
-        arrays: dict[str, Any] = {main.name: main_array(result), "meta": np.array(orjson.dumps(meta).decode())}
+        arrays: dict[str, Any] = {main.name: main_array(result), NPZ_META: np.array(orjson.dumps(meta).decode())}
         arrays.update({spec.name: spec.typed(array, result.dtype) for spec, array in others})
         np.savez(buf, **arrays)
         return buf.getvalue(), CONTENT_TYPES["npz"], {}

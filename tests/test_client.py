@@ -229,7 +229,7 @@ def test_figure_is_compact(dark_square) -> None:
     """No gap between rows of the figure is taller than a panel title."""
     image_path, json_path, _ = dark_square
     att = client.parse_response(orjson.loads(json_path.read_bytes())).with_image(image_path)
-    fig = att.figure(threshold=0.6)
+    fig = att.figure(mask=0.6)
     renderer = FigureCanvasAgg(fig).get_renderer()
     fig.draw(renderer)
     axes = [ax for ax in fig.axes if ax.images]  # the maps (colour bars hold no image)
@@ -302,3 +302,38 @@ def test_registers_in_the_titles(tmp_path: Path) -> None:
     titles = client.map_titles(att, "layer 2", 3)
     assert titles == [f"head {h}, registers {att.registers[h].sum():.0%}" for h in range(3)]
     att.figure().savefig(tmp_path / "reg.png")
+
+
+@pytest.mark.parametrize("fmt", ["json", "npz", "npz-file"])
+def test_registers_survive_every_format_the_client_reads(fmt: str, tmp_path: Path) -> None:
+    """The arrays an answer carries (here attention, masks, boxes, registers) reach the client whole,
+    whether it asked for JSON or npz or reads a saved .npz (--from-file)."""
+    variant = tiny_replica("dinov2_vits14_reg")
+    service = AttentionService(
+        build_model(variant, None), variant, ServiceConfig(model=variant.name, weights="t"), "cpu", PrecisionPlan.fp32_only()
+    )
+    data = encode(smooth_rgb(56, 84))
+    options = {"registers": "true", "upsample": "false", "layers": "0,2", "mask": "0.6", "boxes": "true"}
+    (reference,) = answer(service, [{"data": data, **options}])
+    expected = orjson.loads(reference.body)
+    (reply,) = answer(service, [{"data": data, **options, "format": "json" if fmt == "json" else "npz"}])
+    if fmt == "npz-file":
+        saved = tmp_path / "answer.npz"
+        saved.write_bytes(reply.body)
+        rc = client.main(["--from-file", str(saved), "--image", str(_write(tmp_path / "img.png", data)), "--out", str(tmp_path)])
+        assert rc == 0 and (tmp_path / "img_attention.png").is_file()
+        doc = client.decode_body(saved.read_bytes())
+    else:
+        doc = client.decode_body(reply.body, reply.content_type)
+    att = client.parse_response(doc)
+    assert att.registers is not None and att.masks is not None and att.boxes is not None
+    np.testing.assert_allclose(att.registers, np.asarray(expected["registers"], np.float32))
+    np.testing.assert_array_equal(att.masks, client.decode_masks(expected["masks"]))
+    np.testing.assert_array_equal(att.boxes, np.asarray(expected["boxes"]))
+    np.testing.assert_allclose(att.grid, np.asarray(expected["attention"], np.float32))
+    assert att.meta == {k: v for k, v in expected.items() if k not in client.ARRAY_FIELDS}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -14,7 +14,8 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.masks import boxes_of, decode_masks, encode_masks, largest_component_box, threshold_masks
+from client.render_attention import decode_masks
+from dino_attention.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.rollout import HEAD_FUSIONS, cls_rollout, rollout_reference
 from dino_attention.precision import PrecisionPlan

@@ -7,12 +7,15 @@ import re
 import subprocess
 
 import numpy as np
+import pytest
 import yaml
+from PIL import Image
 
 from client import render_attention as client
-from dino_attention import image, options
+from dino_attention import image, options, protocols
 from dino_attention.masks import encode_masks, threshold_masks
-from dino_attention.methods import METHODS
+from dino_attention.methods import DEFAULT_METHOD, METHODS, all_outputs
+from dino_attention.model.variants import DEFAULT_MODEL
 from dino_attention.options import DEFAULTS
 from dino_attention.schema import response_fields
 from scripts import REPO
@@ -44,11 +47,70 @@ def test_client_protocol_constants_match_the_server() -> None:
     assert set(client.SERVER_OPTIONS) <= set(options.OPTION_NAMES)
 
 
+def test_client_facts_match_the_server() -> None:
+    """The standalone client's copies of the server's names (it may not import the server)."""
+    assert tuple(output.name for output in all_outputs()) == client.ARRAY_FIELDS
+    assert client.NPZ_META == protocols.NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
+    assert client.DEFAULT_METHOD == DEFAULT_METHOD and set(client.METHOD_VIEWS) == set(METHODS)
+
+
 def test_client_decodes_the_server_masks() -> None:
     masks = np.random.default_rng(0).random((2, 3, 5, 9)) > 0.4
     np.testing.assert_array_equal(client.decode_masks(encode_masks(masks)), masks)
-    grid = np.random.default_rng(1).random((3, 7, 9)).astype(np.float32)
-    np.testing.assert_array_equal(client.threshold_masks(grid, 0.6), threshold_masks(grid, 0.6))
+
+
+def mask_cases() -> list[np.ndarray]:
+    """Maps that stress the threshold: random, float32 sums, ties, zeros, one hot, several leading axes."""
+    rng = np.random.default_rng(1)
+    ties = np.repeat(rng.integers(0, 4, (3, 7, 1)), 9, axis=2).astype(np.float32)
+    one_hot = np.zeros((2, 5, 5), np.float32)
+    one_hot[:, 2, 3] = 1.0
+    return [
+        rng.random((3, 7, 9)).astype(np.float32),
+        rng.dirichlet(np.ones(60 * 60), size=6).reshape(6, 60, 60).astype(np.float32),  # real maps: 3600 small values
+        ties,
+        np.zeros((2, 4, 4), np.float32),
+        one_hot,
+        rng.random((2, 3, 4, 6)).astype(np.float32),
+    ]
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3, 0.6, 0.9, 1.0])
+def test_client_masks_are_the_servers_element_by_element(t: float) -> None:
+    for maps in mask_cases():
+        np.testing.assert_array_equal(client.threshold_masks(maps, t), threshold_masks(maps, t))
+
+
+def mode_cases() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, rng.integers(0, 256, (9, 13), dtype=np.uint8)])
+    return {
+        "RGB": Image.fromarray(rgb),
+        "RGBA": Image.fromarray(rgba, "RGBA"),
+        "LA": Image.fromarray(rgba[..., 2:], "LA"),
+        "L": Image.fromarray(rgb[..., 0]),
+        "P+transparency": _with_transparency(Image.fromarray(rgb).convert("P"), 3),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+        "1": Image.fromarray(rgb[..., 0] > 127),
+        "I;16": Image.fromarray(rng.integers(0, 65536, (9, 13), dtype=np.uint16)),
+        "I": Image.fromarray(rng.integers(-5000, 90000, (9, 13), dtype=np.int32)),
+        "I small": Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.int32)),
+        "F unit": Image.fromarray(rng.random((9, 13), dtype=np.float32)),
+        "F": Image.fromarray((rng.random((9, 13)) * 1e3 - 50).astype(np.float32)),
+        "F nan": Image.fromarray(np.full((9, 13), np.nan, np.float32)),
+    }
+
+
+def _with_transparency(img: Image.Image, index: int) -> Image.Image:
+    img.info["transparency"] = index
+    return img
+
+
+@pytest.mark.parametrize("mode", list(mode_cases()))
+def test_client_converts_images_as_the_server_pixel_for_pixel(mode: str) -> None:
+    img = mode_cases()[mode]
+    np.testing.assert_array_equal(np.asarray(client.to_rgb(img.copy())), np.asarray(image.to_rgb(img.copy())))
 
 
 def test_shipped_model_config_states_the_defaults() -> None:
