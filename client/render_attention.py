@@ -206,7 +206,8 @@ class AttentionClient:
         if reply.status_code != 200:
             raise ClientError(f"server answered HTTP {reply.status_code} for {url}: {reply.text[:200]}")
         try:
-            return json.loads(reply.json()[0]["customizedMetadata"])
+            described = reply.json()[0]["customizedMetadata"]  # TorchServe parses the handler's JSON text when it can
+            return json.loads(described) if isinstance(described, str) else dict(described)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ClientError(f"{url} holds no description of this model's methods (an older server?): {e}") from e
 

@@ -22,6 +22,8 @@ import pytest
 import requests
 import yaml
 
+from client.render_attention import AttentionClient, ClientError
+from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
 from scripts import REPO, archive
 
 from .conftest import NAME, Served
@@ -47,6 +49,36 @@ def in_process(served: Served, payload: dict) -> dict:
 def worker_pids(served: Served) -> list[int]:
     reply = requests.get(f"{served.management}/models/{NAME}", timeout=TIMEOUT)
     return [w["pid"] for w in reply.json()[0]["workers"]]
+
+
+def test_describe_api_serves_the_registry(served: Served) -> None:
+    """TorchServe's describe API (``?customized=true``) and the client's ``describe()``: the methods,
+    each with its options (the model's defaults) and outputs, and the model's facts."""
+    described = AttentionClient(served.url, management=served.management).describe()
+    expected = json.loads(json.dumps(served.in_process.description()))
+    assert {k: v for k, v in described.items() if k != "precisions"} == {k: v for k, v in expected.items() if k != "precisions"}
+    assert set(described["precisions"]) == {"fp32", "bf16", "fp16", "auto"}  # what each runs as: the worker's own probe
+    assert [m["name"] for m in described["methods"]] == list(METHODS) and described["default_method"] == DEFAULT_METHOD
+    assert described["model"] == {**ModelFacts.of(served.in_process.model).describe(), "weights": served.in_process.config.weights}
+    by_name = {m["name"]: m for m in described["methods"]}
+    rollout_options = {o["name"]: o for o in by_name["rollout"]["options"]}
+    assert rollout_options["head_fusion"]["choices"] == ["mean", "max", "min"] and "heads" not in rollout_options
+    assert rollout_options["discard_ratio"] | {"help": ""} == {
+        "name": "discard_ratio",
+        "type": "number",
+        "default": 0.0,
+        "help": "",
+        "interval": "[0, 1)",
+        "minimum": 0.0,
+        "maximum": 1.0,
+        "exclusive_minimum": False,
+        "exclusive_maximum": True,
+    }
+    attention_options = {o["name"]: o for o in by_name["attention"]["options"]}
+    assert attention_options["short_side"]["default"] == served.in_process.config.short_side and "head_fusion" not in attention_options
+    assert [o["name"] for o in by_name["attention"]["outputs"]] == ["attention", "masks", "boxes", "registers"]
+    with pytest.raises(ClientError, match="HTTP 404"):
+        AttentionClient(served.url.replace(NAME, "no_such_model"), management=served.management).describe()
 
 
 def test_raw_body_forms(served: Served, tmp_path: Path) -> None:

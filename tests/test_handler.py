@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import orjson
 import pytest
 import torch
 
+from dino_attention.methods import METHODS
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
 from dino_attention.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
@@ -239,3 +241,15 @@ def test_a_json_body_is_parsed_once(uniform: AttentionService, monkeypatch) -> N
     v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], "parameters": {"upsample": False}}
     replies = answer(uniform, [{"body": orjson.dumps(v2)}, {"body": orjson.dumps({"image": B64, "upsample": False})}])
     assert [r.status for r in replies] == [200, 200] and len(parsed) == 2
+
+
+def test_describe_handle_answers_torchserves_describe_request(uniform: AttentionService) -> None:
+    """TorchServe's frontend asks with the request header ``describe: True``; the handler answers
+    the service's description as JSON text instead of running the batch."""
+    context = mock_context([{"describe": "True"}])
+    (body,) = handler_for(uniform).handle([{"body": b""}], context)
+    described = json.loads(body)
+    assert described == json.loads(json.dumps(uniform.description()))
+    assert [m["name"] for m in described["methods"]] == list(METHODS)
+    assert described["model"]["layers"] == 12 and described["model"]["heads"] == 3 and described["model"]["patch_size"] == 16
+    assert not context.metrics.metrics  # nothing was computed

@@ -23,6 +23,7 @@ import pytest
 import requests
 import tritonclient.http as triton
 
+from dino_attention.methods import METHODS, all_outputs
 from scripts import REPO, background
 from scripts.serve_kserve import model_folder
 
@@ -132,7 +133,10 @@ def test_health_and_metadata_with_real_clients(engine: Engine) -> None:
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
     metadata = client.get_model_metadata(NAME)
     assert metadata["name"] == NAME and metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-    assert {o["name"] for o in metadata["outputs"]} == {"attention", "masks", "boxes", "registers"}
+    assert [o["name"] for o in metadata["outputs"]] == [o.name for o in all_outputs()]
+    assert {o["name"]: o["shape"] for o in metadata["outputs"]}["boxes"] == [-1, 4]
+    described = json.loads(metadata["parameters"]["description"])  # the registry, as TorchServe's describe API serves it
+    assert [m["name"] for m in described["methods"]] == list(METHODS) and described["model"]["name"] == NAME
     assert not client.is_model_ready("no_such_model")
     assert requests.get(f"{engine.base}/v1/models/{NAME}", timeout=TIMEOUT).json() == {"name": NAME, "ready": True}
 

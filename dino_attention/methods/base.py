@@ -80,7 +80,11 @@ class OptionSpec:
 
     def describe(self) -> dict[str, object]:
         """The option as the describe API serves it (JSON)."""
-        out: dict[str, object] = {"name": self.name, "type": self.type, "default": self.default, "help": self.help}
+        out: dict[str, object] = {"name": self.name, "type": self.type, "help": self.help}  # no nulls: TorchServe drops them
+        if self.default is not None:
+            out["default"] = self.default
+        if self.default_text:
+            out["default_text"] = self.default_text
         if self.choices:
             out["choices"] = list(self.choices)
         if self.interval:
@@ -114,7 +118,8 @@ class OutputSpec:
         return V2_DATATYPES[dtype if self.dtype == "float" else self.dtype]
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "axes": self.axes, "asked_by": self.asked_by or None, "help": self.help}
+        out = {"name": self.name, "dtype": self.dtype, "axes": self.axes, "help": self.help}
+        return {**out, "asked_by": self.asked_by} if self.asked_by else out
 
 
 V2_DATATYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL", "int32": "INT32"}
