@@ -118,7 +118,7 @@ class OutputSpec:
         return V2_DATATYPES[dtype if self.dtype == "float" else self.dtype]
 
     def describe(self) -> dict[str, object]:
-        out = {"name": self.name, "dtype": self.dtype, "axes": self.axes, "help": self.help}
+        out: dict[str, object] = {"name": self.name, "dtype": self.dtype, "axes": self.axes, "help": self.help}
         return {**out, "asked_by": self.asked_by} if self.asked_by else out
 
 
