@@ -211,7 +211,9 @@ class AttentionService:
         return {
             "model": {**self.facts.describe(), "weights": self.config.weights},
             "default_method": DEFAULT_METHOD,
-            "methods": [{**method.describe(), "options": describe_options(method, defaults)} for method in METHODS.values()],
+            "methods": [
+                {**method.describe(), "options": describe_options(method, defaults)} for method in METHODS.values()
+            ],  # all it takes
             "formats": list(FORMATS),
             "dtypes": list(RESPONSE_DTYPES),
             "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},

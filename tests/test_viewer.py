@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from dino_attention.masks import threshold_masks
+from dino_attention.methods import METHODS
 from dino_attention.model.variants import get_variant
+from dino_attention.options import ALL_OPTIONS
 from scripts import REPO, archive
 from scripts.serve import read_properties
 from scripts.viewer import DEFAULT_PORT, VIEWER_DIR, url_of
@@ -172,7 +174,7 @@ def test_threshold_slider_recomputes_the_mask_in_the_page(page: Page, tmp_path: 
     driver = open_viewer(page)
     upload(driver, bright_square_png(tmp_path / "square.png"))
     area = driver.find_element("id", "mask-area")
-    threshold = driver.find_element("id", "threshold")
+    threshold = driver.find_element("id", "mask")
     first = int(area.get_attribute("data-patches"))
     for _ in range(4):
         threshold.send_keys(Keys.ARROW_LEFT)  # 0.6 -> 0.4 of the mass
@@ -308,4 +310,46 @@ def test_rollout_hover_token_drop_and_downloads(page: Page, tmp_path: Path) -> N
     WebDriverWait(driver, 30).until(lambda _: {p.name for p in downloads.iterdir()} == {"square_attention.png", "square.json"})
     assert (downloads / "square_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((downloads / "square.json").read_text())["method"] == "rollout"
+    assert console_errors(driver) == []
+
+
+def test_methods_and_their_options_come_from_the_servers_description(page: Page, tmp_path: Path) -> None:
+    """The method list and each method's own controls are built from the describe API: the served
+    registry's methods appear, and so would a method the page has never heard of."""
+    from selenium.webdriver.support.ui import Select
+
+    driver = open_viewer(page)
+    method = Select(driver.find_element("id", "method"))
+    assert [o.get_attribute("value") for o in method.options] == list(METHODS)
+    method.select_by_value("rollout")
+    fusion = Select(driver.find_element("id", "head-fusion"))
+    assert [o.text for o in fusion.options] == list(ALL_OPTIONS["head_fusion"].choices)
+    discard = driver.find_element("id", "discard-ratio")
+    assert (discard.get_attribute("type"), discard.get_attribute("min"), discard.get_attribute("max")) == ("number", "0", "1")
+    # a method only the (stubbed) server knows: listed, with a control for its own option, sent with the request
+    new = {
+        "name": "novel",
+        "summary": "a method this page was never told about",
+        "own_options": ["colours"],
+        "options": [{"name": "colours", "type": "string", "choices": ["rgb", "grey"], "default": "grey", "help": "how"}],
+    }
+    driver.execute_async_script(
+        "const [done, extra] = [arguments[arguments.length - 1], arguments[0]];"
+        "const real = window.fetch;"
+        "window.fetch = async (url, init) => {"
+        "  const response = await real(url, init);"
+        "  if (!String(url).includes('customized=true')) return response;"
+        "  const [entry] = await response.json();"
+        "  const description = typeof entry.customizedMetadata === 'string' ? JSON.parse(entry.customizedMetadata) : entry.customizedMetadata;"
+        "  description.methods.push(extra);"
+        "  return new Response(JSON.stringify([{...entry, customizedMetadata: description}]));"
+        "};"
+        "window.viewer.describe().then(() => done());",
+        new,
+    )
+    assert [o.get_attribute("value") for o in Select(driver.find_element("id", "method")).options] == [*METHODS, "novel"]
+    Select(driver.find_element("id", "method")).select_by_value("novel")
+    colours = Select(driver.find_element("id", "colours"))
+    assert [o.text for o in colours.options] == ["rgb", "grey"] and colours.first_selected_option.text == "grey"
+    assert driver.find_elements("css selector", "#head-fusion") == []
     assert console_errors(driver) == []

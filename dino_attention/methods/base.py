@@ -176,7 +176,7 @@ class Method(ABC):
         return {
             "name": self.name,
             "summary": self.summary,
-            "options": [spec.describe() for spec in self.options],
+            "own_options": [spec.name for spec in self.options],  # the options only this method takes
             "excludes": dict(self.excludes),
             "outputs": [output.describe() for output in self.outputs],
             "needs": {"blocks": self.needs.blocks, "keeps": self.needs.keeps},

@@ -1,4 +1,5 @@
-// Talking to TorchServe: the models it serves (management API) and one image's attention (inference API).
+// Talking to TorchServe: the models it serves and what each offers (management API), and one image's
+// maps (inference API).
 
 /** A failed request, with the message to show (the server's own where it sent one). */
 export class ServerError extends Error {
@@ -44,6 +45,18 @@ export async function listModels(management, token) {
   if (!response.ok) throw await failure(response);
   const body = await response.json();
   return (body.models ?? []).map((model) => model.modelName);
+}
+
+/** The model's description (TorchServe's describe API, ``?customized=true``): its facts, and the
+ * methods it serves with their options and outputs (dino_attention/methods/). */
+export async function describeModel(management, model, token) {
+  const url = `${management.replace(/\/$/, "")}/models/${encodeURIComponent(model)}?customized=true`;
+  const response = await send(url, { headers: headers(token) });
+  if (!response.ok) throw await failure(response);
+  const described = (await response.json())[0]?.customizedMetadata;
+  const description = typeof described === "string" ? JSON.parse(described) : described;
+  if (!description?.methods) throw new ServerError(`${model} does not describe its methods (an older server?)`);
+  return description;
 }
 
 /** POST the image with ``fields`` as multipart to /predictions/<model>: {doc, text} of the JSON answer. */

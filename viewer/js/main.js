@@ -1,18 +1,23 @@
-// The page: controls -> one request per image/method/model (all layers at once for plain attention),
-// then every slider, colour map, head or threshold change redraws from the response in memory.
+// The page: controls -> one request per image/method/model (all layers at once where the method takes
+// `layers`), then every slider, colour map, head or mask change redraws from the response in memory.
+// The methods and their options come from the server's description (describeModel): a method added on
+// the server appears here without editing this page.
 
-import { explain, listModels } from "./api.js";
+import { describeModel, explain, listModels } from "./api.js";
 import { COLORMAPS, lookupTable } from "./colormaps.js";
 import { alignedImage, colourMap, outline, overlay } from "./draw.js";
 import { maskOutline, meanMap, parseMaps, thresholdMask } from "./maps.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "dino-attention-viewer-token"; // sessionStorage only: gone with the tab
-const ROLLOUT_DELAY_MS = 300; // a rollout needs a request per layer: wait for the slider to settle
+const LAYER_DELAY_MS = 300; // a method without `layers` needs a request per layer: wait for the slider to settle
+// What the page offers when the server does not describe itself: one layer's attention, all layers at once.
+const FALLBACK = { default_method: "attention", methods: [{ name: "attention", summary: "attention", own_options: [], options: [{ name: "layers" }] }] };
 
 const state = {
   image: null, // the File/Blob sent
   bitmap: null, // the browser's decoding of it (null if it cannot decode the format)
+  description: FALLBACK, // the model's description: its facts, methods and their options
   doc: null, // the last response
   text: "", // ... as received, for "download the response"
   maps: null, // parseMaps(doc)
@@ -24,10 +29,10 @@ const state = {
   requestId: 0,
   controller: null,
   timer: 0,
-  rolloutTimer: 0,
+  layerTimer: 0,
 };
 const stats = { lastRedrawMs: NaN, redraws: [] }; // redraw times (ms) of the moves that needed no request
-window.viewer = { state, stats }; // for the tests and the console
+window.viewer = { state, stats, describe: () => describe() }; // for the tests and the console
 
 function init() {
   const params = new URLSearchParams(location.search);
@@ -40,19 +45,18 @@ function init() {
   $("controls").addEventListener("submit", (event) => event.preventDefault());
   $("token").addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, $("token").value));
   $("refresh-models").addEventListener("click", refreshModels);
-  $("model").addEventListener("change", request);
+  $("model").addEventListener("change", () => describe().then((problem) => (problem ? showError(problem) : request())));
   $("file").addEventListener("change", () => $("file").files[0] && load($("file").files[0]));
   $("method").addEventListener("change", () => {
-    $("head-fusion").disabled = $("method").value !== "rollout";
+    buildMethodOptions();
     request();
   });
-  $("head-fusion").addEventListener("change", request);
   $("layer").addEventListener("input", onLayer);
   $("cmap").addEventListener("change", () => {
     state.lut = lookupTable($("cmap").value);
     redraw(true);
   });
-  for (const id of ["opacity", "threshold"]) $(id).addEventListener("input", () => redraw(false));
+  for (const id of ["opacity", "mask"]) $(id).addEventListener("input", () => redraw(false));
   $("overlay").addEventListener("mousemove", hover);
   $("overlay").addEventListener("mouseleave", () => ($("hover").textContent = "Hover the image for a patch's value."));
   $("save-png").addEventListener("click", () => $("overlay").toBlob((blob) => download(blob, `${stem()}_attention.png`)));
@@ -79,19 +83,103 @@ function init() {
 function showValues() {
   $("layer-value").textContent = $("layer").value;
   $("opacity-value").textContent = Number($("opacity").value).toFixed(2);
-  const t = Number($("threshold").value);
-  $("threshold-value").textContent = t > 0 ? `${Math.round(t * 100)}%` : "off";
+  const t = Number($("mask").value);
+  $("mask-value").textContent = t > 0 ? `${Math.round(t * 100)}%` : "off";
 }
 
 async function refreshModels() {
+  let status;
   try {
     const names = await listModels($("management").value, $("token").value);
     $("models").replaceChildren(...names.map((name) => new Option(name, name)));
     if (!$("model").value && names.length) $("model").value = names[0];
-    $("status").textContent = `Models served: ${names.join(", ") || "none"}.`;
+    status = `Models served: ${names.join(", ") || "none"}.`;
   } catch (error) {
-    $("status").textContent = `Could not list the models (${error.message}); type the model's name.`;
+    status = `Could not list the models (${error.message}); type the model's name.`;
   }
+  const problem = await describe();
+  $("status").textContent = status + problem; // once the methods are known
+}
+
+/** Read the model's description: the methods (with their own options' controls) and its layers.
+ * Returns what went wrong, to show ("" if nothing). */
+async function describe() {
+  const model = $("model").value.trim();
+  let description = FALLBACK;
+  let problem = "";
+  if (model) {
+    try {
+      description = await describeModel($("management").value, model, $("token").value);
+    } catch (error) {
+      problem = ` Could not read ${model}'s description (${error.message}): attention only.`;
+    }
+  }
+  state.description = description;
+  const previous = $("method").value;
+  $("method").replaceChildren(
+    ...description.methods.map((m) => Object.assign(new Option(m.name, m.name), { title: m.summary })), // the summary on hover
+  );
+  $("method").value = description.methods.some((m) => m.name === previous) ? previous : description.default_method;
+  if (description.model) {
+    $("layer").max = String(description.model.layers - 1);
+    $("layer").value = $("layer").max;
+  }
+  buildMethodOptions();
+  showValues();
+  return problem;
+}
+
+function currentMethod() {
+  return state.description.methods.find((m) => m.name === $("method").value) ?? state.description.methods[0];
+}
+
+function takes(method, option) {
+  return method.options.some((o) => o.name === option);
+}
+
+/** A labelled control for each of the current method's own options, from the option's description. */
+function buildMethodOptions() {
+  const method = currentMethod();
+  const controls = method.options.filter((o) => method.own_options.includes(o.name)).flatMap(optionControl);
+  $("method-options").replaceChildren(...controls);
+}
+
+function optionControl(option) {
+  const id = option.name.replaceAll("_", "-");
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = option.name.replaceAll("_", " ");
+  label.title = option.help ?? "";
+  let input;
+  if (option.choices) {
+    input = document.createElement("select");
+    input.append(...option.choices.map((choice) => new Option(choice, choice)));
+  } else {
+    input = document.createElement("input");
+    input.type = option.type === "boolean" ? "checkbox" : option.type === "number" || option.type === "integer" ? "number" : "text";
+    if (input.type === "number") {
+      input.step = option.type === "integer" ? "1" : "0.05";
+      if (option.minimum !== undefined) input.min = String(option.minimum);
+      if (option.maximum !== undefined) input.max = String(option.maximum);
+    }
+  }
+  if (input.type === "checkbox") input.checked = option.default === true;
+  else if (option.default !== undefined) input.value = String(option.default);
+  input.id = id;
+  input.dataset.option = option.name;
+  input.addEventListener("change", request);
+  return [label, input];
+}
+
+/** The request's fields for the current method: its own options' values, and the layers. */
+function methodFields() {
+  const method = currentMethod();
+  const fields = method.name === state.description.default_method ? {} : { method: method.name };
+  for (const input of $("method-options").querySelectorAll("[data-option]")) {
+    fields[input.dataset.option] = input.type === "checkbox" ? String(input.checked) : input.value;
+  }
+  Object.assign(fields, takes(method, "layers") ? { layers: "all" } : { layer: $("layer").value });
+  return fields;
 }
 
 async function load(file) {
@@ -105,9 +193,7 @@ async function request() {
   if (!state.image) return;
   const model = $("model").value.trim();
   if (!model) return showError("Choose a model first (the Model field).");
-  const rollout = $("method").value === "rollout";
-  const fields = { upsample: "false", dtype: "float16" }; // the patch grid; the page upsamples it
-  Object.assign(fields, rollout ? { method: "rollout", layer: $("layer").value, head_fusion: $("head-fusion").value } : { layers: "all" });
+  const fields = { upsample: "false", dtype: "float16", ...methodFields() }; // the patch grid; the page upsamples it
   state.controller?.abort();
   const controller = (state.controller = new AbortController());
   const id = ++state.requestId;
@@ -117,7 +203,7 @@ async function request() {
     if (id !== state.requestId) return;
     const maps = parseMaps(doc);
     Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
-    if (!rollout) $("layer").max = String(Math.max(...maps.layers));
+    if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
     state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
     $("error").hidden = true;
     $("save-png").disabled = $("save-json").disabled = false;
@@ -132,9 +218,9 @@ async function request() {
 
 function onLayer() {
   showValues();
-  if ($("method").value === "rollout") {
-    clearTimeout(state.rolloutTimer);
-    state.rolloutTimer = setTimeout(request, ROLLOUT_DELAY_MS);
+  if (!takes(currentMethod(), "layers")) {
+    clearTimeout(state.layerTimer);
+    state.layerTimer = setTimeout(request, LAYER_DELAY_MS);
   } else {
     state.means.clear();
     redraw(true);
@@ -142,7 +228,7 @@ function onLayer() {
 }
 
 function currentRowIndex() {
-  if (state.doc.method === "rollout") return 0;
+  if (!state.doc.layers) return 0;
   const index = state.maps.layers.indexOf(Number($("layer").value));
   return index >= 0 ? index : state.maps.layers.length - 1;
 }
@@ -169,7 +255,7 @@ function redraw(gallery) {
   const ctx = canvas.getContext("2d");
   const map = currentMap();
   overlay(ctx, state.aligned, colourMap(map, h, w, state.lut, state.mapCanvas), Number($("opacity").value));
-  const t = Number($("threshold").value);
+  const t = Number($("mask").value);
   if (t > 0) {
     const mask = thresholdMask(map, t);
     outline(ctx, maskOutline(mask, h, w), patch);

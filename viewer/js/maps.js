@@ -10,9 +10,10 @@ export function parseMaps(doc) {
   const [h, w] = doc.grid;
   const nested = doc.layers ? doc.attention : [doc.attention]; // (rows, maps, h, w)
   const rows = nested.map((maps) => maps.map((map) => flatten(map, h, w)));
-  const rollout = doc.method === "rollout";
-  const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [rollout ? `rollout through layer ${doc.layer}` : `layer ${doc.layer}`];
-  const heads = rollout ? ["rollout"] : doc.heads.map((head) => `head ${head}`);
+  // a map per head, or one map of a method that fuses the heads (named after the method)
+  const fused = rows[0].length !== doc.heads.length;
+  const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [doc.method ? `${doc.method} through layer ${doc.layer}` : `layer ${doc.layer}`];
+  const heads = fused ? [doc.method ?? "map"] : doc.heads.map((head) => `head ${head}`);
   return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers: doc.layers ?? [doc.layer] };
 }
 
