@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 import socket
@@ -18,6 +19,7 @@ from PIL import Image
 
 from client import render_attention as client
 from dino_attention.image import prepare_image
+from dino_attention.methods import METHODS
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
 from dino_attention.service import AttentionService, ServiceConfig, create_service
@@ -337,3 +339,47 @@ def test_registers_survive_every_format_the_client_reads(fmt: str, tmp_path: Pat
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_client_installs_alone_and_runs_against_the_server(served: Served, tmp_path: Path) -> None:
+    """``pip install ./client`` into a fresh venv (no torch, nothing of the server): the
+    ``render-attention`` command and ``AttentionClient.explain()``/``describe()`` against TorchServe."""
+    source = shutil.copytree(REPO / "client", tmp_path / "client")  # pip builds in the source folder: not in the repository
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python, command = venv / "bin" / "python", venv / "bin" / "render-attention"
+    pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(source)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True).stdout
+    assert "dino-attention-client==" in installed and "torch" not in installed
+    image = tmp_path / "cat.png"
+    image.write_bytes(encode(smooth_rgb(40, 72)))
+    management = served.management
+    cli = [
+        str(command),
+        str(image),
+        "--url",
+        served.url,
+        "--management",
+        management,
+        "--layer",
+        "3",
+        "--mask",
+        "0.6",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert png(tmp_path / "cat_attention.png").std() > 10
+    code = (
+        "import sys, json; from render_attention import AttentionClient; "
+        "c = AttentionClient(sys.argv[1], management=sys.argv[2]); r = c.explain(sys.argv[3], heads='0,2', scale=1); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'dino_attention')]; "
+        "print(json.dumps({'shape': list(r.grid.shape), 'methods': [m['name'] for m in c.describe()['methods']], 'bad': bad}))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, served.url, management, str(image)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"shape": [2, 2, 4], "methods": list(METHODS), "bad": []}
