@@ -14,7 +14,7 @@ WEIGHTS_DIR ?= weights
 CHECKPOINT ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
-RENDER_ARGS ?= --threshold 0.6
+RENDER_ARGS ?= --mask 0.6
 # Archive name (dino_vits8, dinov2_vits14_reg, ...) comes from the variants table in dino_attention/model/variants.py.
 NAME     = $(shell $(PY) -m scripts.archive $(MODEL_ARGS) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
@@ -70,7 +70,7 @@ predict: install
 	@echo "saved $(OUT)"
 
 render: install
-	$(PY) client/render_attention.py --from-json "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
+	$(PY) client/render_attention.py --from-file "$(OUT)" --image "$(IMG)" --out $(dir $(OUT)) $(RENDER_ARGS)
 
 # Debian's chromium + chromium-driver for the viewer's browser tests (installed when running as root).
 browser:

@@ -166,9 +166,6 @@ REQUEST_OPTIONS: tuple[OptionSpec, ...] = (
         "several blocks in one forward pass: `all` or e.g. `0,5,11`; `attention` is then `[layers, heads, H, W]` "
         "([Methods](#methods-layers-rollout-masks))",
     ),
-    choice_option(
-        "method", tuple(METHODS), DEFAULT_METHOD, "how to look: " + "; ".join(f"`{m.name}`: {m.summary}" for m in METHODS.values())
-    ),
 )
 MAP_OPTIONS: tuple[OptionSpec, ...] = (  # what is done with the maps a method returns
     fraction_option("mask", "(0, 1]", "`t` in `(0, 1]`: DINO's threshold masks of every returned map, computed on the server"),
@@ -179,10 +176,35 @@ MAP_OPTIONS: tuple[OptionSpec, ...] = (  # what is done with the maps a method r
         "([Models](#models-dino-dinov2-dinov3))",
     ),
 )
-SHARED_OPTIONS: tuple[OptionSpec, ...] = REQUEST_OPTIONS + MAP_OPTIONS
-ALL_OPTIONS: dict[str, OptionSpec] = {spec.name: spec for spec in (*REQUEST_OPTIONS, *method_options(), *MAP_OPTIONS)}
-OPTION_NAMES: tuple[str, ...] = tuple(ALL_OPTIONS)
-OWNERS: dict[str, str] = {spec.name: method.name for method in METHODS.values() for spec in method.options}  # own option -> method
+
+
+def method_option() -> OptionSpec:
+    """The ``method`` option, whose choices are the registry's methods."""
+    return choice_option(
+        "method",
+        tuple(METHODS),
+        DEFAULT_METHOD,
+        "the way of looking: " + ", ".join(f"`{name}`" for name in METHODS) + " ([Methods](#methods-layers-rollout-masks))",
+    )
+
+
+def shared_options() -> tuple[OptionSpec, ...]:
+    """The options every method may take (unless it refuses one, ``Method.excludes``)."""
+    return (*REQUEST_OPTIONS, method_option(), *MAP_OPTIONS)
+
+
+def all_options() -> dict[str, OptionSpec]:
+    """Every option a request may give, in README's order: the shared ones, each method's own after ``method``."""
+    return {spec.name: spec for spec in (*REQUEST_OPTIONS, method_option(), *method_options(), *MAP_OPTIONS)}
+
+
+def option_names() -> tuple[str, ...]:
+    return tuple(all_options())
+
+
+def owner_of(name: str) -> str | None:
+    """The method whose own option ``name`` is (None for a shared option)."""
+    return next((method.name for method in METHODS.values() if any(spec.name == name for spec in method.options)), None)
 
 
 def format_from_accept(accept: str | None, default: str) -> str:
@@ -197,15 +219,16 @@ def format_from_accept(accept: str | None, default: str) -> str:
 
 def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEFAULTS) -> Options:
     """Validate raw option values (str, bytes, or JSON numbers/lists/bools); ``OptionError`` on any problem."""
-    unknown = sorted(set(raw) - set(OPTION_NAMES))
+    specs = all_options()
+    unknown = sorted(set(raw) - set(specs))
     if unknown:
-        raise OptionError(f"unknown option(s) {unknown}; valid options: {list(OPTION_NAMES)}")
+        raise OptionError(f"unknown option(s) {unknown}; valid options: {list(specs)}")
     values = {k: text_of(k, v) if isinstance(v, (bytes, bytearray)) else v for k, v in raw.items()}
-    given = [name for name in OPTION_NAMES if values.get(name) is not None]
+    given = [name for name in specs if values.get(name) is not None]
     geometry = [k for k in GEOMETRY if k in given]
     if len(geometry) > 1:
         raise OptionError(f"options {geometry} conflict: give only one of short_side, scale or size")
-    parsed: dict[str, Any] = {name: ALL_OPTIONS[name].parse(values[name], facts) for name in given}
+    parsed: dict[str, Any] = {name: specs[name].parse(values[name], facts) for name in given}
     method = METHODS[parsed.get("method", DEFAULT_METHOD)]
     fmt = parsed.get("format", defaults.format)
     _check_combination(set(given), parsed, method, fmt, facts)
@@ -236,9 +259,10 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
     for name, why in method.excludes.items():
         if name in given:
             raise OptionError(why)
-    for name in sorted(given & set(OWNERS), key=OPTION_NAMES.index):
-        if OWNERS[name] != method.name:
-            raise OptionError(f"{name} applies to method={OWNERS[name]} only (method={method.name})")
+    for name in sorted(given, key=option_names().index):
+        owner = owner_of(name)
+        if owner is not None and owner != method.name:
+            raise OptionError(f"{name} applies to method={owner} only (method={method.name})")
     if parsed.get("boxes") and "mask" not in parsed:
         raise OptionError("boxes=true needs mask=t: the boxes are those of the masks (e.g. mask=0.6&boxes=true)")
     if "mask" in parsed and fmt == "npy":
@@ -256,6 +280,6 @@ def describe_options(method: Method, defaults: Defaults) -> list[dict[str, objec
     ones (less those the method refuses, with the model's defaults) and the method's own."""
     model_defaults = {name: getattr(defaults, name) for name in ("short_side", "upsample", "precision", "format")}
     shared = [
-        replace(spec, default=model_defaults.get(spec.name, spec.default)) for spec in SHARED_OPTIONS if spec.name not in method.excludes
+        replace(spec, default=model_defaults.get(spec.name, spec.default)) for spec in shared_options() if spec.name not in method.excludes
     ]
     return [spec.describe() for spec in (*shared, *method.options)]

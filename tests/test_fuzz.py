@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dino_attention.errors import RequestError
 from dino_attention.model.checkpoint import build_model
-from dino_attention.options import OPTION_NAMES
+from dino_attention.options import option_names
 from dino_attention.protocols import PLAIN
 from dino_attention.service import AttentionService, Prepared, ServiceConfig
 
@@ -38,7 +38,7 @@ values = st.one_of(
     st.lists(st.integers(-3, 40), max_size=4),
     st.sampled_from(["0", "-1", "11", "0,2", "32x48", "0.5", "true", "bf16", "npz", "float16", "1e400"]),
 )
-options = st.dictionaries(st.sampled_from([*OPTION_NAMES, "bogus", "data"]), values, max_size=4)
+options = st.dictionaries(st.sampled_from([*option_names(), "bogus", "data"]), values, max_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from dino_attention.methods import DEFAULT_METHOD, METHODS, all_outputs
 from dino_attention.model.variants import DEFAULT_MODEL
 from dino_attention.options import DEFAULTS
 from dino_attention.schema import response_fields
-from scripts import REPO
+from scripts import REPO, docs
 
 
 def readme_field_table() -> list[str]:
@@ -43,8 +43,8 @@ def test_client_protocol_constants_match_the_server() -> None:
     assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
     assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
-    assert tuple(METHODS) == client.METHODS and options.ALL_OPTIONS["head_fusion"].choices == client.HEAD_FUSIONS
-    assert set(client.SERVER_OPTIONS) <= set(options.OPTION_NAMES)
+    assert tuple(METHODS) == client.METHODS and options.all_options()["head_fusion"].choices == client.HEAD_FUSIONS
+    assert set(client.SERVER_OPTIONS) <= set(options.option_names())
 
 
 def test_client_facts_match_the_server() -> None:
@@ -129,3 +129,12 @@ def test_readme_layout_matches_the_tree() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     folders = {p.split("/")[0] for p in tracked if "/" in p and not p.startswith(".")}
     assert folders <= {p.rstrip("/").split("/")[0] for p in named}, folders - {p.split("/")[0] for p in named}
+
+
+def test_readme_tables_are_the_registrys() -> None:
+    """README's options and methods tables are what ``python -m scripts.docs`` makes of the registry."""
+    text = (REPO / "README.md").read_text()
+    assert "<!-- generated: options -->" in text and "<!-- generated: methods -->" in text
+    assert docs.render(text) == text, "README.md is out of date with the method registry: run python -m scripts.docs"
+    for name, spec in options.all_options().items():
+        assert f"| `{name}` | {docs.default_cell(spec)} |" in text

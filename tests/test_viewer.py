@@ -22,7 +22,7 @@ import pytest
 from dino_attention.masks import threshold_masks
 from dino_attention.methods import METHODS
 from dino_attention.model.variants import get_variant
-from dino_attention.options import ALL_OPTIONS
+from dino_attention.options import all_options
 from scripts import REPO, archive
 from scripts.serve import read_properties
 from scripts.viewer import DEFAULT_PORT, VIEWER_DIR, url_of
@@ -323,7 +323,7 @@ def test_methods_and_their_options_come_from_the_servers_description(page: Page,
     assert [o.get_attribute("value") for o in method.options] == list(METHODS)
     method.select_by_value("rollout")
     fusion = Select(driver.find_element("id", "head-fusion"))
-    assert [o.text for o in fusion.options] == list(ALL_OPTIONS["head_fusion"].choices)
+    assert [o.text for o in fusion.options] == list(all_options()["head_fusion"].choices)
     discard = driver.find_element("id", "discard-ratio")
     assert (discard.get_attribute("type"), discard.get_attribute("min"), discard.get_attribute("max")) == ("number", "0", "1")
     # a method only the (stubbed) server knows: listed, with a control for its own option, sent with the request

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 class Attention(MapMethod):
     name = "attention"
-    summary = "[CLS] attention of a block, per head (several blocks with layers)"
+    summary = "the `[CLS]` attention of a block, per head (of several blocks with `layers`)"
     needs = Needs(blocks="0..layer (the deepest of layers)", keeps="the [CLS] query's row of each block asked for")
 
     def forward_spec(self, options: Options) -> ForwardSpec:

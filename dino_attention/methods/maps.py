@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 MAPS = OutputSpec(
     "attention",
     "float",
-    "[heads, H, W]",
-    "softmax weights of the `[CLS]` query over the patch tokens (`[layers, heads, H, W]` with `layers`; `[1, H, W]` for rollout); "
-    "per patch (`H/p`, `W/p`) with `upsample=false`",
+    "[maps, H, W]",
+    "one map per head, or one fused map (rollout); `[layers, maps, H, W]` with `layers`; per patch (`H/p`, `W/p`) with `upsample=false`",
     npy=True,
 )
 MASKS = OutputSpec(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class Rollout(MapMethod):
     name = "rollout"
-    summary = "attention rollout through blocks 0..layer, one map `[1, H, W]`"
+    summary = "attention rollout through blocks `0..layer`: one map `[1, H, W]`, the heads fused"
     options = (
         choice_option("head_fusion", HEAD_FUSIONS, "mean", "rollout only: `mean`, `max` or `min` over heads"),
         fraction_option(

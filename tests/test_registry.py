@@ -1,0 +1,124 @@
+"""The method registry: a method is one module and one entry in ``METHODS``. README's "Adding a
+method" example is run here as written, registered, and asked for through every protocol."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import types
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from dino_attention.attention import patch_attention, to_tensor
+from dino_attention.image import prepare_image
+from dino_attention.methods import METHODS, Method, ModelFacts
+from dino_attention.model.checkpoint import build_model
+from dino_attention.options import option_names, parse_options
+from dino_attention.precision import PrecisionPlan
+from dino_attention.service import AttentionService, ServiceConfig
+from scripts import REPO, docs
+
+from .support.checkpoints import TINY, backbone_state, encode, random_rgb
+from .support.handler import answer
+
+PNG = encode(random_rgb(40, 56, seed=9))
+
+
+def readme_method() -> Method:
+    """The module README's "Adding a method" shows, executed."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Adding a method") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code, "README's Adding a method section has no python block"
+    module = types.ModuleType("head_mean")
+    exec(compile(code[1], "README.md: Adding a method", "exec"), module.__dict__)
+    return module.METHOD
+
+
+@pytest.fixture
+def head_mean(monkeypatch: pytest.MonkeyPatch) -> Method:
+    method = readme_method()
+    monkeypatch.setitem(METHODS, method.name, method)
+    return method
+
+
+@pytest.fixture(scope="module")
+def service() -> AttentionService:
+    config = ServiceConfig(model=TINY.name, weights="test", short_side=32)
+    return AttentionService(build_model(TINY, backbone_state(seed=2)), TINY, config, precisions=PrecisionPlan.fp32_only())
+
+
+def test_registered_method_is_parsed_and_validated(head_mean: Method, service: AttentionService) -> None:
+    facts = ModelFacts.of(service.model)
+    options = parse_options({"method": "head_mean", "reduce": "max", "layer": "4"}, facts)
+    assert (options.method, options.params, options.layer) == ("head_mean", (("reduce", "max"),), 4)
+    assert parse_options({"method": "head_mean"}, facts).params == (("reduce", "mean"),)
+    assert "reduce" in option_names()
+    for raw, message in [
+        ({"reduce": "max"}, "reduce applies to method=head_mean only (method=attention)"),
+        ({"method": "head_mean", "heads": "0"}, "head_mean combines every head"),
+        ({"method": "head_mean", "reduce": "median"}, "reduce='median' is not one of ['mean', 'max']"),
+        ({"method": "rollout", "reduce": "max"}, "reduce applies to method=head_mean only (method=rollout)"),
+    ]:
+        (reply,) = answer(service, [{"data": PNG, **raw}])
+        assert reply.status == 400 and orjson.loads(reply.body) == {"error": message}
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_registered_method_answers_in_every_protocol(head_mean: Method, service: AttentionService, reduce: str) -> None:
+    fields = {"method": "head_mean", "reduce": reduce, "layer": "4", "upsample": "false", "mask": "0.5"}
+    (reply,) = answer(service, [{"data": PNG, **fields}])
+    doc = orjson.loads(reply.body)
+    assert reply.status == 200 and (doc["method"], doc["reduce"], doc["layer"]) == ("head_mean", reduce, 4)
+    assert list(doc)[-2:] == ["attention", "masks"] and "head_fusion" not in doc
+    # the map is the head mean (max) of layer 4's [CLS] attention, computed independently
+    image = prepare_image(PNG, patch_size=16, max_pixels=10**8, max_tokens=10**6, short_side=32)
+    heads = patch_attention(service.model, to_tensor(image.image, TINY.mean, TINY.std)[None], 4)[0]  # (heads, h, w)
+    expected = heads.mean(dim=0) if reduce == "mean" else heads.amax(dim=0)
+    np.testing.assert_allclose(np.asarray(doc["attention"], np.float32), expected[None].numpy(), rtol=1e-5, atol=1e-7)
+    rows = [
+        {"data": PNG, **fields, "format": "npz"},
+        {"body": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [encode_b64(PNG)]}], "parameters": fields}},
+        {"body": {"instances": [{"data": encode_b64(PNG), **fields}]}},
+    ]
+    npz, v2, v1 = answer(service, rows)
+    with np.load(io.BytesIO(npz.body)) as arrays:
+        assert set(arrays.files) == {"attention", "meta", "masks"} and json.loads(str(arrays["meta"]))["reduce"] == reduce
+        np.testing.assert_allclose(arrays["attention"], np.asarray(doc["attention"], np.float32), rtol=1e-6)
+    outputs = orjson.loads(v2.body)["outputs"]
+    assert [o["name"] for o in outputs] == ["attention", "masks"] and outputs[0]["parameters"]["method"] == "head_mean"
+    assert orjson.loads(v1.body)["predictions"][0]["reduce"] == reduce
+
+
+def encode_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_registered_method_is_described_and_documented(head_mean: Method, service: AttentionService) -> None:
+    described = {m["name"]: m for m in service.description()["methods"]}["head_mean"]
+    assert described["own_options"] == ["reduce"] and described["excludes"] == dict(head_mean.excludes)
+    reduce = {o["name"]: o for o in described["options"]}["reduce"]
+    assert reduce["choices"] == ["mean", "max"] and reduce["default"] == "mean"
+    assert "heads" not in {o["name"] for o in described["options"]}
+    table = docs.methods_table()
+    assert "| `head_mean` |" in table and "`reduce`" in table
+    assert "| `reduce` | `mean` |" in docs.options_table()
+
+
+def test_registry_entries_declare_everything(service: AttentionService) -> None:
+    """Every shipped method names its options, outputs and needs, and computes what it declares."""
+    facts = ModelFacts.of(service.model)
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    for name, method in METHODS.items():
+        assert method.name == name and method.summary and method.outputs and method.needs.blocks
+        options = parse_options({"method": name, "upsample": "false", "mask": "0.5", "boxes": "true"}, facts)
+        with torch.inference_mode():
+            computed = {k: v[0].numpy() for k, v in method.compute(service.model, x, method.forward_spec(options)).items()}
+        arrays = method.arrays(options, computed, TINY.patch_size)
+        assert list(arrays) == [o.name for o in method.outputs if o.name in arrays]  # declared order
+        assert set(arrays) == {"attention", "masks", "boxes"}
