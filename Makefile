@@ -20,10 +20,9 @@ NAME     = $(shell $(PY) -m scripts.archive $(MODEL_ARGS) --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
 CONFIG  ?= config.properties
-# The viewer's port (make viewer); config.properties allows http://127.0.0.1:8090 through CORS.
-VIEWER_PORT ?= 8090
-# KServe's model server (make serve-kserve), beside TorchServe's 8080-8082.
-KSERVE_PORT ?= 8085
+# Ports of make viewer and make serve-kserve: empty means the defaults in scripts/__init__.py.
+VIEWER_PORT ?=
+KSERVE_PORT ?=
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
@@ -52,11 +51,11 @@ serve: install
 
 # The same archive on KServe's model server (kserve_engine, no TorchServe), in the background.
 serve-kserve: install
-	$(PY) -m scripts.serve_kserve start --model-name $(NAME) --port $(KSERVE_PORT)
+	$(PY) -m scripts.serve_kserve start --model-name $(NAME) $(if $(KSERVE_PORT),--port $(KSERVE_PORT))
 
-# The static attention viewer (viewer/) on 127.0.0.1:$(VIEWER_PORT), in the background; it talks to `make serve`.
+# The static attention viewer (viewer/) on 127.0.0.1 (port 8090), in the background; it talks to `make serve`.
 viewer: install
-	$(PY) -m scripts.viewer start --port $(VIEWER_PORT)
+	$(PY) -m scripts.viewer start $(if $(VIEWER_PORT),--port $(VIEWER_PORT))
 
 stop: install
 	$(PY) -m scripts.serve stop

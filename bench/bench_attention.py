@@ -36,12 +36,13 @@ import torch
 import yaml
 
 from bench.load import Probe, run_load
+from dino_attention import layout
 from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
 from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
 from dino_attention.methods.maps import GRID, MAPS
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from dino_attention.model.rollout import rollout_reference
-from dino_attention.model.variants import Variant, get_variant
+from dino_attention.model.variants import DEFAULT_MODEL, Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
 from dino_attention.options import parse_options
 from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
@@ -506,7 +507,7 @@ def archive_variant(mar: Path, store: Path, batch_size: int, workers: int) -> No
     with zipfile.ZipFile(mar) as src, zipfile.ZipFile(store / mar.name, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
-            if item.filename == "model-config.yaml":
+            if item.filename == layout.MODEL_CONFIG:
                 config = yaml.safe_load(data)
                 config.update(batchSize=batch_size, minWorkers=workers, maxWorkers=workers)
                 config["handler"]["threads"] = max(1, (os.cpu_count() or 1) // workers)
@@ -599,7 +600,7 @@ def gpu_target(by: dict, machine: Machine, args: argparse.Namespace) -> str:
     name = f"- vit_small/8 at 1080x1920 on a GPU (bf16/fp16) < {TARGETS['gpu_1080x1920_s']:g} s"
     if machine.device.type != "cuda":
         return f"{name}: n/a here (forward passes ran on the CPU; no GPU in this run)"
-    if args.model != "dino_vits8":
+    if args.model != DEFAULT_MODEL:
         return f"{name}: n/a here (this run measured {args.model})"
     done = [by[(p, (1080, 1920))] for p in ("bf16", "fp16") if (p, (1080, 1920)) in by and not by[(p, (1080, 1920))].skipped]
     if not done:

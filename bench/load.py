@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
+from dino_attention.model.variants import DEFAULT_MODEL
 from scripts import REPO
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -135,7 +136,7 @@ def sample_probes(short_side: int) -> list[Probe]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8080/predictions/dino_vits8")
+    parser.add_argument("--url", default=f"http://127.0.0.1:8080/predictions/{DEFAULT_MODEL}")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--time-limit", type=float, default=600.0, help="stop sending after this many seconds")

@@ -29,7 +29,7 @@ from .image import PreparedImage, prepare_image
 from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
-from .model.variants import DEFAULT_MODEL, Variant, get_variant
+from .model.variants import DEFAULT_MODEL, FAMILIES, Variant, get_variant
 from .model.vit import VisionTransformer
 from .options import DEFAULTS, FORMATS, RESPONSE_DTYPES, Defaults, Options, describe_options, format_from_accept, parse_options
 from .precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
@@ -208,8 +208,14 @@ class AttentionService:
         model metadata): the model's facts, the methods with the options each takes (the model's
         defaults filled in) and their outputs, the formats and precisions."""
         defaults = self.config.defaults()
+        family = FAMILIES[self.variant.family]
         return {
-            "model": {**self.facts.describe(), "weights": self.config.weights},
+            "model": {
+                **self.facts.describe(),
+                "weights": self.config.weights,
+                "licence": family.licence,
+                "licence_url": family.licence_url,
+            },
             "default_method": DEFAULT_METHOD,
             "methods": [
                 {**method.describe(), "options": describe_options(method, defaults)} for method in METHODS.values()

@@ -2,7 +2,7 @@
 
     python -m scripts.kserve_bundle --model-name dino_vits8      # -> build/kserve/{config,model-store}
 
-    build/kserve/config/config.properties   TorchServe config: port 8085, model_snapshot, Prometheus metrics
+    build/kserve/config/config.properties   TorchServe config: port 8085 (KServe's runtime), model_snapshot, Prometheus metrics
     build/kserve/config/metrics.yaml        the handler's metrics declared (see metrics.yaml)
     build/kserve/model-store/dino_vits8.mar
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from scripts import REPO
+from dino_attention import layout
+from dino_attention.model.variants import DEFAULT_MODEL
+from scripts import KSERVE_TORCHSERVE_PORT, REPO
 
 logger = logging.getLogger("kserve_bundle")
 
@@ -43,9 +45,9 @@ def snapshot(model_name: str, model_config: dict) -> dict:
 def config_properties(model_name: str, model_config: dict) -> str:
     lines = [
         "# TorchServe config for KServe's TorchServe runtime (written by `make kserve-bundle`).",
-        "# KServe sends v1 (/v1/models/{m}:predict) and v2 (/v2/models/{m}/infer) requests to port 8085.",
-        "inference_address=http://0.0.0.0:8085",
-        "management_address=http://0.0.0.0:8085",
+        f"# KServe sends v1 (/v1/models/{{m}}:predict) and v2 (/v2/models/{{m}}/infer) requests to port {KSERVE_TORCHSERVE_PORT}.",
+        f"inference_address=http://0.0.0.0:{KSERVE_TORCHSERVE_PORT}",
+        f"management_address=http://0.0.0.0:{KSERVE_TORCHSERVE_PORT}",
         "metrics_address=http://0.0.0.0:8082",
         "grpc_inference_port=7070",
         "grpc_management_port=7071",
@@ -74,7 +76,7 @@ def bundle(model_name: str, model_store: Path, out: Path) -> Path:
     mar = model_store / f"{model_name}.mar"
     if not mar.is_file():
         raise FileNotFoundError(f"{mar} not found: run `make archive` first")
-    model_config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    model_config = yaml.safe_load((REPO / layout.MODEL_CONFIG).read_text())
     if out.exists():
         shutil.rmtree(out)
     (out / "config").mkdir(parents=True)
@@ -87,7 +89,7 @@ def bundle(model_name: str, model_store: Path, out: Path) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-name", default="dino_vits8")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL)
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "kserve")
     return parser.parse_args(argv)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from dino_attention.model.variants import DEFAULT_MODEL
 from scripts import REPO
 
 logger = logging.getLogger("serve")
@@ -125,7 +126,7 @@ def stop(quiet: bool = False) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop", "key"), help="key: print the inference key of key_file.json")
-    parser.add_argument("--model-name", default="dino_vits8", help="archive in the model store, without .mar")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL, help="archive in the model store, without .mar")
     parser.add_argument("--config", type=Path, default=REPO / "config.properties")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--log-dir", type=Path, default=REPO / "logs")

@@ -1,6 +1,6 @@
 """Serve an archived model with KServe's model server (kserve_engine) on loopback, in the background.
 
-    python -m scripts.serve_kserve start --model-name dino_vits8 --port 8085   # waits until the model is ready
+    python -m scripts.serve_kserve start --model-name dino_vits8 --port 8086   # waits until the model is ready
     python -m scripts.serve_kserve stop
 
 It serves ``model_store/<name>.mar`` (what `make archive` wrote), the same archive TorchServe serves.
@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts import REPO, background
+from dino_attention.model.variants import DEFAULT_MODEL
+from scripts import KSERVE_ENGINE_PORT, REPO, background
 
 logger = logging.getLogger("serve_kserve")
 
 PID_FILE = background.LOG_DIR / "kserve.pid"
-DEFAULT_PORT = 8085  # beside TorchServe's 8080-8082, so both engines can run at once
 ENTRY = ["-m", "kserve_engine"]  # the Dockerfile's entry point: the same module
 
 
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop"))
-    parser.add_argument("--model-name", default="dino_vits8")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--model-name", default=DEFAULT_MODEL)
+    parser.add_argument("--port", type=int, default=KSERVE_ENGINE_PORT)
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     args = parser.parse_args(argv)
     return background.run_action(

@@ -13,13 +13,12 @@ import argparse
 import logging
 import sys
 
-from scripts import REPO, background
+from scripts import REPO, VIEWER_PORT, background
 
 logger = logging.getLogger("viewer")
 
 VIEWER_DIR = REPO / "viewer"
 PID_FILE = background.LOG_DIR / "viewer.pid"
-DEFAULT_PORT = 8090
 
 
 def url_of(port: int) -> str:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop"))
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=VIEWER_PORT)
     args = parser.parse_args(argv)
     return background.run_action(
         args.action,

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dino_attention.attention import to_tensor
-from dino_attention.errors import PayloadTooLarge, RequestError
+from dino_attention.errors import ImageError, PayloadTooLarge, RequestError
 from dino_attention.image import crop_size, decode_image, prepare_image, target_size, to_rgb
 from dino_attention.model.variants import IMAGENET_MEAN, IMAGENET_STD
 
@@ -134,10 +134,10 @@ def test_target_size(size_in, kwargs, expected) -> None:
 
 
 def test_target_size_needs_exactly_one_rule() -> None:
-    with pytest.raises(RequestError):
-        target_size((10, 10))
-    with pytest.raises(RequestError):
-        target_size((10, 10), short_side=5, scale=2.0)
+    for kwargs in ({}, {"short_side": 5, "scale": 2.0}):
+        with pytest.raises(ImageError, match="give exactly one of short_side, scale or size") as caught:
+            target_size((10, 10), **kwargs)
+        assert caught.value.status == 400
 
 
 @pytest.mark.parametrize(

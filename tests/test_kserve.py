@@ -12,7 +12,7 @@ import requests
 import tritonclient.http
 import tritonclient.utils
 
-from scripts import archive, kserve_bundle
+from scripts import KSERVE_TORCHSERVE_PORT, archive, kserve_bundle
 from scripts.serve import read_properties
 from tests.support.torchserve import PrivateServer, private_torchserve
 
@@ -34,7 +34,7 @@ def bundle(tmp_path_factory) -> Path:
 def test_bundle_layout(bundle: Path) -> None:
     assert (bundle / "model-store" / f"{NAME}.mar").is_file() and (bundle / "config" / "metrics.yaml").is_file()
     props = read_properties(bundle / "config" / "config.properties")
-    assert props["inference_address"] == "http://0.0.0.0:8085" and props["model_store"] == "/mnt/models/model-store"
+    assert props["inference_address"] == f"http://0.0.0.0:{KSERVE_TORCHSERVE_PORT}" and props["model_store"] == "/mnt/models/model-store"
     assert props["enable_envvars_config"] == "false" and props["metrics_mode"] == "prometheus"
     model = json.loads(props["model_snapshot"])["models"][NAME]["1.0"]
     assert model["marName"] == f"{NAME}.mar" and model["defaultVersion"] is True

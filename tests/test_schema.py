@@ -18,7 +18,8 @@ from dino_attention.methods import DEFAULT_METHOD, METHODS, all_outputs
 from dino_attention.model.variants import DEFAULT_MODEL
 from dino_attention.options import DEFAULTS
 from dino_attention.schema import response_fields
-from scripts import REPO, docs
+from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
+from scripts.serve import read_properties
 
 
 def readme_field_table() -> list[str]:
@@ -138,3 +139,14 @@ def test_readme_tables_are_the_registrys() -> None:
     assert docs.render(text) == text, "README.md is out of date with the method registry: run python -m scripts.docs"
     for name, spec in options.all_options().items():
         assert f"| `{name}` | {docs.default_cell(spec)} |" in text
+
+
+def test_files_that_repeat_a_fact_agree_with_its_home() -> None:
+    """The default model and the ports, where files that cannot import them repeat them."""
+    for manifest in sorted((REPO / "deploy" / "kserve").glob("*.yaml")):
+        names = re.findall(r'"--model_name", "([^"]+)"', manifest.read_text())
+        assert all(name == DEFAULT_MODEL for name in names), manifest
+    props = read_properties(REPO / "config.properties")
+    assert props["cors_allowed_origin"] == f"http://127.0.0.1:{VIEWER_PORT}"
+    assert kserve_bundle.config_properties(DEFAULT_MODEL, {}).count(f"0.0.0.0:{KSERVE_TORCHSERVE_PORT}") == 2
+    assert KSERVE_ENGINE_PORT not in {8080, 8081, 8082, KSERVE_TORCHSERVE_PORT, VIEWER_PORT}  # one number, one server

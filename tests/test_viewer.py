@@ -23,9 +23,9 @@ from dino_attention.masks import threshold_masks
 from dino_attention.methods import METHODS
 from dino_attention.model.variants import get_variant
 from dino_attention.options import all_options
-from scripts import REPO, archive
+from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
-from scripts.viewer import DEFAULT_PORT, VIEWER_DIR, url_of
+from scripts.viewer import VIEWER_DIR, url_of
 
 from .support.checkpoints import brightness_seeking_state, encode, save
 from .support.torchserve import free_ports, private_torchserve
@@ -239,7 +239,7 @@ def test_narrow_window_and_labels(page: Page, tmp_path: Path) -> None:
 
 def test_configs_allow_exactly_the_viewers_origin() -> None:
     local = read_properties(REPO / "config.properties")
-    assert local["cors_allowed_origin"] == url_of(DEFAULT_PORT).rstrip("/")
+    assert local["cors_allowed_origin"] == url_of(VIEWER_PORT).rstrip("/")
     assert {m.strip() for m in local["cors_allowed_methods"].split(",")} == {"GET", "POST", "OPTIONS"}
     assert "cors_allowed_origin" not in read_properties(REPO / "config.production.properties")
     scripts = [line for line in (VIEWER_DIR / "index.html").read_text().splitlines() if "<script" in line or "<link" in line]

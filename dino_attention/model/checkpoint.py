@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .variants import Variant
+from .variants import FAMILIES, Variant
 from .vit import VisionTransformer
 
 # Keys of DINO's training checkpoints that may hold the backbone, in order of preference.
@@ -88,9 +88,9 @@ def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     blocks = {key.split(".")[1] for key in state if key.startswith("blocks.")}
     if blocks:
         parts.append(f"blocks={len(blocks)}")
-    for key, what in (("register_tokens", "registers (DINOv2)"), ("storage_tokens", "storage tokens (DINOv3)")):
-        if isinstance(state.get(key), torch.Tensor):
-            parts.append(f"{state[key].shape[1]} {what}")
+    for family in FAMILIES.values():
+        if family.register_key and isinstance(state.get(family.register_key), torch.Tensor):
+            parts.append(f"{state[family.register_key].shape[1]} {family.register_title}")
     if "rope_embed.periods" in state:
         parts.append("RoPE (DINOv3)")
     return ", ".join(parts) or "unrecognised layout"

@@ -29,7 +29,9 @@ class Family:
     name: str  # dino, dinov2, dinov3
     title: str
     register_key: str  # state_dict name of the extra tokens after [CLS] ("" if the family has none)
-    licence: str
+    register_title: str  # what the family calls them, for messages ("" if none)
+    mask_token: bool  # its checkpoints carry a (1, C) mask_token (masked-image training; unused at inference)
+    licence: str  # of the official weights: the describe API names it
     licence_url: str
     weights_url: str  # official download base
     mean: tuple[float, float, float] = IMAGENET_MEAN  # preprocessing (LVD-1689M DINOv3 weights use ImageNet's too)
@@ -44,6 +46,8 @@ FAMILIES: dict[str, Family] = {
             "dino",
             "DINO",
             "",
+            "",
+            False,
             "Apache-2.0",
             "https://github.com/facebookresearch/dino/blob/main/LICENSE",
             "https://dl.fbaipublicfiles.com/dino",
@@ -52,6 +56,8 @@ FAMILIES: dict[str, Family] = {
             "dinov2",
             "DINOv2",
             "register_tokens",
+            "registers (DINOv2)",
+            True,
             "Apache-2.0",
             "https://github.com/facebookresearch/dinov2/blob/main/LICENSE",
             "https://dl.fbaipublicfiles.com/dinov2",
@@ -60,6 +66,8 @@ FAMILIES: dict[str, Family] = {
             "dinov3",
             "DINOv3",
             "storage_tokens",
+            "storage tokens (DINOv3)",
+            True,
             "DINOv3 License",
             "https://github.com/facebookresearch/dinov3/blob/main/LICENSE.md",
             "https://dl.fbaipublicfiles.com/dinov3",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .position import Rope, RopePositionEmbedding, apply_rope, resize_pos_embed
-from .variants import Variant, resolve_layer
+from .variants import FAMILIES, Variant, resolve_layer
 
 QKStore = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (scaled queries, transposed keys)
 
@@ -37,10 +37,10 @@ CPU_BF16_MAX_CHUNKED_TOKENS = 16384
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v for all queries: (B, heads, N, d) x3 -> (B, heads, N, d).
 
-    Fused SDPA everywhere except bfloat16 on the CPU with N <= 16384: there PyTorch's CPU flash
-    kernel runs no faster than in fp32, while query-chunked bf16 GEMMs take 0.67x its time per block
-    at N=3601 and 0.87x at N=14401 (at N=32401 they take 1.2x, so SDPA stays). Memory stays linear
-    in N: one (B, heads, chunk, N) block of scores at a time.
+    Fused SDPA everywhere except bfloat16 on the CPU up to ``CPU_BF16_MAX_CHUNKED_TOKENS`` tokens,
+    where query-chunked bf16 GEMMs were measured faster than PyTorch's CPU flash kernel, once, on
+    one CPU (an AMD EPYC without AMX), not per device. Memory stays linear in N: one
+    (B, heads, chunk, N) block of scores at a time.
     """
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.shape[-2] > CPU_BF16_MAX_CHUNKED_TOKENS:
         return F.scaled_dot_product_attention(q, k, v)
@@ -242,7 +242,7 @@ class VisionTransformer(nn.Module):
             self.rope_embed = RopePositionEmbedding(dim // variant.num_heads, variant.rope_base)
         if variant.num_registers:  # named as the family names them: register_tokens or storage_tokens
             self.register_parameter(variant.register_key, nn.Parameter(torch.zeros(1, variant.num_registers, dim)))
-        if variant.family != "dino":
+        if FAMILIES[variant.family].mask_token:
             self.mask_token = nn.Parameter(torch.zeros(1, dim))  # in the official checkpoints; unused at inference
         self.blocks = nn.ModuleList(Block(variant) for _ in range(variant.depth))
         self.norm = nn.LayerNorm(dim, eps=variant.eps)
