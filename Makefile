@@ -84,9 +84,9 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,png}.
+# ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,json,png}.
 bench: install
-	$(PY) -m bench.bench_attention $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)
 
 # KServe storage layout in build/kserve (config/ + model-store/) for deploy/kserve/inferenceservice*.yaml.
 kserve-bundle: install

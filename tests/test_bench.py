@@ -1,107 +1,166 @@
-"""The benchmark script: runs end to end on a tiny configuration in seconds (figures are not
-asserted), and its report never states an impossible figure for a precision that is not native."""
+"""The benchmark package: it runs end to end on a tiny configuration in seconds, and its report (data,
+then Markdown) holds the figures it measured, in the structure it declares: every figure derived from
+the measured ones, every row as wide as its table, nothing "meets" a target that cannot apply here."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from bench import bench_attention
-from bench.bench_attention import Machine, Result
+from bench import cli
+from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, markdown
+from bench.timing import Machine, Result, forward_flops
 from dino_attention.model.variants import get_variant
 from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 
+TINY_RUN = [
+    *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "2", "--device", "cpu"),
+    *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42"),
+    *("--sections", "forward", "methods", "families", "encoding", "engines"),
+]
 
-def test_bench_runs_and_reports(tmp_path: Path) -> None:
-    args = [
-        "--model",
-        "vit_tiny",
-        "--patch",
-        "16",
-        "--sizes",
-        "32x48",
-        "--repeats",
-        "1",
-        "--device",
-        "cpu",
-        "--method-sizes",
-        "32x48",
-        "--sections",
-        "forward",
-        "methods",
-        "families",
-        "encoding",
-        "engines",
-        "--requests",
-        "2",
-        "--families",
-        "dinov2_vits14_reg:28x42",
-        "--out",
-        str(tmp_path),
-        "--name",
-        "tiny",
-    ]
-    assert bench_attention.main(args) == 0
-    report = (tmp_path / "tiny.md").read_text()
-    assert report.startswith("# Benchmark: dino_vitt16\n")
+
+def markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """Every ``## title`` table of a Markdown report: its header, then its rows, as cells."""
+    tables: dict[str, list[list[str]]] = {}
+    title = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = line[3:]
+        elif line.startswith("| ") and title:
+            tables.setdefault(title, []).append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    assert cli.main([*TINY_RUN, "--out", str(out), "--name", "tiny"]) == 0
+    return json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text(), out
+
+
+def test_tiny_run_reports_every_section_it_ran(tiny_run: tuple[dict, str, Path]) -> None:
+    data, text, out = tiny_run
+    assert data["title"] == "Benchmark: dino_vitt16" and text.startswith("# Benchmark: dino_vitt16\n")
+    machine = "\n".join(data["machine"])
     for fact in ("- Machine: ", "avx512_bf16=", "amx_bf16=", "torch CPU capability", f"torch {torch.__version__}", "precision=auto runs"):
-        assert fact in report
-    for row in (
-        "| 32x48 | 6 | seed |",
-        "| 32x48 | 6 | fp32 |",
-        "orjson, upsample=false",
-        "max |seed - fp32|",
-        "| 32x48 | 6 | layers_all |",
-    ):
-        assert row in report
-    for row in ("| 32x48 | 6 | rollout |", "max |rollout - naive| / max", "| 32x48 | 6 | rollout_naive |"):
-        assert row in report
-    for row in ("| dinov2_vits14_reg | 28x42 | 6 | eager N x N |", "| dinov2_vits14_reg | 28x42 | 6 | ours (SDPA + [CLS] row) |"):
-        assert row in report
-    assert report.count("max |seed - fp32| = ") == 2  # the forward section's and the families section's
-    assert (
-        "| TorchServe 0.12.0 |" in report
-        and "| KServe model server (kserve_engine) |" in report
-        and "KServe p50 / TorchServe p50: " in report
-    )
-    for precision in ("bf16", "fp16"):  # timed where native, else named as skipped with the reason
+        assert fact in machine
+    titles = [t["title"] for t in data["tables"]]
+    assert [t.split(" ")[0] for t in titles] == ["Forward", "Methods", "Today's", "Response", "Engines:"]
+    # the Markdown is the data: the same tables, every row as wide as its header, the same cells
+    written = markdown_tables(text)
+    for table in data["tables"]:
+        rows = written[table["title"]]
+        assert rows[0] == [c["name"] for c in table["columns"]] and len(rows) == 2 + len(table["rows"])
+        assert all(len(row) == len(table["columns"]) for row in table["rows"])
+    assert (out / "tiny.png").stat().st_size > 1000
+
+
+def rows_of(data: dict, title_start: str) -> list[dict]:
+    table = next(t for t in data["tables"] if t["title"].startswith(title_start))
+    return [dict(zip([c["name"] for c in table["columns"]], row, strict=True)) for row in table["rows"]]
+
+
+def test_forward_figures_are_derived_from_the_measured_times(tiny_run: tuple[dict, str, Path]) -> None:
+    data, _, _ = tiny_run
+    rows = {r["path"]: r for r in rows_of(data, "Forward")}
+    variant = get_variant("dino_vitt16")
+    seed, fp32 = rows["seed"], rows["fp32"]
+    assert seed["size"] == "32x48" and seed["tokens"] == 6 and 0 < seed["min s"] <= seed["median s"]
+    assert fp32["speed-up vs seed"] == pytest.approx(seed["min s"] / fp32["min s"])
+    for row in (seed, fp32):
+        assert row["GFLOP/s"] == pytest.approx(forward_flops(variant, (32, 48), row["path"]) / row["min s"] / 1e9)
+        assert row["peak RSS MB"] >= row["loaded MB"] > 0
+    assert seed["maps"].startswith("max |seed - fp32| = ") and float(seed["maps"].split("= ")[1]) < 1e-4
+    for precision in ("bf16", "fp16"):  # timed where native, else skipped with the probe's reason, and never a target met
         speed = probe_speed(torch.device("cpu"), precision)
-        row = f"| 32x48 | 6 | {precision} | {speed.reason}: skipped |"
-        assert (row in report) is not speed.fast
-        assert (f"{precision} not measured" in report) is not speed.fast
-    assert (tmp_path / "tiny.png").stat().st_size > 1000
+        skipped = rows[precision]["min s"]
+        assert (skipped == {"reason": speed.reason}) is not speed.fast
+        if not speed.fast:
+            assert all(not (t["what"].startswith(precision) and t["value"] is not None) for t in data["targets"])
+
+
+def test_method_and_family_figures(tiny_run: tuple[dict, str, Path]) -> None:
+    data, _, _ = tiny_run
+    methods = {r["path"]: r for r in rows_of(data, "Methods")}
+    assert list(methods) == ["last_layer", "layers_all", "rollout", "rollout_naive"]
+    for row in methods.values():
+        assert row["x last-layer"] == pytest.approx(row["min s"] / methods["last_layer"]["min s"])
+    assert float(methods["rollout"]["maps"].split("= ")[1]) < 1e-4  # rollout equals the naive product
+    families = rows_of(data, "Today's")
+    assert [(r["model"], r["size"], r["tokens"], r["path"]) for r in families] == [
+        ("dinov2_vits14_reg", "28x42", 6, "eager N x N"),
+        ("dinov2_vits14_reg", "28x42", 6, "ours (SDPA + [CLS] row)"),
+    ]
+    assert families[1]["speed-up vs eager"] == pytest.approx(families[0]["min s"] / families[1]["min s"])
+    encodings = rows_of(data, "Response")
+    assert len(encodings) == 7 and all(r["seconds"] > 0 and r["MB"] > 0 for r in encodings)
+    engines = rows_of(data, "Engines")
+    assert [r["engine"] for r in engines] == ["TorchServe 0.12.0", "KServe model server (kserve_engine)"]
+    assert all(r["p50 s (sequential)"] <= r["p95 s"] for r in engines)
+
+
+def emulating_machine() -> Machine:
+    emulated = Speed(False, None, "not native on this CPU (no amx_bf16 or avx512_bf16: emulated)")
+    return Machine(
+        torch.device("cpu"), "AMD EPYC; avx2=yes", {"bf16": emulated, "fp16": emulated}, {"fp32": 100.0}, PrecisionPlan.fp32_only()
+    )
 
 
 def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:
-    """An AVX2-only CPU: bf16 rows and targets read "not native ... skipped" and "n/a here"."""
-    emulated = Speed(False, None, "not native on this CPU (no amx_bf16 or avx512_bf16: emulated)")
-    machine = Machine(
-        torch.device("cpu"),
-        "AMD EPYC; avx2=yes avx512_bf16=no",
-        {"bf16": emulated, "fp16": emulated},
-        {"fp32": 100.0},
-        PrecisionPlan.fp32_only(why="nothing faster"),
-    )
+    """An AVX2-only CPU: the bf16 rows are skipped with the reason and its targets are n/a, never met."""
+    machine = emulating_machine()
+    reason = machine.speeds["bf16"].reason
     results = [
         Result("seed", (480, 480), 3600, times=[6.0], peak_rss_mb=2000, loaded_rss_mb=800, gflops=60),
         Result("fp32", (480, 480), 3600, times=[2.0], peak_rss_mb=900, loaded_rss_mb=800, gflops=150),
-        Result("bf16", (480, 480), 3600, skipped=emulated.reason),
-        Result("fp16", (480, 480), 3600, skipped=emulated.reason),
+        Result("bf16", (480, 480), 3600, skipped=reason),
+        Result("fp16", (480, 480), 3600, skipped=reason),
     ]
-    args = argparse.Namespace(model="vit_small", patch=8, sizes=[(480, 480)], throughput_requests=0)
-    report = bench_attention.report(results, machine, [], None, [], args)
-    assert "| 480x480 | 3600 | bf16 | not native on this CPU (no amx_bf16 or avx512_bf16: emulated): skipped |" in report
-    assert "- bf16 path vs seed at 480x480: n/a here: bf16 not native on this CPU" in report
-    assert "- bf16 path at 480x480, fraction of the bf16 matmul peak: n/a here" in report
-    assert "on a GPU (bf16/fp16) < 0.1 s: n/a here" in report
-    assert "fp32 path vs seed at 480x480: 3.0x (MISSES target >= 3.5)" in report
-    assert "bf16 not measured" in report and "bf16 matmul peak (meets" not in report
-    assert [line for line in report.splitlines() if "bf16" in line and "meets" in line] == []
+    args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
+    report = build_report(args, machine, results)
+    targets = {t.what: t for t in report.targets}
+    assert targets["fp32 path vs seed at 480x480"].value == pytest.approx(3.0) and targets["fp32 path vs seed at 480x480"].met is False
+    for what in ("bf16 path vs seed at 480x480", "bf16 path at 480x480, fraction of the bf16 matmul peak"):
+        assert targets[what].value is None and targets[what].met is None and targets[what].na == f"bf16 {reason}"
+    gpu = targets["vit_small/8 at 1080x1920 on a GPU (bf16/fp16), seconds"]
+    assert gpu.value is None and "no GPU" in gpu.na
+    forward = report.tables[0]
+    bf16_row = next(row for row in forward.rows if row[2] == "bf16")
+    assert bf16_row[3] == Skipped(reason) and bf16_row[4:] == (None,) * 7
+    text = markdown(report)
+    assert f"| 480x480 | 3600 | bf16 | {reason}: skipped |" in text
+    assert [line for line in text.splitlines() if "bf16" in line and "meets" in line] == []
+    assert "- fp32 path vs seed at 480x480: 3.0x (MISSES target >= 3.5)" in text
+
+
+def test_markdown_writes_each_column_in_its_format() -> None:
+    table = Table("t", (Column("a"), Column("s", "{:.3f}"), Column("p", "{:.0%}"), Column("x", "{:.1f}x")))
+    table.add("row", 1.23456, 0.456, None)
+    with pytest.raises(ValueError, match="a row of 2 cells for 4 columns"):
+        table.add("short", 1.0)
+    assert markdown(Report("r", [], [table], [Target("ratio", 2.0, 1.5)])).splitlines() == [
+        "# r",
+        "",
+        "",
+        "## t",
+        "",
+        "| a | s | p | x |",
+        "| --- | --- | --- | --- |",
+        "| row | 1.235 | 46% |  |",
+        "",
+        "## Targets",
+        "",
+        "- ratio: 2.0x (meets target >= 1.5)",
+    ]
+    assert cell_text(Skipped("too big"), Column("s")) == "too big: skipped"
 
 
 def test_flop_count_of_our_path_is_below_the_seeds() -> None:
     variant = get_variant("vit_small", 8)
-    ours, seed = (bench_attention.forward_flops(variant, (480, 480), path) for path in ("fp32", "seed"))
+    ours, seed = (forward_flops(variant, (480, 480), path) for path in ("fp32", "seed"))
     assert 0.8 * seed < ours < seed  # the last block's N x N attention and its MLP are skipped

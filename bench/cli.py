@@ -1,0 +1,165 @@
+"""``make bench`` / ``python -m bench``: the seed article's eager pipeline vs our fp32/bf16/fp16 paths,
+the methods, today's models, the encodings, and the servers (latency, throughput, engines).
+
+    python -m bench                   # full run (~20 min on 2 cores), writes bench/results/bench.{md,json,png}
+    python -m bench --quick           # 224x224 and 480x480 only, fewer served requests
+    python -m bench --device cuda     # forward passes on the GPU
+
+Everything is measured in this one run, with the same random weights and inputs: ratios are the
+figures to compare (absolute times on a shared machine are noisy). The report starts with the
+machine. Each forward configuration runs in its own process so that its peak memory (max RSS) is its
+own. A reduced precision the device does not run natively (``dino_attention/precision.py``: capability
+flags, then a matmul probe) is reported as skipped, not timed: emulated bf16 is ~25x slower than fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.plot import plot
+from bench.report import build_report, markdown, to_json
+from bench.servers import Served, bench_engines, bench_served, bench_throughput
+from bench.timing import METHOD_PATHS, PATHS, Result, bench_encodings, bench_families, compare_maps, measure, probe_machine, worker
+from dino_attention.model.checkpoint import build_model
+from dino_attention.model.variants import get_variant
+from scripts import REPO, archive
+
+logger = logging.getLogger("bench")
+
+SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
+QUICK_SIZES = SIZES[:2]
+METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
+SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines")
+# The families section (fp32, last layer): our path vs the eager N x N path on today's models.
+FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("dinov2_vits14_reg", (518, 518)),
+    ("dinov2_vits14_reg", (1036, 1036)),
+    ("dinov3_vits16", (512, 512)),
+)
+IMAGE = REPO / "data" / "samples" / "astronaut.jpg"  # 512x512 -> 480x480: the served sections' request
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def parse_family_row(text: str) -> tuple[str, tuple[int, int]]:
+    """'dinov2_vits14_reg:518x518' -> ('dinov2_vits14_reg', (518, 518))."""
+    name, _, size = text.partition(":")
+    get_variant(name)  # a clear error for an unknown model
+    return name, parse_size(size)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_small", help="hub name (dinov2_vits14_reg, ...) or DINO's vit_* with --patch")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="forward passes on (default: cuda if present)"
+    )
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="forward paths to measure")
+    parser.add_argument("--patch", type=int, default=None, help="DINO's patch size for --model vit_* (default 8)")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=list(SIZES), help="HxW ...")
+    parser.add_argument("--method-sizes", type=parse_size, nargs="+", default=list(METHOD_SIZES), help="HxW for the methods section")
+    parser.add_argument(
+        "--families", type=parse_family_row, nargs="+", default=list(FAMILY_ROWS), help="model:HxW rows of the families section"
+    )
+    parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
+    parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
+    parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
+    parser.add_argument("--seed-budget-s", type=float, default=300.0, help="skip the seed path above this estimated time")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)")
+    parser.add_argument("--name", default="bench", help="results file stem: <out>/<name>.md, .json and .png")
+    parser.add_argument("--throughput-requests", type=int, default=24, help="requests per throughput cell")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    # worker mode (internal): one configuration, in its own process
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=PATHS + METHOD_PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
+        args.method_sizes = [(480, 480)]
+    variant = get_variant(args.model, args.patch)  # from here on: the hub name and its patch size
+    args.model, args.patch = variant.name, variant.patch_size
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    variant = get_variant(args.model, args.patch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections = set(args.sections)
+    with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
+        workdir = Path(tmp)
+        torch.manual_seed(0)
+        weights = workdir / "bench_random.pth"
+        torch.save(build_model(variant, None).state_dict(), weights)
+        machine = probe_machine(torch.device(args.device), weights, variant)
+        forward: list[Result] = []
+        methods: list[Result] = []
+        if "forward" in sections:
+            logger.info("forward passes (one process each) ...")
+            for size in args.sizes:
+                for path in args.paths:
+                    forward.append(measure(path, size, args, weights, workdir, forward, machine.speeds))
+            compare_maps(forward, workdir)
+        families = []
+        if "families" in sections:
+            logger.info("families: DINOv2 with registers, DINOv3, fast vs eager N x N (one process each) ...")
+            families = bench_families(args, workdir)
+        if "methods" in sections:
+            logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
+            for size in args.method_sizes:
+                for path in METHOD_PATHS:
+                    methods.append(measure(path, size, args, weights, workdir, methods, machine.speeds))
+            compare_maps(methods, workdir)
+        encodings = []
+        if "encoding" in sections:
+            logger.info("encodings ...")
+            maps480 = workdir / "fp32_480x480.npy"
+            grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
+            encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
+        image = IMAGE.read_bytes()
+        store = workdir / "store"
+        served: Served | None = None
+        throughput, engines = [], []
+        if {"served", "throughput", "engines"} & sections and archive.main(
+            ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
+        ):
+            raise RuntimeError("archiving the benchmark model failed")
+        if "served" in sections:
+            logger.info("served latency through TorchServe (%d requests) ...", args.requests)
+            served = bench_served(args, weights, image, store)
+        if "throughput" in sections:
+            logger.info("throughput: batch size x workers x concurrency ...")
+            throughput = bench_throughput(args, store / f"{variant.name}.mar", image, workdir)
+        if "engines" in sections:
+            logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
+            engines = bench_engines(args, store, image, workdir)
+    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines)
+    text = markdown(report)
+    (args.out / f"{args.name}.md").write_text(text)
+    (args.out / f"{args.name}.json").write_text(to_json(report))
+    if forward:
+        plot(forward, machine.peaks, args.out / f"{args.name}.png")
+    print(text)
+    logger.info("wrote %s", args.out / f"{args.name}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

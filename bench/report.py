@@ -1,0 +1,395 @@
+"""The benchmark's report as data (``Report``: the machine, tables, targets), and that data written
+as Markdown (``markdown``) and JSON (``to_json``). Nothing here measures anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
+from bench.timing import Encoding, Machine, Result
+from dino_attention.model.variants import DEFAULT_MODEL, get_variant
+from dino_attention.precision import AUTOCAST_DTYPES, describe_device
+
+TARGETS = {  # what the benchmark checks, printed next to each figure
+    "fp32_vs_seed_480": 3.5,
+    "bf16_vs_seed": 10.0,
+    "bf16_peak_fraction": 0.5,
+    "fp32_1080x1920_gb": 4.0,
+    "gpu_1080x1920_s": 0.1,  # vit_small/8 at 1080x1920 on an H100-class GPU, bf16/fp16
+    "encode_fraction_of_served": 0.05,
+    "served_over_inprocess": 1.2,
+    "layers_all_over_last_480": 1.1,
+    "rollout_over_last_480": 1.6,
+    "rollout_1080x1920_rss_gb": 4.0,
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    fmt: str = "{}"  # how a number in this column is written
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row that was not measured: its first measured cell reads "<reason>: skipped", the rest empty."""
+
+    reason: str
+
+
+Cell = str | int | float | Skipped | None  # None: an empty cell
+
+
+@dataclass
+class Table:
+    title: str
+    columns: tuple[Column, ...]
+    rows: list[tuple[Cell, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # paragraphs after the table
+
+    def add(self, *cells: Cell) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{self.title}: a row of {len(cells)} cells for {len(self.columns)} columns")
+        self.rows.append(cells)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure against its target; ``value`` None with ``na`` saying why it cannot be measured here."""
+
+    what: str
+    value: float | None
+    target: float
+    higher_is_better: bool = True
+    fmt: str = "{:.1f}x"
+    na: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+    def line(self) -> str:
+        if self.value is None:
+            return f"- {self.what}: n/a here: {self.na}"
+        word = "meets" if self.met else "MISSES"
+        return f"- {self.what}: {self.fmt.format(self.value)} ({word} target {'>=' if self.higher_is_better else '<='} {self.target:g})"
+
+
+@dataclass
+class Report:
+    title: str
+    machine: list[str]  # bullets: what ran, on what
+    tables: list[Table] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- writing
+def cell_text(value: Cell, column: Column) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Skipped):
+        return f"{value.reason}: skipped"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return column.fmt.format(value)
+    return str(value)
+
+
+def table_markdown(table: Table) -> list[str]:
+    lines = ["", f"## {table.title}", "", "| " + " | ".join(c.name for c in table.columns) + " |"]
+    lines.append("|" + " --- |" * len(table.columns))
+    for row in table.rows:
+        lines.append("| " + " | ".join(cell_text(v, c) for v, c in zip(row, table.columns, strict=True)) + " |")
+    for note in table.notes:
+        lines += ["", note]
+    return lines
+
+
+def markdown(report: Report) -> str:
+    lines = [f"# {report.title}", "", *report.machine]
+    for table in report.tables:
+        lines += table_markdown(table)
+    if report.targets:
+        lines += ["", "## Targets", "", *(t.line() for t in report.targets)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(asdict(report), indent=1)
+
+
+# ----------------------------------------------------------------------------- the sections
+def machine_lines(machine: Machine) -> list[str]:
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    peaks = [f"{p} {machine.peaks[p]:.0f} GFLOP/s" for p in AUTOCAST_DTYPES if p in machine.peaks]
+    peaks += [f"{p} not measured ({s.reason})" for p, s in machine.speeds.items() if not s.fast]
+    return [
+        f"- Machine: {describe_device(torch.device('cpu'))}",
+        f"- Forward passes on: {'the CPU above' if machine.device.type == 'cpu' else machine.description}",
+        f"- torch {torch.__version__}; GPU: {', '.join(gpus) or 'none'}",
+        "- Reduced precisions: " + "; ".join(f"{p}: {s.reason}" for p, s in machine.speeds.items()),
+        f"- precision=auto runs {machine.plan.auto} here ({machine.plan.reasons.get('auto', '')})",
+        f"- Matmul peak measured in this run: {', '.join(peaks)}.",
+    ]
+
+
+def size_name(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def forward_table(results: Sequence[Result], machine: Machine) -> Table:
+    memory = "peak GPU MB" if machine.device.type == "cuda" else "peak RSS MB"
+    table = Table(
+        "Forward pass (one image, last layer)",
+        (
+            Column("size"),
+            Column("tokens"),
+            Column("path"),
+            Column("min s", "{:.3f}"),
+            Column("median s", "{:.3f}"),
+            Column("GFLOP/s", "{:.0f}"),
+            Column("% of peak", "{:.0%}"),
+            Column(memory, "{:.0f}"),
+            Column("loaded MB", "{:.0f}"),
+            Column("speed-up vs seed", "{:.1f}x"),
+            Column("maps"),
+        ),
+    )
+    by = {(r.path, r.size): r for r in results}
+    for r in results:
+        if r.skipped:
+            table.add(size_name(r.size), r.tokens, r.path, Skipped(r.skipped), *[None] * 7)
+            continue
+        seed = by.get(("seed", r.size))
+        speedup = seed.best / r.best if seed and seed.times and r.path != "seed" else None
+        peak = machine.peaks[r.path if r.path in machine.peaks else "fp32"]  # the seed runs fp32
+        row = (r.best, statistics.median(r.times), r.gflops, r.gflops / peak, r.peak_rss_mb, r.loaded_rss_mb, speedup, r.agreement)
+        table.add(size_name(r.size), r.tokens, r.path, *row)
+    return table
+
+
+def methods_table(results: Sequence[Result]) -> Table:
+    table = Table(
+        "Methods (fp32, one image): layers=all, rollout, naive full-matrix rollout",
+        (
+            Column("size"),
+            Column("tokens"),
+            Column("path"),
+            Column("min s", "{:.3f}"),
+            Column("median s", "{:.3f}"),
+            Column("x last-layer", "{:.2f}x"),
+            Column("peak RSS MB", "{:.0f}"),
+            Column("loaded MB", "{:.0f}"),
+            Column("maps"),
+        ),
+    )
+    by = {(r.path, r.size): r for r in results}
+    for r in results:
+        if r.skipped:
+            table.add(size_name(r.size), r.tokens, r.path, Skipped(r.skipped), *[None] * 5)
+            continue
+        last = by.get(("last_layer", r.size))
+        relative = r.best / last.best if last and last.times else None
+        table.add(
+            size_name(r.size), r.tokens, r.path, r.best, statistics.median(r.times), relative, r.peak_rss_mb, r.loaded_rss_mb, r.agreement
+        )
+    return table
+
+
+def families_table(rows: Sequence[tuple[str, Result]]) -> Table:
+    table = Table(
+        "Today's models (fp32, one image, last layer): our path vs the eager N x N path",
+        (
+            Column("model"),
+            Column("size"),
+            Column("tokens"),
+            Column("path"),
+            Column("min s", "{:.3f}"),
+            Column("median s", "{:.3f}"),
+            Column("peak RSS MB", "{:.0f}"),
+            Column("loaded MB", "{:.0f}"),
+            Column("speed-up vs eager", "{:.1f}x"),
+            Column("maps"),
+        ),
+    )
+    for name, r in rows:
+        eager = next(e for model, e in rows if model == name and e.path == "seed" and e.size == r.size)
+        label = "eager N x N" if r.path == "seed" else "ours (SDPA + [CLS] row)"
+        if r.skipped:
+            table.add(name, size_name(r.size), r.tokens, label, Skipped(r.skipped), *[None] * 5)
+            continue
+        ours = r.path != "seed"
+        speedup = eager.best / r.best if ours and eager.times else None
+        row = (r.best, statistics.median(r.times), r.peak_rss_mb, r.loaded_rss_mb, speedup, eager.agreement if ours else "")
+        table.add(name, size_name(r.size), r.tokens, label, *row)
+    return table
+
+
+def encodings_table(encodings: Sequence[Encoding], heads: int) -> Table:
+    table = Table(
+        f"Response encoding (480x480 maps, {heads} heads)", (Column("format"), Column("seconds", "{:.3f}"), Column("MB", "{:.2f}"))
+    )
+    for e in encodings:
+        table.add(e.format, e.seconds, e.mb)
+    return table
+
+
+def served_table(served: Served) -> Table:
+    table = Table(
+        f"Served latency (480x480 JPEG, {served.requests} sequential requests, default options)",
+        (Column(""), Column("p50 s", "{:.3f}"), Column("p95 s", "{:.3f}")),
+        notes=[f"Response {served.response_mb:.1f} MB; encoding it takes {served.encode_s:.3f} s."],
+    )
+    table.add("TorchServe (curl-like PUT)", served.served_p50, served.served_p95)
+    table.add("in-process (same pipeline, no HTTP)", served.inprocess_p50, served.inprocess_p95)
+    return table
+
+
+def throughput_table(rows: Sequence[Throughput], requests: int) -> Table:
+    table = Table(
+        f"Throughput through TorchServe (224x224, upsample=false, {requests} requests per cell)",
+        (
+            Column("batchSize"),
+            Column("workers"),
+            Column("concurrency"),
+            Column("images/s", "{:.2f}"),
+            Column("p50 s", "{:.3f}"),
+            Column("errors"),
+        ),
+    )
+    for t in rows:
+        table.add(t.batch_size, t.workers, t.concurrency, t.images_per_s, t.p50, t.errors)
+    return table
+
+
+def engines_table(rows: Sequence[EngineFigures], requests: int) -> Table:
+    table = Table(
+        f"Engines: the same .mar, the same KServe v2 JSON request (480x480 JPEG, default options), {requests} requests",
+        (
+            Column("engine"),
+            Column("p50 s (sequential)", "{:.3f}"),
+            Column("p95 s", "{:.3f}"),
+            Column(f"images/s ({ENGINE_CONCURRENCY} in flight)", "{:.2f}"),
+        ),
+    )
+    for r in rows:
+        table.add(r.engine, r.p50, r.p95, r.images_per_s)
+    if len(rows) == 2:
+        table.notes.append(f"KServe p50 / TorchServe p50: {rows[1].p50 / rows[0].p50:.2f}")
+    return table
+
+
+# ----------------------------------------------------------------------------- the targets
+def forward_targets(results: Sequence[Result], machine: Machine, model: str) -> list[Target]:
+    """fp32 and bf16 against the seed and the peak at 480x480, the memory at 1080x1920, the GPU figure;
+    a figure a precision or device cannot give here is "n/a here", never "meets"."""
+    by = {(r.path, r.size): r for r in results if not r.skipped}
+    seed, fp32, bf16, big = (
+        by.get(("seed", (480, 480))),
+        by.get(("fp32", (480, 480))),
+        by.get(("bf16", (480, 480))),
+        by.get(("fp32", (1080, 1920))),
+    )
+    targets = []
+    if seed and fp32:
+        targets.append(Target("fp32 path vs seed at 480x480", seed.best / fp32.best, TARGETS["fp32_vs_seed_480"]))
+    speed = machine.speeds.get("bf16")
+    not_native = f"bf16 {speed.reason}" if speed is not None and not speed.fast else ""
+    if not_native or (seed and bf16):
+        value = None if not_native or not (seed and bf16) else seed.best / bf16.best
+        targets.append(Target("bf16 path vs seed at 480x480", value, TARGETS["bf16_vs_seed"], na=not_native))
+    if not_native or bf16:
+        value = None if not_native or not bf16 else bf16.gflops / machine.peaks["bf16"]
+        what = "bf16 path at 480x480, fraction of the bf16 matmul peak"
+        targets.append(Target(what, value, TARGETS["bf16_peak_fraction"], fmt="{:.0%}", na=not_native))
+    if big:
+        what = f"1080x1920 fp32 {'peak GPU' if machine.device.type == 'cuda' else 'peak RSS'} GB"
+        targets.append(Target(what, big.peak_rss_mb / 1024, TARGETS["fp32_1080x1920_gb"], False, "{:.2f}"))
+    targets.append(gpu_target(by, machine, model))
+    return targets
+
+
+def gpu_target(by: dict[tuple[str, tuple[int, int]], Result], machine: Machine, model: str) -> Target:
+    """vit_small/8 at 1080x1920 in bf16/fp16 on a GPU, or why that cannot be measured here."""
+    what, target = "vit_small/8 at 1080x1920 on a GPU (bf16/fp16), seconds", TARGETS["gpu_1080x1920_s"]
+    if machine.device.type != "cuda":
+        return Target(what, None, target, False, na="forward passes ran on the CPU; no GPU in this run")
+    if model != DEFAULT_MODEL:
+        return Target(what, None, target, False, na=f"this run measured {model}")
+    done = [by[(p, (1080, 1920))] for p in ("bf16", "fp16") if (p, (1080, 1920)) in by]
+    if not done:
+        return Target(what, None, target, False, na="1080x1920 not measured in bf16/fp16")
+    return Target(what, min(r.best for r in done), target, False, "{:.3f}")
+
+
+def method_targets(results: Sequence[Result]) -> list[Target]:
+    by = {(r.path, r.size): r for r in results if not r.skipped}
+    targets = []
+    last = by.get(("last_layer", (480, 480)))
+    for path, key in (("layers_all", "layers_all_over_last_480"), ("rollout", "rollout_over_last_480")):
+        measured = by.get((path, (480, 480)))
+        if measured and last:
+            targets.append(Target(f"{path} at 480x480, x a last-layer request", measured.best / last.best, TARGETS[key], False, "{:.2f}x"))
+    big = by.get(("rollout", (1080, 1920)))
+    if big:
+        targets.append(
+            Target("rollout at 1080x1920, peak RSS GB", big.peak_rss_mb / 1024, TARGETS["rollout_1080x1920_rss_gb"], False, "{:.2f}")
+        )
+    return targets
+
+
+def served_targets(served: Served) -> list[Target]:
+    return [
+        Target(
+            "response encoding, fraction of the served request time",
+            served.encode_s / served.served_p50,
+            TARGETS["encode_fraction_of_served"],
+            False,
+            "{:.1%}",
+        ),
+        Target("served p50 / in-process p50", served.served_p50 / served.inprocess_p50, TARGETS["served_over_inprocess"], False, "{:.2f}"),
+    ]
+
+
+def build_report(
+    args: argparse.Namespace,
+    machine: Machine,
+    forward: Sequence[Result] = (),
+    methods: Sequence[Result] = (),
+    families: Sequence[tuple[str, Result]] = (),
+    encodings: Sequence[Encoding] = (),
+    served: Served | None = None,
+    throughput: Sequence[Throughput] = (),
+    engines: Sequence[EngineFigures] = (),
+) -> Report:
+    """Every section that ran, as data, in the order the Markdown shows them."""
+    report = Report(f"Benchmark: {args.model}", machine_lines(machine))
+    if forward:
+        report.tables.append(forward_table(forward, machine))
+        report.targets += forward_targets(forward, machine, args.model)
+    if methods:
+        table = methods_table(methods)
+        naive = next((r for r in methods if r.path == "rollout_naive" and r.size == (1080, 1920) and r.skipped), None)
+        if naive:
+            table.notes.append(f"The naive full-matrix rollout at 1080x1920 {naive.skipped}.")
+        report.tables.append(table)
+        report.targets += method_targets(methods)
+    if families:
+        report.tables.append(families_table(families))
+    if encodings:
+        report.tables.append(encodings_table(encodings, get_variant(args.model, args.patch).num_heads))
+    if served:
+        report.tables.append(served_table(served))
+        report.targets += served_targets(served)
+    if throughput:
+        report.tables.append(throughput_table(throughput, args.throughput_requests))
+    if engines:
+        report.tables.append(engines_table(engines, args.requests))
+    return report

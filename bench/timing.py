@@ -1,0 +1,310 @@
+"""What the benchmark times in-process: the forward paths (each configuration in its own worker
+process, so that its peak memory is its own), their FLOPs, the matmul peak, the response encodings,
+and the machine they ran on. Results are data (``Result``, ``Machine``); ``report.py`` writes them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
+from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from dino_attention.methods.maps import GRID, MAPS
+from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from dino_attention.model.rollout import rollout_reference
+from dino_attention.model.variants import Variant, get_variant
+from dino_attention.model.vit import VisionTransformer
+from dino_attention.options import parse_options
+from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
+from dino_attention.protocols import encode_attention
+from dino_attention.schema import AttentionResult
+from scripts import REPO
+
+logger = logging.getLogger("bench")
+
+PATHS = ("seed", "fp32", "bf16", "fp16")  # the seed article's eager pipeline; ours in each precision
+# The methods section (fp32): a last-layer request, layers=all, rollout, and the naive full-matrix rollout.
+METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive")
+
+
+# ----------------------------------------------------------------------------- the paths
+def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
+    """Patch-grid maps of ``path``: (heads, H/p, W/p) of the last layer for ``PATHS``, (layers, maps,
+    H/p, W/p) for ``METHOD_PATHS`` (copied to the host, which also waits for a GPU to finish)."""
+    p = model.patch_size
+    if path == "seed":  # the seed article's pipeline: an explicit N x N softmax in every block
+        with torch.inference_mode():
+            row = model.get_cls_attention(x, None, explicit=True)[0, :, model.num_prefix_tokens :]  # (heads, patches)
+        return row.reshape(-1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
+    if path in METHOD_PATHS:
+        return method_maps(path, model, x)
+    return patch_attention(model, x, None, path)[0].cpu().numpy()
+
+
+def method_maps(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
+    """Patch-grid maps of one ``METHOD_PATHS`` entry, fp32: (layers, maps, H/p, W/p)."""
+    p = model.patch_size
+    if path == "rollout_naive":
+        row = rollout_reference(model, x)[:, None, None, model.num_prefix_tokens :]  # (B, 1, 1, patches)
+        return row.reshape(1, 1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
+    raw = {"layers": "all"} if path == "layers_all" else {"method": "rollout"} if path == "rollout" else {}
+    options = parse_options(raw, ModelFacts.of(model))
+    method = METHODS[options.method]
+    with torch.inference_mode():
+        return method.compute(model, x, method.forward_spec(options))[GRID][0].cpu().numpy()  # (layers, maps, H/p, W/p)
+
+
+def forward_flops(variant: Variant, size: tuple[int, int], path: str) -> float:
+    """Multiply-adds x 2 that ``path`` executes for one image (the seed does more work than we do)."""
+    n = 1 + (size[0] // variant.patch_size) * (size[1] // variant.patch_size)
+    c, depth = variant.embed_dim, variant.depth
+    embed = 2 * (n - 1) * 3 * variant.patch_size**2 * c
+    block = 2 * n * c * 3 * c + 4 * n * n * c + 2 * n * c * c + 2 * n * c * int(variant.mlp_ratio * c) * 2
+    if path == "seed":  # every block full; the last only projects q, k, v and scores all N x N
+        return embed + (depth - 1) * block + 2 * n * c * 3 * c + 2 * n * n * c
+    last = 2 * n * c * c + 2 * c * c + 2 * n * c  # keys, the CLS query, one row of scores
+    return embed + (depth - 1) * block + last
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: bool = True) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` (after one untimed call: allocations, oneDNN primitives)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a square matmul in ``dtype`` on ``device`` (best of ``repeats``)."""
+    n = 8192 if device.type == "cuda" else n  # a GPU needs a bigger GEMM to reach its peak
+    a = torch.randn(n, n).to(device, dtype)
+    b = torch.randn(n, n).to(device, dtype)
+
+    def once() -> None:
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return 2 * n**3 / min(timed(once, repeats)) / 1e9
+
+
+# ----------------------------------------------------------------------------- one configuration per process
+def worker(args: argparse.Namespace) -> int:
+    """One forward configuration in its own process: prints a JSON line, saves the maps."""
+    variant = get_variant(args.model, args.patch)
+    device = torch.device(args.device)
+    model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
+    h, w = args.size
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    maps: list[np.ndarray] = []
+
+    def once() -> None:
+        maps[:] = [run_path(args.path, model, x)]
+
+    times = timed(once, args.repeats, warmup=args.repeats > 1)  # big sizes: warm-up is noise next to minutes
+    np.save(args.maps, maps[0])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":  # GPU memory is the figure there; RSS is the host process
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    print(json.dumps({"times": times, "peak_rss_mb": peak, "loaded_rss_mb": rss_loaded}))
+    return 0
+
+
+@dataclass
+class Result:
+    """One path at one size: its times, memory and throughput, or why it was skipped."""
+
+    path: str
+    size: tuple[int, int]
+    tokens: int
+    times: list[float] = field(default_factory=list)  # empty when skipped
+    peak_rss_mb: float = 0.0
+    loaded_rss_mb: float = 0.0
+    gflops: float = 0.0
+    skipped: str | None = None
+    agreement: str = ""  # how its maps compare with the reference path's
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+
+def seed_over_budget(tokens: int, args: argparse.Namespace, done: list[Result]) -> str | None:
+    """Why the seed path must be skipped at ``tokens`` (memory, or time extrapolated as N^2), else None."""
+    nxn_gb = get_variant(args.model, args.patch).num_heads * (tokens + 1) ** 2 * 4 * 3 / 1e9  # scores, softmax, a copy
+    if nxn_gb > args.seed_budget_gb:
+        return f"N x N attention ~{nxn_gb:.0f} GB > {args.seed_budget_gb:g} GB budget"
+    measured = [r for r in done if r.path == "seed" and r.times]
+    if measured:
+        last = max(measured, key=lambda r: r.tokens)
+        estimate = last.best * (tokens / last.tokens) ** 2
+        if estimate > args.seed_budget_s:
+            return f"estimated ~{estimate:.0f} s > {args.seed_budget_s:g} s budget"
+    return None
+
+
+def method_over_budget(path: str, tokens: int, args: argparse.Namespace) -> str | None:
+    """Why the naive rollout must be skipped: the memory its N x N matrices need."""
+    if path != "rollout_naive":
+        return None
+    heads, n = get_variant(args.model, args.patch).num_heads, tokens + 1
+    need_gb = (2 * heads + 4) * n * n * 4 / 1e9  # scores + softmax per head; fused, identity, product, new product
+    return f"needs ~{need_gb:.0f} GB of N x N matrices > {args.seed_budget_gb:g} GB budget" if need_gb > args.seed_budget_gb else None
+
+
+def measure(
+    path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path, done: list[Result], speeds: dict[str, Speed]
+) -> Result:
+    """``path`` at ``size`` in a worker process (``python -m bench --worker``), unless a budget or a
+    non-native precision rules it out."""
+    tokens = (size[0] // args.patch) * (size[1] // args.patch)  # patch tokens
+    result = Result(path, size, tokens)
+    if path in speeds and not speeds[path].fast:
+        result.skipped = speeds[path].reason
+        return result
+    if path in ("seed", *METHOD_PATHS):
+        result.skipped = seed_over_budget(tokens, args, done) if path == "seed" else method_over_budget(path, tokens, args)
+        if result.skipped:
+            return result
+    repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run, no warm-up
+    cmd = [sys.executable, "-m", "bench", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
+    cmd += ["--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats), "--device", args.device]
+    cmd += ["--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy")]
+    logger.info("  %s %dx%d (%d tokens, %d timed run(s))", path, size[0], size[1], tokens, repeats)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        result.skipped = f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+        return result
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.times, result.peak_rss_mb, result.loaded_rss_mb = data["times"], data["peak_rss_mb"], data["loaded_rss_mb"]
+    if path in PATHS:
+        result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / result.best / 1e9
+    return result
+
+
+def compare_maps(results: list[Result], maps_dir: Path) -> None:
+    """Fill ``agreement``: max |seed - fp32| and min per-head correlation of bf16/fp16 vs fp32; and
+    the rollout vs the naive full-matrix product, relative to the map's maximum, where both ran."""
+    for r in results:
+        tag = f"{r.size[0]}x{r.size[1]}"
+        if r.skipped:
+            continue
+        if r.path == "rollout" and (maps_dir / f"rollout_naive_{tag}.npy").exists():
+            ours, naive = np.load(maps_dir / f"rollout_{tag}.npy"), np.load(maps_dir / f"rollout_naive_{tag}.npy")
+            r.agreement = f"max |rollout - naive| / max = {np.abs(ours - naive).max() / np.abs(naive).max():.1e}"
+        if r.path not in ("seed", "bf16", "fp16") or not (maps_dir / f"fp32_{tag}.npy").exists():
+            continue
+        ours = np.load(maps_dir / f"fp32_{tag}.npy")
+        other = np.load(maps_dir / f"{r.path}_{tag}.npy")
+        if r.path == "seed":
+            r.agreement = f"max |seed - fp32| = {np.abs(other - ours).max():.1e}"
+        else:
+            corr = min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours, other, strict=True))
+            r.agreement = f"min head corr vs fp32 = {corr:.5f}"
+
+
+def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Result]]:
+    """``args.families``: each model (random weights in its official layout) at each size, the eager
+    N x N path (the seed's maths) and our fp32 path, each in its own process; the maps compared."""
+    rows: list[tuple[str, Result]] = []
+    for name in dict.fromkeys(model for model, _ in args.families):
+        variant = get_variant(name)
+        model_args = argparse.Namespace(**{**vars(args), "model": name, "patch": variant.patch_size})
+        folder = workdir / name
+        folder.mkdir()
+        torch.manual_seed(0)
+        weights = folder / "random.pth"
+        torch.save(build_model(variant, None).state_dict(), weights)
+        done: list[Result] = []
+        for model, size in args.families:
+            if model == name:
+                done += [measure(path, size, model_args, weights, folder, done, {}) for path in ("seed", "fp32")]
+        compare_maps(done, folder)
+        rows += [(name, r) for r in done]
+    return rows
+
+
+# ----------------------------------------------------------------------------- encodings
+@dataclass
+class Encoding:
+    format: str
+    seconds: float
+    mb: float
+
+
+def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[Encoding]:
+    """Time and size of each response encoding of the same maps (heads, H/p, W/p)."""
+    up = upsample_nearest(maps, patch)
+    heads, h, w = maps.shape
+    base = AttentionResult(
+        model="bench",
+        patch_size=patch,
+        layer=11,
+        num_heads=heads,
+        heads=list(range(heads)),
+        weights="random",
+        input_size=[h * patch, w * patch],
+        resized_size=[h * patch, w * patch],
+        image_size=[h * patch, w * patch],
+        grid=[h, w],
+        upsampled=True,
+        precision="fp32",
+        precision_requested="fp32",
+        dtype="float32",
+        arrays={MAPS.name: up},
+        outputs=METHODS[DEFAULT_METHOD].outputs,
+    )
+
+    def body(fmt: str, dtype: str, upsampled: bool = True) -> bytes:
+        result = replace(base, format=fmt, dtype=dtype, upsampled=upsampled, arrays={MAPS.name: up if upsampled else maps})
+        return encode_attention(result)[0]
+
+    cases: dict[str, Callable[[], bytes]] = {
+        "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**base.metadata(), "attention": up.tolist()}).encode(),
+        "orjson, upsampled float32 [default]": lambda: body("json", "float32"),
+        "orjson, upsampled dtype=float16": lambda: body("json", "float16"),
+        "orjson, upsample=false": lambda: body("json", "float32", upsampled=False),
+        "npy, upsampled float32": lambda: body("npy", "float32"),
+        "npz, upsampled float16": lambda: body("npz", "float16"),
+        "npz, upsample=false float16": lambda: body("npz", "float16", upsampled=False),
+    }
+    return [Encoding(name, min(timed(fn, repeats)), len(fn()) / 1e6) for name, fn in cases.items()]
+
+
+# ----------------------------------------------------------------------------- the machine
+@dataclass
+class Machine:
+    """What the forward passes ran on, and what this run measured of it."""
+
+    device: torch.device
+    description: str  # precision.describe_device: CPU model, flags, ATen capability, threads; or the GPU
+    speeds: dict[str, Speed]  # bf16/fp16: natively fast or not, and why
+    peaks: dict[str, float]  # matmul GFLOP/s; only for fp32 and the precisions that are native
+    plan: PrecisionPlan  # what precision=auto runs here (for the benchmark's random-weight model)
+
+
+def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Machine:
+    """Describe the device, decide which reduced precisions are native (as the server does), and
+    measure the matmul peak of fp32 and of those precisions only (an emulated peak is ~0)."""
+    logger.info("probing %s: precisions, matmul peaks ...", device)
+    speeds = {p: probe_speed(device, p) for p in AUTOCAST_DTYPES if p != FP32}
+    model = build_model(variant, filter_state_dict(read_checkpoint(weights))).to(device)
+    plan = plan_precisions(device, lambda p: map_agreement(model, device, p), speed=lambda _device, p: speeds[p])
+    peaks = {p: matmul_peak(device, dtype) for p, dtype in AUTOCAST_DTYPES.items() if p == FP32 or speeds[p].fast}
+    return Machine(device, describe_device(device), speeds, peaks, plan)
