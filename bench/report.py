@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
@@ -57,6 +58,13 @@ class Table:
         if len(cells) != len(self.columns):
             raise ValueError(f"{self.title}: a row of {len(cells)} cells for {len(self.columns)} columns")
         self.rows.append(cells)
+
+    def add_result(self, lead: tuple[Cell, ...], result: Result, measured: Callable[[], tuple[Cell, ...]]) -> None:
+        """A row for ``result``: the ``lead`` cells, then its ``measured`` cells, or "skipped" and blanks."""
+        if result.skipped:
+            self.add(*lead, Skipped(result.skipped), *[None] * (len(self.columns) - len(lead) - 1))
+        else:
+            self.add(*lead, *measured())
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,11 @@ def machine_lines(machine: Machine) -> list[str]:
     ]
 
 
+LEAD = (Column("size"), Column("tokens"), Column("path"))  # which configuration a row is
+TIMES = (Column("min s", "{:.3f}"), Column("median s", "{:.3f}"))
+RSS = (Column("peak RSS MB", "{:.0f}"), Column("loaded MB", "{:.0f}"))  # max RSS of the process, and once the model was loaded
+
+
 def size_name(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
@@ -149,11 +162,8 @@ def forward_table(results: Sequence[Result], machine: Machine) -> Table:
     table = Table(
         "Forward pass (one image, last layer)",
         (
-            Column("size"),
-            Column("tokens"),
-            Column("path"),
-            Column("min s", "{:.3f}"),
-            Column("median s", "{:.3f}"),
+            *LEAD,
+            *TIMES,
             Column("GFLOP/s", "{:.0f}"),
             Column("% of peak", "{:.0%}"),
             Column(memory, "{:.0f}"),
@@ -163,15 +173,15 @@ def forward_table(results: Sequence[Result], machine: Machine) -> Table:
         ),
     )
     by = {(r.path, r.size): r for r in results}
-    for r in results:
-        if r.skipped:
-            table.add(size_name(r.size), r.tokens, r.path, Skipped(r.skipped), *[None] * 7)
-            continue
+
+    def measured(r: Result) -> tuple[Cell, ...]:
         seed = by.get(("seed", r.size))
         speedup = seed.best / r.best if seed and seed.times and r.path != "seed" else None
         peak = machine.peaks[r.path if r.path in machine.peaks else "fp32"]  # the seed runs fp32
-        row = (r.best, statistics.median(r.times), r.gflops, r.gflops / peak, r.peak_rss_mb, r.loaded_rss_mb, speedup, r.agreement)
-        table.add(size_name(r.size), r.tokens, r.path, *row)
+        return (r.best, statistics.median(r.times), r.gflops, r.gflops / peak, r.peak_rss_mb, r.loaded_rss_mb, speedup, r.agreement)
+
+    for r in results:
+        table.add_result((size_name(r.size), r.tokens, r.path), r, partial(measured, r))
     return table
 
 
@@ -179,27 +189,22 @@ def methods_table(results: Sequence[Result]) -> Table:
     table = Table(
         "Methods (fp32, one image): layers=all, rollout, naive full-matrix rollout",
         (
-            Column("size"),
-            Column("tokens"),
-            Column("path"),
-            Column("min s", "{:.3f}"),
-            Column("median s", "{:.3f}"),
+            *LEAD,
+            *TIMES,
             Column("x last-layer", "{:.2f}x"),
-            Column("peak RSS MB", "{:.0f}"),
-            Column("loaded MB", "{:.0f}"),
+            *RSS,
             Column("maps"),
         ),
     )
     by = {(r.path, r.size): r for r in results}
-    for r in results:
-        if r.skipped:
-            table.add(size_name(r.size), r.tokens, r.path, Skipped(r.skipped), *[None] * 5)
-            continue
+
+    def measured(r: Result) -> tuple[Cell, ...]:
         last = by.get(("last_layer", r.size))
         relative = r.best / last.best if last and last.times else None
-        table.add(
-            size_name(r.size), r.tokens, r.path, r.best, statistics.median(r.times), relative, r.peak_rss_mb, r.loaded_rss_mb, r.agreement
-        )
+        return (r.best, statistics.median(r.times), relative, r.peak_rss_mb, r.loaded_rss_mb, r.agreement)
+
+    for r in results:
+        table.add_result((size_name(r.size), r.tokens, r.path), r, partial(measured, r))
     return table
 
 
@@ -211,24 +216,22 @@ def families_table(rows: Sequence[tuple[str, Result]]) -> Table:
             Column("size"),
             Column("tokens"),
             Column("path"),
-            Column("min s", "{:.3f}"),
-            Column("median s", "{:.3f}"),
-            Column("peak RSS MB", "{:.0f}"),
-            Column("loaded MB", "{:.0f}"),
+            *TIMES,
+            *RSS,
             Column("speed-up vs eager", "{:.1f}x"),
             Column("maps"),
         ),
     )
+
+    def measured(r: Result, eager: Result) -> tuple[Cell, ...]:
+        ours = r.path != "seed"
+        speedup = eager.best / r.best if ours and eager.times else None
+        return (r.best, statistics.median(r.times), r.peak_rss_mb, r.loaded_rss_mb, speedup, eager.agreement if ours else "")
+
     for name, r in rows:
         eager = next(e for model, e in rows if model == name and e.path == "seed" and e.size == r.size)
         label = "eager N x N" if r.path == "seed" else "ours (SDPA + [CLS] row)"
-        if r.skipped:
-            table.add(name, size_name(r.size), r.tokens, label, Skipped(r.skipped), *[None] * 5)
-            continue
-        ours = r.path != "seed"
-        speedup = eager.best / r.best if ours and eager.times else None
-        row = (r.best, statistics.median(r.times), r.peak_rss_mb, r.loaded_rss_mb, speedup, eager.agreement if ours else "")
-        table.add(name, size_name(r.size), r.tokens, label, *row)
+        table.add_result((name, size_name(r.size), r.tokens, label), r, partial(measured, r, eager))
     return table
 
 
