@@ -259,6 +259,9 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
     for name, why in method.excludes.items():
         if name in given:
             raise OptionError(why)
+    for name, how in method.requires.items():
+        if name not in given:
+            raise OptionError(how)
     for name in sorted(given, key=option_names().index):
         owner = owner_of(name)
         if owner is not None and owner != method.name:

@@ -43,12 +43,13 @@ def options_table() -> str:
 
 
 def methods_table() -> str:
-    rows = ["| `method` | what | its own options | refuses | outputs |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| `method` | what | its own options | needs | refuses | outputs |", "| --- | --- | --- | --- | --- | --- |"]
     for method in METHODS.values():
         own = ", ".join(f"`{s.name}`" for s in method.options) or NONE
         refuses = ", ".join(f"`{name}`" for name in method.excludes) or NONE
+        needs = ", ".join(f"`{name}`" for name in method.requires) or NONE
         outputs = ", ".join(f"`{o.name}` `{o.axes}`" + (f" (with `{o.asked_by}`)" if o.asked_by else "") for o in method.outputs)
-        rows.append(f"| `{method.name}` | {method.summary} | {own} | {refuses} | {outputs} |")
+        rows.append(f"| `{method.name}` | {method.summary} | {own} | {needs} | {refuses} | {outputs} |")
     return "\n".join(rows) + "\n"
 
 

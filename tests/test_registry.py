@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dino_attention.attention import patch_attention, to_tensor
+from dino_attention.errors import OptionError
 from dino_attention.image import prepare_image
 from dino_attention.methods import METHODS, Method, ModelFacts
 from dino_attention.model.checkpoint import build_model
@@ -122,3 +123,14 @@ def test_registry_entries_declare_everything(service: AttentionService) -> None:
         arrays = method.arrays(options, computed, TINY.patch_size)
         assert list(arrays) == [o.name for o in method.outputs if o.name in arrays]  # declared order
         assert set(arrays) == {"attention", "masks", "boxes"}
+
+
+def test_a_method_may_require_options(head_mean: Method, monkeypatch: pytest.MonkeyPatch, service: AttentionService) -> None:
+    """``requires``: a request with the method but without the option is a 400 saying how to give it."""
+    strict = type(head_mean)()
+    monkeypatch.setattr(type(head_mean), "requires", {"reduce": "method=head_mean needs reduce=mean or reduce=max"})
+    facts = ModelFacts.of(service.model)
+    with pytest.raises(OptionError, match="method=head_mean needs reduce=mean or reduce=max"):
+        parse_options({"method": "head_mean"}, facts)
+    assert parse_options({"method": "head_mean", "reduce": "max"}, facts).params == (("reduce", "max"),)
+    assert strict.describe()["requires"] == {"reduce": "method=head_mean needs reduce=mean or reduce=max"}

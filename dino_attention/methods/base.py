@@ -152,6 +152,7 @@ class Method(ABC):
     summary: str  # one line for README and the describe API
     options: tuple[OptionSpec, ...] = ()  # its own options (400 for any other method)
     excludes: ClassVar[Mapping[str, str]] = {}  # shared options it refuses -> the 400 message saying why
+    requires: ClassVar[Mapping[str, str]] = {}  # options a request must give with it -> the 400 message saying how
     outputs: tuple[OutputSpec, ...]  # in response order; the first is the main one
     needs: Needs
 
@@ -178,6 +179,7 @@ class Method(ABC):
             "summary": self.summary,
             "own_options": [spec.name for spec in self.options],  # the options only this method takes
             "excludes": dict(self.excludes),
+            "requires": dict(self.requires),
             "outputs": [output.describe() for output in self.outputs],
             "needs": {"blocks": self.needs.blocks, "keeps": self.needs.keeps},
         }
