@@ -26,6 +26,7 @@ from typing import Any
 
 from ts.metrics.metric_type_enum import MetricTypes
 
+from dino_attention import layout
 from dino_attention.errors import RequestError
 from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route
 from dino_attention.service import AttentionService, create_service, select_device
@@ -72,8 +73,7 @@ class DinoAttentionHandler:
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
-        serialized = context.manifest.get("model", {}).get("serializedFile")
-        weights = Path(properties["model_dir"]) / serialized if serialized else None
+        weights = layout.weights_in(Path(properties["model_dir"]), context.manifest)
         settings = (context.model_yaml_config or {}).get("handler", {})
         self.service = create_service(settings, weights, select_device(properties.get("gpu_id")))
         self.initialized = True

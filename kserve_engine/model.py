@@ -29,7 +29,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 
 from dino_attention.errors import RequestError
-from dino_attention.layout import MANIFEST, MODEL_CONFIG
+from dino_attention.layout import MANIFEST, MODEL_CONFIG, weights_in
 from dino_attention.methods import all_outputs
 from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply
 from dino_attention.service import AttentionService
@@ -189,10 +189,7 @@ def load_settings(folder: Path) -> tuple[dict[str, object], Path | None, str]:
     """(handler settings, weights file or None for a random-weights archive, model version) of an
     unpacked model; the version is the archive's (MAR-INF/MANIFEST.json), as TorchServe reports it."""
     config = yaml.safe_load((folder / MODEL_CONFIG).read_text()) or {}
-    manifest = folder / MANIFEST
-    model = json.loads(manifest.read_text()).get("model", {}) if manifest.is_file() else {}
-    serialized = model.get("serializedFile")  # as TorchServe finds the weights: none for a random-weights archive
-    weights = folder / serialized if serialized else None
-    if weights is not None and not weights.is_file():
-        raise FileNotFoundError(f"{manifest} names the weights {serialized}, which {folder} lacks: archive again (make archive)")
-    return dict(config.get("handler") or {}), weights, str(model.get("modelVersion", ""))
+    manifest_file = folder / MANIFEST
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    version = str(manifest.get("model", {}).get("modelVersion", ""))
+    return dict(config.get("handler") or {}), weights_in(folder, manifest), version

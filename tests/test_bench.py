@@ -18,7 +18,7 @@ from dino_attention.model.variants import get_variant
 from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 
 TINY_RUN = [
-    *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "2", "--device", "cpu"),
+    *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),
     *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42"),
     *("--sections", "forward", "methods", "families", "encoding", "engines"),
 ]

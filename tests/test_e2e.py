@@ -51,6 +51,9 @@ def worker_pids(served: Served) -> list[int]:
     return [w["pid"] for w in reply.json()[0]["workers"]]
 
 
+LICENCE = "https://github.com/facebookresearch/dino/blob/main/LICENSE"
+
+
 def test_describe_api_serves_the_registry(served: Served) -> None:
     """TorchServe's describe API (``?customized=true``) and the client's ``describe()``: the methods,
     each with its options (the model's defaults) and outputs, and the model's facts."""
@@ -59,7 +62,8 @@ def test_describe_api_serves_the_registry(served: Served) -> None:
     assert {k: v for k, v in described.items() if k != "precisions"} == {k: v for k, v in expected.items() if k != "precisions"}
     assert set(described["precisions"]) == {"fp32", "bf16", "fp16", "auto"}  # what each runs as: the worker's own probe
     assert [m["name"] for m in described["methods"]] == list(METHODS) and described["default_method"] == DEFAULT_METHOD
-    assert described["model"] == {**ModelFacts.of(served.in_process.model).describe(), "weights": served.in_process.config.weights}
+    facts = ModelFacts.of(served.in_process.model).describe()
+    assert described["model"] == {**facts, "weights": served.in_process.config.weights, "licence": "Apache-2.0", "licence_url": LICENCE}
     by_name = {m["name"]: m for m in described["methods"]}
     rollout_options = {o["name"]: o for o in by_name["rollout"]["options"]}
     assert rollout_options["head_fusion"]["choices"] == ["mean", "max", "min"] and "heads" not in rollout_options
