@@ -540,7 +540,15 @@ def option_fields(args: argparse.Namespace) -> dict[str, str]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = str(value)
-    return fields
+    return {**fields, **dict(args.options)}
+
+
+def name_value(text: str) -> tuple[str, str]:
+    """``--option reduce=max`` -> ("reduce", "max")."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE, e.g. --option head_fusion=max")
+    return name.strip(), value
 
 
 def auth_headers(key_file: Path | None) -> dict[str, str]:
@@ -611,7 +619,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heads", help="comma-separated head indices, e.g. 0,2")
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--layers", help="several blocks in one pass: all, or e.g. 0,5,11 (a layers x heads grid)")
-    parser.add_argument("--method", choices=METHODS, help="attention (default) or rollout through blocks 0..layer")
+    parser.add_argument(
+        "--method", help=f"how to look: {', '.join(METHODS)} or any other the server describes (--describe); default attention"
+    )
     parser.add_argument("--head-fusion", dest="head_fusion", choices=HEAD_FUSIONS, help="rollout: how heads combine (mean)")
     parser.add_argument("--discard-ratio", dest="discard_ratio", type=float, help="rollout: share of each row discarded, in [0, 1)")
     parser.add_argument(
@@ -628,6 +638,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_const",
         const="true",
         help="DINOv2 *_reg / DINOv3: each map's share on the register tokens, in its title",
+    )
+    parser.add_argument(
+        "--option",
+        dest="options",
+        type=name_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other server option, e.g. a method's own (repeatable; --describe lists them)",
     )
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--cmap", default="inferno")

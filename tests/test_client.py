@@ -383,3 +383,11 @@ def test_client_installs_alone_and_runs_against_the_server(served: Served, tmp_p
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"shape": [2, 2, 4], "methods": list(METHODS), "bad": []}
+
+
+def test_cli_passes_any_option_the_server_describes() -> None:
+    """A method the client has never heard of, with its own options: sent as they are; the server validates."""
+    args = client.parse_args(["img.png", "--method", "head_mean", "--option", "reduce=max", "--option", "layer=3"])
+    assert client.option_fields(args) == {"upsample": "false", "method": "head_mean", "reduce": "max", "layer": "3"}
+    with pytest.raises(SystemExit):
+        client.parse_args(["img.png", "--option", "no-equals-sign"])
