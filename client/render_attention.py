@@ -53,10 +53,10 @@ TITLE_INCHES = 0.25  # one line of panel title
 COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
 # The response's arrays, and the name of an npz answer's metadata (tests check both against the server):
-ARRAY_FIELDS = ("attention", "masks", "boxes", "registers")
+ARRAY_FIELDS = ("attention", "masks", "boxes", "registers", "similarity", "features")
 NPZ_META = "meta"
 # The response fields this client reads (tests check them against the server's schema):
-REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size", "resized_size", "image_size", "grid", "attention")
+REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size", "resized_size", "image_size", "grid")
 # The server's protocol facts this client relies on (tests check them against the server's own):
 CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy", "npz": "application/x-npz"}
 FORMATS = tuple(CONTENT_TYPES)
@@ -65,7 +65,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
-METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes", "registers")
+METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes", "registers", "point")
 SERVER_OPTIONS = MAP_OPTIONS + METHOD_OPTIONS
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white
@@ -86,13 +86,21 @@ def rollout_headline(meta: dict) -> str:
     return f"rollout through layer {meta['layer']} ({meta['head_fusion']} of heads, discard {meta['discard_ratio']:g})"
 
 
+def similarity_headline(meta: dict) -> str:
+    (x, y), (row, col) = meta["point"], meta["patch"]
+    return f"similarity to patch ({row}, {col}) at x={x}, y={y}, layer {meta['layer']}"
+
+
 @dataclass(frozen=True)
 class MethodView:
     """How the client draws one method's maps. ``METHOD_VIEWS`` is the one place the client knows
-    methods by name; a method it does not know is drawn as numbered maps."""
+    methods by name; a method it does not know is drawn as numbered maps of its ``output``."""
 
     headline: Callable[[dict], str]  # what the figure's title says after the model name
-    fused: bool  # one map per layer with the heads fused (no per-head panels), else one map per head
+    fused: bool  # one map per layer (the heads fused, or no heads at all), else one map per head
+    output: str = "attention"  # the response's array that holds the maps
+    fused_title: str = "{method} through layer {layer}"  # the one map's panel title (fused)
+    masks: bool = True  # DINO's masks make sense of its maps (a share of the mass: not for signed maps)
 
     def map_names(self, meta: dict) -> list[str]:
         """One name per map of a layer: "head 0", ..., or the method's name for a fused map."""
@@ -100,13 +108,14 @@ class MethodView:
 
     def map_titles(self, meta: dict) -> list[str]:
         """Panel titles of a layer's maps."""
-        return [f"{meta.get('method')} through layer {meta['layer']}"] if self.fused else self.map_names(meta)
+        return [self.fused_title.format(**meta)] if self.fused else self.map_names(meta)
 
 
 DEFAULT_METHOD = "attention"
 METHOD_VIEWS: dict[str, MethodView] = {
     DEFAULT_METHOD: MethodView(heads_headline, fused=False),
     "rollout": MethodView(rollout_headline, fused=True),
+    "similarity": MethodView(similarity_headline, fused=True, output="similarity", fused_title="cosine similarity", masks=False),
 }
 METHODS = tuple(METHOD_VIEWS)  # what --method offers (tests check them against the server's registry)
 OTHER_METHOD = MethodView(lambda meta: f"{meta.get('method')} of layer {meta['layer']}", fused=False)
@@ -228,9 +237,11 @@ def parse_response(doc: object) -> Response:
     if missing:
         raise ClientError(f"response lacks {missing}")
     try:
-        att = np.asarray(doc["attention"], dtype=np.float32)
+        att = np.asarray(doc[view_of(doc).output], dtype=np.float32)
+    except KeyError as e:
+        raise ClientError(f"response lacks its maps, {e}") from e
     except (TypeError, ValueError) as e:
-        raise ClientError(f"response attention is not a numeric array: {e}") from e
+        raise ClientError(f"response maps are not a numeric array: {e}") from e
     p, (h, w), (gh, gw) = doc["patch_size"], doc["image_size"], doc["grid"]
     per_layer = len(view_of(doc).map_names(doc))
     lead: tuple[int, ...] = (len(doc["layers"]), per_layer) if doc.get("layers") else (per_layer,)
@@ -273,7 +284,8 @@ def decode_body(body: bytes, content_type: str | None = None, meta_header: str |
         if kind == CONTENT_TYPES["npy"] or body.startswith(b"\x93NUMPY"):
             if not meta_header:
                 raise ClientError(f"a .npy answer carries its metadata in the {META_HEADER} header; save npz or JSON instead")
-            return {**json.loads(meta_header), "attention": np.load(io.BytesIO(body), allow_pickle=False)}
+            meta = json.loads(meta_header)
+            return {**meta, view_of(meta).output: np.load(io.BytesIO(body), allow_pickle=False)}
         return json.loads(body)
     except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
         raise ClientError(f"malformed response ({kind or 'file'}): {e}") from e
@@ -436,6 +448,12 @@ def masks_to_draw(server_masks: np.ndarray | None, maps: np.ndarray, patch: int,
     return threshold_masks(maps[:, ::patch, ::patch], mask) if mask is not None else None
 
 
+def mark_point(ax: Axes, point: list[int]) -> None:
+    """The pixel a similarity map is about: a cross with a dark edge, visible on any colour."""
+    x, y = point
+    ax.plot([x], [y], marker="P", markersize=9, color="cyan", markeredgecolor="black", markeredgewidth=1)
+
+
 def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int) -> None:
     """DINO-style mask outline (patch grid -> pixels) and, if any, the box of its largest component."""
     pixels = masks.repeat(patch, axis=0).repeat(patch, axis=1)
@@ -449,8 +467,10 @@ def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int
 def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int) -> Figure:
     """The whole picture for one image; returns a matplotlib Figure.
 
-    Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``.
+    Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``
+    (for maps they make sense of). A ``point`` the response names is marked on the top row.
     """
+    mask = mask if att.view.masks else None
     rows, cols = figure_layout(att, mask)
     grid_view = len(att.rows) > 1  # layers x heads: no colour bars, one row per layer
     layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
@@ -475,6 +495,9 @@ def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: 
     panel(axes[0, 0], image, f"image {image.shape[0]}x{image.shape[1]}", colorbar=False)
     panel(axes[0, 1], mean, summary, colorbar=not grid_view)
     panel(axes[0, 2], overlay(image, mean, cmap), f"{summary} over image", colorbar=False)
+    if "point" in att.meta:
+        for ax in axes[0, :3]:
+            mark_point(ax, att.meta["point"])
     boxes = att.boxes
     for r, (label, maps, server_masks) in enumerate(att.rows):
         masks = masks_to_draw(server_masks, maps, patch, mask)
@@ -516,6 +539,7 @@ def save_heads(out_dir: Path, image: np.ndarray, att: Response, cmap: str, mask:
     mask_th{t}_head{j}.png with the server's masks or the client's (``mask``), plus the image and the overlay."""
     import matplotlib.image as mpimg
 
+    mask = mask if att.view.masks else None
     out_dir.mkdir(parents=True, exist_ok=True)
     patch = att.meta["patch_size"]
     mpimg.imsave(out_dir / "img.png", image)
@@ -648,6 +672,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="any other server option, e.g. a method's own (repeatable; --describe lists them)",
     )
+    parser.add_argument("--point", help="method=similarity: x,y, a pixel of the processed image (its image_size frame)")
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--cmap", default="inferno")
     parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")

@@ -202,9 +202,9 @@ def option_names() -> tuple[str, ...]:
     return tuple(all_options())
 
 
-def owner_of(name: str) -> str | None:
-    """The method whose own option ``name`` is (None for a shared option)."""
-    return next((method.name for method in METHODS.values() if any(spec.name == name for spec in method.options)), None)
+def owners_of(name: str) -> list[str]:
+    """The methods whose own option ``name`` is (none for a shared option)."""
+    return [method.name for method in METHODS.values() if any(spec.name == name for spec in method.options)]
 
 
 def format_from_accept(accept: str | None, default: str) -> str:
@@ -263,9 +263,9 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
         if name not in given:
             raise OptionError(how)
     for name in sorted(given, key=option_names().index):
-        owner = owner_of(name)
-        if owner is not None and owner != method.name:
-            raise OptionError(f"{name} applies to method={owner} only (method={method.name})")
+        owners = owners_of(name)
+        if owners and method.name not in owners:
+            raise OptionError(f"{name} applies to {' or '.join(f'method={owner}' for owner in owners)} only (method={method.name})")
     if parsed.get("boxes") and "mask" not in parsed:
         raise OptionError("boxes=true needs mask=t: the boxes are those of the masks (e.g. mask=0.6&boxes=true)")
     if "mask" in parsed and fmt == "npy":
@@ -276,6 +276,13 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
         raise OptionError(
             "format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers"
         )
+    main, *others = method.outputs
+    for output in others:
+        if fmt == "npy" and parsed.get(output.asked_by):
+            raise OptionError(
+                f"format=npy carries one array, the {main.name}: ask format=npz (arrays {main.name}, {output.name}) or json "
+                f"with {output.asked_by}"
+            )
 
 
 def describe_options(method: Method, defaults: Defaults) -> list[dict[str, object]]:

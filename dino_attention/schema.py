@@ -84,5 +84,5 @@ OPTIONAL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(AttentionResu
 
 def response_fields() -> tuple[str, ...]:
     """Every field a response may hold: the metadata, each method's own fields, each output."""
-    own = tuple(dict.fromkeys(spec.name for method in METHODS.values() for spec in method.options))
+    own = tuple(dict.fromkeys(name for method in METHODS.values() for name in method.metadata_fields))
     return SCHEMA_FIELDS + own + tuple(output.name for output in all_outputs())

@@ -143,6 +143,7 @@ class AttentionService:
             scale=options.scale,
             size=options.size,
         )
+        METHODS[options.method].check(options, image.image_size)
         tensor = to_tensor(image.image, self.variant.mean, self.variant.std)  # (3, H, W)
         elapsed_ms = (time.perf_counter() - start) * 1000
         return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
@@ -162,7 +163,7 @@ class AttentionService:
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
             with torch.inference_mode(), autocast(self.device, precision):
                 computed = METHODS[spec.method].compute(self.model, batch, spec)  # name -> (B, ...)
-            arrays = {name: tensor.float().cpu().numpy() for name, tensor in computed.items()}
+            arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
             elapsed_ms = (time.perf_counter() - start) * 1000
             for n, i in enumerate(indices):
                 results[i] = ({name: array[n] for name, array in arrays.items()}, elapsed_ms)
@@ -191,7 +192,7 @@ class AttentionService:
             dtype=options.dtype,
             layers=list(options.layers) if options.layers else None,
             method=method.name if method.name != DEFAULT_METHOD else None,
-            method_fields=method.metadata(options),
+            method_fields=method.metadata(options, p),
             mask=options.mask,
             arrays=method.arrays(options, computed, p),
             outputs=method.outputs,

@@ -115,14 +115,20 @@ def test_registry_entries_declare_everything(service: AttentionService) -> None:
     """Every shipped method names its options, outputs and needs, and computes what it declares."""
     facts = ModelFacts.of(service.model)
     x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    required = {"point": "20,10"}  # a value for each option a method requires
     for name, method in METHODS.items():
         assert method.name == name and method.summary and method.outputs and method.needs.blocks
-        options = parse_options({"method": name, "upsample": "false", "mask": "0.5", "boxes": "true"}, facts)
+        assert set(method.requires) <= set(required), f"give the test a sample value for {set(method.requires) - set(required)}"
+        raw = {"method": name, "upsample": "false", **{k: required[k] for k in method.requires}}
+        raw.update({k: v for k, v in {"mask": "0.5", "boxes": "true"}.items() if k not in method.excludes})
+        options = parse_options(raw, facts)
+        method.check(options, (32, 48))
         with torch.inference_mode():
             computed = {k: v[0].numpy() for k, v in method.compute(service.model, x, method.forward_spec(options)).items()}
         arrays = method.arrays(options, computed, TINY.patch_size)
         assert list(arrays) == [o.name for o in method.outputs if o.name in arrays]  # declared order
-        assert set(arrays) == {"attention", "masks", "boxes"}
+        assert method.outputs[0].name in arrays and arrays[method.outputs[0].name].shape[-2:] == (2, 3)  # the main map, per patch
+        assert set(method.metadata(options, TINY.patch_size)) == set(method.metadata_fields)
 
 
 def test_a_method_may_require_options(head_mean: Method, monkeypatch: pytest.MonkeyPatch, service: AttentionService) -> None:

@@ -332,6 +332,7 @@ def test_methods_and_their_options_come_from_the_servers_description(page: Page,
         "summary": "a method this page was never told about",
         "own_options": ["colours"],
         "options": [{"name": "colours", "type": "string", "choices": ["rgb", "grey"], "default": "grey", "help": "how"}],
+        "outputs": [{"name": "attention"}],
     }
     driver.execute_async_script(
         "const [done, extra] = [arguments[arguments.length - 1], arguments[0]];"
@@ -353,4 +354,31 @@ def test_methods_and_their_options_come_from_the_servers_description(page: Page,
     colours = Select(driver.find_element("id", "colours"))
     assert [o.text for o in colours.options] == ["rgb", "grey"] and colours.first_selected_option.text == "grey"
     assert driver.find_elements("css selector", "#head-fusion") == []
+    assert console_errors(driver) == []
+
+
+def test_similarity_follows_a_click(page: Page, tmp_path: Path) -> None:
+    """method=similarity, a method the page learns from the description: a click on the image asks for
+    the similarity to that pixel's patch; hovering that patch reads 1."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = open_viewer(page)
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    Select(driver.find_element("id", "method")).select_by_value("similarity")
+    WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "similarity")
+    assert driver.find_element("id", "point").get_attribute("value") == "0,0"
+    overlay = driver.find_element("id", "overlay")
+    before = driver.execute_script("return window.viewer.state.requestId")
+    offset = (300 - overlay.size["width"] // 2, 204 - overlay.size["height"] // 2)  # the canvas shows one CSS pixel per image pixel
+    ActionChains(driver).move_to_element_with_offset(overlay, *offset).click().perform()
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: d.execute_script("return window.viewer.state.requestId") > before and not d.find_element("id", "loading").is_displayed()
+    )
+    doc = driver.execute_script("return window.viewer.state.doc")
+    assert (doc["patch"], np.shape(doc["similarity"])) == ([25, 37], (1, 60, 60))
+    assert abs(doc["point"][0] - 300) <= 1 and abs(doc["point"][1] - 204) <= 1  # the pixel clicked (to the pointer's rounding)
+    ActionChains(driver).move_to_element_with_offset(overlay, *offset).perform()
+    assert driver.find_element("id", "hover").text == "Patch row 25, column 37: 1.000"
+    assert len(driver.find_elements("css selector", "#gallery button")) == 1
     assert console_errors(driver) == []

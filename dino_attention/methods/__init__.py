@@ -4,6 +4,7 @@
     maps        what the map methods share: the attention/masks/boxes/registers outputs, [CLS] rows -> maps
     attention   method=attention: [CLS] attention per head of one block or several
     rollout     method=rollout: attention rollout through blocks 0..layer
+    similarity  method=similarity: cosine similarity of the patch features to the patch at a point
 
 To add a method: write a module with a ``Method`` subclass and ``METHOD = YourMethod()``, and add
 it to ``METHODS`` below. Option parsing, the service, the codecs, the describe API (and through it
@@ -15,8 +16,9 @@ from __future__ import annotations
 from .attention import METHOD as ATTENTION
 from .base import Method, ModelFacts, OptionSpec, OutputSpec
 from .rollout import METHOD as ROLLOUT
+from .similarity import METHOD as SIMILARITY
 
-METHODS: dict[str, Method] = {method.name: method for method in (ATTENTION, ROLLOUT)}
+METHODS: dict[str, Method] = {method.name: method for method in (ATTENTION, ROLLOUT, SIMILARITY)}
 DEFAULT_METHOD: str = ATTENTION.name
 
 

@@ -154,6 +154,7 @@ class Method(ABC):
     excludes: ClassVar[Mapping[str, str]] = {}  # shared options it refuses -> the 400 message saying why
     requires: ClassVar[Mapping[str, str]] = {}  # options a request must give with it -> the 400 message saying how
     outputs: tuple[OutputSpec, ...]  # in response order; the first is the main one
+    fields: tuple[str, ...] | None = None  # the metadata fields ``metadata`` adds (None: its own options' names)
     needs: Needs
 
     @abstractmethod
@@ -169,9 +170,16 @@ class Method(ABC):
         """One image's share of ``compute``'s tensors -> the response's arrays, in ``outputs`` order;
         those the request did not ask for are left out."""
 
-    def metadata(self, options: Options) -> dict[str, object]:
+    def check(self, options: Options, image_size: tuple[int, int]) -> None:  # noqa: B027 (optional hook: most methods need none)
+        """Reject (``OptionError``) what only the processed image's size (H, W) can tell is wrong."""
+
+    def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
         """The response fields that say how the method ran (after ``method``): its own options' values."""
         return {spec.name: options.param(spec.name) for spec in self.options}
+
+    @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        return self.fields if self.fields is not None else tuple(spec.name for spec in self.options)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -258,6 +266,17 @@ def parse_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if text not in choices:
         raise OptionError(f"{name}={value!r} is not one of {list(choices)}")
     return text
+
+
+def parse_point(name: str, value: object) -> tuple[int, int]:
+    """A pixel ``x,y`` ("240,120" or [240, 120]), both non-negative integers."""
+    items = items_of(value)
+    if len(items) != 2:
+        raise OptionError(f"{name}={value!r} is not x,y: two pixel coordinates of the processed image, e.g. {name}=240,120")
+    x, y = (parse_int(name, item) for item in items)
+    if x < 0 or y < 0:
+        raise OptionError(f"{name}={value!r}: pixel coordinates are not negative, e.g. {name}=240,120")
+    return x, y
 
 
 def items_of(value: object) -> list[object]:

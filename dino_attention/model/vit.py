@@ -313,6 +313,16 @@ class VisionTransformer(nn.Module):
                 tokens = blk(tokens, rope)
         return torch.stack([rows[resolve_layer(layer, self.depth)] for layer in layers], dim=1)
 
+    def get_patch_features(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """The patch tokens after block ``layer`` (default: the last), normed with the final norm as the
+        official ``get_intermediate_layers(norm=True)`` / ``x_norm_patchtokens`` do: (B, 3, H, W) ->
+        (B, H/p * W/p, C), raster order; [CLS] and the register/storage tokens are left out."""
+        layer = resolve_layer(layer, self.depth)
+        tokens, rope = self.prepare_tokens(x)
+        for blk in cast(list[Block], self.blocks)[: layer + 1]:
+            tokens = blk(tokens, rope)
+        return self.norm(tokens[:, self.num_prefix_tokens :])  # (B, n, C)
+
     def get_cls_attention(self, x: torch.Tensor, layer: int | None = None, explicit: bool = False) -> torch.Tensor:
         """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, N).
 

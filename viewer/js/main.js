@@ -12,7 +12,10 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "dino-attention-viewer-token"; // sessionStorage only: gone with the tab
 const LAYER_DELAY_MS = 300; // a method without `layers` needs a request per layer: wait for the slider to settle
 // What the page offers when the server does not describe itself: one layer's attention, all layers at once.
-const FALLBACK = { default_method: "attention", methods: [{ name: "attention", summary: "attention", own_options: [], options: [{ name: "layers" }] }] };
+const FALLBACK = {
+  default_method: "attention",
+  methods: [{ name: "attention", summary: "attention", own_options: [], options: [{ name: "layers" }], outputs: [{ name: "attention" }] }],
+};
 
 const state = {
   image: null, // the File/Blob sent
@@ -58,6 +61,7 @@ function init() {
   });
   for (const id of ["opacity", "mask"]) $(id).addEventListener("input", () => redraw(false));
   $("overlay").addEventListener("mousemove", hover);
+  $("overlay").addEventListener("click", choosePoint);
   $("overlay").addEventListener("mouseleave", () => ($("hover").textContent = "Hover the image for a patch's value."));
   $("save-png").addEventListener("click", () => $("overlay").toBlob((blob) => download(blob, `${stem()}_attention.png`)));
   $("save-json").addEventListener("click", () => download(new Blob([state.text], { type: "application/json" }), `${stem()}.json`));
@@ -165,8 +169,13 @@ function optionControl(option) {
   }
   if (input.type === "checkbox") input.checked = option.default === true;
   else if (option.default !== undefined) input.value = String(option.default);
+  if (option.type === "point") {
+    input.value = "0,0"; // until a click on the image chooses one
+    input.placeholder = "x,y: click the image";
+  }
   input.id = id;
   input.dataset.option = option.name;
+  input.dataset.type = option.type;
   input.addEventListener("change", request);
   return [label, input];
 }
@@ -201,7 +210,7 @@ async function request() {
   try {
     const { doc, text } = await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
     if (id !== state.requestId) return;
-    const maps = parseMaps(doc);
+    const maps = parseMaps(doc, currentMethod().outputs[0].name);
     Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
     if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
     state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
@@ -318,6 +327,17 @@ function hover(event) {
   const column = Math.min(w - 1, Math.floor(x / state.maps.patch));
   const value = currentMap()[row * w + column];
   $("hover").textContent = `Patch row ${row}, column ${column}: ${value.toPrecision(4)}`;
+}
+
+/** A click on the image: where a method takes a point (similarity), it is that pixel; ask again. */
+function choosePoint(event) {
+  const input = $("method-options").querySelector("[data-type=point]");
+  if (!input || !state.maps) return;
+  const canvas = $("overlay");
+  const x = Math.min(canvas.width - 1, Math.floor((event.offsetX * canvas.width) / canvas.clientWidth));
+  const y = Math.min(canvas.height - 1, Math.floor((event.offsetY * canvas.height) / canvas.clientHeight));
+  input.value = `${x},${y}`;
+  request();
 }
 
 function blank([height, width]) {

@@ -2,13 +2,14 @@
 // DINO's threshold masks (as the server's dino_attention/masks.py) and the masks' outlines.
 
 /** A response document (upsample=false) -> {rows, grid, patch, labels}: rows[r][m] is a Float64Array
- * (h * w, row-major) of map m of row r (a layer, or the one rollout row). */
-export function parseMaps(doc) {
-  if (!doc || !Array.isArray(doc.attention) || !Array.isArray(doc.grid) || doc.upsampled) {
-    throw new Error("the response holds no patch-grid attention (the viewer asks upsample=false)");
+ * (h * w, row-major) of map m of row r (a layer, or the one row of a fused map). ``output``: the
+ * method's main output, the array holding its maps (the server's description names it). */
+export function parseMaps(doc, output = "attention") {
+  if (!doc || !Array.isArray(doc[output]) || !Array.isArray(doc.grid) || doc.upsampled) {
+    throw new Error(`the response holds no patch-grid ${output} (the viewer asks upsample=false)`);
   }
   const [h, w] = doc.grid;
-  const nested = doc.layers ? doc.attention : [doc.attention]; // (rows, maps, h, w)
+  const nested = doc.layers ? doc[output] : [doc[output]]; // (rows, maps, h, w)
   const rows = nested.map((maps) => maps.map((map) => flatten(map, h, w)));
   // a map per head, or one map of a method that fuses the heads (named after the method)
   const fused = rows[0].length !== doc.heads.length;

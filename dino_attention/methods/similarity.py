@@ -1,0 +1,104 @@
+"""``method=similarity``: click a patch, see where the similar patches are. The cosine similarity, in
+[-1, 1], of every patch's feature to the feature of the patch holding ``point``; the features are the
+patch tokens after block ``layer``, normed with the model's final norm (as the official
+``x_norm_patchtokens``), from one forward pass with no N x N matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from ..attention import upsample_nearest
+from ..errors import OptionError
+from .base import ForwardSpec, Method, Needs, OptionSpec, OutputSpec, bool_option, parse_point
+
+if TYPE_CHECKING:
+    from ..model.vit import VisionTransformer
+    from ..options import Options
+
+SIMILARITY = OutputSpec(
+    "similarity",
+    "float",
+    "[1, H, W]",
+    "cosine similarity in [-1, 1] of every patch's feature to that of the patch at `point`; per patch with `upsample=false`",
+    npy=True,
+)
+FEATURES = OutputSpec(
+    "features", "float16", "[D, H/p, W/p]", "the normed patch features of block `layer`, for clients that compute their own", "features"
+)
+
+
+def unit_features(features: np.ndarray) -> np.ndarray:
+    """(D, h, w) features scaled to unit length per patch (a zero feature stays zero)."""
+    norms = np.linalg.norm(features, axis=0, keepdims=True)  # (1, h, w)
+    return features / np.maximum(norms, np.finfo(features.dtype).tiny)
+
+
+class Similarity(Method):
+    name = "similarity"
+    summary = "cosine similarity of every patch's feature (block `layer`, normed) to the patch at `point`: one map `[1, H, W]` in [-1, 1]"
+    options = (
+        OptionSpec(
+            "point",
+            "point",
+            lambda v, _: parse_point("point", v),
+            "similarity only: `x,y`, a pixel of the processed image (the response's `image_size` frame), e.g. `240,120`",
+        ),
+        bool_option(
+            "features",
+            "similarity only: also return the patch features `[D, H/p, W/p]`, float16 (npz or KServe v2 binary keep them compact)",
+        ),
+    )
+    requires: ClassVar[Mapping[str, str]] = {
+        "point": "method=similarity needs point=x,y: a pixel of the processed image (the image_size frame), e.g. point=240,120"
+    }
+    excludes: ClassVar[Mapping[str, str]] = {
+        name: f"{name} does not apply to method=similarity: it returns one map of feature similarity"
+        for name in ("heads", "layers", "mask", "boxes", "registers")
+    }
+    outputs = (SIMILARITY, FEATURES)
+    fields = ("point", "patch")
+    needs = Needs(blocks="0..layer", keeps="the patch tokens of block layer, normed (no attention weights)")
+
+    def forward_spec(self, options: Options) -> ForwardSpec:
+        return ForwardSpec(self.name, (options.layer,))  # the point is applied afterwards: requests share the forward
+
+    def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
+        B, _, H, W = batch.shape
+        p = model.patch_size
+        tokens = model.get_patch_features(batch, spec.layers[0]).float()  # (B, h*w, D)
+        return {FEATURES.name: tokens.transpose(1, 2).reshape(B, -1, H // p, W // p)}  # (B, D, h, w)
+
+    def check(self, options: Options, image_size: tuple[int, int]) -> None:
+        (x, y), (height, width) = options.param("point"), image_size
+        if x >= width or y >= height:
+            raise OptionError(
+                f"point={x},{y} is outside the processed image, {width} pixels wide and {height} high (its image_size "
+                f"[{height}, {width}]): give x < {width} and y < {height}"
+            )
+
+    def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
+        features = computed[FEATURES.name]  # (D, h, w)
+        row, col = self.patch(options, patch_size)
+        unit = unit_features(features)
+        similarity = np.einsum("dhw,d->hw", unit, unit[:, row, col])[None].astype(np.float32)  # (1, h, w)
+        out = {SIMILARITY.name: upsample_nearest(similarity, patch_size) if options.upsample else similarity}
+        if options.param("features"):
+            out[FEATURES.name] = np.ascontiguousarray(features.astype(np.float16))
+        return out
+
+    @staticmethod
+    def patch(options: Options, patch_size: int) -> tuple[int, int]:
+        """(row, column) of the patch holding ``point``."""
+        x, y = options.param("point")
+        return y // patch_size, x // patch_size
+
+    def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
+        """The point and the patch (row, column) that holds it; ``features`` is said by the array itself."""
+        return {"point": list(options.param("point")), "patch": list(self.patch(options, patch_size))}
+
+
+METHOD = Similarity()
