@@ -28,7 +28,7 @@ import logging
 import sys
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,7 +53,7 @@ TITLE_INCHES = 0.25  # one line of panel title
 COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
 # The response's arrays, and the name of an npz answer's metadata (tests check both against the server):
-ARRAY_FIELDS = ("attention", "masks", "boxes", "registers", "similarity", "features")
+ARRAY_FIELDS = ("attention", "masks", "boxes", "registers", "similarity", "features", "pca", "foreground_mask", "pca_basis")
 NPZ_META = "meta"
 # The response fields this client reads (tests check them against the server's schema):
 REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size", "resized_size", "image_size", "grid")
@@ -86,6 +86,11 @@ def rollout_headline(meta: dict) -> str:
     return f"rollout through layer {meta['layer']} ({meta['head_fusion']} of heads, discard {meta['discard_ratio']:g})"
 
 
+def pca_headline(meta: dict) -> str:
+    source = "the basis sent" if meta.get("pca_fit") == "basis" else "this image"
+    return f"PCA colours of layer {meta['layer']}'s features (foreground {meta['foreground']}, fitted on {source})"
+
+
 def similarity_headline(meta: dict) -> str:
     (x, y), (row, col) = meta["point"], meta["patch"]
     return f"similarity to patch ({row}, {col}) at x={x}, y={y}, layer {meta['layer']}"
@@ -101,9 +106,12 @@ class MethodView:
     output: str = "attention"  # the response's array that holds the maps
     fused_title: str = "{method} through layer {layer}"  # the one map's panel title (fused)
     masks: bool = True  # DINO's masks make sense of its maps (a share of the mass: not for signed maps)
+    rgb: bool = False  # its output is one colour image [3, H, W] in [0, 1], not maps to colour
 
     def map_names(self, meta: dict) -> list[str]:
-        """One name per map of a layer: "head 0", ..., or the method's name for a fused map."""
+        """One name per map of a layer: "head 0", ..., or the method's name for a fused map (R, G, B: three)."""
+        if self.rgb:
+            return ["red", "green", "blue"]
         return [str(meta.get("method"))] if self.fused else [f"head {h}" for h in meta["heads"]]
 
     def map_titles(self, meta: dict) -> list[str]:
@@ -116,6 +124,7 @@ METHOD_VIEWS: dict[str, MethodView] = {
     DEFAULT_METHOD: MethodView(heads_headline, fused=False),
     "rollout": MethodView(rollout_headline, fused=True),
     "similarity": MethodView(similarity_headline, fused=True, output="similarity", fused_title="cosine similarity", masks=False),
+    "pca": MethodView(pca_headline, fused=True, output="pca", fused_title="PCA colours", masks=False, rgb=True),
 }
 METHODS = tuple(METHOD_VIEWS)  # what --method offers (tests check them against the server's registry)
 OTHER_METHOD = MethodView(lambda meta: f"{meta.get('method')} of layer {meta['layer']}", fused=False)
@@ -141,6 +150,7 @@ class Response:
     masks: np.ndarray | None = None  # bool, shaped like ``grid``
     boxes: np.ndarray | None = None  # (..., 4) [x0, y0, x1, y1] in pixels, one per map
     registers: np.ndarray | None = None  # (..., R): each map's weights on the register/storage tokens (registers=true)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # every other array the response holds (bit-packed ones decoded)
 
     @property
     def view(self) -> MethodView:
@@ -259,7 +269,14 @@ def parse_response(doc: object) -> Response:
     except (KeyError, TypeError, ValueError) as e:
         raise ClientError(f"response masks/boxes are malformed: {e}") from e
     meta = {k: v for k, v in doc.items() if k not in ARRAY_FIELDS}
-    return Response(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers)
+    known = {view_of(doc).output, "masks", "boxes", "registers"}
+    try:
+        arrays = {
+            k: decode_masks(v) if isinstance(v, dict) else np.asarray(v) for k, v in doc.items() if k in ARRAY_FIELDS and k not in known
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ClientError(f"response arrays are malformed: {e}") from e
+    return Response(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers, arrays=arrays)
 
 
 def decode_masks(document: dict) -> np.ndarray:
@@ -470,6 +487,8 @@ def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: 
     Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``
     (for maps they make sense of). A ``point`` the response names is marked on the top row.
     """
+    if att.view.rgb:
+        return render_colours(image, att, dpi)
     mask = mask if att.view.masks else None
     rows, cols = figure_layout(att, mask)
     grid_view = len(att.rows) > 1  # layers x heads: no colour bars, one row per layer
@@ -521,6 +540,35 @@ def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: 
     return fig
 
 
+def colours_of(att: Response) -> np.ndarray:
+    """A colour output (3, H, W) in [0, 1], in pixels, as an (H, W, 3) uint8 image."""
+    return np.clip(np.rint(att.pixels.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+
+
+def render_colours(image: np.ndarray, att: Response, dpi: int) -> Figure:
+    """A colour method's picture (PCA): the image, the colours, the colours over the image, with the
+    outline of the patches they were fitted on (``foreground_mask``) when the response holds it."""
+    layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
+    fig = Figure(figsize=figure_size(1, 3, image.shape[0] / image.shape[1]), dpi=dpi, layout=layout)
+    fig.suptitle(att.title, fontsize=9)
+    colours = colours_of(att)
+    blended = np.clip(np.rint(0.5 * image + 0.5 * colours), 0, 255).astype(np.uint8)
+    foreground = att.arrays.get("foreground_mask")
+    for ax, data, title in zip(
+        fig.subplots(1, 3),
+        (image, colours, blended),
+        (f"image {image.shape[0]}x{image.shape[1]}", "PCA colours", "over image"),
+        strict=True,
+    ):
+        ax.set_axis_off()
+        ax.imshow(data)
+        ax.set_title(title, fontsize=8, pad=2)
+        if foreground is not None and data is not image:
+            draw_masks(ax, foreground, None, att.meta["patch_size"])
+    fit_height(fig, 1)
+    return fig
+
+
 def fit_height(fig: Figure, rows: int, passes: int = 2) -> None:
     """Shrink the figure's height until each row is as tall as its maps (plus the title): a map
     keeps its aspect, so a panel cell taller than the map is white space."""
@@ -543,6 +591,9 @@ def save_heads(out_dir: Path, image: np.ndarray, att: Response, cmap: str, mask:
     out_dir.mkdir(parents=True, exist_ok=True)
     patch = att.meta["patch_size"]
     mpimg.imsave(out_dir / "img.png", image)
+    if att.view.rgb:
+        mpimg.imsave(out_dir / f"{att.meta['method']}.png", colours_of(att))
+        return
     mpimg.imsave(out_dir / "overlay.png", overlay(image, att.rows[-1][1].mean(axis=0), cmap))
     for label, maps, server_masks in att.rows:
         prefix = f"{label.replace(' ', '')}-" if att.meta.get("layers") else ""

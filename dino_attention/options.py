@@ -266,6 +266,12 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
         owners = owners_of(name)
         if owners and method.name not in owners:
             raise OptionError(f"{name} applies to {' or '.join(f'method={owner}' for owner in owners)} only (method={method.name})")
+    main, *others = method.outputs
+    always = [output.name for output in others if not output.asked_by]
+    if fmt == "npy" and always:
+        raise OptionError(
+            f"format=npy carries one array, the {main.name}; method={method.name} also returns {', '.join(always)}: ask format=npz or json"
+        )
     if parsed.get("boxes") and "mask" not in parsed:
         raise OptionError("boxes=true needs mask=t: the boxes are those of the masks (e.g. mask=0.6&boxes=true)")
     if "mask" in parsed and fmt == "npy":
@@ -276,7 +282,6 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
         raise OptionError(
             "format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers"
         )
-    main, *others = method.outputs
     for output in others:
         if fmt == "npy" and parsed.get(output.asked_by):
             raise OptionError(

@@ -21,6 +21,7 @@ from dino_attention.methods import METHODS, Method, ModelFacts
 from dino_attention.model.checkpoint import build_model
 from dino_attention.options import option_names, parse_options
 from dino_attention.precision import PrecisionPlan
+from dino_attention.schema import SCHEMA_FIELDS
 from dino_attention.service import AttentionService, ServiceConfig
 from scripts import REPO, docs
 
@@ -120,7 +121,8 @@ def test_registry_entries_declare_everything(service: AttentionService) -> None:
         assert method.name == name and method.summary and method.outputs and method.needs.blocks
         assert set(method.requires) <= set(required), f"give the test a sample value for {set(method.requires) - set(required)}"
         raw = {"method": name, "upsample": "false", **{k: required[k] for k in method.requires}}
-        raw.update({k: v for k, v in {"mask": "0.5", "boxes": "true"}.items() if k not in method.excludes})
+        if any(output.asked_by == "mask" for output in method.outputs):  # a method with masks: ask for them, and their boxes
+            raw.update(mask="0.5", boxes="true")
         options = parse_options(raw, facts)
         method.check(options, (32, 48))
         with torch.inference_mode():
@@ -140,3 +142,10 @@ def test_a_method_may_require_options(head_mean: Method, monkeypatch: pytest.Mon
         parse_options({"method": "head_mean"}, facts)
     assert parse_options({"method": "head_mean", "reduce": "max"}, facts).params == (("reduce", "max"),)
     assert strict.describe()["requires"] == {"reduce": "method=head_mean needs reduce=mean or reduce=max"}
+
+
+def test_no_response_field_is_named_twice() -> None:
+    """A method's metadata fields, its outputs and the shared schema fields never share a name (one JSON document holds them all)."""
+    for method in METHODS.values():
+        names = [*SCHEMA_FIELDS, *method.metadata_fields, *(o.name for o in method.outputs)]
+        assert len(names) == len(set(names)), (method.name, sorted(n for n in names if names.count(n) > 1))

@@ -127,7 +127,7 @@ def test_similarity_in_every_format_and_protocol() -> None:
         ({"method": "similarity", "point": "10"}, "point='10' is not x,y"),
         ({"method": "similarity", "point": "-1,3"}, "pixel coordinates are not negative"),
         ({"point": "10,10"}, "point applies to method=similarity only (method=attention)"),
-        ({"method": "rollout", "features": "true"}, "features applies to method=similarity only (method=rollout)"),
+        ({"method": "rollout", "features": "true"}, "features applies to method=similarity or method=pca only (method=rollout)"),
         ({"method": "similarity", "point": "1,1", "heads": "0"}, "heads does not apply to method=similarity"),
         ({"method": "similarity", "point": "1,1", "mask": "0.5"}, "mask does not apply to method=similarity"),
         ({"method": "similarity", "point": "1,1", "features": "true", "format": "npy"}, "format=npy carries one array, the similarity"),

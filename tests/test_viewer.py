@@ -382,3 +382,27 @@ def test_similarity_follows_a_click(page: Page, tmp_path: Path) -> None:
     assert driver.find_element("id", "hover").text == "Patch row 25, column 37: 1.000"
     assert len(driver.find_elements("css selector", "#gallery button")) == 1
     assert console_errors(driver) == []
+
+
+def test_pca_colours_view(page: Page, tmp_path: Path) -> None:
+    """method=pca, a colour image: drawn as it is (the bright square in colour, the dark ground black)."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = open_viewer(page)
+    upload(driver, bright_square_png(tmp_path / "square.png"))
+    Select(driver.find_element("id", "method")).select_by_value("pca")
+    WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "pca")
+    assert driver.execute_script("return window.viewer.state.maps.rgb") is True
+    driver.find_element("id", "opacity").send_keys(Keys.END)  # opacity 1: the colours alone
+    rgba = driver.execute_script(
+        "const c = document.getElementById('overlay'); return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
+    )
+    pixels = np.asarray(rgba, dtype=np.int32).reshape(480, 480, 4)[..., :3]
+    doc = driver.execute_script("return window.viewer.state.doc")
+    colours = np.asarray(doc["pca"])  # (3, 60, 60)
+    expected = np.clip(np.rint(colours.transpose(1, 2, 0) * 255), 0, 255).repeat(8, axis=0).repeat(8, axis=1)
+    assert np.abs(pixels - expected).max() <= 1  # the page shows the server's colours, pixel for pixel
+    assert len(driver.find_elements("css selector", "#gallery button")) == 1
+    assert driver.find_element("id", "mask-area").text == "Mask: off."
+    assert console_errors(driver) == []

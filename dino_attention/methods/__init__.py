@@ -4,7 +4,9 @@
     maps        what the map methods share: the attention/masks/boxes/registers outputs, [CLS] rows -> maps
     attention   method=attention: [CLS] attention per head of one block or several
     rollout     method=rollout: attention rollout through blocks 0..layer
+    features    what the feature methods share: a block's normed patch features, features=true
     similarity  method=similarity: cosine similarity of the patch features to the patch at a point
+    pca         method=pca: the PCA colours of the patch features (foreground, a reusable basis)
 
 To add a method: write a module with a ``Method`` subclass and ``METHOD = YourMethod()``, and add
 it to ``METHODS`` below. Option parsing, the service, the codecs, the describe API (and through it
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 from .attention import METHOD as ATTENTION
 from .base import Method, ModelFacts, OptionSpec, OutputSpec
+from .pca import METHOD as PCA
 from .rollout import METHOD as ROLLOUT
 from .similarity import METHOD as SIMILARITY
 
-METHODS: dict[str, Method] = {method.name: method for method in (ATTENTION, ROLLOUT, SIMILARITY)}
+METHODS: dict[str, Method] = {method.name: method for method in (ATTENTION, ROLLOUT, SIMILARITY, PCA)}
 DEFAULT_METHOD: str = ATTENTION.name
 
 

@@ -108,6 +108,7 @@ class OutputSpec:
     asked_by: str = ""
     json: str = "array"  # "array": nested lists; "packbits": {"shape", "encoding", "data"} (booleans, see masks.py)
     npy: bool = False  # the one array a format=npy body carries
+    rgb: bool = False  # a colour image [3, ...] in [0, 1] to show as it is, not maps to colour (the viewer reads it)
 
     def typed(self, array: np.ndarray, dtype: str) -> np.ndarray:
         """The array in the element type the response carries (``dtype``: the request's float type)."""
@@ -119,6 +120,8 @@ class OutputSpec:
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {"name": self.name, "dtype": self.dtype, "axes": self.axes, "help": self.help}
+        if self.rgb:
+            out["rgb"] = True
         return {**out, "asked_by": self.asked_by} if self.asked_by else out
 
 

@@ -13,7 +13,8 @@ import torch
 
 from ..attention import upsample_nearest
 from ..errors import OptionError
-from .base import ForwardSpec, Method, Needs, OptionSpec, OutputSpec, bool_option, parse_point
+from .base import ForwardSpec, Method, Needs, OptionSpec, OutputSpec, parse_point
+from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, feature_grid, features_output, unit_features
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
@@ -26,15 +27,6 @@ SIMILARITY = OutputSpec(
     "cosine similarity in [-1, 1] of every patch's feature to that of the patch at `point`; per patch with `upsample=false`",
     npy=True,
 )
-FEATURES = OutputSpec(
-    "features", "float16", "[D, H/p, W/p]", "the normed patch features of block `layer`, for clients that compute their own", "features"
-)
-
-
-def unit_features(features: np.ndarray) -> np.ndarray:
-    """(D, h, w) features scaled to unit length per patch (a zero feature stays zero)."""
-    norms = np.linalg.norm(features, axis=0, keepdims=True)  # (1, h, w)
-    return features / np.maximum(norms, np.finfo(features.dtype).tiny)
 
 
 class Similarity(Method):
@@ -47,10 +39,7 @@ class Similarity(Method):
             lambda v, _: parse_point("point", v),
             "similarity only: `x,y`, a pixel of the processed image (the response's `image_size` frame), e.g. `240,120`",
         ),
-        bool_option(
-            "features",
-            "similarity only: also return the patch features `[D, H/p, W/p]`, float16 (npz or KServe v2 binary keep them compact)",
-        ),
+        FEATURES_OPTION,
     )
     requires: ClassVar[Mapping[str, str]] = {
         "point": "method=similarity needs point=x,y: a pixel of the processed image (the image_size frame), e.g. point=240,120"
@@ -67,10 +56,7 @@ class Similarity(Method):
         return ForwardSpec(self.name, (options.layer,))  # the point is applied afterwards: requests share the forward
 
     def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
-        B, _, H, W = batch.shape
-        p = model.patch_size
-        tokens = model.get_patch_features(batch, spec.layers[0]).float()  # (B, h*w, D)
-        return {FEATURES.name: tokens.transpose(1, 2).reshape(B, -1, H // p, W // p)}  # (B, D, h, w)
+        return {FEATURE_GRID: feature_grid(model, batch, spec.layers[0])}  # (B, D, h, w)
 
     def check(self, options: Options, image_size: tuple[int, int]) -> None:
         (x, y), (height, width) = options.param("point"), image_size
@@ -81,13 +67,13 @@ class Similarity(Method):
             )
 
     def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
-        features = computed[FEATURES.name]  # (D, h, w)
+        features = computed[FEATURE_GRID]  # (D, h, w)
         row, col = self.patch(options, patch_size)
         unit = unit_features(features)
         similarity = np.einsum("dhw,d->hw", unit, unit[:, row, col])[None].astype(np.float32)  # (1, h, w)
         out = {SIMILARITY.name: upsample_nearest(similarity, patch_size) if options.upsample else similarity}
         if options.param("features"):
-            out[FEATURES.name] = np.ascontiguousarray(features.astype(np.float16))
+            out[FEATURES.name] = features_output(features)
         return out
 
     @staticmethod

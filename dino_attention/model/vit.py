@@ -317,11 +317,21 @@ class VisionTransformer(nn.Module):
         """The patch tokens after block ``layer`` (default: the last), normed with the final norm as the
         official ``get_intermediate_layers(norm=True)`` / ``x_norm_patchtokens`` do: (B, 3, H, W) ->
         (B, H/p * W/p, C), raster order; [CLS] and the register/storage tokens are left out."""
+        return self.get_features_and_cls_attention(x, layer, with_attention=False)[0]
+
+    def get_features_and_cls_attention(
+        self, x: torch.Tensor, layer: int | None = None, with_attention: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The normed patch features after block ``layer`` (B, H/p * W/p, C) and, from the same pass,
+        that block's [CLS] attention row (B, heads, N) (None without ``with_attention``)."""
         layer = resolve_layer(layer, self.depth)
         tokens, rope = self.prepare_tokens(x)
-        for blk in cast(list[Block], self.blocks)[: layer + 1]:
+        blocks = cast(list[Block], self.blocks)
+        for blk in blocks[:layer]:
             tokens = blk(tokens, rope)
-        return self.norm(tokens[:, self.num_prefix_tokens :])  # (B, n, C)
+        rows = blocks[layer].cls_attention(tokens, rope) if with_attention else None  # (B, heads, N)
+        tokens = blocks[layer](tokens, rope)
+        return self.norm(tokens[:, self.num_prefix_tokens :]), rows  # (B, n, C), (B, heads, N)
 
     def get_cls_attention(self, x: torch.Tensor, layer: int | None = None, explicit: bool = False) -> torch.Tensor:
         """[CLS] attention row of block ``layer`` (default: the last): (B, 3, H, W) -> (B, heads, N).

@@ -29,6 +29,17 @@ export function colourMap(map, h, w, lut, canvas = document.createElement("canva
   return canvas;
 }
 
+/** Three maps (h * w each, values in [0, 1]) as the red, green and blue of a canvas of the grid's size. */
+export function colourImage([red, green, blue], h, w, canvas = document.createElement("canvas")) {
+  canvas.width = w;
+  canvas.height = h;
+  const pixels = new ImageData(w, h);
+  const byte = (v) => Math.round(Math.min(1, Math.max(0, v)) * 255);
+  for (let i = 0; i < red.length; i++) pixels.data.set([byte(red[i]), byte(green[i]), byte(blue[i]), 255], i * 4);
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+  return canvas;
+}
+
 /** image, then the coloured map scaled by the patch size (nearest) at ``opacity``, on ``ctx``. */
 export function overlay(ctx, image, mapCanvas, opacity) {
   const { width, height } = ctx.canvas;

@@ -5,7 +5,7 @@
 
 import { describeModel, explain, listModels } from "./api.js";
 import { COLORMAPS, lookupTable } from "./colormaps.js";
-import { alignedImage, colourMap, outline, overlay } from "./draw.js";
+import { alignedImage, colourImage, colourMap, outline, overlay } from "./draw.js";
 import { maskOutline, meanMap, parseMaps, thresholdMask } from "./maps.js";
 
 const $ = (id) => document.getElementById(id);
@@ -185,7 +185,8 @@ function methodFields() {
   const method = currentMethod();
   const fields = method.name === state.description.default_method ? {} : { method: method.name };
   for (const input of $("method-options").querySelectorAll("[data-option]")) {
-    fields[input.dataset.option] = input.type === "checkbox" ? String(input.checked) : input.value;
+    const value = input.type === "checkbox" ? String(input.checked) : input.value.trim();
+    if (value !== "") fields[input.dataset.option] = value; // an empty field is an option left out
   }
   Object.assign(fields, takes(method, "layers") ? { layers: "all" } : { layer: $("layer").value });
   return fields;
@@ -210,7 +211,9 @@ async function request() {
   try {
     const { doc, text } = await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
     if (id !== state.requestId) return;
-    const maps = parseMaps(doc, currentMethod().outputs[0].name);
+    const main = currentMethod().outputs[0];
+    const maps = parseMaps(doc, main.name, main.rgb === true);
+    maps.rgb = main.rgb === true; // a colour image (PCA): drawn as it is
     Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
     if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
     state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
@@ -263,8 +266,9 @@ function redraw(gallery) {
   if (canvas.width !== w * patch || canvas.height !== h * patch) [canvas.width, canvas.height] = [w * patch, h * patch];
   const ctx = canvas.getContext("2d");
   const map = currentMap();
-  overlay(ctx, state.aligned, colourMap(map, h, w, state.lut, state.mapCanvas), Number($("opacity").value));
-  const t = Number($("mask").value);
+  const picture = state.maps.rgb ? colourImage(state.maps.rows[0], h, w, state.mapCanvas) : colourMap(map, h, w, state.lut, state.mapCanvas);
+  overlay(ctx, state.aligned, picture, Number($("opacity").value));
+  const t = state.maps.rgb ? 0 : Number($("mask").value); // DINO's masks are of attention-like maps, not of colours
   if (t > 0) {
     const mask = thresholdMask(map, t);
     outline(ctx, maskOutline(mask, h, w), patch);
@@ -312,7 +316,9 @@ function drawGallery() {
   const row = state.maps.rows[currentRowIndex()];
   for (const button of $("gallery").children) {
     const key = button.dataset.key === "mean" ? "mean" : Number(button.dataset.key);
-    colourMap(key === "mean" ? mean(currentRowIndex()) : row[key], h, w, state.lut, button.querySelector("canvas"));
+    const canvas = button.querySelector("canvas");
+    if (state.maps.rgb) colourImage(row, h, w, canvas);
+    else colourMap(key === "mean" ? mean(currentRowIndex()) : row[key], h, w, state.lut, canvas);
     button.setAttribute("aria-pressed", String(key === state.selected));
   }
 }
@@ -325,8 +331,11 @@ function hover(event) {
   const [h, w] = state.maps.grid;
   const row = Math.min(h - 1, Math.floor(y / state.maps.patch));
   const column = Math.min(w - 1, Math.floor(x / state.maps.patch));
-  const value = currentMap()[row * w + column];
-  $("hover").textContent = `Patch row ${row}, column ${column}: ${value.toPrecision(4)}`;
+  const i = row * w + column;
+  const value = state.maps.rgb
+    ? `rgb(${state.maps.rows[0].map((channel) => channel[i].toFixed(2)).join(", ")})`
+    : currentMap()[i].toPrecision(4);
+  $("hover").textContent = `Patch row ${row}, column ${column}: ${value}`;
 }
 
 /** A click on the image: where a method takes a point (similarity), it is that pixel; ask again. */

@@ -4,7 +4,7 @@
 /** A response document (upsample=false) -> {rows, grid, patch, labels}: rows[r][m] is a Float64Array
  * (h * w, row-major) of map m of row r (a layer, or the one row of a fused map). ``output``: the
  * method's main output, the array holding its maps (the server's description names it). */
-export function parseMaps(doc, output = "attention") {
+export function parseMaps(doc, output = "attention", rgb = false) {
   if (!doc || !Array.isArray(doc[output]) || !Array.isArray(doc.grid) || doc.upsampled) {
     throw new Error(`the response holds no patch-grid ${output} (the viewer asks upsample=false)`);
   }
@@ -12,7 +12,7 @@ export function parseMaps(doc, output = "attention") {
   const nested = doc.layers ? doc[output] : [doc[output]]; // (rows, maps, h, w)
   const rows = nested.map((maps) => maps.map((map) => flatten(map, h, w)));
   // a map per head, or one map of a method that fuses the heads (named after the method)
-  const fused = rows[0].length !== doc.heads.length;
+  const fused = rgb || rows[0].length !== doc.heads.length; // a colour image is one map of three channels
   const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [doc.method ? `${doc.method} through layer ${doc.layer}` : `layer ${doc.layer}`];
   const heads = fused ? [doc.method ?? "map"] : doc.heads.map((head) => `head ${head}`);
   return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers: doc.layers ?? [doc.layer] };

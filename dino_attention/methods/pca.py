@@ -1,0 +1,204 @@
+"""``method=pca``: the PCA colours of a block's patch features, DINOv2's Fig. 1 and DINOv3's README
+pictures, from one forward pass (the features and the block's [CLS] row; no N x N matrix).
+
+Definition, per image, with X the (n, D) normed patch features of block ``layer`` (as the official
+``x_norm_patchtokens``; [CLS] and the register/storage tokens left out), in float64:
+
+1. foreground (``foreground``): ``auto``, the recipe of DINOv2's PCA notebook without its trained
+   direction: the first principal component of all patches, split at 0; the side that touches fewer
+   patches on the image's border is the foreground (on a tie, the positive side). ``attention``:
+   DINO's threshold mask (``mask`` t, default 0.6) of the block's [CLS] attention averaged over
+   heads. ``none``: every patch. Fewer than 3 foreground patches: every patch.
+2. PCA: the mean and the top 3 right singular vectors of the centred foreground features. Signs
+   follow scikit-learn's ``svd_flip`` on the components: each component's largest-magnitude loading
+   is positive, so the same features always give the same colours.
+3. colours: the projections, each channel min-max scaled over the foreground patches to [0, 1]
+   (R, G, B = components 1, 2, 3); background patches are 0 (black).
+
+The response also carries the basis (``pca_basis``: the mean, the components, the channels' minima
+and maxima); sent back as ``pca_basis=``, it colours another image with the same colours (steps 2
+and 3 then use the basis as it is; the projections are clipped to [0, 1]).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from ..attention import upsample_nearest
+from ..errors import OptionError
+from ..masks import threshold_masks
+from .base import ForwardSpec, Method, ModelFacts, Needs, OptionSpec, OutputSpec, choice_option
+from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, features_output
+
+if TYPE_CHECKING:
+    from ..model.vit import VisionTransformer
+    from ..options import Options
+
+FOREGROUNDS: tuple[str, ...] = ("auto", "attention", "none")
+ATTENTION_MASK = 0.6  # foreground=attention without mask=t: DINO's usual 60% of the mass
+COMPONENTS = 3  # R, G, B
+BASIS_ROWS = 1 + COMPONENTS + 1  # the mean, the components, the scale (minima then maxima, then zeros)
+MIN_FOREGROUND = 3  # fewer foreground patches than this: fit on every patch
+CLS_MEAN = "cls_mean"  # compute's tensor: the block's [CLS] attention over the patches, mean of heads (B, h, w)
+
+PCA = OutputSpec(
+    "pca",
+    "float",
+    "[3, H, W]",
+    "RGB in [0, 1]: the top 3 principal components of the foreground patches' features, each min-max scaled over them; "
+    "background 0; per patch with `upsample=false`",
+    npy=True,
+    rgb=True,
+)
+FOREGROUND = OutputSpec(
+    "foreground_mask", "bool", "[H/p, W/p]", "the foreground patches the PCA was fitted on and coloured", json="packbits"
+)
+BASIS = OutputSpec(
+    "pca_basis",
+    "float32",
+    "[5, D]",
+    "the basis: row 0 the mean, rows 1-3 the components, row 4 the channels' minima (3) and maxima (3); send it back as "
+    "`pca_basis=` to colour another image alike",
+)
+
+
+def parse_basis(value: object, facts: ModelFacts) -> tuple[float, ...]:
+    """``pca_basis``: a pca response's ``pca_basis``, as nested lists [5][D] or the base64 of its
+    float32 bytes (little-endian, row-major); flattened."""
+    shape = (BASIS_ROWS, facts.embed_dim)
+    how = f"give the pca_basis [{BASIS_ROWS}, {facts.embed_dim}] of a pca response of this model (JSON lists, or base64 float32)"
+    try:
+        if isinstance(value, str):
+            array = np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").astype(np.float64)
+        else:
+            array = np.asarray(value, dtype=np.float64)
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise OptionError(f"pca_basis is malformed ({e}): {how}") from e
+    if array.size != BASIS_ROWS * facts.embed_dim or (not isinstance(value, str) and array.shape != shape):
+        raise OptionError(f"pca_basis has {array.size} values in the shape {list(array.shape)}, not {list(shape)}: {how}")
+    if not np.isfinite(array).all():
+        raise OptionError(f"pca_basis holds NaN or infinite values: {how}")
+    return tuple(array.ravel().tolist())
+
+
+def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (D,), components (k, D)) of the rows of ``x``, signs as ``svd_flip``: each component's
+    largest-magnitude loading positive. Missing components (fewer rows than k) are zeros."""
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    components = np.zeros((k, x.shape[1]))
+    components[: min(k, len(vt))] = vt[:k]
+    signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+    return mean, components * np.where(signs == 0, 1.0, signs)[:, None]
+
+
+def border(h: int, w: int) -> np.ndarray:
+    """(h * w,) bool: the patches on the image's border."""
+    edge = np.zeros((h, w), bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    return edge.ravel()
+
+
+def auto_foreground(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The side of the first component (all patches, split at 0) touching fewer border patches."""
+    mean, first = principal_components(x, 1)
+    positive = (x - mean) @ first[0] > 0
+    edge = border(h, w)
+    return positive if (positive & edge).sum() <= (~positive & edge).sum() else ~positive
+
+
+class PCAColours(Method):
+    name = "pca"
+    summary = "the PCA colours of a block's patch features (DINOv2 Fig. 1): `[3, H, W]` RGB in [0, 1], background black"
+    options = (
+        choice_option(
+            "foreground",
+            FOREGROUNDS,
+            "auto",
+            "pca only: the patches to fit and colour; `auto` (the side of the first component touching fewer border "
+            "patches), `attention` (DINO's mask, `mask` t, of the mean `[CLS]` attention) or `none`",
+        ),
+        OptionSpec(
+            "pca_basis",
+            "basis",
+            parse_basis,
+            "pca only: a previous pca response's `pca_basis` (`[5, D]` lists, or base64 float32): the same colours for this image",
+        ),
+        FEATURES_OPTION,
+    )
+    excludes: ClassVar[Mapping[str, str]] = {
+        name: f"{name} does not apply to method=pca: it colours the patch features of one block"
+        for name in ("heads", "layers", "boxes", "registers")
+    }
+    outputs = (PCA, FOREGROUND, BASIS, FEATURES)
+    fields = ("foreground", "pca_fit")
+    needs = Needs(blocks="0..layer", keeps="the patch tokens of block layer, normed, and its [CLS] row")
+
+    def forward_spec(self, options: Options) -> ForwardSpec:
+        return ForwardSpec(self.name, (options.layer,))  # the foreground and the basis come afterwards: requests share it
+
+    def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
+        B, _, H, W = batch.shape
+        p = model.patch_size
+        tokens, rows = model.get_features_and_cls_attention(batch, spec.layers[0])  # (B, n, D), (B, heads, N)
+        assert rows is not None
+        grid = tokens.float().transpose(1, 2).reshape(B, -1, H // p, W // p)  # (B, D, h, w)
+        cls_mean = rows[..., model.num_prefix_tokens :].float().mean(dim=1).reshape(B, H // p, W // p)  # (B, h, w)
+        return {FEATURE_GRID: grid, CLS_MEAN: cls_mean}
+
+    def check(self, options: Options, image_size: tuple[int, int]) -> None:
+        if options.mask is not None and options.param("foreground") != "attention":
+            raise OptionError(f"mask=t applies to method=pca with foreground=attention only (foreground={options.param('foreground')})")
+
+    def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
+        grid = computed[FEATURE_GRID]  # (D, h, w)
+        dim, h, w = grid.shape
+        x = grid.reshape(dim, h * w).T.astype(np.float64)  # (n, D)
+        foreground = self.foreground(options, x, computed[CLS_MEAN], h, w)  # (n,)
+        basis = options.param("pca_basis")
+        if basis is None:
+            mean, components = principal_components(x[foreground], COMPONENTS)
+            projected = (x - mean) @ components.T  # (n, 3)
+            low, high = projected[foreground].min(axis=0), projected[foreground].max(axis=0)
+        else:
+            rows = np.asarray(basis).reshape(BASIS_ROWS, dim)
+            mean, components, low, high = rows[0], rows[1 : 1 + COMPONENTS], rows[-1, :COMPONENTS], rows[-1, COMPONENTS : 2 * COMPONENTS]
+            projected = (x - mean) @ components.T
+        rgb = np.clip((projected - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)  # (n, 3)
+        rgb[~foreground] = 0.0
+        colours = np.ascontiguousarray(rgb.T.reshape(COMPONENTS, h, w).astype(np.float32))  # (3, h, w)
+        scale = np.zeros(dim)
+        scale[: 2 * COMPONENTS] = np.concatenate([low, high])
+        out = {
+            PCA.name: upsample_nearest(colours, patch_size) if options.upsample else colours,
+            FOREGROUND.name: foreground.reshape(h, w),
+            BASIS.name: np.vstack([mean, components, scale]).astype(np.float32),
+        }
+        if options.param("features"):
+            out[FEATURES.name] = features_output(grid)
+        return out
+
+    @staticmethod
+    def foreground(options: Options, x: np.ndarray, cls_mean: np.ndarray, h: int, w: int) -> np.ndarray:
+        """(n,) bool: the patches to fit and colour, by ``options``' foreground rule."""
+        mode = options.param("foreground")
+        if mode == "auto":
+            chosen = auto_foreground(x, h, w)
+        elif mode == "attention":
+            chosen = threshold_masks(cls_mean, options.mask if options.mask is not None else ATTENTION_MASK).ravel()
+        else:
+            chosen = np.ones(h * w, bool)
+        return chosen if chosen.sum() >= MIN_FOREGROUND else np.ones(h * w, bool)
+
+    def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
+        """The foreground rule, and where the colours' basis came from: this image, or the request's ``pca_basis``."""
+        return {"foreground": options.param("foreground"), "pca_fit": "image" if options.param("pca_basis") is None else "basis"}
+
+
+METHOD = PCAColours()
