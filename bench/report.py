@@ -27,6 +27,8 @@ TARGETS = {  # what the benchmark checks, printed next to each figure
     "served_over_inprocess": 1.2,
     "layers_all_over_last_480": 1.1,
     "rollout_over_last_480": 1.6,
+    "similarity_over_last_480": 1.1,
+    "pca_over_last_480": 1.1,
     "rollout_1080x1920_rss_gb": 4.0,
 }
 
@@ -187,7 +189,8 @@ def forward_table(results: Sequence[Result], machine: Machine) -> Table:
 
 def methods_table(results: Sequence[Result]) -> Table:
     table = Table(
-        "Methods (fp32, one image): layers=all, rollout, naive full-matrix rollout",
+        "Methods (fp32, one image, the forward pass and the method's arrays): layers=all, rollout, naive full-matrix rollout, "
+        "similarity, pca",
         (
             *LEAD,
             *TIMES,
@@ -336,7 +339,8 @@ def method_targets(results: Sequence[Result]) -> list[Target]:
     by = {(r.path, r.size): r for r in results if not r.skipped}
     targets = []
     last = by.get(("last_layer", (480, 480)))
-    for path, key in (("layers_all", "layers_all_over_last_480"), ("rollout", "rollout_over_last_480")):
+    for path in ("layers_all", "rollout", "similarity", "pca"):
+        key = f"{path}_over_last_480"
         measured = by.get((path, (480, 480)))
         if measured and last:
             targets.append(Target(f"{path} at 480x480, x a last-layer request", measured.best / last.best, TARGETS[key], False, "{:.2f}x"))

@@ -20,7 +20,7 @@ import torch
 
 from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
 from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
-from dino_attention.methods.maps import GRID, MAPS
+from dino_attention.methods.maps import MAPS
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from dino_attention.model.rollout import rollout_reference
 from dino_attention.model.variants import Variant, get_variant
@@ -34,8 +34,16 @@ from scripts import REPO
 logger = logging.getLogger("bench")
 
 PATHS = ("seed", "fp32", "bf16", "fp16")  # the seed article's eager pipeline; ours in each precision
-# The methods section (fp32): a last-layer request, layers=all, rollout, and the naive full-matrix rollout.
-METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive")
+# The methods section (fp32): a last-layer request, layers=all, rollout, the naive full-matrix rollout,
+# and the feature methods (similarity to one point, PCA colours with the auto foreground).
+METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive", "similarity", "pca")
+METHOD_REQUESTS: dict[str, dict[str, str]] = {  # the request each methods-section path makes (upsample=false)
+    "last_layer": {},
+    "layers_all": {"layers": "all"},
+    "rollout": {"method": "rollout"},
+    "similarity": {"method": "similarity", "point": "0,0"},
+    "pca": {"method": "pca"},
+}
 
 
 # ----------------------------------------------------------------------------- the paths
@@ -53,16 +61,17 @@ def run_path(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray
 
 
 def method_maps(path: str, model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
-    """Patch-grid maps of one ``METHOD_PATHS`` entry, fp32: (layers, maps, H/p, W/p)."""
+    """The patch-grid answer of one ``METHOD_PATHS`` entry for the first image, fp32, everything the
+    service computes included (the forward pass, then the method's arrays): the main output."""
     p = model.patch_size
     if path == "rollout_naive":
         row = rollout_reference(model, x)[:, None, None, model.num_prefix_tokens :]  # (B, 1, 1, patches)
         return row.reshape(1, 1, x.shape[2] // p, x.shape[3] // p).cpu().numpy()
-    raw = {"layers": "all"} if path == "layers_all" else {"method": "rollout"} if path == "rollout" else {}
-    options = parse_options(raw, ModelFacts.of(model))
+    options = parse_options({**METHOD_REQUESTS[path], "upsample": "false"}, ModelFacts.of(model))
     method = METHODS[options.method]
     with torch.inference_mode():
-        return method.compute(model, x, method.forward_spec(options))[GRID][0].cpu().numpy()  # (layers, maps, H/p, W/p)
+        computed = {name: t[0].cpu().numpy() for name, t in method.compute(model, x, method.forward_spec(options)).items()}
+    return method.arrays(options, computed, p)[method.outputs[0].name]
 
 
 def forward_flops(variant: Variant, size: tuple[int, int], path: str) -> float:

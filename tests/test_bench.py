@@ -87,7 +87,7 @@ def test_forward_figures_are_derived_from_the_measured_times(tiny_run: tuple[dic
 def test_method_and_family_figures(tiny_run: tuple[dict, str, Path]) -> None:
     data, _, _ = tiny_run
     methods = {r["path"]: r for r in rows_of(data, "Methods")}
-    assert list(methods) == ["last_layer", "layers_all", "rollout", "rollout_naive"]
+    assert list(methods) == ["last_layer", "layers_all", "rollout", "rollout_naive", "similarity", "pca"]
     for row in methods.values():
         assert row["x last-layer"] == pytest.approx(row["min s"] / methods["last_layer"]["min s"])
     assert float(methods["rollout"]["maps"].split("= ")[1]) < 1e-4  # rollout equals the naive product
