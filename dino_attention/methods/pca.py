@@ -96,7 +96,7 @@ def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
     singular vectors of the centred rows, at O(n D^2) instead of an (n, D) SVD."""
     mean = x.mean(axis=0)
     centred = x - mean
-    values, vectors = np.linalg.eigh(centred.T @ centred)  # ascending
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues ascending
     available = min(k, max(len(x) - 1, 0))
     components = np.zeros((k, x.shape[1]))
     components[:available] = vectors[:, ::-1][:, :available].T
