@@ -246,14 +246,15 @@ def parse_response(doc: object) -> Response:
     missing = [k for k in REQUIRED_KEYS if k not in doc]
     if missing:
         raise ClientError(f"response lacks {missing}")
+    view = view_of(doc)
     try:
-        att = np.asarray(doc[view_of(doc).output], dtype=np.float32)
+        att = np.asarray(doc[view.output], dtype=np.float32)
     except KeyError as e:
         raise ClientError(f"response lacks its maps, {e}") from e
     except (TypeError, ValueError) as e:
         raise ClientError(f"response maps are not a numeric array: {e}") from e
     p, (h, w), (gh, gw) = doc["patch_size"], doc["image_size"], doc["grid"]
-    per_layer = len(view_of(doc).map_names(doc))
+    per_layer = len(view.map_names(doc))
     lead: tuple[int, ...] = (len(doc["layers"]), per_layer) if doc.get("layers") else (per_layer,)
     if att.shape == (*lead, gh, gw):
         grid = att
@@ -269,7 +270,7 @@ def parse_response(doc: object) -> Response:
     except (KeyError, TypeError, ValueError) as e:
         raise ClientError(f"response masks/boxes are malformed: {e}") from e
     meta = {k: v for k, v in doc.items() if k not in ARRAY_FIELDS}
-    known = {view_of(doc).output, "masks", "boxes", "registers"}
+    known = {view.output, "masks", "boxes", "registers"}
     try:
         arrays = {
             k: decode_masks(v) if isinstance(v, dict) else np.asarray(v) for k, v in doc.items() if k in ARRAY_FIELDS and k not in known

@@ -231,7 +231,7 @@ def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaul
     parsed: dict[str, Any] = {name: specs[name].parse(values[name], facts) for name in given}
     method = METHODS[parsed.get("method", DEFAULT_METHOD)]
     fmt = parsed.get("format", defaults.format)
-    _check_combination(set(given), parsed, method, fmt, facts)
+    _check_combination(given, parsed, method, fmt, facts)
     layers = parsed.get("layers")
     return Options(
         layer=max(layers) if layers else parsed.get("layer", facts.depth - 1),
@@ -252,8 +252,8 @@ def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaul
     )
 
 
-def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Method, fmt: str, facts: ModelFacts) -> None:
-    """Options that make no sense together: 400 naming them and why."""
+def _check_combination(given: list[str], parsed: Mapping[str, Any], method: Method, fmt: str, facts: ModelFacts) -> None:
+    """Options that make no sense together: 400 naming them and why. ``given``: the options a request gave, in README's order."""
     if "layers" in given and "layer" in given:
         raise OptionError("give layer=N (one block) or layers=all / layers=0,5,11 (several), not both")
     for name, why in method.excludes.items():
@@ -262,7 +262,7 @@ def _check_combination(given: set[str], parsed: Mapping[str, Any], method: Metho
     for name, how in method.requires.items():
         if name not in given:
             raise OptionError(how)
-    for name in sorted(given, key=option_names().index):
+    for name in given:
         owners = owners_of(name)
         if owners and method.name not in owners:
             raise OptionError(f"{name} applies to {' or '.join(f'method={owner}' for owner in owners)} only (method={method.name})")

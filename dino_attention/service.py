@@ -115,6 +115,7 @@ class AttentionService:
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.facts = ModelFacts.of(self.model)  # what option parsing and the description read of it
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
 
     def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:
@@ -199,10 +200,6 @@ class AttentionService:
             format=options.format,
             stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w)},
         )
-
-    @property
-    def facts(self) -> ModelFacts:
-        return ModelFacts.of(self.model)
 
     def description(self) -> dict[str, object]:
         """What this model serves, for the describe APIs (TorchServe's ``?customized=true``, KServe's

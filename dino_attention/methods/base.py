@@ -87,12 +87,11 @@ class OptionSpec:
             out["default_text"] = self.default_text
         if self.choices:
             out["choices"] = list(self.choices)
-        if self.interval:
-            out["interval"] = self.interval
-            match = _INTERVAL_RE.match(self.interval)
-            if match:  # machine-readable bounds too: {"minimum": 0, "maximum": 1, "exclusive_maximum": true}
-                lo, hi = float(match[2]), float(match[3])
-                out.update({"minimum": lo, "maximum": hi, "exclusive_minimum": match[1] == "(", "exclusive_maximum": match[4] == ")"})
+        if self.interval:  # machine-readable bounds too: {"minimum": 0, "maximum": 1, "exclusive_maximum": true}
+            lo, hi, open_lo, open_hi = interval_bounds(self.interval)
+            out.update(
+                {"interval": self.interval, "minimum": lo, "maximum": hi, "exclusive_minimum": open_lo, "exclusive_maximum": open_hi}
+            )
         return out
 
 
@@ -235,15 +234,18 @@ def parse_positive_float(name: str, value: object) -> float:
     return x
 
 
-def in_interval(x: float, interval: str) -> bool:
-    """Whether ``x`` lies in an interval written as "[0, 1)", "(0, 1]", ..."""
+def interval_bounds(interval: str) -> tuple[float, float, bool, bool]:
+    """An interval written as "[0, 1)", "(0, 1]", ... -> (low, high, low excluded, high excluded)."""
     match = _INTERVAL_RE.match(interval)
     if not match:
         raise ValueError(f"interval {interval!r} is not written as [a, b), (a, b], ...")
-    lo, hi = float(match[2]), float(match[3])
-    above = x > lo if match[1] == "(" else x >= lo
-    below = x < hi if match[4] == ")" else x <= hi
-    return above and below
+    return float(match[2]), float(match[3]), match[1] == "(", match[4] == ")"
+
+
+def in_interval(x: float, interval: str) -> bool:
+    """Whether ``x`` lies in an interval written as "[0, 1)", "(0, 1]", ..."""
+    lo, hi, open_lo, open_hi = interval_bounds(interval)
+    return (x > lo if open_lo else x >= lo) and (x < hi if open_hi else x <= hi)
 
 
 def parse_fraction(name: str, value: object, interval: str) -> float:

@@ -26,10 +26,13 @@ FEATURE_GRID = "feature_grid"  # compute's tensor: (B, D, h, w), float32
 
 def feature_grid(model: VisionTransformer, batch: torch.Tensor, layer: int) -> torch.Tensor:
     """(B, 3, H, W) -> the normed patch features of block ``layer`` on the grid, (B, D, H/p, W/p) float32."""
+    return as_grid(model.get_patch_features(batch, layer), batch, model.patch_size)
+
+
+def as_grid(tokens: torch.Tensor, batch: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Patch tokens (B, h*w, D) of ``batch`` (B, 3, H, W), raster order -> (B, D, H/p, W/p) float32."""
     B, _, H, W = batch.shape
-    p = model.patch_size
-    tokens = model.get_patch_features(batch, layer).float()  # (B, h*w, D)
-    return tokens.transpose(1, 2).reshape(B, -1, H // p, W // p)
+    return tokens.float().transpose(1, 2).reshape(B, -1, H // patch_size, W // patch_size)
 
 
 def unit_features(features: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from ..attention import upsample_nearest
 from ..errors import OptionError
 from ..masks import threshold_masks
 from .base import ForwardSpec, Method, ModelFacts, Needs, OptionSpec, OutputSpec, choice_option
-from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, features_output
+from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, as_grid, features_output
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
@@ -154,7 +154,7 @@ class PCAColours(Method):
         p = model.patch_size
         tokens, rows = model.get_features_and_cls_attention(batch, spec.layers[0])  # (B, n, D), (B, heads, N)
         assert rows is not None
-        grid = tokens.float().transpose(1, 2).reshape(B, -1, H // p, W // p)  # (B, D, h, w)
+        grid = as_grid(tokens, batch, p)  # (B, D, h, w)
         cls_mean = rows[..., model.num_prefix_tokens :].float().mean(dim=1).reshape(B, H // p, W // p)  # (B, h, w)
         return {FEATURE_GRID: grid, CLS_MEAN: cls_mean}
 

@@ -212,8 +212,7 @@ async function request() {
     const { doc, text } = await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
     if (id !== state.requestId) return;
     const main = currentMethod().outputs[0];
-    const maps = parseMaps(doc, main.name, main.rgb === true);
-    maps.rgb = main.rgb === true; // a colour image (PCA): drawn as it is
+    const maps = parseMaps(doc, main.name, main.rgb === true); // a colour image (PCA) is drawn as it is
     Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
     if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
     state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
@@ -325,9 +324,7 @@ function drawGallery() {
 
 function hover(event) {
   if (!state.maps) return;
-  const canvas = $("overlay");
-  const x = (event.offsetX * canvas.width) / canvas.clientWidth;
-  const y = (event.offsetY * canvas.height) / canvas.clientHeight;
+  const [x, y] = pixelAt(event);
   const [h, w] = state.maps.grid;
   const row = Math.min(h - 1, Math.floor(y / state.maps.patch));
   const column = Math.min(w - 1, Math.floor(x / state.maps.patch));
@@ -342,11 +339,17 @@ function hover(event) {
 function choosePoint(event) {
   const input = $("method-options").querySelector("[data-type=point]");
   if (!input || !state.maps) return;
+  const [x, y] = pixelAt(event);
+  input.value = `${x},${y}`;
+  request();
+}
+
+/** The image pixel [x, y] under a pointer event on the overlay (the canvas may be shown scaled). */
+function pixelAt(event) {
   const canvas = $("overlay");
   const x = Math.min(canvas.width - 1, Math.floor((event.offsetX * canvas.width) / canvas.clientWidth));
   const y = Math.min(canvas.height - 1, Math.floor((event.offsetY * canvas.height) / canvas.clientHeight));
-  input.value = `${x},${y}`;
-  request();
+  return [x, y];
 }
 
 function blank([height, width]) {

@@ -1,9 +1,10 @@
 // The maths of the page, free of the DOM: the server's response as patch-grid maps, their mean,
 // DINO's threshold masks (as the server's dino_attention/masks.py) and the masks' outlines.
 
-/** A response document (upsample=false) -> {rows, grid, patch, labels}: rows[r][m] is a Float64Array
- * (h * w, row-major) of map m of row r (a layer, or the one row of a fused map). ``output``: the
- * method's main output, the array holding its maps (the server's description names it). */
+/** A response document (upsample=false) -> {rows, grid, patch, labels, heads, layers, rgb}: rows[r][m]
+ * is a Float64Array (h * w, row-major) of map m of row r (a layer, or the one row of a fused map).
+ * ``output``: the method's main output, the array holding its maps (the server's description names
+ * it); ``rgb``: that output is a colour image (red, green, blue maps in [0, 1]), drawn as it is. */
 export function parseMaps(doc, output = "attention", rgb = false) {
   if (!doc || !Array.isArray(doc[output]) || !Array.isArray(doc.grid) || doc.upsampled) {
     throw new Error(`the response holds no patch-grid ${output} (the viewer asks upsample=false)`);
@@ -15,7 +16,7 @@ export function parseMaps(doc, output = "attention", rgb = false) {
   const fused = rgb || rows[0].length !== doc.heads.length; // a colour image is one map of three channels
   const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [doc.method ? `${doc.method} through layer ${doc.layer}` : `layer ${doc.layer}`];
   const heads = fused ? [doc.method ?? "map"] : doc.heads.map((head) => `head ${head}`);
-  return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers: doc.layers ?? [doc.layer] };
+  return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers: doc.layers ?? [doc.layer], rgb };
 }
 
 function flatten(map, h, w) {
