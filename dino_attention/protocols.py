@@ -6,6 +6,8 @@ A *row* is what a model server hands over for one HTTP request: a mapping of fie
 
 * ``PLAIN``: raw image bytes (``curl -T img.jpg``), multipart (``-F data=@img.jpg -F layer=5``) or
   JSON ``{"image": "<base64>", ...options}``; answers JSON, .npy or .npz (``format``/Accept).
+  JSON ``{"images": ["<base64>", ...], ...options}`` sends several images together (a method may
+  treat them together: ``pca_fit=joint``, cross-image similarity); answers ``{"images": [...]}``.
 * ``KSERVE_V1``: ``/v1/models/{m}:predict`` ``{"instances": [{"data": "<base64>", ...options}]}``;
   answers ``{"predictions": [...]}``.
 * ``KSERVE_V2``: ``/v2/models/{m}/infer`` ``{"inputs": [{"datatype": "BYTES", "data": [...]}]}``
@@ -35,7 +37,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from .errors import PayloadError, RequestError
+from .errors import OptionError, PayloadError, RequestError
 from .masks import encode_masks
 from .options import CONTENT_TYPES, META_HEADER, PRECISION_HEADER
 from .schema import AttentionResult, ImageRequest
@@ -44,6 +46,7 @@ NPZ_META = "meta"  # the npz answer's metadata: a 0-d unicode array of compact J
 BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
 JSON_IMAGE_FIELD = "image"
+JSON_IMAGES_FIELD = "images"  # several images sent together: {"images": ["<base64>", ...], ...options}
 V1_IMAGE_KEYS: tuple[str, ...] = ("data", "image", "b64")  # where a v1 instance may carry its base64 image
 FLOAT16_DIGITS = 4  # float16 holds ~3.3 significant digits; JSON float16 keeps 4 relative to the maximum
 _BASE64_BYTES = re.compile(rb"[A-Za-z0-9+/=\s]+")
@@ -77,6 +80,7 @@ class Decoded:
     echo: dict[str, object] = field(default_factory=dict)  # copied into the reply, e.g. the v2 request id
     binary_outputs: frozenset[str] | bool = False  # v2: outputs to send as binary (True: all of them)
     requested_outputs: frozenset[str] = frozenset()  # v2: the outputs asked for by name (empty: all)
+    listed: bool = False  # plain JSON: the images came as a list, and are answered as one
 
 
 @dataclass(frozen=True)
@@ -167,10 +171,18 @@ def element_image(element: object, item: int) -> bytes:
     return image_from_base64(element, item)
 
 
-def json_request(document: Mapping[str, object], accept: str | None = None) -> ImageRequest:
-    """``{"image": "<base64>", ...options}`` as an image request."""
+def json_requests(document: Mapping[str, object], accept: str | None = None) -> Decoded:
+    """``{"image": "<base64>", ...options}`` as an image request, or ``{"images": [...], ...options}``
+    as several sent together (the options shared; answered ``{"images": [...]}``)."""
     options = dict(document)
-    return ImageRequest(image_from_base64(options.pop(JSON_IMAGE_FIELD, None)), options, accept)
+    if JSON_IMAGES_FIELD not in options:
+        return Decoded([ImageRequest(image_from_base64(options.pop(JSON_IMAGE_FIELD, None)), options, accept)])
+    images = options.pop(JSON_IMAGES_FIELD)
+    if JSON_IMAGE_FIELD in options:
+        raise PayloadError('give "image" (one base64 image) or "images" (a list of them), not both')
+    if not isinstance(images, list) or not images:
+        raise PayloadError('"images" must be a non-empty list of base64 images')
+    return Decoded([ImageRequest(image_from_base64(text, i), options, accept) for i, text in enumerate(images)], listed=True)
 
 
 def json_float16(maps: np.ndarray) -> np.ndarray:
@@ -250,7 +262,7 @@ class PlainCodec(Codec):
         fields = dict(row)
         body = fields.pop(BODY_FIELD, None)
         if body is not None and not fields:
-            return Decoded([self._body(body, accept)])
+            return self._body(body, accept)
         images = [name for name in IMAGE_FIELDS if name in fields]
         if len(images) != 1 or body is not None:
             raise PayloadError(f"multipart request needs exactly one image field ({' or '.join(IMAGE_FIELDS)}), got fields {sorted(row)}")
@@ -260,9 +272,9 @@ class PlainCodec(Codec):
         return Decoded([ImageRequest(bytes(image), fields, accept)])
 
     @staticmethod
-    def _body(body: object, accept: str | None) -> ImageRequest:
+    def _body(body: object, accept: str | None) -> Decoded:
         if isinstance(body, Mapping):
-            return json_request(body, accept)
+            return json_requests(body, accept)
         if isinstance(body, (list, int, float, bool)):  # JSON the server decoded, but not an object
             raise PayloadError(f'JSON body must be an object {{"image": "<base64>", ...}}, not a {type(body).__name__}')
         text = body.decode("utf-8", errors="replace") if isinstance(body, (bytes, bytearray)) else str(body)
@@ -272,27 +284,49 @@ class PlainCodec(Codec):
             except json.JSONDecodeError as e:
                 raise PayloadError(f"malformed JSON body: {e}") from e
             if isinstance(document, Mapping):
-                return json_request(document, accept)
+                return json_requests(document, accept)
         if isinstance(body, (bytes, bytearray)):
-            return ImageRequest(bytes(body), {}, accept)
+            return Decoded([ImageRequest(bytes(body), {}, accept)])
         raise PayloadError(
             "request body is text, not an image: send the image bytes (curl -T img.jpg URL) "
             'or JSON {"image": "<base64>"} with Content-Type: application/json'
         )
 
     def encode(self, decoded: Decoded, results: Sequence[Result], server: ServerInfo) -> Reply:
+        if decoded.listed:
+            return self.encode_list(results)
         (result,) = results
         if isinstance(result, RequestError):
             return error_reply(result)
         body, content_type, headers = encode_attention(result)
         return Reply(int(HTTPStatus.OK), body, content_type, {**precision_header([result]), **headers}, result.stats)
 
+    @staticmethod
+    def encode_list(results: Sequence[Result]) -> Reply:
+        """``{"images": [...]}``: one JSON document per image, in order (the request fails as a whole)."""
+        error = first_error(results)
+        if error is None and any(isinstance(r, AttentionResult) and r.format != "json" for r in results):
+            error = OptionError(
+                f'a JSON "{JSON_IMAGES_FIELD}" list is answered in JSON: leave format out, or send the images as KServe v2 '
+                "BYTES elements with binary_data_output=true for binary arrays"
+            )
+        if error is not None:
+            return error_reply(error)
+        good = [r for r in results if isinstance(r, AttentionResult)]
+        body = json_bytes({JSON_IMAGES_FIELD: [json_document(r) for r in good]})
+        return Reply(int(HTTPStatus.OK), body, headers=precision_header(good), stats=merged_stats(good))
+
+
+def json_document(result: AttentionResult) -> dict[str, object]:
+    """One result as the plain JSON answer holds it: the metadata, then the arrays."""
+    return {**result.metadata(), **json_arrays(result, round_float16=True)}
+
 
 def encode_attention(result: AttentionResult) -> tuple[bytes, str, dict[str, str]]:
     """(body, content type, extra headers) of one result in its ``format`` (json|npy|npz) and ``dtype``."""
     meta = result.metadata()
     if result.format == "json":
-        return json_bytes({**meta, **json_arrays(result, round_float16=True)}), CONTENT_TYPES["json"], {}
+        return json_bytes(json_document(result)), CONTENT_TYPES["json"], {}
     buf = io.BytesIO()
     if result.format == "npy":
         np.save(buf, main_array(result), allow_pickle=False)

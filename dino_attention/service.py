@@ -1,13 +1,15 @@
 """The serving core, independent of any model server and of any protocol.
 
-``AttentionService.explain(requests)`` takes a batch of ``ImageRequest`` (image bytes + raw
-options, from any protocol codec) and returns, per request, an ``AttentionResult`` or the
-``RequestError`` it ended in. A bad request does not affect the others; requests alike in size,
-layer and precision share one forward pass. The pipeline, in order:
+``AttentionService.explain_together(groups)`` takes a batch of HTTP requests, each a group of
+``ImageRequest`` (image bytes + raw options, from any protocol codec), and returns, per image, an
+``AttentionResult`` or the ``RequestError`` it ended in (``explain(requests)``: each image alone). A bad
+image does not affect the others; images alike in size, forward pass and precision share one forward
+pass, across requests. The pipeline, in order:
 
     prepare: options -> decoded, resized, cropped image -> normalised tensor   (options.py, image.py)
+    check:   the method checks a request's images together (e.g. a point)    (methods/)
     predict: tensors -> the method's tensors, batched                          (methods/ -> model/)
-    describe: one image's tensors -> the method's arrays -> AttentionResult    (methods/, schema.py)
+    describe: a request's tensors -> the method's arrays -> AttentionResults   (methods/, schema.py)
 """
 
 from __future__ import annotations
@@ -119,20 +121,63 @@ class AttentionService:
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
 
     def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:
-        """One result (or the request's own error) per request, in order."""
-        prepared: list[Prepared | RequestError] = []
-        for request in requests:
-            try:
-                prepared.append(self.prepare(request))
-            except RequestError as e:
-                logger.info("request rejected (%d): %s", e.status, e)
-                prepared.append(e)
-        good = [p for p in prepared if isinstance(p, Prepared)]
-        computed = iter(self.predict(good))
-        return [p if isinstance(p, RequestError) else self.describe(p, *next(computed)) for p in prepared]
+        """One result (or the request's own error) per image, each image on its own."""
+        return [result for (result,) in self.explain_together([[request] for request in requests])]
+
+    def explain_together(self, groups: Sequence[Sequence[ImageRequest]]) -> list[list[AttentionResult | RequestError]]:
+        """Per group (the images one HTTP request sent together), one result or error per image, in order.
+
+        Every image of every group shares the forward passes; a method may then treat a group's images
+        together (``Method.check_together``, ``arrays_together``: one PCA basis for several images,
+        similarity against a patch of the first image)."""
+        prepared: list[list[Prepared | RequestError]] = [[self._prepare(request) for request in group] for group in groups]
+        for items in prepared:
+            self._check_together(items)
+        good = [p for items in prepared for p in items if isinstance(p, Prepared)]
+        computed = dict(zip(map(id, good), self.predict(good), strict=True))
+        return [self._describe_together(items, computed) for items in prepared]
+
+    def _prepare(self, request: ImageRequest) -> Prepared | RequestError:
+        try:
+            return self.prepare(request)
+        except RequestError as e:
+            logger.info("request rejected (%d): %s", e.status, e)
+            return e
+
+    @staticmethod
+    def _by_method(items: Sequence[Prepared | RequestError]) -> dict[str, list[int]]:
+        """The indices of a group's prepared images, by method, in order."""
+        methods: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, Prepared):
+                methods.setdefault(item.options.method, []).append(i)
+        return methods
+
+    def _check_together(self, items: list[Prepared | RequestError]) -> None:
+        """Replace the images of one group that its method rejects, seen together, by their errors."""
+        for name, indices in self._by_method(items).items():
+            together = [(items[i].options, items[i].image.image_size) for i in indices]  # type: ignore[union-attr]
+            for i, error in zip(indices, METHODS[name].check_together(together), strict=True):
+                if error is not None:
+                    logger.info("request rejected (%d): %s", error.status, error)
+                    items[i] = error
+
+    def _describe_together(
+        self, items: Sequence[Prepared | RequestError], computed: Mapping[int, tuple[dict[str, np.ndarray], float]]
+    ) -> list[AttentionResult | RequestError]:
+        results: list[AttentionResult | RequestError] = list(items)  # errors stay
+        for name, indices in self._by_method(items).items():
+            shares = [(items[i].options, computed[id(items[i])][0]) for i in indices]  # type: ignore[union-attr]
+            arrays = METHODS[name].arrays_together(shares, self.variant.patch_size)
+            for i, own in zip(indices, arrays, strict=True):
+                item = items[i]
+                assert isinstance(item, Prepared)
+                results[i] = self.describe(item, own, computed[id(item)][1])
+        return results
 
     def prepare(self, request: ImageRequest) -> Prepared:
-        """Parse the options, decode, resize and crop the image; ``RequestError`` if anything is wrong."""
+        """Parse the options, decode, resize and crop the image; ``RequestError`` if anything is wrong
+        (what the method checks of the processed image comes after, with the request's other images)."""
         start = time.perf_counter()
         options = parse_options(request.options, self.facts, self.config.defaults(request.accept))
         image = prepare_image(
@@ -144,7 +189,6 @@ class AttentionService:
             scale=options.scale,
             size=options.size,
         )
-        METHODS[options.method].check(options, image.image_size)
         tensor = to_tensor(image.image, self.variant.mean, self.variant.std)  # (3, H, W)
         elapsed_ms = (time.perf_counter() - start) * 1000
         return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
@@ -170,8 +214,8 @@ class AttentionService:
                 results[i] = ({name: array[n] for name, array in arrays.items()}, elapsed_ms)
         return results
 
-    def describe(self, item: Prepared, computed: dict[str, np.ndarray], forward_ms: float) -> AttentionResult:
-        """The result of one item from its share of the forward pass: the method's arrays and the metadata."""
+    def describe(self, item: Prepared, arrays: dict[str, np.ndarray], forward_ms: float) -> AttentionResult:
+        """The result of one item from the method's arrays for it (``Method.arrays``) and the metadata."""
         p = self.variant.patch_size
         options = item.options
         method = METHODS[options.method]
@@ -195,7 +239,7 @@ class AttentionService:
             method=method.name if method.name != DEFAULT_METHOD else None,
             method_fields=method.metadata(options, p),
             mask=options.mask,
-            arrays=method.arrays(options, computed, p),
+            arrays=arrays,
             outputs=method.outputs,
             format=options.format,
             stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w)},

@@ -106,9 +106,9 @@ class DinoAttentionHandler:
     def inference(self, rows: Sequence[Row]) -> list[list[Result]]:
         """Every image of every row in one batch (rows of any protocol share forward passes)."""
         assert self.service is not None, "initialize() first"
-        requests = [r for _, decoded in rows if isinstance(decoded, Decoded) for r in decoded.requests]
-        results = iter(self.service.explain(requests))
-        return [[next(results) for _ in decoded.requests] if isinstance(decoded, Decoded) else [] for _, decoded in rows]
+        groups = [decoded.requests for _, decoded in rows if isinstance(decoded, Decoded)]  # the images of each request
+        results = iter(self.service.explain_together(groups))
+        return [next(results) if isinstance(decoded, Decoded) else [] for _, decoded in rows]
 
     def postprocess(self, rows: Sequence[Row], results: Sequence[Sequence[Result]], context: Any) -> list[object]:
         """Each row's reply, with its status, content type and headers set on TorchServe's context."""

@@ -155,7 +155,7 @@ class AttentionModel(Model):
         self, payload: Pending, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
     ) -> Pending:
         async with self.forward_lock:
-            payload.results = list(await asyncio.to_thread(self.service.explain, payload.decoded.requests))
+            (payload.results,) = await asyncio.to_thread(self.service.explain_together, [payload.decoded.requests])
         return payload
 
     async def postprocess(

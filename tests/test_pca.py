@@ -153,6 +153,73 @@ def test_pca_in_every_format_and_protocol() -> None:
     assert outputs[0]["parameters"]["foreground"] == "auto"
 
 
+def images_request(images: list[bytes], **fields: object) -> dict:
+    """A plain JSON request of several images sent together."""
+    return {"body": {"images": [base64.b64encode(data).decode() for data in images], **fields}}
+
+
+def test_joint_fit_shares_one_basis_across_the_images() -> None:
+    """pca_fit=joint: one basis fitted on the union of the images' features; each image's colours are
+    that basis' projections, scaled over the union (so no single image spans [0, 1] on its own)."""
+    service = service_of(TINY, backbone_state(seed=3))
+    second = encode(random_rgb(64, 64, seed=9))  # another size: a 4x4 grid
+    (reply,) = answer(service, [images_request([PNG, second], method="pca", upsample=False, foreground="none", pca_fit="joint")])
+    assert reply.status == 200, reply.body
+    docs = orjson.loads(reply.body)["images"]
+    assert [d["pca_fit"] for d in docs] == ["joint", "joint"] and [d["grid"] for d in docs] == [[4, 6], [4, 4]]
+    assert docs[0]["pca_basis"] == docs[1]["pca_basis"]
+    features = [reference_features(service.model, data, service.config.short_side) for data in (PNG, second)]
+    union = np.concatenate(features)
+    _, _, vt = np.linalg.svd(union - union.mean(axis=0), full_matrices=False)
+    colours = np.concatenate([np.asarray(d["pca"], np.float64).reshape(3, -1) for d in docs], axis=1)  # (3, n0 + n1)
+    for channel, component in zip(colours, vt[:3], strict=True):
+        assert abs(np.corrcoef(channel, (union - union.mean(axis=0)) @ component)[0, 1]) >= 0.999
+        assert channel.min() == 0.0 and channel.max() == 1.0  # over the union
+    alone = [pca_of(service, data, foreground="none") for data in (PNG, second)]
+    assert alone[0]["pca_basis"] != docs[0]["pca_basis"]  # a different fit than each image alone
+    v2 = {
+        "body": {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": [base64.b64encode(d).decode() for d in (PNG, second)]}],
+            "parameters": {"method": "pca", "upsample": False, "foreground": "none", "pca_fit": "joint"},
+        }
+    }
+    (reply,) = answer(service, [v2])
+    outputs = {o["name"]: o for o in orjson.loads(reply.body)["outputs"]}
+    assert outputs["pca_basis_0"]["data"] == outputs["pca_basis_1"]["data"]
+    np.testing.assert_allclose(outputs["pca_1"]["data"], np.ravel(docs[1]["pca"]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "request_fields, message",
+    [
+        ({"pca_fit": "joint"}, "pca_fit=joint fits one basis on several images, and this request has one"),
+        ({"pca_fit": "joint", "pca_basis": [[0.0] * 192] * 5}, "pca_basis colours with a given basis and pca_fit=joint fits one"),
+        ({"pca_fit": "sometimes"}, "pca_fit='sometimes' is not one of ['image', 'joint']"),
+    ],
+)
+def test_bad_joint_requests_name_the_option(request_fields: dict, message: str) -> None:
+    service = service_of(TINY)
+    (reply,) = answer(service, [images_request([PNG], method="pca", **request_fields)])
+    assert reply.status == 400 and message in orjson.loads(reply.body)["error"]
+
+
+def test_joint_needs_one_block_and_a_list_answers_in_json() -> None:
+    service = service_of(TINY)
+    b64 = base64.b64encode(PNG).decode()
+    instances = [{"data": b64, "method": "pca", "pca_fit": "joint", "layer": str(layer)} for layer in (0, 1)]
+    (reply,) = answer(service, [{"body": {"instances": instances}}])
+    assert reply.status == 400 and "pca_fit=joint needs the features of one block, and the images ask layers [0, 1]" in reply.body.decode()
+    (reply,) = answer(service, [images_request([PNG, PNG], method="pca", format="npz")])
+    assert reply.status == 400 and 'a JSON "images" list is answered in JSON' in orjson.loads(reply.body)["error"]
+    for body, message in (
+        ({"images": [b64], "image": b64}, 'give "image" (one base64 image) or "images"'),
+        ({"images": []}, '"images" must be a non-empty list'),
+        ({"images": [b64, "not base64!"]}, "item 1: "),
+    ):
+        (reply,) = answer(service, [{"body": body}])
+        assert reply.status == 400 and message in orjson.loads(reply.body)["error"], body
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -20,6 +20,7 @@ from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import Variant
 from dino_attention.model.vit import VisionTransformer
 from dino_attention.precision import PrecisionPlan
+from dino_attention.schema import ImageRequest
 from dino_attention.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
@@ -78,6 +79,30 @@ def test_similarity_peaks_on_the_clicked_region() -> None:
     (reply,) = answer(service, [{"data": encode(image), "method": "similarity", "point": "70,20", "layer": "0", "upsample": "false"}])
     similarity = np.asarray(orjson.loads(reply.body)["similarity"])[0]  # (3, 6)
     assert similarity[:, 3:].min() > similarity[:, :3].max()
+
+
+def test_several_images_are_compared_with_the_first_images_patch() -> None:
+    """Cross-image correspondence: point is a pixel of the first image; every map is the cosine of
+    that image's features to the first image's patch (the second image is smaller than the point)."""
+    service = service_of(TINY, backbone_state(seed=2))
+    second = encode(random_rgb(48, 48, seed=5))
+    point = (70, 20)  # outside the 48x48 second image: it is the first's
+    images = [base64.b64encode(data).decode() for data in (PNG, second)]
+    (reply,) = answer(service, [{"body": {"images": images, "method": "similarity", "point": "70,20", "upsample": False}}])
+    assert reply.status == 200, reply.body
+    first, other = orjson.loads(reply.body)["images"]
+    assert first["patch"] == other["patch"] == [1, 4] and other["grid"] == [3, 3]
+    with torch.inference_mode():
+        grids = [service.model.get_patch_features(service.prepare(ImageRequest(d, {})).tensor[None], TINY.depth - 1)[0] for d in (PNG, second)]
+    target = grids[0][1 * 5 + 4]  # (D,) the first image's patch (row 1, column 4) of its 3x5 grid
+    for doc, features in zip((first, other), grids, strict=True):
+        expected = F.cosine_similarity(features, target[None], dim=-1).reshape(doc["grid"]).numpy()
+        np.testing.assert_allclose(np.asarray(doc["similarity"])[0], expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(first["similarity"])[0], reference_similarity(service.model, PNG, TINY.depth - 1, point, 48), atol=1e-4)
+    instances = [{"data": images[0], "method": "similarity", "point": "70,20"}, {"data": images[1], "method": "similarity", "point": "5,5"}]
+    (reply,) = answer(service, [{"body": {"instances": instances}}])
+    assert reply.status == 400
+    assert "item 1: point=5,5 differs from the first image's point=70,20" in orjson.loads(reply.body)["error"]
 
 
 def test_similarity_in_every_format_and_protocol() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -174,6 +174,24 @@ class Method(ABC):
 
     def check(self, options: Options, image_size: tuple[int, int]) -> None:  # noqa: B027 (optional hook: most methods need none)
         """Reject (``OptionError``) what only the processed image's size (H, W) can tell is wrong."""
+
+    def check_together(self, images: Sequence[tuple[Options, tuple[int, int]]]) -> list[OptionError | None]:
+        """The error (None: none) of each image of one request using this method, seen together ((options,
+        processed size) in order). By default each image is checked alone by ``check``."""
+        errors: list[OptionError | None] = []
+        for options, image_size in images:
+            try:
+                self.check(options, image_size)
+            except OptionError as e:
+                errors.append(e)
+            else:
+                errors.append(None)
+        return errors
+
+    def arrays_together(self, images: Sequence[tuple[Options, Mapping[str, np.ndarray]]], patch_size: int) -> list[dict[str, np.ndarray]]:
+        """The arrays of each image of one request using this method ((options, its share of ``compute``)
+        in order). By default each image on its own (``arrays``); a method may treat them together."""
+        return [self.arrays(options, computed, patch_size) for options, computed in images]
 
     def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
         """The response fields that say how the method ran (after ``method``): its own options' values."""

@@ -18,14 +18,18 @@ Definition, per image, with X the (n, D) normed patch features of block ``layer`
 
 The response also carries the basis (``pca_basis``: the mean, the components, the channels' minima
 and maxima); sent back as ``pca_basis=``, it colours another image with the same colours (steps 2
-and 3 then use the basis as it is; the projections are clipped to [0, 1]).
+and 3 then use the basis as it is; the projections are clipped to [0, 1]). ``pca_fit=joint`` fits one
+basis on the foreground patches of all the images of one request (KServe v2 elements, a JSON
+``images`` list, v1 instances), each image's foreground chosen on its own: steps 2 and 3 over their
+union, so the images share their colours.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
     from ..options import Options
 
 FOREGROUNDS: tuple[str, ...] = ("auto", "attention", "none")
+FITS: tuple[str, ...] = ("image", "joint")  # pca_fit; a response's pca_fit may also read "basis" (pca_basis given)
 ATTENTION_MASK = 0.6  # foreground=attention without mask=t: DINO's usual 60% of the mass
 COMPONENTS = 3  # R, G, B
 BASIS_ROWS = 1 + COMPONENTS + 1  # the mean, the components, the scale (minima then maxima, then zeros)
@@ -119,6 +124,43 @@ def auto_foreground(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return positive if (positive & edge).sum() <= (~positive & edge).sum() else ~positive
 
 
+@dataclass(frozen=True)
+class Basis:
+    """What colours features: ``rgb = clip((x - mean) @ components.T - low) / (high - low), 0, 1)``."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (3, D)
+    low: np.ndarray  # (3,) the channels' minima over the fitted patches
+    high: np.ndarray  # (3,) ... and maxima
+
+    @classmethod
+    def fit(cls, foregrounds: Sequence[np.ndarray]) -> Basis:
+        """Fitted on the foreground features (n_i, D) of one or several images, float64."""
+        x = np.concatenate(foregrounds)
+        mean, components = principal_components(x, COMPONENTS)
+        projected = (x - mean) @ components.T  # (n, 3)
+        return cls(mean, components, projected.min(axis=0), projected.max(axis=0))
+
+    @classmethod
+    def of_rows(cls, flat: Sequence[float], dim: int) -> Basis:
+        """From the ``pca_basis`` rows (5, D), flattened."""
+        rows = np.asarray(flat, np.float64).reshape(BASIS_ROWS, dim)
+        return cls(rows[0], rows[1 : 1 + COMPONENTS], rows[-1, :COMPONENTS], rows[-1, COMPONENTS : 2 * COMPONENTS])
+
+    def rows(self) -> np.ndarray:
+        """The ``pca_basis`` output (5, D) float32: the mean, the components, then the minima and maxima."""
+        scale = np.zeros_like(self.mean)
+        scale[: 2 * COMPONENTS] = np.concatenate([self.low, self.high])
+        return np.vstack([self.mean, self.components, scale]).astype(np.float32)
+
+    def colours(self, x: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+        """(n, D) features -> (n, 3) RGB in [0, 1]; background rows 0."""
+        projected = (x - self.mean) @ self.components.T  # (n, 3)
+        rgb = np.clip((projected - self.low) / np.where(self.high > self.low, self.high - self.low, 1.0), 0.0, 1.0)
+        rgb[~foreground] = 0.0
+        return rgb
+
+
 class PCAColours(Method):
     name = "pca"
     summary = "the PCA colours of a block's patch features (DINOv2 Fig. 1): `[3, H, W]` RGB in [0, 1], background black"
@@ -135,6 +177,13 @@ class PCAColours(Method):
             "basis",
             parse_basis,
             "pca only: a previous pca response's `pca_basis` (`[5, D]` lists, or base64 float32): the same colours for this image",
+        ),
+        choice_option(
+            "pca_fit",
+            FITS,
+            "image",
+            "pca only: `image` fits the colours on each image; `joint` fits one basis on all the images of the request "
+            "(KServe v2 elements, a JSON `images` list), which then share their colours",
         ),
         FEATURES_OPTION,
     )
@@ -161,38 +210,70 @@ class PCAColours(Method):
     def check(self, options: Options, image_size: tuple[int, int]) -> None:
         if options.mask is not None and options.param("foreground") != "attention":
             raise OptionError(f"mask=t applies to method=pca with foreground=attention only (foreground={options.param('foreground')})")
+        if options.param("pca_fit") == "joint" and options.param("pca_basis") is not None:
+            raise OptionError("pca_basis colours with a given basis and pca_fit=joint fits one: give one of them")
+
+    def check_together(self, images: Sequence[tuple[Options, tuple[int, int]]]) -> list[OptionError | None]:
+        """``pca_fit=joint`` needs several images of one block in the request."""
+        errors = super().check_together(images)
+        joint = [i for i, (options, _) in enumerate(images) if options.param("pca_fit") == "joint" and errors[i] is None]
+        layers = {images[i][0].layer for i in joint}
+        for i in joint:
+            if len(joint) < 2:
+                errors[i] = OptionError(
+                    "pca_fit=joint fits one basis on several images, and this request has one: send the images together "
+                    "(KServe v2 BYTES elements, or a JSON images list), or use pca_fit=image"
+                )
+            elif len(layers) > 1:
+                errors[i] = OptionError(f"pca_fit=joint needs the features of one block, and the images ask layers {sorted(layers)}")
+        return errors
 
     def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
-        grid = computed[FEATURE_GRID]  # (D, h, w)
-        dim, h, w = grid.shape
-        x = grid.reshape(dim, h * w).T.astype(np.float64)  # (n, D)
-        foreground = self.foreground(options, x, computed[CLS_MEAN], h, w)  # (n,)
-        basis = options.param("pca_basis")
-        if basis is None:
-            mean, components = principal_components(x[foreground], COMPONENTS)
-            projected = (x - mean) @ components.T  # (n, 3)
-            low, high = projected[foreground].min(axis=0), projected[foreground].max(axis=0)
-        else:
-            rows = np.asarray(basis).reshape(BASIS_ROWS, dim)
-            mean, components, low, high = rows[0], rows[1 : 1 + COMPONENTS], rows[-1, :COMPONENTS], rows[-1, COMPONENTS : 2 * COMPONENTS]
-            projected = (x - mean) @ components.T
-        rgb = np.clip((projected - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)  # (n, 3)
-        rgb[~foreground] = 0.0
-        colours = np.ascontiguousarray(rgb.T.reshape(COMPONENTS, h, w).astype(np.float32))  # (3, h, w)
-        scale = np.zeros(dim)
-        scale[: 2 * COMPONENTS] = np.concatenate([low, high])
-        out = {
-            PCA.name: upsample_nearest(colours, patch_size) if options.upsample else colours,
-            FOREGROUND.name: foreground.reshape(h, w),
-            BASIS.name: np.vstack([mean, components, scale]).astype(np.float32),
-        }
-        if options.param("features"):
-            out[FEATURES.name] = features_output(grid)
+        (out,) = self.arrays_together([(options, computed)], patch_size)
+        return out
+
+    def arrays_together(self, images: Sequence[tuple[Options, Mapping[str, np.ndarray]]], patch_size: int) -> list[dict[str, np.ndarray]]:
+        """Each image coloured by its basis: fitted on it, on the foregrounds of the request's
+        ``pca_fit=joint`` images together, or given (``pca_basis``)."""
+        features = [self.patch_features(computed) for _, computed in images]  # (n, D) float64 each
+        foregrounds = [
+            self.foreground(options, x, computed[CLS_MEAN]) for (options, computed), x in zip(images, features, strict=True)
+        ]
+        joint = [x[fg] for (options, _), x, fg in zip(images, features, foregrounds, strict=True) if options.param("pca_fit") == "joint"]
+        shared = Basis.fit(joint) if joint else None
+        out = []
+        for (options, computed), x, foreground in zip(images, features, foregrounds, strict=True):
+            given = options.param("pca_basis")
+            if options.param("pca_fit") == "joint":
+                assert shared is not None
+                basis = shared
+            elif given is not None:
+                basis = Basis.of_rows(given, x.shape[1])
+            else:
+                basis = Basis.fit([x[foreground]])
+            grid = computed[FEATURE_GRID]  # (D, h, w)
+            _, h, w = grid.shape
+            colours = np.ascontiguousarray(basis.colours(x, foreground).T.reshape(COMPONENTS, h, w).astype(np.float32))  # (3, h, w)
+            arrays = {
+                PCA.name: upsample_nearest(colours, patch_size) if options.upsample else colours,
+                FOREGROUND.name: foreground.reshape(h, w),
+                BASIS.name: basis.rows(),
+            }
+            if options.param("features"):
+                arrays[FEATURES.name] = features_output(grid)
+            out.append(arrays)
         return out
 
     @staticmethod
-    def foreground(options: Options, x: np.ndarray, cls_mean: np.ndarray, h: int, w: int) -> np.ndarray:
-        """(n,) bool: the patches to fit and colour, by ``options``' foreground rule."""
+    def patch_features(computed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One image's features as rows: (D, h, w) -> (h * w, D) float64."""
+        grid = computed[FEATURE_GRID]
+        return grid.reshape(grid.shape[0], -1).T.astype(np.float64)
+
+    @staticmethod
+    def foreground(options: Options, x: np.ndarray, cls_mean: np.ndarray) -> np.ndarray:
+        """(n,) bool: the patches to fit and colour, by ``options``' foreground rule; ``cls_mean`` (h, w)."""
+        h, w = cls_mean.shape
         mode = options.param("foreground")
         if mode == "auto":
             chosen = auto_foreground(x, h, w)
@@ -203,8 +284,10 @@ class PCAColours(Method):
         return chosen if chosen.sum() >= MIN_FOREGROUND else np.ones(h * w, bool)
 
     def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
-        """The foreground rule, and where the colours' basis came from: this image, or the request's ``pca_basis``."""
-        return {"foreground": options.param("foreground"), "pca_fit": "image" if options.param("pca_basis") is None else "basis"}
+        """The foreground rule, and where the colours' basis came from: this image (``image``), the
+        request's images together (``joint``), or the request's ``pca_basis`` (``basis``)."""
+        fit = "basis" if options.param("pca_basis") is not None else options.param("pca_fit")
+        return {"foreground": options.param("foreground"), "pca_fit": fit}
 
 
 METHOD = PCAColours()
