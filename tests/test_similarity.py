@@ -92,13 +92,15 @@ def test_several_images_are_compared_with_the_first_images_patch() -> None:
     assert reply.status == 200, reply.body
     first, other = orjson.loads(reply.body)["images"]
     assert first["patch"] == other["patch"] == [1, 4] and other["grid"] == [3, 3]
+    last = TINY.depth - 1
     with torch.inference_mode():
-        grids = [service.model.get_patch_features(service.prepare(ImageRequest(d, {})).tensor[None], TINY.depth - 1)[0] for d in (PNG, second)]
+        grids = [service.model.get_patch_features(service.prepare(ImageRequest(d, {})).tensor[None], last)[0] for d in (PNG, second)]
     target = grids[0][1 * 5 + 4]  # (D,) the first image's patch (row 1, column 4) of its 3x5 grid
     for doc, features in zip((first, other), grids, strict=True):
         expected = F.cosine_similarity(features, target[None], dim=-1).reshape(doc["grid"]).numpy()
         np.testing.assert_allclose(np.asarray(doc["similarity"])[0], expected, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(first["similarity"])[0], reference_similarity(service.model, PNG, TINY.depth - 1, point, 48), atol=1e-4)
+    expected = reference_similarity(service.model, PNG, last, point, 48)
+    np.testing.assert_allclose(np.asarray(first["similarity"])[0], expected, atol=1e-4)
     instances = [{"data": images[0], "method": "similarity", "point": "70,20"}, {"data": images[1], "method": "similarity", "point": "5,5"}]
     (reply,) = answer(service, [{"body": {"instances": instances}}])
     assert reply.status == 400
