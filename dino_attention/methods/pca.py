@@ -236,9 +236,7 @@ class PCAColours(Method):
         """Each image coloured by its basis: fitted on it, on the foregrounds of the request's
         ``pca_fit=joint`` images together, or given (``pca_basis``)."""
         features = [self.patch_features(computed) for _, computed in images]  # (n, D) float64 each
-        foregrounds = [
-            self.foreground(options, x, computed[CLS_MEAN]) for (options, computed), x in zip(images, features, strict=True)
-        ]
+        foregrounds = [self.foreground(options, x, computed[CLS_MEAN]) for (options, computed), x in zip(images, features, strict=True)]
         joint = [x[fg] for (options, _), x, fg in zip(images, features, foregrounds, strict=True) if options.param("pca_fit") == "joint"]
         shared = Basis.fit(joint) if joint else None
         out = []
