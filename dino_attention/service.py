@@ -165,15 +165,15 @@ class AttentionService:
     def _describe_together(
         self, items: Sequence[Prepared | RequestError], computed: Mapping[int, tuple[dict[str, np.ndarray], float]]
     ) -> list[AttentionResult | RequestError]:
-        results: list[AttentionResult | RequestError] = list(items)  # errors stay
+        described: dict[int, AttentionResult] = {}
         for name, indices in self._by_method(items).items():
             shares = [(items[i].options, computed[id(items[i])][0]) for i in indices]  # type: ignore[union-attr]
             arrays = METHODS[name].arrays_together(shares, self.variant.patch_size)
             for i, own in zip(indices, arrays, strict=True):
                 item = items[i]
                 assert isinstance(item, Prepared)
-                results[i] = self.describe(item, own, computed[id(item)][1])
-        return results
+                described[i] = self.describe(item, own, computed[id(item)][1])
+        return [item if isinstance(item, RequestError) else described[i] for i, item in enumerate(items)]
 
     def prepare(self, request: ImageRequest) -> Prepared:
         """Parse the options, decode, resize and crop the image; ``RequestError`` if anything is wrong
