@@ -62,3 +62,16 @@ export function outline(ctx, segments, patch, colour = "#00ff66") {
   ctx.lineWidth = Math.max(1, patch / 8);
   ctx.stroke();
 }
+
+/** A marker (ring and cross) at pixel [x, y]: the point a similarity map is against. */
+export function marker(ctx, [x, y], colour = "#00ff66") {
+  ctx.beginPath();
+  ctx.arc(x + 0.5, y + 0.5, 6, 0, 2 * Math.PI);
+  ctx.moveTo(x - 9, y + 0.5);
+  ctx.lineTo(x + 10, y + 0.5);
+  ctx.moveTo(x + 0.5, y - 9);
+  ctx.lineTo(x + 0.5, y + 10);
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 2;
+  ctx.stroke();
+}

@@ -3,10 +3,10 @@
 // The methods and their options come from the server's description (describeModel): a method added on
 // the server appears here without editing this page.
 
-import { describeModel, explain, listModels } from "./api.js";
+import { describeModel, explain, explainBinary, listModels } from "./api.js";
 import { COLORMAPS, lookupTable } from "./colormaps.js";
-import { alignedImage, colourImage, colourMap, outline, overlay } from "./draw.js";
-import { maskOutline, meanMap, parseMaps, thresholdMask } from "./maps.js";
+import { alignedImage, colourImage, colourMap, marker, outline, overlay } from "./draw.js";
+import { cosineMap, maskOutline, meanMap, nested, parseMaps, thresholdMask, unitFeatures } from "./maps.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "dino-attention-viewer-token"; // sessionStorage only: gone with the tab
@@ -16,6 +16,9 @@ const FALLBACK = {
   default_method: "attention",
   methods: [{ name: "attention", summary: "attention", own_options: [], options: [{ name: "layers" }], outputs: [{ name: "attention" }] }],
 };
+// Methods whose maps the page computes itself: one request brings the features (binary, once per image,
+// layer and model), and every click recomputes the map here, as the server's method would.
+const IN_PAGE = { similarity: cosineMap };
 
 const state = {
   image: null, // the File/Blob sent
@@ -24,6 +27,7 @@ const state = {
   doc: null, // the last response
   text: "", // ... as received, for "download the response"
   maps: null, // parseMaps(doc)
+  features: null, // unitFeatures of the last response, for a method the page computes (IN_PAGE)
   aligned: null, // the image resized and cropped as the server reports
   selected: "mean", // "mean" or a head's index in the row
   lut: lookupTable("inferno"),
@@ -34,7 +38,8 @@ const state = {
   timer: 0,
   layerTimer: 0,
 };
-const stats = { lastRedrawMs: NaN, redraws: [] }; // redraw times (ms) of the moves that needed no request
+// redraw times (ms) of the moves that needed no request; clicks: a similarity computed and redrawn in the page
+const stats = { lastRedrawMs: NaN, redraws: [], lastClickMs: NaN, clicks: [] };
 window.viewer = { state, stats, describe: () => describe() }; // for the tests and the console
 
 function init() {
@@ -141,6 +146,11 @@ function takes(method, option) {
   return method.options.some((o) => o.name === option);
 }
 
+/** Whether the page computes ``method``'s maps from the features its server sends. */
+function inPage(method) {
+  return method.name in IN_PAGE && takes(method, "features");
+}
+
 /** A labelled control for each of the current method's own options, from the option's description. */
 function buildMethodOptions() {
   const method = currentMethod();
@@ -209,9 +219,13 @@ async function request() {
   const id = ++state.requestId;
   startLoading();
   try {
-    const { doc, text } = await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
+    const method = currentMethod();
+    const { doc, text, features } = inPage(method)
+      ? await explainFeatures(model, fields, method.outputs[0].name, controller.signal)
+      : await explain($("server").value, model, state.image, fields, $("token").value, controller.signal);
     if (id !== state.requestId) return;
-    const main = currentMethod().outputs[0];
+    state.features = features ?? null;
+    const main = method.outputs[0];
     const maps = parseMaps(doc, main.name, main.rgb === true); // a colour image (PCA) is drawn as it is
     Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
     if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
@@ -225,6 +239,16 @@ async function request() {
   } finally {
     if (id === state.requestId) stopLoading();
   }
+}
+
+/** The method's answer with the features (binary): the document as the JSON answer would hold it,
+ * and the unit features the page computes the next maps from. */
+async function explainFeatures(model, fields, main, signal) {
+  const { doc, arrays } = await explainBinary($("server").value, model, state.image, { ...fields, features: "true" }, $("token").value, signal);
+  if (!arrays.features || !arrays[main]) throw new Error(`the response holds no features or ${main}`);
+  doc.heads = String(doc.heads).split(",").map(Number); // one head is sent as "0", several as "0,1,..."
+  doc[main] = nested(arrays[main].data, arrays[main].shape);
+  return { doc, text: JSON.stringify(doc), features: unitFeatures(arrays.features.data, arrays.features.shape[0]) };
 }
 
 function onLayer() {
@@ -267,6 +291,7 @@ function redraw(gallery) {
   const map = currentMap();
   const picture = state.maps.rgb ? colourImage(state.maps.rows[0], h, w, state.mapCanvas) : colourMap(map, h, w, state.lut, state.mapCanvas);
   overlay(ctx, state.aligned, picture, Number($("opacity").value));
+  if (state.doc.point) marker(ctx, state.doc.point);
   const t = state.maps.rgb ? 0 : Number($("mask").value); // DINO's masks are of attention-like maps, not of colours
   if (t > 0) {
     const mask = thresholdMask(map, t);
@@ -280,10 +305,10 @@ function redraw(gallery) {
   }
   if (gallery) drawGallery();
   const r = currentRowIndex();
-  const what = state.selected === "mean" ? "head mean" : state.maps.heads[state.selected];
+  const what = state.maps.heads.length === 1 ? "" : `, ${state.selected === "mean" ? "head mean" : state.maps.heads[state.selected]}`;
   const d = state.doc;
   $("caption").textContent =
-    `${d.model}, ${state.maps.labels[r]}, ${what}; image ${d.image_size[0]}x${d.image_size[1]} ` +
+    `${d.model}, ${state.maps.labels[r]}${what}; image ${d.image_size[0]}x${d.image_size[1]} ` +
     `(${d.input_size[0]}x${d.input_size[1]} resized to ${d.resized_size[0]}x${d.resized_size[1]}, cropped), ` +
     `grid ${h}x${w}, patch ${patch}, weights ${d.weights}, ${d.precision}`;
   stats.lastRedrawMs = performance.now() - start;
@@ -335,13 +360,27 @@ function hover(event) {
   $("hover").textContent = `Patch row ${row}, column ${column}: ${value}`;
 }
 
-/** A click on the image: where a method takes a point (similarity), it is that pixel; ask again. */
+/** A click on the image: where a method takes a point (similarity), it is that pixel. A method the page
+ * computes is recomputed here from the features in memory; any other asks the server again. */
 function choosePoint(event) {
   const input = $("method-options").querySelector("[data-type=point]");
   if (!input || !state.maps) return;
+  const start = performance.now();
   const [x, y] = pixelAt(event);
   input.value = `${x},${y}`;
-  request();
+  const method = currentMethod();
+  if (!state.features || !inPage(method) || state.doc.method !== method.name) return request();
+  const [h, w] = state.maps.grid;
+  const patch = [Math.min(h - 1, Math.floor(y / state.maps.patch)), Math.min(w - 1, Math.floor(x / state.maps.patch))];
+  const map = IN_PAGE[method.name](state.features, patch[0] * w + patch[1]);
+  state.maps.rows = [[map]];
+  state.means.clear();
+  state.doc = { ...state.doc, point: [x, y], patch, [method.outputs[0].name]: nested(Float64Array.from(map), [1, h, w]) };
+  state.text = JSON.stringify(state.doc);
+  redraw(true);
+  stats.lastClickMs = performance.now() - start;
+  stats.clicks.push(stats.lastClickMs);
+  $("redraw").textContent = `Similarity computed in the page and redrawn in ${stats.lastClickMs.toFixed(1)} ms.`;
 }
 
 /** The image pixel [x, y] under a pointer event on the overlay (the canvas may be shown scaled). */

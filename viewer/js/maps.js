@@ -74,3 +74,36 @@ export function range(map) {
   }
   return [low, high];
 }
+
+/** Features [D, h, w] (a flat typed array) -> unit feature vectors patch by patch: {unit, dim, patches},
+ * unit a Float32Array (patches * D), patch-major (a zero feature stays zero). */
+export function unitFeatures(features, dim) {
+  const patches = features.length / dim;
+  const unit = new Float32Array(features.length);
+  for (let p = 0; p < patches; p++) {
+    let norm = 0;
+    for (let d = 0; d < dim; d++) norm += features[d * patches + p] ** 2;
+    const scale = norm > 0 ? 1 / Math.sqrt(norm) : 0;
+    for (let d = 0; d < dim; d++) unit[p * dim + d] = features[d * patches + p] * scale;
+  }
+  return { unit, dim, patches };
+}
+
+/** The cosine similarity of every patch's feature to that of patch ``index`` (Float64Array, h * w):
+ * what the server's method=similarity computes, here from the features it sent once. */
+export function cosineMap({ unit, dim, patches }, index) {
+  const out = new Float64Array(patches);
+  const ref = index * dim;
+  for (let p = 0; p < patches; p++) {
+    let dot = 0;
+    const row = p * dim;
+    for (let d = 0; d < dim; d++) dot += unit[row + d] * unit[ref + d];
+    out[p] = dot;
+  }
+  return out;
+}
+
+/** A flat array of shape [c, h, w] as nested arrays (c maps of h rows), as a JSON answer holds it. */
+export function nested(data, [c, h, w]) {
+  return Array.from({ length: c }, (_, k) => Array.from({ length: h }, (_, y) => Array.from(data.subarray((k * h + y) * w, (k * h + y + 1) * w))));
+}
