@@ -4,6 +4,7 @@
     python client/render_attention.py img1.jpg img2.png --layer 5 --mask 0.6 --save-heads
     python client/render_attention.py --from-file out/astronaut.json --image data/samples/astronaut.jpg
     python client/render_attention.py --from-file out/astronaut.npz --image data/samples/astronaut.jpg
+    python client/render_attention.py a.jpg b.jpg --together --method pca --option pca_fit=joint
 
 Installed (``pip install ./client``), the same is the ``render-attention`` command. In a notebook::
 
@@ -13,6 +14,8 @@ Installed (``pip install ./client``), the same is the ``render-attention`` comma
     result = client.explain("cat.jpg", layer=11)
     result.figure(mask=0.6)            # a matplotlib Figure; the result itself also shows inline
     result.grid, result.meta           # (heads, H/p, W/p) maps and the server's metadata
+    pair = client.explain_many(["a.jpg", "b.jpg"], method="pca", pca_fit="joint")
+    pair.figure()                      # one row per image, in shared colours (one PCA basis)
 
 Needs only requests, matplotlib, numpy and pillow, and nothing from the server's code; the picture
 under each map is the original resized and cropped exactly as the server reports it did.
@@ -27,7 +30,7 @@ import json
 import logging
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -238,6 +241,53 @@ class AttentionClient:
         doc = post_image(self.url, data, name, fields, self.timeout, self.headers)
         return parse_response(doc).with_image(data)
 
+    def explain_many(self, images: Sequence[ImageLike], **options: object) -> Responses:
+        """Send several images together (one request, ``options`` shared): what a method does with
+        images seen together applies, e.g. ``method="pca", pca_fit="joint"`` (one basis: shared
+        colours) or ``method="similarity", point="x,y"`` (every map against the first image's patch)."""
+        return Responses(request_many(self.url, [image_bytes(image) for image in images], options, self.timeout, self.headers))
+
+
+@dataclass(frozen=True)
+class Responses:
+    """The responses to images sent together, in order, drawn as one figure (one row per image) on
+    one colour scale: a joint PCA's colours, or similarity maps against one patch, compare across rows."""
+
+    items: list[Response]
+
+    def __iter__(self) -> Iterator[Response]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Response:
+        return self.items[i]
+
+    def figure(self, *, cmap: str = "inferno", dpi: int = 100) -> Figure:
+        return render_many(self.items, cmap=cmap, dpi=dpi)
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png")
+        return buf.getvalue()
+
+
+def request_many(
+    url: str, images: Sequence[tuple[bytes, str]], options: Mapping[str, object], timeout: float, headers: dict[str, str]
+) -> list[Response]:
+    """POST ``{"images": [...], ...options}`` (JSON) and parse the ``{"images": [...]}`` answer."""
+    if not images:
+        raise ClientError("give at least one image")
+    fields = {"upsample": "false", **{k: str(v) for k, v in options.items() if v is not None}}
+    document = {"images": [base64.b64encode(data).decode("ascii") for data, _ in images], **fields}
+    names = ", ".join(name for _, name in images)
+    doc = post(url, names, timeout, headers, json=document)
+    docs = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(docs, list) or len(docs) != len(images):
+        raise ClientError(f'expected {{"images": [...]}} with {len(images)} responses, got {str(doc)[:200]}')
+    return [parse_response(d).with_image(data) for d, (data, _) in zip(docs, images, strict=True)]
+
 
 def parse_response(doc: object) -> Response:
     """Validate a response document (upsampled or patch grid) and return both resolutions."""
@@ -311,8 +361,13 @@ def decode_body(body: bytes, content_type: str | None = None, meta_header: str |
 
 def post_image(url: str, data: bytes, name: str, fields: dict[str, str], timeout: float, headers: dict[str, str]) -> dict:
     """POST the image as multipart (options as fields); the server's answer as a dict, or ``ClientError``."""
+    return post(url, name, timeout, headers, files={"data": (name, data)}, data=fields)
+
+
+def post(url: str, name: str, timeout: float, headers: dict[str, str], **body: object) -> dict:
+    """POST ``body`` (requests' files/data/json) about the image(s) ``name``; the answer as a dict."""
     try:
-        reply = requests.post(url, files={"data": (name, data)}, data=fields, timeout=timeout, headers=headers)
+        reply = requests.post(url, timeout=timeout, headers=headers, **body)  # type: ignore[arg-type]
     except requests.ConnectionError as e:
         raise ClientError(f"cannot reach {url}: is the server running? (make serve)") from e
     except requests.Timeout as e:
@@ -418,9 +473,17 @@ def normalize(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Heat map (H, W) coloured with ``cmap`` and blended over the image: (H, W, 3) uint8."""
-    coloured = matplotlib.colormaps[cmap](normalize(heat))[..., :3]  # (H, W, 3) in [0, 1]
+def overlay(
+    image: np.ndarray, heat: np.ndarray, cmap: str, alpha: float = OVERLAY_ALPHA, bounds: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Heat map (H, W) coloured with ``cmap`` (scaled to its own range, or to ``bounds``) and blended
+    over the image: (H, W, 3) uint8."""
+    if bounds is None:
+        scaled = normalize(heat)
+    else:
+        low, high = bounds
+        scaled = np.clip((heat - low) / (high - low), 0, 1) if high > low else np.zeros_like(heat)
+    coloured = matplotlib.colormaps[cmap](scaled)[..., :3]  # (H, W, 3) in [0, 1]
     blended = (1 - alpha) * image / 255.0 + alpha * coloured
     return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
 
@@ -570,6 +633,41 @@ def render_colours(image: np.ndarray, att: Response, dpi: int) -> Figure:
     return fig
 
 
+def render_many(items: Sequence[Response], *, cmap: str, dpi: int) -> Figure:
+    """Images sent together, one row each: the image, the method's map (colours as they are, other
+    maps on one scale shared by all rows, the similarity's point marked on the first), over the image."""
+    if any(att.image is None for att in items):
+        raise ClientError("no image to draw on: build the responses with AttentionClient.explain_many")
+    first = items[0].image
+    assert first is not None
+    layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
+    fig = Figure(figsize=figure_size(len(items), 3, first.shape[0] / first.shape[1]), dpi=dpi, layout=layout)
+    fig.suptitle(items[0].title + ("  (one basis)" if items[0].meta.get("pca_fit") == "joint" else ""), fontsize=9)
+    rgb = items[0].view.rgb
+    maps = [att.pixels.mean(axis=tuple(range(att.pixels.ndim - 2))) for att in items]  # (H, W) each: the fused map or head mean
+    low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+    for row, (att, heat, axes) in enumerate(zip(items, maps, np.atleast_2d(fig.subplots(len(items), 3)), strict=True)):
+        image = att.image
+        assert image is not None
+        if rgb:
+            shown, name = colours_of(att), "PCA colours"
+            over = np.clip(np.rint(0.5 * image + 0.5 * shown), 0, 255).astype(np.uint8)
+        else:
+            shown, name = heat, att.view.map_names(att.meta)[0] if att.view.fused else "head mean"
+            over = overlay(image, heat, cmap, bounds=(low, high))
+        for ax, data, title in zip(axes, (image, shown, over), (f"image {row}", name, "over image"), strict=True):
+            ax.set_axis_off()
+            if data is heat:
+                ax.imshow(data, cmap=cmap, vmin=low, vmax=high)  # one scale for every row
+            else:
+                ax.imshow(data)
+            ax.set_title(title, fontsize=8, pad=2)
+            if row == 0 and att.meta.get("point") and data is not image:
+                mark_point(ax, att.meta["point"])
+    fit_height(fig, len(items))
+    return fig
+
+
 def fit_height(fig: Figure, rows: int, passes: int = 2) -> None:
     """Shrink the figure's height until each row is as tall as its maps (plus the title): a map
     keeps its aspect, so a panel cell taller than the map is white space."""
@@ -664,6 +762,18 @@ def render_one(image_path: Path, args: argparse.Namespace, url: str, headers: di
     return target
 
 
+def render_together(paths: Sequence[Path], args: argparse.Namespace, url: str, headers: dict[str, str]) -> Path:
+    """Send the images in one request and write one figure of them all; returns its path."""
+    fields = option_fields(args)
+    fields.pop("format", None)
+    responses = Responses(request_many(url, [image_bytes(path) for path in paths], fields, args.timeout, headers))
+    out_dir = args.out or paths[0].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{paths[0].stem}_together.png"
+    responses.figure(cmap=args.cmap, dpi=args.dpi).savefig(target)
+    return target
+
+
 def progress(done: int, total: int, label: str) -> None:
     width = 24
     filled = width * done // total
@@ -735,6 +845,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--key-file", type=Path, help="TorchServe key_file.json when token auth is on (default: ./key_file.json if present)"
     )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="send the images in one request and draw them in one figure, on one colour scale (e.g. with "
+        "--method pca --option pca_fit=joint, or --method similarity --point x,y of the first image)",
+    )
     parser.add_argument("--show", action="store_true", help="open a window (otherwise headless)")
     args = parser.parse_args(argv)
     if args.describe:
@@ -743,6 +859,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--from-file takes exactly one --image and no positional images")
     if not args.from_file and (args.image or not args.images):
         parser.error("give image path(s), or --from-file resp.json --image img.jpg")
+    if args.together and (args.from_file or args.format not in (None, "json") or args.save_heads):
+        parser.error("--together sends images (no --from-file) and reads a JSON answer (no --format, no --save-heads)")
     if args.mask is not None and not 0 < args.mask <= 1:
         parser.error("--mask must be in (0, 1], e.g. 0.6")
     if args.cmap not in matplotlib.colormaps:
@@ -767,6 +885,14 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.together:
+        try:
+            target = render_together(images, args, url, headers)
+        except ClientError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"rendered {len(images)} image(s) together: {target}")
+        return 0
     written, failed = [], 0
     for n, path in enumerate(images, 1):
         try:

@@ -391,3 +391,28 @@ def test_cli_passes_any_option_the_server_describes() -> None:
     assert client.option_fields(args) == {"upsample": "false", "method": "head_mean", "reduce": "max", "layer": "3"}
     with pytest.raises(SystemExit):
         client.parse_args(["img.png", "--option", "no-equals-sign"])
+
+
+def test_explain_many_shares_the_colours_and_the_point(served: Served, tmp_path: Path) -> None:
+    """Images sent together through TorchServe: one PCA basis (pca_fit=joint), similarity against the
+    first image's patch; one figure, one row per image; the CLI's --together does the same."""
+    api = client.AttentionClient(served.url)
+    images = [random_rgb(64, 96, seed=1), random_rgb(48, 48, seed=2)]
+    joint = api.explain_many(images, method="pca", pca_fit="joint", foreground="none", short_side=64)
+    assert len(joint) == 2 and [r.meta["pca_fit"] for r in joint] == ["joint", "joint"]
+    np.testing.assert_array_equal(joint[0].arrays["pca_basis"], joint[1].arrays["pca_basis"])
+    colours = np.concatenate([r.grid.reshape(3, -1) for r in joint], axis=1)
+    assert colours.min() == 0.0 and colours.max() == 1.0 and joint[1].grid.shape == (3, 4, 4)  # scaled over both images
+    fig = joint.figure()
+    assert len(fig.axes) == 6 and fig.get_suptitle().endswith("(one basis)") and joint._repr_png_().startswith(b"\x89PNG")
+    alone = [api.explain(image, method="pca", foreground="none", short_side=64) for image in images]
+    assert not np.array_equal(alone[1].arrays["pca_basis"], joint[1].arrays["pca_basis"])
+    pair = api.explain_many(images, method="similarity", point="80,20", short_side=64)  # a pixel of the first image only
+    assert [r.meta["patch"] for r in pair] == [[1, 5], [1, 5]] and pair[0].grid[0, 1, 5] == pytest.approx(1.0, abs=1e-5)
+    assert pair[1].grid.max() < 1.0 - 1e-3  # the second image's map is against the first's patch
+    with pytest.raises(client.ClientError, match="HTTP 400 .*pca_fit=joint fits one basis on several images"):
+        api.explain_many(images[:1], method="pca", pca_fit="joint")
+    paths = [_write(tmp_path / f"{i}.png", encode(image)) for i, image in enumerate(images)]
+    argv = [*map(str, paths), "--url", served.url, "--together", "--method", "pca", "--option", "pca_fit=joint", "--out", str(tmp_path / "out")]
+    assert client.main(argv) == 0
+    assert Image.open(tmp_path / "out" / "0_together.png").size[1] > 200
