@@ -410,9 +410,20 @@ def test_explain_many_shares_the_colours_and_the_point(served: Served, tmp_path:
     pair = api.explain_many(images, method="similarity", point="80,20", short_side=64)  # a pixel of the first image only
     assert [r.meta["patch"] for r in pair] == [[1, 5], [1, 5]] and pair[0].grid[0, 1, 5] == pytest.approx(1.0, abs=1e-5)
     assert pair[1].grid.max() < 1.0 - 1e-3  # the second image's map is against the first's patch
-    with pytest.raises(client.ClientError, match="HTTP 400 .*pca_fit=joint fits one basis on several images"):
+    with pytest.raises(client.ClientError, match=r"HTTP 400 .*pca_fit=joint fits one basis on several images"):
         api.explain_many(images[:1], method="pca", pca_fit="joint")
     paths = [_write(tmp_path / f"{i}.png", encode(image)) for i, image in enumerate(images)]
-    argv = [*map(str, paths), "--url", served.url, "--together", "--method", "pca", "--option", "pca_fit=joint", "--out", str(tmp_path / "out")]
+    argv = [
+        *map(str, paths),
+        "--url",
+        served.url,
+        "--together",
+        "--method",
+        "pca",
+        "--option",
+        "pca_fit=joint",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert client.main(argv) == 0
     assert Image.open(tmp_path / "out" / "0_together.png").size[1] > 200
