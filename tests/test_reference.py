@@ -48,9 +48,8 @@ def replicas(name: str) -> tuple[AttentionService, torch.nn.Module, Variant]:
             state[key] = 0.5 + torch.rand(value.shape, generator=generator)  # every block counts
     timm_name, module = REFERENCES[name]
     size = variant.pretrain_img_size
-    reference = timm.create_model(
-        timm_name, pretrained=False, num_classes=0, embed_dim=variant.embed_dim, depth=variant.depth, num_heads=variant.num_heads, img_size=size
-    )
+    shape = {"embed_dim": variant.embed_dim, "depth": variant.depth, "num_heads": variant.num_heads, "img_size": size}
+    reference = timm.create_model(timm_name, pretrained=False, num_classes=0, **shape)
     converted = module.checkpoint_filter_fn(dict(state), reference)  # a copy: timm's filter edits the dict it is given
     reference.load_state_dict(converted, strict=True)
     config = ServiceConfig(model=variant.name, weights="test", short_side=size)
