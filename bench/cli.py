@@ -26,7 +26,19 @@ import torch
 from bench.plot import plot
 from bench.report import build_report, markdown, to_json
 from bench.servers import Served, bench_engines, bench_served, bench_throughput
-from bench.timing import METHOD_PATHS, PATHS, Result, bench_encodings, bench_families, compare_maps, measure, probe_machine, worker
+from bench.timing import (
+    METHOD_PATHS,
+    PATHS,
+    SIDE_BY_SIDE,
+    Result,
+    bench_encodings,
+    bench_families,
+    compare_maps,
+    measure,
+    measure_side_by_side,
+    probe_machine,
+    worker,
+)
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import get_variant
 from scripts import REPO, archive
@@ -36,6 +48,7 @@ logger = logging.getLogger("bench")
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
+SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
 SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines")
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -82,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     # worker mode (internal): one configuration, in its own process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=PATHS + METHOD_PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=(*PATHS, *METHOD_PATHS, SIDE_BY_SIDE), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.method_sizes:
                 for path in METHOD_PATHS:
                     methods.append(measure(path, size, args, weights, workdir, methods, machine.speeds))
+                if (size[0] // args.patch) * (size[1] // args.patch) <= SIDE_BY_SIDE_MAX_TOKENS:
+                    measure_side_by_side(size, args, weights, methods)
             compare_maps(methods, workdir)
         encodings = []
         if "encoding" in sections:

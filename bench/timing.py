@@ -8,11 +8,13 @@ import argparse
 import json
 import logging
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,9 @@ PATHS = ("seed", "fp32", "bf16", "fp16")  # the seed article's eager pipeline; o
 # The methods section (fp32): a last-layer request, layers=all, rollout, the naive full-matrix rollout,
 # and the feature methods (similarity to one point, PCA colours with the auto foreground).
 METHOD_PATHS = ("last_layer", "layers_all", "rollout", "rollout_naive", "similarity", "pca")
+# Timed side by side in one process, round-robin (the "x last-layer" ratios): every path but the naive rollout.
+SIDE_BY_SIDE = "side_by_side"
+SIDE_BY_SIDE_PATHS = tuple(path for path in METHOD_PATHS if path != "rollout_naive")
 METHOD_REQUESTS: dict[str, dict[str, str]] = {  # the request each methods-section path makes (upsample=false)
     "last_layer": {},
     "layers_all": {"layers": "all"},
@@ -112,6 +117,21 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
     return 2 * n**3 / min(timed(once, repeats)) / 1e9
 
 
+def side_by_side(model: VisionTransformer, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Each of ``SIDE_BY_SIDE_PATHS`` over a last-layer request, timed in turn in this one process:
+    per round, each path's time / the last layer's; the median over ``rounds`` (the order rotates each
+    round, so no path always runs first or after the same one)."""
+    for path in SIDE_BY_SIDE_PATHS:  # warm-up: allocations, oneDNN primitives
+        run_path(path, model, x)
+    ratios: dict[str, list[float]] = {path: [] for path in SIDE_BY_SIDE_PATHS}
+    for r in range(rounds):
+        order = SIDE_BY_SIDE_PATHS[r % len(SIDE_BY_SIDE_PATHS) :] + SIDE_BY_SIDE_PATHS[: r % len(SIDE_BY_SIDE_PATHS)]
+        seconds = {path: timed(partial(run_path, path, model, x), 1, warmup=False)[0] for path in order}
+        for path in SIDE_BY_SIDE_PATHS:
+            ratios[path].append(seconds[path] / seconds["last_layer"])
+    return {path: statistics.median(values) for path, values in ratios.items()}
+
+
 # ----------------------------------------------------------------------------- one configuration per process
 def worker(args: argparse.Namespace) -> int:
     """One forward configuration in its own process: prints a JSON line, saves the maps."""
@@ -120,6 +140,9 @@ def worker(args: argparse.Namespace) -> int:
     model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
     h, w = args.size
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
+    if args.path == SIDE_BY_SIDE:
+        print(json.dumps({SIDE_BY_SIDE: side_by_side(model, x, args.repeats)}))
+        return 0
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     maps: list[np.ndarray] = []
 
@@ -148,6 +171,7 @@ class Result:
     gflops: float = 0.0
     skipped: str | None = None
     agreement: str = ""  # how its maps compare with the reference path's
+    over_last_layer: float | None = None  # methods: its time / a last-layer request's, timed side by side
 
     @property
     def best(self) -> float:
@@ -205,6 +229,22 @@ def measure(
     if path in PATHS:
         result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / result.best / 1e9
     return result
+
+
+def measure_side_by_side(size: tuple[int, int], args: argparse.Namespace, weights: Path, results: list[Result]) -> None:
+    """Fill ``over_last_layer`` of the methods at ``size``: ``side_by_side`` in a worker process."""
+    rounds = max(args.repeats, 5)
+    cmd = [sys.executable, "-m", "bench", "--worker", "--path", SIDE_BY_SIDE, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
+    cmd += ["--patch", str(args.patch), "--weights", str(weights), "--repeats", str(rounds), "--device", args.device]
+    logger.info("  side by side %dx%d: %s, %d rounds", size[0], size[1], ", ".join(SIDE_BY_SIDE_PATHS), rounds)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        logger.warning("side-by-side timing failed: %s", proc.stderr.strip().splitlines()[-1:] or proc.returncode)
+        return
+    ratios = json.loads(proc.stdout.strip().splitlines()[-1])[SIDE_BY_SIDE]
+    for r in results:
+        if r.size == size and r.path in ratios and not r.skipped:
+            r.over_last_layer = ratios[r.path]
 
 
 def compare_maps(results: list[Result], maps_dir: Path) -> None:

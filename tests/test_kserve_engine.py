@@ -109,6 +109,35 @@ def test_same_json_body_and_v1(served: Served, engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(
+    "parameters",
+    [{"method": "pca", "pca_fit": "joint", "foreground": "none"}, {"method": "similarity", "point": "20,10"}],
+    ids=["pca-joint", "similarity-across"],
+)
+def test_images_sent_together_on_both_engines(served: Served, engine: Engine, parameters: dict) -> None:
+    """The elements of one v2 input are seen together: one PCA basis, or every map against the first
+    image's patch; both engines answer alike."""
+    document = {
+        "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [image_b64(1), image_b64(2, (40, 40))]}],
+        "parameters": {"upsample": False, "short_side": 48, **parameters},
+    }
+    route = f"/v2/models/{NAME}/infer"
+    ours = requests.post(engine.base + route, json=document, timeout=TIMEOUT)
+    theirs = requests.post(served.server.props["inference_address"] + route, json=document, timeout=TIMEOUT)
+    assert ours.status_code == theirs.status_code == 200, ours.text
+    assert ours.content == theirs.content
+    outputs = {o["name"]: o for o in ours.json()["outputs"]}
+    if parameters["method"] == "pca":
+        assert outputs["pca_basis_0"]["data"] == outputs["pca_basis_1"]["data"]
+        assert outputs["pca_0"]["parameters"]["pca_fit"] == "joint"
+    else:
+        assert outputs["similarity_0"]["parameters"]["patch"] == outputs["similarity_1"]["parameters"]["patch"] == "0,1"
+    single = {**document, "inputs": [{**document["inputs"][0], "shape": [1], "data": [image_b64(1)]}]}
+    if parameters["method"] == "pca":  # joint with one image: refused alike
+        ours = requests.post(engine.base + route, json=single, timeout=TIMEOUT)
+        assert ours.status_code == 400 and "pca_fit=joint fits one basis on several images" in ours.json()["error"]
+
+
+@pytest.mark.parametrize(
     "route, document, status, message",
     [
         ("v2", {"parameters": {"layer": 99}}, 400, "layer=99 is out of range"),
