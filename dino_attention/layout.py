@@ -9,6 +9,7 @@ from pathlib import Path
 MODEL_CONFIG = "model-config.yaml"  # the handler's settings and TorchServe's worker/batch settings
 WEIGHTS_FILE = "dino_backbone.pth"  # the filtered state_dict (the manifest's serializedFile); absent for random weights
 MANIFEST = "MAR-INF/MANIFEST.json"  # torch-model-archiver's manifest: model name, version, serializedFile
+DEFAULT_RESPONSE_TIMEOUT_S = 120.0  # s: TorchServe's responseTimeout when model-config.yaml sets none
 
 
 def weights_in(folder: Path, manifest: Mapping[str, object]) -> Path | None:

@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 
 from .attention import map_agreement, to_tensor
-from .errors import RequestError
+from .cost import CostModel
+from .errors import PayloadTooLarge, RequestError
 from .image import PreparedImage, prepare_image
 from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
@@ -40,6 +41,7 @@ from .schema import AttentionResult, ImageRequest
 logger = logging.getLogger(__name__)
 
 RANDOM_SEED = 0  # random-weight models are reproducible across workers and restarts
+ADMISSION_SHARE = 0.5  # cost_budget_s = this share of the responseTimeout: the estimate's margin of error
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,9 @@ class ServiceConfig:
     format: str = DEFAULTS.format  # response format when neither the format option nor Accept names one
     max_tokens: int = 16384  # patch tokens per image (1024x1024 at patch 8); over it -> 413
     max_pixels: int = 40_000_000  # decoded pixels per image; over it -> 413 (decompression bombs)
+    # Seconds one request may be estimated to take (cost.py, measured at load); over it -> 413.
+    # 0: ADMISSION_SHARE of the model's responseTimeout, past which TorchServe kills the worker.
+    cost_budget_s: float = 0.0
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
 
     @classmethod
@@ -68,15 +73,20 @@ class ServiceConfig:
         unknown = sorted(set(settings) - set(known))
         if unknown:
             raise ConfigError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
+        checked: dict[str, Any] = {}
         for name, value in settings.items():
             expected = type(getattr(cls, name))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # YAML writes 60 for 60.0
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"handler setting {name}={value!r} must be {expected.__name__}")
-        checked: dict[str, Any] = dict(settings)  # every value's type was checked above
+            checked[name] = value
         config = cls(**checked)
         for name in ("short_side", "max_tokens", "max_pixels"):
             if getattr(config, name) < 1:
                 raise ConfigError(f"handler setting {name} must be positive")
+        if config.cost_budget_s < 0:
+            raise ConfigError("handler setting cost_budget_s must be positive, or 0 for half the responseTimeout")
         for name, choices in (("precision", PRECISIONS), ("format", FORMATS)):
             if getattr(config, name) not in choices:
                 raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
@@ -96,13 +106,16 @@ class Prepared:
     options: Options
     precision: str  # what runs: options.precision resolved by the service's PrecisionPlan
     preprocess_ms: float
+    cost_s: float = 0.0  # the estimated seconds of its forward pass (0: no cost model)
 
 
 class AttentionService:
     """Image requests in, attention results out, for one model on one device.
 
     ``precisions``: what each requested precision runs as; by default decided here, once, by
-    probing the device and the model (``precision.plan_precisions``).
+    probing the device and the model (``precision.plan_precisions``). ``cost_budget_s``: the seconds
+    a request may be estimated to take (None: no admission control); the estimates come from
+    ``cost``, by default measured here on the model's first block (``cost.CostModel.measure``).
     """
 
     def __init__(
@@ -112,6 +125,8 @@ class AttentionService:
         config: ServiceConfig,
         device: torch.device | str = "cpu",
         precisions: PrecisionPlan | None = None,
+        cost_budget_s: float | None = None,
+        cost: CostModel | None = None,
     ) -> None:
         self.variant = variant
         self.config = config
@@ -119,6 +134,10 @@ class AttentionService:
         self.model = model.to(self.device).eval()
         self.facts = ModelFacts.of(self.model)  # what option parsing and the description read of it
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
+        self.cost_budget_s = cost_budget_s
+        if cost is None and cost_budget_s is not None:
+            cost = CostModel.measure(self.model.blocks[0], variant.embed_dim, self.device)
+        self.cost = cost
 
     def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:
         """One result (or the request's own error) per image, each image on its own."""
@@ -133,6 +152,7 @@ class AttentionService:
         prepared: list[list[Prepared | RequestError]] = [[self._prepare(request) for request in group] for group in groups]
         for items in prepared:
             self._check_together(items)
+            self._admit(items)
         good = [p for items in prepared for p in items if isinstance(p, Prepared)]
         computed = dict(zip(map(id, good), self.predict(good), strict=True))
         return [self._describe_together(items, computed) for items in prepared]
@@ -161,6 +181,40 @@ class AttentionService:
                 if error is not None:
                     logger.info("request rejected (%d): %s", error.status, error)
                     items[i] = error
+
+    def _admit(self, items: list[Prepared | RequestError]) -> None:
+        """Refuse (413) the images of a request whose estimated cost, together, exceeds the budget."""
+        good = [item for item in items if isinstance(item, Prepared)]
+        total = sum(item.cost_s for item in good)
+        if self.cost is None or self.cost_budget_s is None or total <= self.cost_budget_s:
+            return
+        error = PayloadTooLarge(self.over_budget(good, total))
+        logger.info("request rejected (%d): %s", error.status, error)
+        for i, item in enumerate(items):
+            if isinstance(item, Prepared):
+                items[i] = error
+
+    def over_budget(self, items: Sequence[Prepared], total: float) -> str:
+        """The 413 message: the estimate, the budget, and how to come within it."""
+        assert self.cost is not None and self.cost_budget_s is not None
+        largest = max(items, key=lambda item: item.cost_s)
+        method = METHODS[largest.options.method]
+        blocks = method.cost_blocks(largest.options)
+        h, w = largest.image.image_size
+        p, prefix = self.variant.patch_size, self.variant.num_prefix_tokens
+        fits = max(self.cost.tokens_within(self.cost_budget_s / len(items), blocks) - prefix, 1)  # patch tokens
+        side = int(p * (fits * min(h, w) / max(h, w)) ** 0.5)  # the short side, at this image's aspect, that fits
+        several = f" ({len(items)} images together)" if len(items) > 1 else ""
+        ways = [f"lower short_side (about {side} px fits this image)"]
+        if p < 16:
+            ways.append(f"use a patch-16 model ({(16 / p) ** 2:.0f}x fewer tokens)")
+        if method.name != DEFAULT_METHOD:
+            ways.append(f"use method={DEFAULT_METHOD}")
+        return (
+            f"this request{several} would take ~{seconds(total)} s on this server ({(h // p) * (w // p)} patch tokens through "
+            f"{blocks:g} block-equivalents of {self.variant.name}, {method.name}), over its budget of {seconds(self.cost_budget_s)} s "
+            f"per request (cost_budget_s; by default half the responseTimeout): {', or '.join(ways)}"
+        )
 
     def _describe_together(
         self, items: Sequence[Prepared | RequestError], computed: Mapping[int, tuple[dict[str, np.ndarray], float]]
@@ -191,7 +245,11 @@ class AttentionService:
         )
         tensor = to_tensor(image.image, self.variant.mean, self.variant.std)  # (3, H, W)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms)
+        cost_s = 0.0
+        if self.cost is not None:
+            tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
+            cost_s = self.cost.estimate(tokens, METHODS[options.method].cost_blocks(options))
+        return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms, cost_s)
 
     def predict(self, items: Sequence[Prepared]) -> list[tuple[dict[str, np.ndarray], float]]:
         """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
@@ -242,7 +300,7 @@ class AttentionService:
             arrays=arrays,
             outputs=method.outputs,
             format=options.format,
-            stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w)},
+            stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w), "cost_s": item.cost_s},
         )
 
     def description(self) -> dict[str, object]:
@@ -265,8 +323,13 @@ class AttentionService:
             "formats": list(FORMATS),
             "dtypes": list(RESPONSE_DTYPES),
             "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},
-            "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels},
+            "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels, "cost_budget_s": self.cost_budget_s},
         }
+
+
+def seconds(value: float) -> str:
+    """Seconds for a message: two significant digits below 10 s, whole seconds above."""
+    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
 
 
 def select_device(gpu_id: int | str | None) -> torch.device:
@@ -276,8 +339,15 @@ def select_device(gpu_id: int | str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def create_service(settings: Mapping[str, object], weights_path: str | Path | None, device: torch.device | str = "cpu") -> AttentionService:
-    """Build the service from handler settings and the archived weights (``None`` for random weights)."""
+def create_service(
+    settings: Mapping[str, object],
+    weights_path: str | Path | None,
+    device: torch.device | str = "cpu",
+    response_timeout_s: float | None = None,
+) -> AttentionService:
+    """Build the service from handler settings and the archived weights (``None`` for random weights).
+    ``response_timeout_s``: the model server's per-request timeout; requests estimated over
+    ``cost_budget_s`` (by default ``ADMISSION_SHARE`` of it) are refused with 413."""
     config = ServiceConfig.from_mapping(settings)
     try:
         variant = get_variant(config.model)
@@ -301,4 +371,5 @@ def create_service(settings: Mapping[str, object], weights_path: str | Path | No
         if not config.weights:
             config = replace(config, weights=weights_tag(weights_path))
     logger.info("loaded %s (%s) on %s", variant.name, config.weights, device)
-    return AttentionService(model, variant, config, device)
+    budget = config.cost_budget_s or (ADMISSION_SHARE * response_timeout_s if response_timeout_s else None)
+    return AttentionService(model, variant, config, device, cost_budget_s=budget)

@@ -28,6 +28,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from dino_attention import layout
 from dino_attention.errors import RequestError
+from dino_attention.layout import DEFAULT_RESPONSE_TIMEOUT_S
 from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route
 from dino_attention.service import AttentionService, create_service, select_device
 
@@ -40,6 +41,7 @@ GAUGES = {
     "encode_ms": ("DinoEncodeTime", "ms"),
     "tokens": ("DinoTokens", "count"),
     "response_bytes": ("DinoResponseBytes", "B"),
+    "cost_s": ("DinoAdmittedCost", "s"),  # the admitted request's estimated seconds (dino_attention/cost.py)
 }
 REJECTED = "DinoRejectedRequests"  # counter with dimensions ModelName, Level, Reason
 DIMENSIONS = ["ModelName", "Level"]
@@ -74,8 +76,9 @@ class DinoAttentionHandler:
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
         weights = layout.weights_in(Path(properties["model_dir"]), context.manifest)
-        settings = (context.model_yaml_config or {}).get("handler", {})
-        self.service = create_service(settings, weights, select_device(properties.get("gpu_id")))
+        config = context.model_yaml_config or {}
+        timeout = config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)  # past it, TorchServe kills this worker
+        self.service = create_service(config.get("handler", {}), weights, select_device(properties.get("gpu_id")), float(timeout))
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[object]:

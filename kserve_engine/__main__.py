@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         folder = unpack_model_dir(args.model_dir)
-        settings, weights, version = load_settings(folder)
-        service = create_service(settings, weights, select_device(args.gpu_id))
+        settings, weights, version, timeout = load_settings(folder)
+        service = create_service(settings, weights, select_device(args.gpu_id), timeout)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         logger.error("%s", e)
         return 2

@@ -29,7 +29,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 
 from dino_attention.errors import RequestError
-from dino_attention.layout import MANIFEST, MODEL_CONFIG, weights_in
+from dino_attention.layout import DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
 from dino_attention.methods import all_outputs
 from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply
 from dino_attention.service import AttentionService
@@ -185,11 +185,13 @@ def unpack_model_dir(model_dir: Path) -> Path:
     return target
 
 
-def load_settings(folder: Path) -> tuple[dict[str, object], Path | None, str]:
-    """(handler settings, weights file or None for a random-weights archive, model version) of an
-    unpacked model; the version is the archive's (MAR-INF/MANIFEST.json), as TorchServe reports it."""
+def load_settings(folder: Path) -> tuple[dict[str, object], Path | None, str, float]:
+    """(handler settings, weights file or None for a random-weights archive, model version, response
+    timeout in s) of an unpacked model; the version is the archive's (MAR-INF/MANIFEST.json), as
+    TorchServe reports it; the timeout is model-config.yaml's ``responseTimeout``, as TorchServe reads it."""
     config = yaml.safe_load((folder / MODEL_CONFIG).read_text()) or {}
     manifest_file = folder / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     version = str(manifest.get("model", {}).get("modelVersion", ""))
-    return dict(config.get("handler") or {}), weights_in(folder, manifest), version
+    timeout = float(config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S))
+    return dict(config.get("handler") or {}), weights_in(folder, manifest), version, timeout

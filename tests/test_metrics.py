@@ -42,6 +42,7 @@ def test_custom_metrics_on_the_prometheus_endpoint(served: Served) -> None:
         ("DinoEncodeTime", 0.0, 60_000),
         ("DinoTokens", 1, 10**6),
         ("DinoResponseBytes", 100, 10**9),
+        ("DinoAdmittedCost", 1e-6, 60),  # the estimate of a 24-token request, within the budget (half of 120 s)
     ):
         values = samples(text, name)
         assert values, f"{name} missing from /metrics"

@@ -158,6 +158,7 @@ class Method(ABC):
     outputs: tuple[OutputSpec, ...]  # in response order; the first is the main one
     fields: tuple[str, ...] | None = None  # the metadata fields ``metadata`` adds (None: its own options' names)
     needs: Needs
+    cost_factor: float = 1.0  # its forward pass's time over the plain blocks' (measured; for admission, ``cost.py``)
 
     @abstractmethod
     def forward_spec(self, options: Options) -> ForwardSpec:
@@ -171,6 +172,11 @@ class Method(ABC):
     def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
         """One image's share of ``compute``'s tensors -> the response's arrays, in ``outputs`` order;
         those the request did not ask for are left out."""
+
+    def cost_blocks(self, options: Options) -> float:
+        """Block-equivalents of the forward pass a request runs: blocks ``0..layer`` (the deepest of
+        ``layers``) times ``cost_factor``."""
+        return (options.layer + 1) * self.cost_factor
 
     def check(self, options: Options, image_size: tuple[int, int]) -> None:  # noqa: B027 (optional hook: most methods need none)
         """Reject (``OptionError``) what only the processed image's size (H, W) can tell is wrong."""
