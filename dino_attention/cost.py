@@ -2,8 +2,8 @@
 
 A forward pass is blocks of the same shape, so its time is ``blocks x (a N + b N^2)`` for N tokens:
 ``a`` the per-token work (q/k/v, projection, MLP: linear in N), ``b`` the per-pair work (QK^T and
-P.V: quadratic). ``CostModel.measure`` times one block of the loaded model at two token counts on
-its device and solves for both; a method says how many block-equivalents it runs
+P.V: quadratic). ``CostModel.measure`` times the attention kernel alone (``b``) and one block of the
+loaded model (``a``: the rest of its time) on its device; a method says how many block-equivalents it runs
 (``Method.cost_blocks``). The service refuses, with 413, a request whose estimate exceeds its budget
 (``ServiceConfig.cost_budget_s``, by default half of TorchServe's ``responseTimeout``): a request
 that would run past the timeout makes TorchServe kill the worker and fail everything in flight.
@@ -13,16 +13,32 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .precision import _synchronize
 
 logger = logging.getLogger(__name__)
 
-PROBE_TOKENS = (1025, 2049)  # 32x32 and ~45x45 patch grids plus [CLS]: the quadratic term is ~half the block's time
+PROBE_TOKENS = 1025  # a 32x32 patch grid plus [CLS]: the whole block, mostly its linear work
+PAIR_TOKENS = 2049  # the attention kernel alone at ~45x45 patches: its quadratic work, measured apart
 PROBE_REPEATS = 2  # best of, after one warm-up
+
+
+def best_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Best wall time of ``run`` over ``PROBE_REPEATS`` runs after a warm-up."""
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(PROBE_REPEATS + 1):
+            start = time.perf_counter()
+            run()
+            _synchronize(device)
+            if i:
+                best = min(best, time.perf_counter() - start)
+    return best
 
 
 @dataclass(frozen=True)
@@ -47,34 +63,26 @@ class CostModel:
         return int((-b + (b * b - 4 * a * c) ** 0.5) / (2 * a))
 
     @classmethod
-    def measure(cls, block: torch.nn.Module, dim: int, device: torch.device, rope: object = None) -> CostModel:
-        """Time ``block`` (one of the model's, in eval mode) on random tokens of width ``dim`` at
-        ``PROBE_TOKENS`` and solve for the linear and quadratic constants (clamped at 0: noise)."""
-        seconds = []
+    def measure(cls, block: torch.nn.Module, dim: int, heads: int, device: torch.device) -> CostModel:
+        """Time the attention kernel (SDPA, as the blocks run it) alone at ``PAIR_TOKENS`` for the
+        quadratic constant, then ``block`` (one of the model's, in eval mode) at ``PROBE_TOKENS``
+        for the linear one (what is left of its time). Two separate probes, so that noise cannot
+        hide the quadratic term that dominates large images."""
         generator = torch.Generator().manual_seed(0)
-        for n in PROBE_TOKENS:
-            x = torch.randn(1, n, dim, generator=generator).to(device)
-            best = float("inf")
-            with torch.inference_mode():
-                for i in range(PROBE_REPEATS + 1):
-                    start = time.perf_counter()
-                    block(x, rope)
-                    _synchronize(device)
-                    if i:  # the first run is a warm-up
-                        best = min(best, time.perf_counter() - start)
-            seconds.append(best)
-        (n1, n2), (t1, t2) = PROBE_TOKENS, seconds
-        per_pair = max((t2 / n2 - t1 / n1) / (n2 - n1), 0.0)  # t/n = a + b n: a line through both points
-        per_token = max(t1 / n1 - per_pair * n1, 0.0)
-        model = cls(per_token, per_pair)
+        q, k, v = (torch.randn(1, heads, PAIR_TOKENS, dim // heads, generator=generator).to(device) for _ in range(3))
+        attention = best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), device)
+        per_pair = attention / PAIR_TOKENS**2
+        x = torch.randn(1, PROBE_TOKENS, dim, generator=generator).to(device)
+        whole = best_seconds(lambda: block(x), device)
+        per_token = max(whole - per_pair * PROBE_TOKENS**2, 0.0) / PROBE_TOKENS
         logger.info(
-            "cost model on %s: one block %.3f s at %d tokens, %.3f s at %d (a=%.3g s/token, b=%.3g s/token^2)",
+            "cost model on %s: attention kernel %.3f s at %d tokens, one block %.3f s at %d (a=%.3g s/token, b=%.3g s/token^2)",
             device,
-            t1,
-            n1,
-            t2,
-            n2,
+            attention,
+            PAIR_TOKENS,
+            whole,
+            PROBE_TOKENS,
             per_token,
             per_pair,
         )
-        return model
+        return cls(per_token, per_pair)

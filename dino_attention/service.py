@@ -136,7 +136,7 @@ class AttentionService:
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
         self.cost_budget_s = cost_budget_s
         if cost is None and cost_budget_s is not None:
-            cost = CostModel.measure(self.model.blocks[0], variant.embed_dim, self.device)
+            cost = CostModel.measure(self.model.blocks[0], variant.embed_dim, variant.num_heads, self.device)
         self.cost = cost
 
     def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:

@@ -31,7 +31,7 @@ class Rollout(MapMethod):
         "layers": "method=rollout returns one map, the rollout through blocks 0..layer: give layer=N, not layers",
     }
     needs = Needs(blocks="0..layer", keeps="every block's queries and keys (O(N) each; never an N x N matrix)")
-    cost_factor = 1.6  # the second pass over every block's attention: 1.5-1.56x a last-layer request (make bench, methods)
+    cost_factor = 2.0  # its second pass over every block's attention: 1.5-1.9x a last-layer request measured; admission errs high
 
     def forward_spec(self, options: Options) -> ForwardSpec:
         return ForwardSpec(self.name, (options.layer,), options.params)
