@@ -36,3 +36,18 @@ class PayloadTooLarge(RequestError):
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     reason = "too_large"
+
+
+class DeadlineExceeded(RequestError):
+    """The request's deadline passed before its forward pass started, or would pass before it ended:
+    answered with 504, and nothing computed."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    reason = "deadline"
+
+
+class Overloaded(RequestError):
+    """The engine's queue is full: answered at once with 503 (and ``Retry-After``), nothing queued."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    reason = "queue_full"

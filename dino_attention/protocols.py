@@ -30,7 +30,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -45,6 +45,8 @@ from .schema import AttentionResult, ImageRequest
 NPZ_META = "meta"  # the npz answer's metadata: a 0-d unicode array of compact JSON
 BODY_FIELD = "body"  # TorchServe's name for a non-multipart request body
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file")  # multipart field names that carry the image
+TIMEOUT_HEADER = "x-request-timeout"  # seconds from its arrival after which a request's answer is of no use
+DEADLINE_HEADER = "x-deadline"  # unix time after which a request's answer is of no use
 JSON_IMAGE_FIELD = "image"
 JSON_IMAGES_FIELD = "images"  # several images sent together: {"images": ["<base64>", ...], ...options}
 V1_IMAGE_KEYS: tuple[str, ...] = ("data", "image", "b64")  # where a v1 instance may carry its base64 image
@@ -81,6 +83,11 @@ class Decoded:
     binary_outputs: frozenset[str] | bool = False  # v2: outputs to send as binary (True: all of them)
     requested_outputs: frozenset[str] = frozenset()  # v2: the outputs asked for by name (empty: all)
     listed: bool = False  # plain JSON: the images came as a list, and are answered as one
+    timeout_s: float | None = None  # v2: the request's ``timeout`` parameter (microseconds there), in seconds
+
+    def with_deadline(self, deadline: float | None) -> Decoded:
+        """These requests with their deadline (unix time) set."""
+        return replace(self, requests=[replace(r, deadline=deadline) for r in self.requests])
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,30 @@ class ServerInfo:
 
     model_name: str = ""
     model_version: str = ""
+
+
+def timing(decoded: Decoded, headers: Headers) -> tuple[float | None, float | None]:
+    """(timeout in seconds, absolute deadline) a request names: the v2 ``timeout`` parameter or the
+    X-Request-Timeout header; the X-Deadline header (unix seconds). ``PayloadError`` if malformed."""
+    timeout = decoded.timeout_s
+    if timeout is None and TIMEOUT_HEADER in headers:
+        timeout = positive_seconds(headers[TIMEOUT_HEADER], f"header {TIMEOUT_HEADER.title()}", "seconds, e.g. 30")
+    deadline = (
+        positive_seconds(headers[DEADLINE_HEADER], f"header {DEADLINE_HEADER.title()}", "unix seconds")
+        if DEADLINE_HEADER in headers
+        else None
+    )
+    return timeout, deadline
+
+
+def positive_seconds(value: object, what: str, unit: str) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise PayloadError(f"{what}={value!r} must be a positive number ({unit})")
+    return seconds
 
 
 def error_reply(error: RequestError, envelope: bool = False) -> Reply:
@@ -410,7 +441,9 @@ class KServeV2Codec(Codec):
             name for name, params in wanted.items() if isinstance(params, Mapping) and params.get("binary_data")
         )
         echo = {"id": document["id"]} if document.get("id") else {}
-        return Decoded(requests, echo, binary_outputs, frozenset(wanted))
+        timeout = shared.get("timeout")  # KServe/Triton: microseconds
+        timeout_s = positive_seconds(timeout, "v2 parameter timeout", "microseconds, e.g. 30000000") / 1e6 if timeout is not None else None
+        return Decoded(requests, echo, binary_outputs, frozenset(wanted), timeout_s=timeout_s)
 
     @staticmethod
     def tensor(tensor: object, shared: Mapping[str, object], first: int = 0) -> list[ImageRequest]:

@@ -28,6 +28,7 @@ class ImageRequest:
     image: bytes
     options: Mapping[str, object]
     accept: str | None = None  # the HTTP Accept header, which may choose the response format
+    deadline: float | None = None  # unix time after which its answer is of no use (not computed then: 504)
 
 
 @dataclass(frozen=True)

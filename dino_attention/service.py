@@ -27,7 +27,7 @@ from PIL import Image
 
 from .attention import map_agreement, to_tensor
 from .cost import CostModel
-from .errors import PayloadTooLarge, RequestError
+from .errors import DeadlineExceeded, PayloadTooLarge, RequestError
 from .image import PreparedImage, prepare_image
 from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
@@ -64,6 +64,9 @@ class ServiceConfig:
     # Seconds one request may be estimated to take (cost.py, measured at load); over it -> 413.
     # 0: ADMISSION_SHARE of the model's responseTimeout, past which TorchServe kills the worker.
     cost_budget_s: float = 0.0
+    # Seconds from a request's arrival after which its answer is of no use, when it names no timeout
+    # itself (KServe v2 ``timeout``, the X-Request-Timeout header); 0: none. Not computed past it: 504.
+    deadline_s: float = 0.0
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
 
     @classmethod
@@ -87,6 +90,8 @@ class ServiceConfig:
                 raise ConfigError(f"handler setting {name} must be positive")
         if config.cost_budget_s < 0:
             raise ConfigError("handler setting cost_budget_s must be positive, or 0 for half the responseTimeout")
+        if config.deadline_s < 0:
+            raise ConfigError("handler setting deadline_s must be positive, or 0 for no default deadline")
         for name, choices in (("precision", PRECISIONS), ("format", FORMATS)):
             if getattr(config, name) not in choices:
                 raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
@@ -107,6 +112,7 @@ class Prepared:
     precision: str  # what runs: options.precision resolved by the service's PrecisionPlan
     preprocess_ms: float
     cost_s: float = 0.0  # the estimated seconds of its forward pass (0: no cost model)
+    deadline: float | None = None  # unix time; see ImageRequest
 
 
 class AttentionService:
@@ -153,6 +159,7 @@ class AttentionService:
         for items in prepared:
             self._check_together(items)
             self._admit(items)
+            self._drop_late(items)
         good = [p for items in prepared for p in items if isinstance(p, Prepared)]
         computed = dict(zip(map(id, good), self.predict(good), strict=True))
         return [self._describe_together(items, computed) for items in prepared]
@@ -181,6 +188,30 @@ class AttentionService:
                 if error is not None:
                     logger.info("request rejected (%d): %s", error.status, error)
                     items[i] = error
+
+    def deadline(self, received: float, timeout_s: float | None = None, deadline: float | None = None) -> float | None:
+        """A request's deadline (unix time) from when it was received, the timeout it names (else this
+        model's ``deadline_s``, if any) and an absolute deadline it names; None: none."""
+        timeout_s = timeout_s if timeout_s is not None else (self.config.deadline_s or None)
+        candidates = [t for t in (received + timeout_s if timeout_s is not None else None, deadline) if t is not None]
+        return min(candidates) if candidates else None
+
+    def _drop_late(self, items: list[Prepared | RequestError]) -> None:
+        """Images whose deadline has passed, or would pass before their estimated forward pass ends, get
+        504 and are not computed."""
+        now = time.time()
+        for i, item in enumerate(items):
+            if not isinstance(item, Prepared) or item.deadline is None:
+                continue
+            if now >= item.deadline:
+                why = f"its deadline passed {now - item.deadline:.1f} s before its forward pass could start (it waited in the queue)"
+            elif now + item.cost_s > item.deadline:
+                why = f"its forward pass would take ~{seconds(item.cost_s)} s and end after its deadline, {item.deadline - now:.1f} s away"
+            else:
+                continue
+            error = DeadlineExceeded(f"not computed: {why}; retry with a longer timeout, or when the server is less busy")
+            logger.info("request dropped (%d): %s", error.status, error)
+            items[i] = error
 
     def _admit(self, items: list[Prepared | RequestError]) -> None:
         """Refuse (413) the images of a request whose estimated cost, together, exceeds the budget."""
@@ -249,7 +280,7 @@ class AttentionService:
         if self.cost is not None:
             tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
             cost_s = self.cost.estimate(tokens, METHODS[options.method].cost_blocks(options))
-        return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms, cost_s)
+        return Prepared(tensor, image, options, self.precisions.resolve(options.precision), elapsed_ms, cost_s, request.deadline)
 
     def predict(self, items: Sequence[Prepared]) -> list[tuple[dict[str, np.ndarray], float]]:
         """Each item's share of its method's tensors, with the milliseconds of the forward pass it was

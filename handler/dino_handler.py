@@ -29,7 +29,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from dino_attention import layout
 from dino_attention.errors import RequestError
 from dino_attention.layout import DEFAULT_RESPONSE_TIMEOUT_S
-from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route
+from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route, timing
 from dino_attention.service import AttentionService, create_service, select_device
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,15 @@ class DinoAttentionHandler:
 
     def preprocess(self, data: Sequence[object], context: Any) -> list[Row]:
         """Pick each row's codec and decode it; a row that cannot be decoded keeps its error."""
+        assert self.service is not None, "initialize() first"
+        received = time.time()  # TorchServe does not say when a request arrived: its queue wait is bounded by jobQueueSize
         rows: list[Row] = []
         for idx, raw in enumerate(data):
             headers = request_headers(context, idx)
             codec, row = route(raw, headers)
             try:
-                rows.append((codec, codec.decode(row, headers)))
+                decoded = codec.decode(row, headers)
+                rows.append((codec, decoded.with_deadline(self.service.deadline(received, *timing(decoded, headers)))))
             except RequestError as e:
                 logger.info("request rejected (%d): %s", e.status, e)
                 rows.append((codec, e))

@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         folder = unpack_model_dir(args.model_dir)
-        settings, weights, version, timeout = load_settings(folder)
-        service = create_service(settings, weights, select_device(args.gpu_id), timeout)
+        settings = load_settings(folder)
+        service = create_service(settings.handler, settings.weights, select_device(args.gpu_id), settings.response_timeout_s)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         logger.error("%s", e)
         return 2
     name = args.model_name if args.model_name != "model" else service.variant.name
-    model = AttentionModel(name, service, version)
+    model = AttentionModel(name, service, settings.version, settings.queue_size)
     model_server.app.add_exception_handler(EngineError, engine_error_handler)
     model_server.app.add_middleware(DefaultJsonContentType)
     model_server.app.add_api_route(f"/v2/models/{name}", model.metadata_endpoint, methods=["GET"])

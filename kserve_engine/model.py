@@ -1,7 +1,9 @@
 """A ``kserve.Model`` over ``AttentionService``: KServe decodes HTTP, our codecs do the rest.
 
-    preprocess   KServe's InferRequest (v2) or dict (v1) -> our codec's Decoded (ImageRequests)
-    predict      AttentionService.explain, off the event loop, one forward pass at a time
+    preprocess   KServe's InferRequest (v2) or dict (v1) -> our codec's Decoded (ImageRequests), with
+                 the deadline counted from its arrival
+    predict      AttentionService.explain, off the event loop, one forward pass at a time, behind a
+                 bounded queue (full: 503 with Retry-After at once)
     postprocess  the codec's Reply: its exact bytes and headers, or an ``EngineError`` with its status
 
 Reusing the codecs keeps one definition of the v1/v2 answer (tensors, metadata parameters, FP16,
@@ -14,11 +16,13 @@ import asyncio
 import atexit
 import json
 import logging
+import math
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +31,12 @@ from fastapi import Request
 from fastapi.responses import Response
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest
+from prometheus_client import Counter, Gauge, Histogram
 
-from dino_attention.errors import RequestError
-from dino_attention.layout import DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
+from dino_attention.errors import Overloaded, RequestError
+from dino_attention.layout import DEFAULT_JOB_QUEUE_SIZE, DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
 from dino_attention.methods import all_outputs
-from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply
+from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply, timing
 from dino_attention.service import AttentionService
 
 logger = logging.getLogger(__name__)
@@ -53,10 +58,11 @@ class EngineError(Exception):
 
 
 async def engine_error_handler(_: Request, exc: Exception) -> Response:
-    """FastAPI exception handler for ``EngineError``: the codec's own error reply."""
+    """FastAPI exception handler for ``EngineError``: the codec's own error reply (and its headers)."""
     if not isinstance(exc, EngineError):
         raise exc
-    return Response(content=body_of(exc.reply), status_code=exc.reply.status, media_type=exc.reply.content_type)
+    reply = exc.reply
+    return Response(content=body_of(reply), status_code=reply.status, media_type=reply.content_type, headers=reply.headers)
 
 
 def body_of(reply: Reply) -> bytes:
@@ -79,6 +85,31 @@ class DefaultJsonContentType:
             if b"content-type" not in names and BINARY_HEADER.encode() not in names:
                 scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
         await self.app(scope, receive, send)
+
+
+COST_BUCKETS = (0.1, 0.3, 1, 3, 10, 30, 60, 120)
+# Prometheus metrics on KServe's /metrics (the TorchServe handler reports the same through metrics.yaml)
+QUEUE_LENGTH = Gauge("dino_queue_length", "requests waiting for the forward pass", ["model_name"])
+REJECTED = Counter(
+    "dino_rejected_requests", "requests refused, by reason (queue_full, deadline, too_large, option, ...)", ["model_name", "reason"]
+)
+ADMITTED_COST = Histogram(
+    "dino_admitted_cost_seconds",
+    "estimated seconds of the admitted requests (dino_attention/cost.py)",
+    ["model_name"],
+    buckets=COST_BUCKETS,
+)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine reads of an unpacked model (its model-config.yaml and manifest)."""
+
+    handler: dict[str, object]  # the handler settings (dino_attention/service.py ServiceConfig)
+    weights: Path | None  # None: a random-weights archive
+    version: str  # the archive's, as TorchServe reports it
+    response_timeout_s: float  # responseTimeout, as TorchServe reads it: the cost budget derives from it
+    queue_size: int  # jobQueueSize: requests that may wait for the forward pass; more get 503
 
 
 @dataclass
@@ -114,11 +145,14 @@ def v2_document(request: InferRequest) -> dict[str, object]:
 class AttentionModel(Model):
     """Per-head [CLS] attention behind KServe's v1 and v2 REST protocols."""
 
-    def __init__(self, name: str, service: AttentionService, version: str = "") -> None:
+    def __init__(self, name: str, service: AttentionService, version: str = "", queue_size: int = DEFAULT_JOB_QUEUE_SIZE) -> None:
         super().__init__(name, return_response_headers=True)
         self.service = service
         self.server = ServerInfo(model_name=name, model_version=version)
         self.forward_lock = asyncio.Lock()  # one forward pass at a time: it already uses every core
+        self.queue_size = queue_size  # requests that may wait for the lock (jobQueueSize, as TorchServe's job queue)
+        self.queued = 0
+        self.seconds_per_request = 1.0  # running mean of the forward passes' time, for Retry-After
         self.ready = True
 
     def get_input_types(self) -> list[dict[str, object]]:
@@ -145,17 +179,48 @@ class AttentionModel(Model):
         return Response(content=json.dumps(self.metadata()), media_type="application/json")
 
     async def preprocess(self, payload: InferRequest | Mapping[str, object], headers: dict[str, str] | None = None) -> Pending:
+        received = time.time()
         codec, document = (KSERVE_V2, v2_document(payload)) if isinstance(payload, InferRequest) else (KSERVE_V1, payload)
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
         try:
-            return Pending(codec, codec.decode({"body": document}, {}))
+            decoded = codec.decode({"body": document}, {})
+            return Pending(codec, decoded.with_deadline(self.service.deadline(received, *timing(decoded, lowered))))
         except RequestError as e:
-            raise EngineError(error_reply(e)) from e
+            raise self.refuse(e) from e
+
+    def refuse(self, error: RequestError, headers: Mapping[str, str] | None = None) -> EngineError:
+        REJECTED.labels(self.name, error.reason).inc()
+        reply = error_reply(error)
+        return EngineError(replace(reply, headers={**reply.headers, **(headers or {})}))
 
     async def predict(
         self, payload: Pending, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
     ) -> Pending:
-        async with self.forward_lock:
+        if self.queued >= self.queue_size:
+            retry = max(1, math.ceil(self.queued * self.seconds_per_request))
+            error = Overloaded(
+                f"the queue is full: {self.queued} requests wait for this model's forward pass (jobQueueSize={self.queue_size}); "
+                f"retry in ~{retry} s"
+            )
+            raise self.refuse(error, {"Retry-After": str(retry)})
+        self.queued += 1
+        QUEUE_LENGTH.labels(self.name).set(self.queued)
+        try:
+            await self.forward_lock.acquire()
+        finally:
+            self.queued -= 1
+            QUEUE_LENGTH.labels(self.name).set(self.queued)
+        try:
+            start = time.perf_counter()
             (payload.results,) = await asyncio.to_thread(self.service.explain_together, [payload.decoded.requests])
+            self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * (time.perf_counter() - start)
+        finally:
+            self.forward_lock.release()
+        for result in payload.results:
+            if isinstance(result, RequestError):
+                REJECTED.labels(self.name, result.reason).inc()
+            else:
+                ADMITTED_COST.labels(self.name).observe(result.stats.get("cost_s", 0.0))
         return payload
 
     async def postprocess(
@@ -185,13 +250,18 @@ def unpack_model_dir(model_dir: Path) -> Path:
     return target
 
 
-def load_settings(folder: Path) -> tuple[dict[str, object], Path | None, str, float]:
-    """(handler settings, weights file or None for a random-weights archive, model version, response
-    timeout in s) of an unpacked model; the version is the archive's (MAR-INF/MANIFEST.json), as
-    TorchServe reports it; the timeout is model-config.yaml's ``responseTimeout``, as TorchServe reads it."""
+def load_settings(folder: Path) -> EngineSettings:
+    """The settings of an unpacked model: model-config.yaml's handler section, ``responseTimeout`` and
+    ``jobQueueSize`` (read as TorchServe reads them), the weights, and the archive's version
+    (MAR-INF/MANIFEST.json), as TorchServe reports it."""
     config = yaml.safe_load((folder / MODEL_CONFIG).read_text()) or {}
     manifest_file = folder / MANIFEST
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     version = str(manifest.get("model", {}).get("modelVersion", ""))
-    timeout = float(config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S))
-    return dict(config.get("handler") or {}), weights_in(folder, manifest), version, timeout
+    return EngineSettings(
+        dict(config.get("handler") or {}),
+        weights_in(folder, manifest),
+        version,
+        float(config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)),
+        int(config.get("jobQueueSize", DEFAULT_JOB_QUEUE_SIZE)),
+    )

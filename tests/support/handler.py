@@ -78,9 +78,15 @@ def handler_for(service: AttentionService) -> DinoAttentionHandler:
     return handler
 
 
-def answer(service: AttentionService, rows: Sequence[object], accepts: Sequence[str | None] | None = None) -> list[Reply]:
-    """One TorchServe batch through the real handler, in process; each request's reply."""
-    headers = [{"Accept": a} if a else {} for a in (accepts or [None] * len(rows))]
+def answer(
+    service: AttentionService,
+    rows: Sequence[object],
+    accepts: Sequence[str | None] | None = None,
+    headers: Sequence[Mapping[str, str]] | None = None,
+) -> list[Reply]:
+    """One TorchServe batch through the real handler, in process; each request's reply. ``accepts``:
+    each request's Accept header; ``headers``: each request's headers (instead)."""
+    headers = list(headers) if headers is not None else [{"Accept": a} if a else {} for a in (accepts or [None] * len(rows))]
     context = mock_context(headers)
     bodies = handler_for(service).handle(list(rows), context)
     return [reply_of(context, idx, body) for idx, body in enumerate(bodies)]
