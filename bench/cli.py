@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.overload import bench_overload
 from bench.plot import plot
 from bench.report import build_report, markdown, to_json
 from bench.servers import Served, bench_engines, bench_served, bench_throughput
@@ -49,7 +50,7 @@ SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080,
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
 SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
-SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines")
+SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines", "overload")
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
@@ -92,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)")
     parser.add_argument("--name", default="bench", help="results file stem: <out>/<name>.md, .json and .png")
     parser.add_argument("--throughput-requests", type=int, default=24, help="requests per throughput cell")
+    parser.add_argument("--storm-clients", type=int, default=48, help="overload: clients posting back to back")
+    parser.add_argument("--storm-seconds", type=float, default=40.0, help="overload: how long they post")
+    parser.add_argument("--soak-requests", type=int, default=2000, help="overload: mixed requests of the soak, per engine")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     # worker mode (internal): one configuration, in its own process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -103,6 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
         args.method_sizes = [(480, 480)]
+        args.storm_clients, args.storm_seconds, args.soak_requests = 16, 15.0, 200
     variant = get_variant(args.model, args.patch)  # from here on: the hub name and its patch size
     args.model, args.patch = variant.name, variant.patch_size
     return args
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         store = workdir / "store"
         served: Served | None = None
         throughput, engines = [], []
-        if {"served", "throughput", "engines"} & sections and archive.main(
+        if {"served", "throughput", "engines", "overload"} & sections and archive.main(
             ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
         ):
             raise RuntimeError("archiving the benchmark model failed")
@@ -165,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         if "engines" in sections:
             logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
             engines = bench_engines(args, store, image, workdir)
-    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines)
+        overload = None
+        if "overload" in sections:
+            logger.info(
+                "under load: %d clients x %g s, then %d mixed requests, on each engine ...",
+                args.storm_clients,
+                args.storm_seconds,
+                args.soak_requests,
+            )
+            overload = bench_overload(args, store, image, workdir)
+    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines, overload)
     text = markdown(report)
     (args.out / f"{args.name}.md").write_text(text)
     (args.out / f"{args.name}.json").write_text(to_json(report))

@@ -10,8 +10,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
 
+from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
 from bench.timing import Encoding, Machine, Result
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
@@ -30,6 +32,12 @@ TARGETS = {  # what the benchmark checks, printed next to each figure
     "similarity_over_last_480": 1.1,
     "pca_over_last_480": 1.1,
     "rollout_1080x1920_rss_gb": 4.0,
+    "storm_unexpected": 0,  # answers other than 200/503/504 (and lost requests) under overload
+    "storm_refused_p99_s": 0.5,
+    "storm_accepted_p99_over_service": 10.0,
+    "storm_recovery_over_service": 2.0,
+    "soak_unexpected": 0,
+    "soak_rss_drift": 0.10,
 }
 
 
@@ -299,6 +307,80 @@ def engines_table(rows: Sequence[EngineFigures], requests: int) -> Table:
     return table
 
 
+def overload_tables(overload: Overload) -> list[Table]:
+    storms = Table(
+        "Under load: clients posting a 480x480 request back to back (KServe v2 JSON, default options), one worker",
+        (
+            Column("engine"),
+            Column("clients x s"),
+            Column("service p50 s", "{:.2f}"),
+            Column("statuses"),
+            Column("refused p99 s", "{:.3f}"),
+            Column("accepted p50 s", "{:.1f}"),
+            Column("accepted p99 s", "{:.1f}"),
+            Column("accepted p99 / service", "{:.1f}"),
+            Column("after: one request s", "{:.2f}"),
+        ),
+    )
+    for r in overload.storms:
+        refused = percentile_of(r.refused, 99)
+        p50, p99 = percentile_of(r.accepted, 50), percentile_of(r.accepted, 99)
+        statuses = ", ".join(f"{status}: {n}" for status, n in sorted(r.statuses.items())) + (f", lost: {r.lost}" if r.lost else "")
+        ratio = p99 / r.service_p50 if p99 is not None else None
+        storms.add(r.engine, f"{r.clients} x {r.seconds:g}", r.service_p50, statuses, refused, p50, p99, ratio, r.recovery)
+    storms.notes.append(f"Largest request admitted at the defaults: {overload.largest}.")
+    soaks = Table(
+        "Soak: mixed requests (sizes, methods, formats, bad inputs) at concurrency 4",
+        (
+            Column("engine"),
+            Column("requests"),
+            Column("unexpected"),
+            Column("RSS after warm-up MB", "{:.0f}"),
+            Column("RSS end MB", "{:.0f}"),
+            Column("drift", "{:+.1%}"),
+        ),
+    )
+    for s in overload.soaks:
+        soaks.add(s.engine, s.sent, s.unexpected, s.rss_start_mb, s.rss_end_mb, s.drift)
+        soaks.notes += [f"{s.engine}: {failure}" for failure in s.failures]
+    return [storms, soaks]
+
+
+def percentile_of(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def overload_targets(overload: Overload) -> list[Target]:
+    targets = []
+    for r in overload.storms:
+        refused, accepted = percentile_of(r.refused, 99), percentile_of(r.accepted, 99)
+        targets.append(
+            Target(f"{r.engine}: answers other than 200/503/504 under load", r.unexpected, TARGETS["storm_unexpected"], False, "{:d}")
+        )
+        if refused is None:
+            targets.append(Target(f"{r.engine}: refused p99", None, TARGETS["storm_refused_p99_s"], False, na="nothing was refused"))
+        else:
+            targets.append(Target(f"{r.engine}: refused p99 s", refused, TARGETS["storm_refused_p99_s"], False, "{:.3f}"))
+        if accepted is not None:
+            ratio = accepted / r.service_p50
+            targets.append(
+                Target(f"{r.engine}: accepted p99 / service p50", ratio, TARGETS["storm_accepted_p99_over_service"], False, "{:.1f}")
+            )
+        targets.append(
+            Target(
+                f"{r.engine}: one request after the storm / service p50",
+                r.recovery / r.service_p50,
+                TARGETS["storm_recovery_over_service"],
+                False,
+                "{:.2f}",
+            )
+        )
+    for s in overload.soaks:
+        targets.append(Target(f"{s.engine}: soak, unexpected statuses", s.unexpected, TARGETS["soak_unexpected"], False, "{:d}"))
+        targets.append(Target(f"{s.engine}: soak, RSS drift after warm-up", s.drift, TARGETS["soak_rss_drift"], False, "{:+.1%}"))
+    return targets
+
+
 # ----------------------------------------------------------------------------- the targets
 def forward_targets(results: Sequence[Result], machine: Machine, model: str) -> list[Target]:
     """fp32 and bf16 against the seed and the peak at 480x480, the memory at 1080x1920, the GPU figure;
@@ -383,6 +465,7 @@ def build_report(
     served: Served | None = None,
     throughput: Sequence[Throughput] = (),
     engines: Sequence[EngineFigures] = (),
+    overload: Overload | None = None,
 ) -> Report:
     """Every section that ran, as data, in the order the Markdown shows them."""
     report = Report(f"Benchmark: {args.model}", machine_lines(machine))
@@ -407,4 +490,7 @@ def build_report(
         report.tables.append(throughput_table(throughput, args.throughput_requests))
     if engines:
         report.tables.append(engines_table(engines, args.requests))
+    if overload:
+        report.tables += overload_tables(overload)
+        report.targets += overload_targets(overload)
     return report

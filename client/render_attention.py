@@ -64,6 +64,7 @@ REQUIRED_KEYS = ("model", "patch_size", "layer", "heads", "weights", "input_size
 CONTENT_TYPES = {"json": "application/json", "npy": "application/x-npy", "npz": "application/x-npz"}
 FORMATS = tuple(CONTENT_TYPES)
 META_HEADER = "X-Attention-Meta"  # .npy answers carry their metadata in this header
+TIMEOUT_HEADER = "X-Request-Timeout"  # the seconds we wait: the server computes no answer we would not wait for
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
@@ -214,7 +215,7 @@ class AttentionClient:
         self.model = self.url.rsplit("/predictions/", 1)[1].split("/")[0]
         parts = urlsplit(self.url)
         self.management = (management or f"{parts.scheme}://{parts.hostname}:{MANAGEMENT_PORT}").rstrip("/")
-        self.headers = auth_headers(key_file)
+        self.headers = {**auth_headers(key_file), TIMEOUT_HEADER: f"{timeout:g}"}  # no answer is computed for nobody
         self.timeout = timeout
 
     def describe(self) -> dict:
@@ -877,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or f"{DEFAULT_HOST}/predictions/{args.model}"
     key_file = args.key_file or (DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None)
     try:
-        headers = auth_headers(key_file)
+        headers = {**auth_headers(key_file), TIMEOUT_HEADER: f"{args.timeout:g}"}
         if args.describe:
             client = AttentionClient(url, key_file=key_file, timeout=args.timeout, management=args.management)
             print(json.dumps(client.describe(), indent=2))

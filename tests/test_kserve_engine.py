@@ -157,6 +157,18 @@ def test_same_errors(served: Served, engine: Engine, route: str, document: dict,
     assert requests.get(f"{engine.base}/v2/models/{NAME}/ready", timeout=TIMEOUT).json()["ready"]  # still serving
 
 
+def test_metrics_count_refusals_and_admitted_cost(engine: Engine) -> None:
+    """KServe's /metrics carries ours: refusals by reason, the admitted requests' estimated cost, the queue."""
+    route = f"{engine.base}/v2/models/{NAME}/infer"
+    image = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [image_b64()]}
+    assert requests.post(route, json={"inputs": [image], "parameters": {"timeout": 1}}, timeout=TIMEOUT).status_code == 504
+    assert requests.post(route, json={"inputs": [image], "parameters": {"upsample": False}}, timeout=TIMEOUT).status_code == 200
+    text = requests.get(f"{engine.base}/metrics", timeout=TIMEOUT).text
+    assert re.search(r'dino_rejected_requests_total\{model_name="%s",reason="deadline"\} [1-9]' % NAME, text), text[-3000:]
+    assert re.search(r'dino_admitted_cost_seconds_count\{model_name="%s"\} [1-9]' % NAME, text)
+    assert f'dino_queue_length{{model_name="{NAME}"}} 0.0' in text
+
+
 def test_health_and_metadata_with_real_clients(engine: Engine) -> None:
     client = triton.InferenceServerClient(engine.host)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)

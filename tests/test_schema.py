@@ -52,6 +52,7 @@ def test_client_facts_match_the_server() -> None:
     """The standalone client's copies of the server's names (it may not import the server)."""
     assert tuple(output.name for output in all_outputs()) == client.ARRAY_FIELDS
     assert client.NPZ_META == protocols.NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
+    assert client.TIMEOUT_HEADER.lower() == protocols.TIMEOUT_HEADER  # the client says how long it waits
     assert client.DEFAULT_METHOD == DEFAULT_METHOD and set(client.METHOD_VIEWS) == set(METHODS)
 
 

@@ -1,0 +1,214 @@
+"""Under load, on both engines with the same .mar and its default model-config.yaml (jobQueueSize,
+deadline_s, the cost budget): a storm of clients that overloads one worker (refused at once with
+503/504, the accepted ones answered within ~10x the service time, prompt afterwards), a soak of mixed
+requests (every status as expected, the serving process's memory flat), and the largest request
+admitted at the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from bench.load import Probe, run_load
+from scripts import background, serve_kserve
+from tests.support.checkpoints import encode, random_rgb
+from tests.support.torchserve import free_ports, private_torchserve
+
+logger = logging.getLogger("bench")
+
+JSON = {"Content-Type": "application/json"}
+REFUSED = (503, 504)  # what overload may answer besides 200
+WARM_UP = 0.1  # share of the soak before its starting memory is read
+REFUSED_BACK_OFF = 0.25  # s a storm client waits after a refusal before it posts again, as a retrying client would
+
+
+@dataclass
+class Storm:
+    """One engine overloaded: ``clients`` posting the same default request back to back for ``seconds``."""
+
+    engine: str
+    clients: int
+    seconds: float
+    service_p50: float  # s: the same request alone, sequentially (after a warm-up)
+    statuses: Counter = field(default_factory=Counter)
+    accepted: list[float] = field(default_factory=list)  # s: latencies of the 200s
+    refused: list[float] = field(default_factory=list)  # s: latencies of the 503s and 504s
+    lost: int = 0  # no HTTP answer at all
+    recovery: float = 0.0  # s: one request right after the storm
+
+    @property
+    def unexpected(self) -> int:
+        return self.lost + sum(n for status, n in self.statuses.items() if status != 200 and status not in REFUSED)
+
+
+@dataclass
+class Soak:
+    engine: str
+    sent: int
+    unexpected: int  # statuses other than each probe's expected one, and lost requests
+    rss_start_mb: float  # the serving process after the warm-up share
+    rss_end_mb: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def drift(self) -> float:
+        return self.rss_end_mb / self.rss_start_mb - 1
+
+
+def v2_body(image: bytes, **parameters: object) -> bytes:
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(image).decode()]}
+    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def storm(engine: str, url: str, body: bytes, clients: int, seconds: float) -> Storm:
+    """``clients`` threads, each posting ``body`` and waiting for the answer, again and again for
+    ``seconds`` (after a refusal, ``REFUSED_BACK_OFF`` first)."""
+    with requests.Session() as session:
+        session.post(url, data=body, headers=JSON, timeout=600).raise_for_status()  # warm-up
+        alone = []
+        for _ in range(3):
+            start = time.perf_counter()
+            session.post(url, data=body, headers=JSON, timeout=600).raise_for_status()
+            alone.append(time.perf_counter() - start)
+    result = Storm(engine, clients, seconds, statistics.median(alone))
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                try:
+                    reply = session.post(url, data=body, headers=JSON, timeout=600)
+                except requests.RequestException:
+                    with lock:
+                        result.lost += 1
+                    continue
+                elapsed = time.perf_counter() - start
+                with lock:
+                    result.statuses[reply.status_code] += 1
+                    (result.accepted if reply.status_code == 200 else result.refused).append(elapsed)
+                if reply.status_code != 200:
+                    time.sleep(REFUSED_BACK_OFF)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    start = time.perf_counter()
+    requests.post(url, data=body, headers=JSON, timeout=600).raise_for_status()
+    result.recovery = time.perf_counter() - start
+    logger.info("  %s storm: %s", engine, dict(result.statuses))
+    return result
+
+
+def soak_probes() -> list[Probe]:
+    """Mixed v2 requests (sizes, methods, formats) and bad ones, each with the status it must get."""
+    image = encode(random_rgb(300, 400, seed=3), "JPEG")
+    good: list[dict[str, object]] = [
+        {"short_side": 224},
+        {"short_side": 160, "dtype": "float16", "binary_data_output": True},
+        {"short_side": 160, "method": "rollout", "upsample": False},
+        {"short_side": 160, "method": "similarity", "point": "40,40", "upsample": False},
+        {"short_side": 160, "method": "pca", "upsample": False},
+        {"short_side": 160, "layers": "0,5,11", "mask": 0.6, "boxes": True, "upsample": False},
+    ]
+    probes = [Probe(f"v2 {p}", {"data": v2_body(image, **p)}, 200) for p in good]
+    bad = {
+        "layer 99": (v2_body(image, layer=99), 400),
+        "not an image": (v2_body(b"hello"), 400),
+        "bad base64": (json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["!!"]}]}).encode(), 400),
+        "too many tokens": (v2_body(image, size="4096x4096"), 413),
+    }
+    return probes + [Probe(name, {"data": body}, status) for name, (body, status) in bad.items()]
+
+
+def soak(engine: str, url: str, total: int, concurrency: int, pid: int) -> Soak:
+    probes = soak_probes()
+    warm = max(int(total * WARM_UP), len(probes))
+    first = run_load(url, probes, warm, concurrency, 3600, headers=JSON)
+    start_mb = rss_mb(pid)
+    rest = run_load(url, probes, total - warm, concurrency, 3600, headers=JSON)
+    failures = (first.failures + rest.failures)[:5]
+    unexpected = first.wrong + first.lost + rest.wrong + rest.lost
+    logger.info("  %s soak: %d sent, %d unexpected, RSS %.0f -> %.0f MB", engine, first.sent + rest.sent, unexpected, start_mb, rss_mb(pid))
+    return Soak(engine, first.sent + rest.sent, unexpected, start_mb, rss_mb(pid), failures)
+
+
+@dataclass
+class Overload:
+    storms: list[Storm]
+    soaks: list[Soak]
+    largest: str  # the largest request admitted at the defaults, and its time
+
+
+def torchserve_worker_pid(management: str, name: str) -> int:
+    return int(requests.get(f"{management}/models/{name}", timeout=30).json()[0]["workers"][0]["pid"])
+
+
+def bench_overload(args: argparse.Namespace, store: Path, image: bytes, workdir: Path) -> Overload:
+    """The storm and the soak through TorchServe, then through the KServe engine; the .mar as archived."""
+    name = args.model
+    body = v2_body(image)
+    storms, soaks = [], []
+    with private_torchserve(store, name) as server:
+        url = f"{server.props['inference_address']}/v2/models/{name}/infer"
+        storms.append(storm("TorchServe 0.12.0", url, body, args.storm_clients, args.storm_seconds))
+        soaks.append(soak("TorchServe 0.12.0", url, args.soak_requests, 4, torchserve_worker_pid(server.props["management_address"], name)))
+        largest = largest_admitted(url, name, server.props["management_address"], args.quick)
+    pid_file = workdir / "kserve-overload.pid"
+    url = serve_kserve.start(name, free_ports(1)[0], store, pid_file=pid_file)
+    try:
+        storms.append(storm("KServe model server (kserve_engine)", url, body, args.storm_clients, args.storm_seconds))
+        soaks.append(soak("KServe model server (kserve_engine)", url, args.soak_requests, 4, int(pid_file.read_text())))
+    finally:
+        background.stop(pid_file)
+    return Overload(storms, soaks, largest)
+
+
+def largest_admitted(url: str, name: str, management: str, quick: bool) -> str:
+    """The model's limits as its description states them, and the largest square request (default
+    method) admitted: found by the server's own 413s, halving the gap, then timed (not in --quick)."""
+    described = requests.get(f"{management}/models/{name}", params={"customized": "true"}, timeout=30).json()[0]["customizedMetadata"]
+    description = json.loads(described) if isinstance(described, str) else described
+    limits, patch = description["limits"], description["model"]["patch_size"]
+    low, high = patch * 8, int(np.sqrt(limits["max_tokens"])) * patch  # sides in pixels
+    probe = encode(random_rgb(64, 64, seed=4))
+
+    def admitted(side: int) -> bool:
+        reply = requests.post(url, data=v2_body(probe, size=f"{side}x{side}", upsample=False, timeout=1), headers=JSON, timeout=600)
+        return reply.status_code != 413  # timeout=1 us: a 504 without compute when admitted, 413 when not
+
+    if admitted(high):
+        low = high
+    while high - low > patch:
+        middle = (low + high) // 2 // patch * patch
+        low, high = (middle, high) if admitted(middle) else (low, middle)
+    side = low
+    budget = f"max_tokens {limits['max_tokens']}, cost budget {limits['cost_budget_s']:.0f} s"
+    what = f"{side}x{side} ({(side // patch) ** 2} patch tokens; {budget})"
+    if quick:
+        return what + ": not timed in --quick"
+    start = time.perf_counter()
+    status = requests.post(url, data=v2_body(probe, size=f"{side}x{side}", upsample=False), headers=JSON, timeout=600).status_code
+    return what + f": HTTP {status} in {time.perf_counter() - start:.1f} s"
