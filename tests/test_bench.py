@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,28 @@ def test_flop_count_of_our_path_is_below_the_seeds() -> None:
     variant = get_variant("vit_small", 8)
     ours, seed = (forward_flops(variant, (480, 480), path) for path in ("fp32", "seed"))
     assert 0.8 * seed < ours < seed  # the last block's N x N attention and its MLP are skipped
+
+
+def test_overload_figures_are_derived_from_what_the_clients_saw() -> None:
+    """The overload section's rows and targets from a storm and a soak as the clients recorded them."""
+    from collections import Counter
+
+    from bench.overload import Overload, Soak, Storm
+
+    calm = Storm("A", 4, 10.0, 2.0, Counter({200: 3, 503: 2}), accepted=[2.0, 10.0, 30.0], refused=[0.01, 0.02], recovery=2.2)
+    lost = Storm("B", 4, 10.0, 2.0, Counter({200: 1, 500: 1}), accepted=[4.0], refused=[], lost=1, recovery=9.0)
+    overload = Overload([calm, lost], [Soak("A", 100, 0, 500.0, 540.0)], "1024x1024: HTTP 200 in 50.0 s")
+    args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
+    report = build_report(args, emulating_machine(), overload=overload)
+    storms, soaks = report.tables
+    assert storms.rows[0][3] == "200: 3, 503: 2" and storms.rows[1][3] == "200: 1, 500: 1, lost: 1"
+    assert storms.rows[0][5] == pytest.approx(10.0) and storms.rows[0][7] == pytest.approx(np.percentile([2.0, 10.0, 30.0], 99) / 2.0)
+    assert storms.notes == ["Largest request admitted at the defaults: 1024x1024: HTTP 200 in 50.0 s."]
+    assert soaks.rows[0][-1] == pytest.approx(0.08)
+    targets = {t.what: t for t in report.targets}
+    assert targets["A: answers other than 200/503/504 under load"].met and not targets["B: answers other than 200/503/504 under load"].met
+    assert targets["B: answers other than 200/503/504 under load"].value == 2  # the 500 and the lost one
+    assert targets["A: accepted p99 / service p50"].met is False  # 29.6 s / 2 s
+    assert targets["B: refused p99"].value is None and targets["B: refused p99"].na == "nothing was refused"
+    assert targets["A: one request after the storm / service p50"].met and not targets["B: one request after the storm / service p50"].met
+    assert targets["A: soak, RSS drift after warm-up"].met

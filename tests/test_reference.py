@@ -1,7 +1,7 @@
 """Exactness of the feature methods against an independent implementation of each family: timm's
 (pinned in requirements.txt), which loads the official hub checkpoints through its own key
 conversion. Tiny replicas of the official layouts (random weights, LayerScale set far from its
-1e-5 init so that every block matters) are saved as the hub checkpoints are, converted by timm's
+1e-5 init so that every block matters, random biases where the init has zeros) are saved as the hub checkpoints are, converted by timm's
 ``checkpoint_filter_fn`` and loaded strictly into timm's model of the same shape.
 
 Images are at the checkpoint's own position grid (518 px at patch 14 for DINOv2, any size for
@@ -33,7 +33,7 @@ from timm.models import eva, vision_transformer  # noqa: E402 (after the importo
 REFERENCES = {
     "dinov2_vits14": ("vit_small_patch14_dinov2", vision_transformer),
     "dinov2_vits14_reg": ("vit_small_patch14_reg4_dinov2", vision_transformer),
-    "dinov3_vits16": ("vit_small_patch16_dinov3", eva),
+    "dinov3_vits16": ("vit_small_patch16_dinov3_qkvb", eva),  # with the q/v biases the hub's checkpoints carry
 }
 
 
@@ -46,6 +46,8 @@ def replicas(name: str) -> tuple[AttentionService, torch.nn.Module, Variant]:
     for key, value in state.items():
         if key.endswith(("ls1.gamma", "ls2.gamma")):
             state[key] = 0.5 + torch.rand(value.shape, generator=generator)  # every block counts
+        elif key.endswith(".bias") and value.is_floating_point():
+            state[key] = 0.1 * torch.randn(value.shape, generator=generator)  # biases matter too (zero at init)
     timm_name, module = REFERENCES[name]
     size = variant.pretrain_img_size
     shape = {"embed_dim": variant.embed_dim, "depth": variant.depth, "num_heads": variant.num_heads, "img_size": size}
