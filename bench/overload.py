@@ -167,22 +167,31 @@ def torchserve_worker_pid(management: str, name: str) -> int:
 
 
 def bench_overload(args: argparse.Namespace, store: Path, image: bytes, workdir: Path) -> Overload:
-    """The storm and the soak through TorchServe, then through the KServe engine; the .mar as archived."""
+    """Through TorchServe, then through the KServe engine (the .mar as archived): first the timed
+    figures (the storms, the largest admitted request), then the soaks, whose figures (statuses,
+    memory) do not depend on what else the machine runs."""
     name = args.model
     body = v2_body(image)
     storms, soaks = [], []
-    with private_torchserve(store, name) as server:
-        url = f"{server.props['inference_address']}/v2/models/{name}/infer"
-        storms.append(storm("TorchServe 0.12.0", url, body, args.storm_clients, args.storm_seconds))
-        soaks.append(soak("TorchServe 0.12.0", url, args.soak_requests, 4, torchserve_worker_pid(server.props["management_address"], name)))
-        largest = largest_admitted(url, name, server.props["management_address"], args.quick)
-    pid_file = workdir / "kserve-overload.pid"
-    url = serve_kserve.start(name, free_ports(1)[0], store, pid_file=pid_file)
-    try:
-        storms.append(storm("KServe model server (kserve_engine)", url, body, args.storm_clients, args.storm_seconds))
-        soaks.append(soak("KServe model server (kserve_engine)", url, args.soak_requests, 4, int(pid_file.read_text())))
-    finally:
-        background.stop(pid_file)
+    for phase in ("timed", "soak"):
+        with private_torchserve(store, name) as server:
+            url = f"{server.props['inference_address']}/v2/models/{name}/infer"
+            if phase == "timed":
+                storms.append(storm("TorchServe 0.12.0", url, body, args.storm_clients, args.storm_seconds))
+                largest = largest_admitted(url, name, server.props["management_address"], args.quick)
+            else:
+                pid = torchserve_worker_pid(server.props["management_address"], name)
+                soaks.append(soak("TorchServe 0.12.0", url, args.soak_requests, 4, pid))
+        pid_file = workdir / f"kserve-{phase}.pid"
+        url = serve_kserve.start(name, free_ports(1)[0], store, pid_file=pid_file)
+        try:
+            if phase == "timed":
+                storms.append(storm("KServe model server (kserve_engine)", url, body, args.storm_clients, args.storm_seconds))
+            else:
+                soaks.append(soak("KServe model server (kserve_engine)", url, args.soak_requests, 4, int(pid_file.read_text())))
+        finally:
+            background.stop(pid_file)
+        logger.info("  %s done", phase)
     return Overload(storms, soaks, largest)
 
 

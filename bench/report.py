@@ -154,6 +154,7 @@ def machine_lines(machine: Machine) -> list[str]:
         f"- torch {torch.__version__}; GPU: {', '.join(gpus) or 'none'}",
         "- Reduced precisions: " + "; ".join(f"{p}: {s.reason}" for p, s in machine.speeds.items()),
         f"- precision=auto runs {machine.plan.auto} here ({machine.plan.reasons.get('auto', '')})",
+        f"- {machine.kernels.summary()} (measured: {'; '.join(machine.kernels.measured) or 'nothing'})",
         f"- Matmul peak measured in this run: {', '.join(peaks)}.",
     ]
 

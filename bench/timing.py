@@ -24,6 +24,7 @@ from dino_attention.attention import map_agreement, patch_attention, upsample_ne
 from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
 from dino_attention.methods.maps import MAPS
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from dino_attention.model.kernels import SDPA_ONLY, KernelPlan, plan_kernels
 from dino_attention.model.rollout import rollout_reference
 from dino_attention.model.variants import Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
@@ -138,6 +139,8 @@ def worker(args: argparse.Namespace) -> int:
     variant = get_variant(args.model, args.patch)
     device = torch.device(args.device)
     model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
+    if args.path != "seed":  # as served: the kernels measured for its precision (the seed runs its own explicit maths)
+        model.use_kernels(native_kernels(device, variant, [args.path if args.path in AUTOCAST_DTYPES else FP32]))
     h, w = args.size
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     if args.path == SIDE_BY_SIDE:
@@ -346,6 +349,7 @@ class Machine:
     speeds: dict[str, Speed]  # bf16/fp16: natively fast or not, and why
     peaks: dict[str, float]  # matmul GFLOP/s; only for fp32 and the precisions that are native
     plan: PrecisionPlan  # what precision=auto runs here (for the benchmark's random-weight model)
+    kernels: KernelPlan = SDPA_ONLY  # the attention kernels measured here, as the server measures them at load
 
 
 def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Machine:
@@ -356,4 +360,11 @@ def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Mach
     model = build_model(variant, filter_state_dict(read_checkpoint(weights))).to(device)
     plan = plan_precisions(device, lambda p: map_agreement(model, device, p), speed=lambda _device, p: speeds[p])
     peaks = {p: matmul_peak(device, dtype) for p, dtype in AUTOCAST_DTYPES.items() if p == FP32 or speeds[p].fast}
-    return Machine(device, describe_device(device), speeds, peaks, plan)
+    kernels = native_kernels(device, variant, [p for p in AUTOCAST_DTYPES if p == FP32 or speeds[p].fast])
+    return Machine(device, describe_device(device), speeds, peaks, plan, kernels)
+
+
+def native_kernels(device: torch.device, variant: Variant, precisions: list[str]) -> KernelPlan:
+    """The attention kernels for ``precisions``, measured as ``create_service`` does at load."""
+    dtypes = [AUTOCAST_DTYPES[p] for p in precisions]
+    return plan_kernels(device, dtypes, variant.num_heads, variant.embed_dim // variant.num_heads)

@@ -32,10 +32,11 @@ from .image import PreparedImage, prepare_image
 from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
+from .model.kernels import plan_kernels
 from .model.variants import DEFAULT_MODEL, FAMILIES, Variant, get_variant
 from .model.vit import VisionTransformer
 from .options import DEFAULTS, FORMATS, RESPONSE_DTYPES, Defaults, Options, describe_options, format_from_accept, parse_options
-from .precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
+from .precision import AUTOCAST_DTYPES, PRECISIONS, PrecisionPlan, autocast, plan_precisions
 from .schema import AttentionResult, ImageRequest
 
 logger = logging.getLogger(__name__)
@@ -354,6 +355,7 @@ class AttentionService:
             "formats": list(FORMATS),
             "dtypes": list(RESPONSE_DTYPES),
             "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},
+            "attention_kernel": self.model.kernels.summary(),
             "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels, "cost_budget_s": self.cost_budget_s},
         }
 
@@ -403,4 +405,7 @@ def create_service(
             config = replace(config, weights=weights_tag(weights_path))
     logger.info("loaded %s (%s) on %s", variant.name, config.weights, device)
     budget = config.cost_budget_s or (ADMISSION_SHARE * response_timeout_s if response_timeout_s else None)
-    return AttentionService(model, variant, config, device, cost_budget_s=budget)
+    service = AttentionService(model, variant, config, device, cost_budget_s=budget)
+    dtypes = dict.fromkeys(AUTOCAST_DTYPES[service.precisions.resolve(name)] for name in PRECISIONS)  # what runs here
+    service.model.use_kernels(plan_kernels(service.device, list(dtypes), variant.num_heads, variant.embed_dim // variant.num_heads))
+    return service

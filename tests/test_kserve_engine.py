@@ -164,8 +164,8 @@ def test_metrics_count_refusals_and_admitted_cost(engine: Engine) -> None:
     assert requests.post(route, json={"inputs": [image], "parameters": {"timeout": 1}}, timeout=TIMEOUT).status_code == 504
     assert requests.post(route, json={"inputs": [image], "parameters": {"upsample": False}}, timeout=TIMEOUT).status_code == 200
     text = requests.get(f"{engine.base}/metrics", timeout=TIMEOUT).text
-    assert re.search(r'dino_rejected_requests_total\{model_name="%s",reason="deadline"\} [1-9]' % NAME, text), text[-3000:]
-    assert re.search(r'dino_admitted_cost_seconds_count\{model_name="%s"\} [1-9]' % NAME, text)
+    assert re.search(rf'dino_rejected_requests_total\{{model_name="{NAME}",reason="deadline"\}} [1-9]', text), text[-3000:]
+    assert re.search(rf'dino_admitted_cost_seconds_count\{{model_name="{NAME}"\}} [1-9]', text)
     assert f'dino_queue_length{{model_name="{NAME}"}} 0.0' in text
 
 

@@ -6,10 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_attention.model import vit
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import all_variants, get_variant, resolve_layer
-from dino_attention.model.vit import VisionTransformer, attend
+from dino_attention.model.vit import VisionTransformer
 
 from .support.checkpoints import TINY
 
@@ -108,21 +107,3 @@ def test_unknown_variant() -> None:
         get_variant("dinov2_vits14", 16)
     with pytest.raises(ValueError, match="patch size"):
         get_variant("vit_small", 14)
-
-
-def test_chunked_cpu_bf16_attention_matches_sdpa() -> None:
-    """The bf16 CPU kernel of ``attend`` computes the same maths as SDPA (fp32 reference)."""
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 300, 64, generator=gen) for _ in range(3))  # 300: 3 chunks, the last partial
-    expected = F.scaled_dot_product_attention(q, k, v)
-    got = attend(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
-    assert got.shape == expected.shape
-    assert (got - expected).abs().max() < 0.05 and torch.corrcoef(torch.stack([got.ravel(), expected.ravel()]))[0, 1] > 0.9999
-    torch.testing.assert_close(attend(q, k, v), expected)  # fp32 goes to SDPA
-
-
-def test_long_bf16_sequences_use_sdpa(monkeypatch) -> None:
-    gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 50, 32, generator=gen).bfloat16() for _ in range(3))
-    monkeypatch.setattr(vit, "CPU_BF16_MAX_CHUNKED_TOKENS", 40)
-    torch.testing.assert_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)

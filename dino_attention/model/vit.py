@@ -6,9 +6,9 @@ load with ``strict=True``. Dropout and stochastic depth are omitted: they hold n
 do nothing at inference. Tokens are ``[CLS], registers (DINOv2 _reg) / storage (DINOv3), patches``.
 
 Attention path, decided once here:
-* blocks before the requested layer run ``F.scaled_dot_product_attention`` (fused, no N x N tensor
-  is materialised by the flash/memory-efficient kernels); bfloat16 on the CPU runs the same maths
-  as query-chunked matmuls instead (see ``attend``);
+* blocks before the requested layer run the attention kernel chosen for the device, element type
+  and token count by measurement at load (``kernels.py``: fused SDPA, or query-chunked matmuls where
+  they were measured faster; no N x N tensor either way; SDPA until a plan is set, ``use_kernels``);
 * the requested block computes only the [CLS] query's row of attention, (B, heads, N);
 * blocks after it never run.
 ``explicit=True`` switches every block to the reference maths, an explicit N x N softmax as DINO's
@@ -24,34 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import SDPA_ONLY, KernelPlan
 from .position import Rope, RopePositionEmbedding, apply_rope, resize_pos_embed
 from .variants import FAMILIES, Variant, resolve_layer
 
 QKStore = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (scaled queries, transposed keys)
-
-# bf16 attention on the CPU: query rows per chunk, and the token count up to which chunking wins.
-CPU_BF16_QUERY_CHUNK = 64
-CPU_BF16_MAX_CHUNKED_TOKENS = 16384
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for all queries: (B, heads, N, d) x3 -> (B, heads, N, d).
-
-    Fused SDPA everywhere except bfloat16 on the CPU up to ``CPU_BF16_MAX_CHUNKED_TOKENS`` tokens,
-    where query-chunked bf16 GEMMs were measured faster than PyTorch's CPU flash kernel, once, on
-    one CPU (an AMD EPYC without AMX), not per device. Memory stays linear in N: one
-    (B, heads, chunk, N) block of scores at a time.
-    """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or q.shape[-2] > CPU_BF16_MAX_CHUNKED_TOKENS:
-        return F.scaled_dot_product_attention(q, k, v)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # strided bf16 GEMMs are slow
-    k_t = k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, heads, d, N), scale folded into the keys
-    out = torch.empty_like(q)
-    for start in range(0, q.shape[-2], CPU_BF16_QUERY_CHUNK):
-        rows = slice(start, start + CPU_BF16_QUERY_CHUNK)
-        weights = (q[..., rows, :] @ k_t).softmax(dim=-1)  # (B, heads, chunk, N)
-        torch.matmul(weights, v, out=out[..., rows, :])
-    return out
 
 
 class PatchEmbed(nn.Module):
@@ -147,6 +124,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.qkv = MaskedBiasLinear(dim, dim * 3) if mask_k_bias else nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
+        self.kernels: KernelPlan = SDPA_ONLY  # the model's plan (VisionTransformer.use_kernels)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -184,7 +162,7 @@ class Attention(nn.Module):
             q, k, v = self._qkv(x, rope)
             if keep is not None:
                 keep.append(((q * self.scale).contiguous(), k.transpose(-2, -1).contiguous()))
-            x = attend(q, k, v)  # (B, heads, N, d)
+            x = self.kernels.attend(q, k, v)  # (B, heads, N, d)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
     def cls_attention(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False) -> torch.Tensor:
@@ -295,6 +273,15 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks:
             tokens = blk(tokens, rope)
         return self.norm(tokens)[:, 0]
+
+    def use_kernels(self, plan: KernelPlan) -> None:
+        """Run every block's attention with the kernels ``plan`` chose (``kernels.plan_kernels``)."""
+        for blk in cast(list[Block], self.blocks):
+            blk.attn.kernels = plan
+
+    @property
+    def kernels(self) -> KernelPlan:
+        return cast(list[Block], self.blocks)[0].attn.kernels
 
     def get_cls_attention_layers(self, x: torch.Tensor, layers: list[int]) -> torch.Tensor:
         """[CLS] attention rows of several blocks in one forward pass: (B, 3, H, W) -> (B, len(layers), heads, N).
