@@ -197,27 +197,37 @@ def bench_overload(args: argparse.Namespace, store: Path, image: bytes, workdir:
 
 def largest_admitted(url: str, name: str, management: str, quick: bool) -> str:
     """The model's limits as its description states them, and the largest square request (default
-    method) admitted: found by the server's own 413s, halving the gap, then timed (not in --quick)."""
+    method) computed at the defaults: the cost limit found by the server's own 413s (halving the gap;
+    ``timeout=1`` microsecond requests get 504 without compute when admitted), then, stepping down a
+    patch at a time past the model's default deadline (504 "would end after its deadline", no compute
+    either), the first request computed, timed (not in --quick)."""
     described = requests.get(f"{management}/models/{name}", params={"customized": "true"}, timeout=30).json()[0]["customizedMetadata"]
     description = json.loads(described) if isinstance(described, str) else described
     limits, patch = description["limits"], description["model"]["patch_size"]
     low, high = patch * 8, int(np.sqrt(limits["max_tokens"])) * patch  # sides in pixels
     probe = encode(random_rgb(64, 64, seed=4))
 
+    def post(side: int, **parameters: object) -> requests.Response:
+        return requests.post(url, data=v2_body(probe, size=f"{side}x{side}", upsample=False, **parameters), headers=JSON, timeout=600)
+
     def admitted(side: int) -> bool:
-        reply = requests.post(url, data=v2_body(probe, size=f"{side}x{side}", upsample=False, timeout=1), headers=JSON, timeout=600)
-        return reply.status_code != 413  # timeout=1 us: a 504 without compute when admitted, 413 when not
+        return post(side, timeout=1).status_code != 413
 
     if admitted(high):
         low = high
     while high - low > patch:
         middle = (low + high) // 2 // patch * patch
         low, high = (middle, high) if admitted(middle) else (low, middle)
-    side = low
     budget = f"max_tokens {limits['max_tokens']}, cost budget {limits['cost_budget_s']:.0f} s"
-    what = f"{side}x{side} ({(side // patch) ** 2} patch tokens; {budget})"
     if quick:
-        return what + ": not timed in --quick"
-    start = time.perf_counter()
-    status = requests.post(url, data=v2_body(probe, size=f"{side}x{side}", upsample=False), headers=JSON, timeout=600).status_code
-    return what + f": HTTP {status} in {time.perf_counter() - start:.1f} s"
+        return f"{low}x{low} within the cost budget ({(low // patch) ** 2} patch tokens; {budget}): not timed in --quick"
+    side = low
+    while True:
+        start = time.perf_counter()
+        reply = post(side)
+        elapsed = time.perf_counter() - start
+        if reply.status_code != 504 or side <= patch:
+            break
+        side -= patch  # over the default deadline by its estimate: refused before any compute
+    what = f"{side}x{side} ({(side // patch) ** 2} patch tokens; {budget}; within the cost budget: {low}x{low})"
+    return what + f": HTTP {reply.status_code} in {elapsed:.1f} s"

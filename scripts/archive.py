@@ -83,13 +83,19 @@ def stage_weights(weights: str, variant: Variant, checkpoint_key: str | None, st
     return path, weights_tag(weights, digest)
 
 
+# Modules of the package used only while archiving (other libraries' checkpoints are converted to the
+# hub layout here): the worker never imports them, so the .mar does not ship them.
+ARCHIVE_TIME_MODULES = ("keymaps.py",)
+
+
 def archive(args: argparse.Namespace, variant: Variant) -> Path:
     """Stage the package, weights and config, then run torch-model-archiver; return the .mar path."""
     with tempfile.TemporaryDirectory(prefix="dino-archive-") as tmp:
         stage = Path(tmp)
         # --extra-files copies a directory's *contents* into the archive root, so the package is
         # staged one level down to arrive as dino_attention/ (importable from TorchServe's model_dir).
-        shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        ignored = shutil.ignore_patterns("__pycache__", "*.pyc", *ARCHIVE_TIME_MODULES)
+        shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=ignored)
         weights_path, tag = stage_weights(args.weights, variant, args.checkpoint_key, stage)
         config_path = stage / layout.MODEL_CONFIG
         config_path.write_text(yaml.safe_dump(handler_config(args.config, variant, tag), sort_keys=False))

@@ -52,7 +52,9 @@ def served() -> Iterator[Served]:
         checkpoint = save(full_checkpoint(backbone_state(seed=5)), Path(tmp) / "tiny16_full.pth")
         # batchSize 4 (the default is 1 on CPUs): TorchServe's batching is part of what is tested
         config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-        config.update(batchSize=4, maxBatchDelay=50)
+        # jobQueueSize 16: these tests run up to 8 clients at once and expect every answer (the queue's
+        # bound, 503 past it, is tested on servers of their own in test_overload.py)
+        config.update(batchSize=4, maxBatchDelay=50, jobQueueSize=16)
         (Path(tmp) / "model-config.yaml").write_text(yaml.safe_dump(config))
         args = [
             "--model",
@@ -74,6 +76,6 @@ def served() -> Iterator[Served]:
                 management=server.props["management_address"],
                 metrics=f"{server.props['metrics_address']}/metrics",
                 log_dir=server.root / "logs",
-                in_process=create_service(config["handler"], checkpoint),
+                in_process=create_service(config["handler"], checkpoint, response_timeout_s=float(config["responseTimeout"])),
                 server=server,
             )

@@ -59,8 +59,11 @@ def test_describe_api_serves_the_registry(served: Served) -> None:
     each with its options (the model's defaults) and outputs, and the model's facts."""
     described = AttentionClient(served.url, management=served.management).describe()
     expected = json.loads(json.dumps(served.in_process.description()))
-    assert {k: v for k, v in described.items() if k != "precisions"} == {k: v for k, v in expected.items() if k != "precisions"}
+    measured = ("precisions", "attention_kernel", "limits")  # what each process measures of the device for itself
+    assert {k: v for k, v in described.items() if k not in measured} == {k: v for k, v in expected.items() if k not in measured}
     assert set(described["precisions"]) == {"fp32", "bf16", "fp16", "auto"}  # what each runs as: the worker's own probe
+    assert described["attention_kernel"].startswith("attention kernel: float32: ")  # the worker's own plan
+    assert described["limits"] == {**expected["limits"], "cost_budget_s": 60.0}  # half the archive's responseTimeout
     assert [m["name"] for m in described["methods"]] == list(METHODS) and described["default_method"] == DEFAULT_METHOD
     facts = ModelFacts.of(served.in_process.model).describe()
     assert described["model"] == {**facts, "weights": served.in_process.config.weights, "licence": "Apache-2.0", "licence_url": LICENCE}
