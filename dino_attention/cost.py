@@ -12,33 +12,18 @@ that would run past the timeout makes TorchServe kill the worker and fail everyt
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .precision import _synchronize
+from .precision import probe_seconds
 
 logger = logging.getLogger(__name__)
 
 PROBE_TOKENS = 1025  # a 32x32 patch grid plus [CLS]: the whole block, mostly its linear work
 PAIR_TOKENS = 2049  # the attention kernel alone at ~45x45 patches: its quadratic work, measured apart
 PROBE_REPEATS = 2  # best of, after one warm-up
-
-
-def best_seconds(run: Callable[[], object], device: torch.device) -> float:
-    """Best wall time of ``run`` over ``PROBE_REPEATS`` runs after a warm-up."""
-    best = float("inf")
-    with torch.inference_mode():
-        for i in range(PROBE_REPEATS + 1):
-            start = time.perf_counter()
-            run()
-            _synchronize(device)
-            if i:
-                best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass(frozen=True)
@@ -70,10 +55,10 @@ class CostModel:
         hide the quadratic term that dominates large images."""
         generator = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, heads, PAIR_TOKENS, dim // heads, generator=generator).to(device) for _ in range(3))
-        attention = best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), device)
+        attention = probe_seconds(lambda: F.scaled_dot_product_attention(q, k, v), device, PROBE_REPEATS)
         per_pair = attention / PAIR_TOKENS**2
         x = torch.randn(1, PROBE_TOKENS, dim, generator=generator).to(device)
-        whole = best_seconds(lambda: block(x), device)
+        whole = probe_seconds(lambda: block(x), device, PROBE_REPEATS)
         per_token = max(whole - per_pair * PROBE_TOKENS**2, 0.0) / PROBE_TOKENS
         logger.info(
             "cost model on %s: attention kernel %.3f s at %d tokens, one block %.3f s at %d (a=%.3g s/token, b=%.3g s/token^2)",

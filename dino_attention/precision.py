@@ -131,26 +131,32 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_seconds(device: torch.device, dtype: torch.dtype, give_up_after: float = float("inf")) -> float:
-    """Best-of-``PROBE_REPEATS`` time of the probe GEMM in ``dtype`` on ``device``.
+def probe_seconds(run: Callable[[], object], device: torch.device, repeats: int, give_up_after: float = float("inf")) -> float:
+    """Best time of ``repeats`` runs of ``run`` on ``device`` after a warm-up run (allocation, kernel
+    selection). The warm-up is timed too: if it takes over ``give_up_after`` seconds, ``run`` is
+    clearly slow and that time is returned without more runs. The probe of every decision made
+    at load: precisions, attention kernels (``model/kernels.py``), the cost model (``cost.py``)."""
+    best = float("inf")
+    with torch.inference_mode():
+        for i in range(1 + repeats):
+            start = time.perf_counter()
+            run()
+            _synchronize(device)
+            elapsed = time.perf_counter() - start
+            if i == 0 and elapsed > give_up_after:
+                return elapsed
+            if i:
+                best = min(best, elapsed)
+    return best
 
-    The first run (allocation, kernel selection) is timed too: if it takes over ``give_up_after``
-    seconds the dtype is clearly slow and that time is returned without more runs.
-    """
+
+def matmul_seconds(device: torch.device, dtype: torch.dtype, give_up_after: float = float("inf")) -> float:
+    """Best-of-``PROBE_REPEATS`` time of the probe GEMM in ``dtype`` on ``device`` (``probe_seconds``)."""
     tokens, dim, hidden = PROBE_SHAPE
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(tokens, dim, generator=gen).to(device, dtype)
     b = torch.randn(dim, hidden, generator=gen).to(device, dtype)
-    best = float("inf")
-    for run in range(1 + PROBE_REPEATS):
-        start = time.perf_counter()
-        a @ b
-        _synchronize(device)
-        elapsed = time.perf_counter() - start
-        if run == 0 and elapsed > give_up_after:
-            return elapsed
-        best = elapsed if run == 1 else min(best, elapsed)  # run 0 is the warm-up
-    return best
+    return probe_seconds(lambda: a @ b, device, PROBE_REPEATS, give_up_after)
 
 
 @functools.cache

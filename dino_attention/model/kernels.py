@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from ..precision import probe_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +97,6 @@ class KernelPlan:
 SDPA_ONLY = KernelPlan()
 
 
-def _seconds(run: Callable[[], object], device: torch.device, give_up_after: float = math.inf) -> float:
-    """Best time of ``PROBE_REPEATS`` runs after a warm-up; a warm-up slower than ``give_up_after``
-    is the answer (a candidate that far behind has lost: no need to time it again)."""
-    best = math.inf
-    with torch.inference_mode():
-        for i in range(PROBE_REPEATS + 1):
-            start = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - start
-            if i == 0 and elapsed > give_up_after:
-                return elapsed
-            if i:
-                best = min(best, elapsed)
-    return best
-
-
 def plan_kernels(
     device: torch.device, dtypes: Sequence[torch.dtype], heads: int, head_dim: int, tokens: Sequence[int] = PROBE_TOKENS
 ) -> KernelPlan:
@@ -126,9 +109,9 @@ def plan_kernels(
         picks = []
         for n in tokens:
             q, k, v = (torch.randn(1, heads, n, head_dim, generator=generator).to(device, dtype) for _ in range(3))
-            times = {(SDPA, 0): _seconds(partial(sdpa, q, k, v), device)}
+            times = {(SDPA, 0): probe_seconds(partial(sdpa, q, k, v), device, PROBE_REPEATS)}
             for chunk in CHUNKS:
-                times[(CHUNKED, chunk)] = _seconds(partial(chunked, q, k, v, chunk), device, give_up_after=2 * times[(SDPA, 0)])
+                times[(CHUNKED, chunk)] = probe_seconds(partial(chunked, q, k, v, chunk), device, PROBE_REPEATS, 2 * times[(SDPA, 0)])
             (kernel, chunk), best = min(times.items(), key=lambda item: item[1])
             if kernel == CHUNKED and best * MIN_GAIN > times[(SDPA, 0)]:
                 kernel, chunk = SDPA, 0
