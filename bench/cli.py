@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.batching import bench_batching
+from bench.compiled import bench_compile
 from bench.overload import bench_overload
 from bench.plot import plot
 from bench.report import build_report, markdown, to_json
@@ -42,6 +44,7 @@ from bench.timing import (
 )
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import get_variant
+from dino_attention.precision import AUTOCAST_DTYPES, FP32
 from scripts import REPO, archive
 
 logger = logging.getLogger("bench")
@@ -50,7 +53,7 @@ SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080,
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
 SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
-SECTIONS = ("forward", "methods", "families", "encoding", "served", "throughput", "engines", "overload")
+SECTIONS = ("forward", "methods", "families", "encoding", "batching", "compile", "served", "throughput", "engines", "overload")
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
         workdir = Path(tmp)
         torch.manual_seed(0)
-        weights = workdir / "bench_random.pth"
+        weights = args.weights = workdir / "bench_random.pth"  # the worker configurations read args.weights
         torch.save(build_model(variant, None).state_dict(), weights)
         machine = probe_machine(torch.device(args.device), weights, variant)
         forward: list[Result] = []
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("forward passes (one process each) ...")
             for size in args.sizes:
                 for path in args.paths:
-                    forward.append(measure(path, size, args, weights, workdir, forward, machine.speeds))
+                    forward.append(measure(path, size, args, workdir, forward, machine.speeds))
             compare_maps(forward, workdir)
         families = []
         if "families" in sections:
@@ -143,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
             for size in args.method_sizes:
                 for path in METHOD_PATHS:
-                    methods.append(measure(path, size, args, weights, workdir, methods, machine.speeds))
+                    methods.append(measure(path, size, args, workdir, methods, machine.speeds))
                 if (size[0] // args.patch) * (size[1] // args.patch) <= SIDE_BY_SIDE_MAX_TOKENS:
-                    measure_side_by_side(size, args, weights, methods)
+                    measure_side_by_side(size, args, methods)
             compare_maps(methods, workdir)
         encodings = []
         if "encoding" in sections:
@@ -154,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
             encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
         image = IMAGE.read_bytes()
+        native = [p for p in AUTOCAST_DTYPES if p == FP32 or machine.speeds[p].fast]  # the precisions that run natively here
+        batching = []
+        if "batching" in sections:
+            logger.info("batching: images/s by batch size, in process ...")
+            batching = bench_batching(args, weights, image, native)
+        compiled = []
+        if "compile" in sections:
+            logger.info("torch.compile vs eager (one process each) ...")
+            compiled = bench_compile(args, weights, native)
         store = workdir / "store"
         served: Served | None = None
         throughput, engines = [], []
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.soak_requests,
             )
             overload = bench_overload(args, store, image, workdir)
-    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines, overload)
+    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled)
     text = markdown(report)
     (args.out / f"{args.name}.md").write_text(text)
     (args.out / f"{args.name}.json").write_text(to_json(report))

@@ -13,11 +13,16 @@ from functools import partial
 import numpy as np
 import torch
 
+from bench.batching import BatchFigures
+from bench.compiled import SIZES as COMPILE_SIZES
+from bench.compiled import CompileFigures
 from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
 from bench.timing import Encoding, Machine, Result
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
 from dino_attention.precision import AUTOCAST_DTYPES, describe_device
+
+COMPILE_MIN_GAIN = 1.1  # torch.compile must make a request this much faster to be worth its compile time and risks
 
 TARGETS = {  # what the benchmark checks, printed next to each figure
     "fp32_vs_seed_480": 3.5,
@@ -263,6 +268,64 @@ def encodings_table(encodings: Sequence[Encoding], heads: int) -> Table:
     return table
 
 
+def batching_table(rows: Sequence[BatchFigures], size: str) -> Table:
+    table = Table(
+        f"Batching in process ({size}, upsample=false; decode, resize, forward, maps; no encoding)",
+        (
+            Column("precision"),
+            Column("batch"),
+            Column("s per batch", "{:.3f}"),
+            Column("images/s", "{:.1f}"),
+            Column("forward share", "{:.0%}"),
+        ),
+    )
+    for r in rows:
+        table.add(r.precision, r.batch, r.seconds, r.images_per_s, r.forward_share)
+    return table
+
+
+def compile_table(rows: Sequence[CompileFigures]) -> Table:
+    sizes = ", ".join(size_name(s) for s in COMPILE_SIZES[1:])
+    table = Table(
+        f"torch.compile(dynamic=True) of the last-layer forward pass vs eager ({size_name(COMPILE_SIZES[0])}, then new sizes {sizes})",
+        (
+            Column("precision"),
+            Column("mode"),
+            Column("compile s (first call)"),
+            Column("first call at a new size, s"),
+            Column("graphs"),
+            Column("eager s", "{:.3f}"),
+            Column("compiled s", "{:.3f}"),
+            Column("gain", "{:.2f}x"),
+            Column("requests to pay back"),
+            Column("max |diff|", "{:.1e}"),
+        ),
+    )
+    for r in rows:
+        if r.failed:
+            table.add(r.precision, r.mode, Skipped(f"failed ({r.failed})"), *[None] * 7)
+            continue
+        payback = f"{r.break_even_requests:.0f}" if r.break_even_requests != float("inf") else "never"
+        new_sizes = ", ".join(f"{s:.1f}" for s in r.new_size_s)
+        table.add(r.precision, r.mode, f"{r.compile_s:.1f}", new_sizes, r.graphs, r.eager_s, r.compiled_s, r.gain, payback, r.max_diff)
+    table.notes.append(compile_verdict(rows))
+    return table
+
+
+def compile_verdict(rows: Sequence[CompileFigures]) -> str:
+    """Adopt torch.compile only where it wins net of its costs: faster per request, and no recompile per image size."""
+    worth = [r for r in rows if not r.failed and r.gain >= COMPILE_MIN_GAIN and r.graphs <= 1]
+    if worth:
+        return "Verdict: worth serving compiled here: " + ", ".join(f"{r.precision} {r.mode} {r.gain:.2f}x" for r in worth) + "."
+    reasons = []
+    ran = [r for r in rows if not r.failed]
+    if ran and max(r.graphs for r in ran) > 1:
+        reasons.append(f"every new image size compiles again ({max(r.graphs for r in ran)} graphs for {len(COMPILE_SIZES)} sizes)")
+    if ran and max(r.gain for r in ran) < COMPILE_MIN_GAIN:
+        reasons.append(f"the best gain per request is {max(r.gain for r in ran):.2f}x (< {COMPILE_MIN_GAIN}x)")
+    return "Verdict: not adopted here: " + ("; ".join(reasons) or "compiling failed") + "."
+
+
 def served_table(served: Served) -> Table:
     table = Table(
         f"Served latency (480x480 JPEG, {served.requests} sequential requests, default options)",
@@ -467,6 +530,8 @@ def build_report(
     throughput: Sequence[Throughput] = (),
     engines: Sequence[EngineFigures] = (),
     overload: Overload | None = None,
+    batching: Sequence[BatchFigures] = (),
+    compiled: Sequence[CompileFigures] = (),
 ) -> Report:
     """Every section that ran, as data, in the order the Markdown shows them."""
     report = Report(f"Benchmark: {args.model}", machine_lines(machine))
@@ -484,6 +549,10 @@ def build_report(
         report.tables.append(families_table(families))
     if encodings:
         report.tables.append(encodings_table(encodings, get_variant(args.model, args.patch).num_heads))
+    if batching:
+        report.tables.append(batching_table(batching, "480x480"))
+    if compiled:
+        report.tables.append(compile_table(compiled))
     if served:
         report.tables.append(served_table(served))
         report.targets += served_targets(served)

@@ -26,7 +26,6 @@ from dino_attention.model.variants import get_variant
 from dino_attention.protocols import PLAIN, ServerInfo
 from dino_attention.service import create_service
 from scripts import background, serve_kserve
-from tests.support.handler import answer
 from tests.support.torchserve import free_ports, private_torchserve
 
 logger = logging.getLogger("bench")
@@ -55,6 +54,8 @@ class Served:
 
 def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: Path) -> Served:
     """p50/p95 of the same request through a real TorchServe and in process."""
+    from tests.support.handler import answer  # TorchServe's Context: only the served sections need TorchServe installed
+
     variant = get_variant(args.model, args.patch)
     service = create_service({"model": variant.name}, weights)
     in_process = timed(lambda: answer(service, [{"body": image}]), args.requests)

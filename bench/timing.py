@@ -136,29 +136,54 @@ def side_by_side(model: VisionTransformer, x: torch.Tensor, rounds: int) -> dict
 # ----------------------------------------------------------------------------- one configuration per process
 def worker(args: argparse.Namespace) -> int:
     """One forward configuration in its own process: prints a JSON line, saves the maps."""
+    print(json.dumps(configuration(args)))
+    return 0
+
+
+def configuration(args: argparse.Namespace) -> dict[str, object]:
+    """Time ``args.path`` at ``args.size`` (or the methods side by side), save the maps to ``args.maps``:
+    ``{"times", "peak_rss_mb", "loaded_rss_mb"}`` (on a GPU: its memory), or ``{SIDE_BY_SIDE: ratios}``."""
     variant = get_variant(args.model, args.patch)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
     if args.path != "seed":  # as served: the kernels measured for its precision (the seed runs its own explicit maths)
         model.use_kernels(native_kernels(device, variant, [args.path if args.path in AUTOCAST_DTYPES else FP32]))
     h, w = args.size
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
     if args.path == SIDE_BY_SIDE:
-        print(json.dumps({SIDE_BY_SIDE: side_by_side(model, x, args.repeats)}))
-        return 0
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {SIDE_BY_SIDE: side_by_side(model, x, args.repeats)}
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":  # GPU memory is the figure there; RSS is the host process
+        loaded = torch.cuda.memory_allocated(device) / 2**20
     maps: list[np.ndarray] = []
 
     def once() -> None:
         maps[:] = [run_path(args.path, model, x)]
 
-    times = timed(once, args.repeats, warmup=args.repeats > 1)  # big sizes: warm-up is noise next to minutes
-    np.save(args.maps, maps[0])
+    # A GPU always warms up (kernel selection, allocator); big sizes on a CPU don't: that is noise next to minutes.
+    times = timed(once, args.repeats, warmup=args.repeats > 1 or device.type == "cuda")
+    if args.maps:
+        np.save(args.maps, maps[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.type == "cuda":  # GPU memory is the figure there; RSS is the host process
+    if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
-    print(json.dumps({"times": times, "peak_rss_mb": peak, "loaded_rss_mb": rss_loaded}))
-    return 0
+    return {"times": times, "peak_rss_mb": peak, "loaded_rss_mb": loaded}
+
+
+def run_configuration(args: argparse.Namespace, path: str, size: tuple[int, int], repeats: int, maps: Path | None = None) -> dict:
+    """``configuration`` in a worker process of its own on a CPU, so that its max RSS is its own; in
+    this process on a GPU, whose memory peak is reset per configuration (no CUDA start-up per configuration)."""
+    if torch.device(args.device).type == "cuda":
+        return configuration(argparse.Namespace(**{**vars(args), "path": path, "size": size, "repeats": repeats, "maps": maps}))
+    cmd = [sys.executable, "-m", "bench", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
+    cmd += ["--patch", str(args.patch), "--weights", str(args.weights), "--repeats", str(repeats), "--device", args.device]
+    cmd += ["--maps", str(maps)] if maps else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @dataclass
@@ -205,10 +230,9 @@ def method_over_budget(path: str, tokens: int, args: argparse.Namespace) -> str 
 
 
 def measure(
-    path: str, size: tuple[int, int], args: argparse.Namespace, weights: Path, maps_dir: Path, done: list[Result], speeds: dict[str, Speed]
+    path: str, size: tuple[int, int], args: argparse.Namespace, maps_dir: Path, done: list[Result], speeds: dict[str, Speed]
 ) -> Result:
-    """``path`` at ``size`` in a worker process (``python -m bench --worker``), unless a budget or a
-    non-native precision rules it out."""
+    """``path`` at ``size`` (``run_configuration``), unless a budget or a non-native precision rules it out."""
     tokens = (size[0] // args.patch) * (size[1] // args.patch)  # patch tokens
     result = Result(path, size, tokens)
     if path in speeds and not speeds[path].fast:
@@ -218,33 +242,29 @@ def measure(
         result.skipped = seed_over_budget(tokens, args, done) if path == "seed" else method_over_budget(path, tokens, args)
         if result.skipped:
             return result
-    repeats = args.repeats if tokens <= 4000 else 1  # big sizes: one timed run, no warm-up
-    cmd = [sys.executable, "-m", "bench", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
-    cmd += ["--patch", str(args.patch), "--weights", str(weights), "--repeats", str(repeats), "--device", args.device]
-    cmd += ["--maps", str(maps_dir / f"{path}_{size[0]}x{size[1]}.npy")]
+    on_gpu = torch.device(args.device).type == "cuda"
+    repeats = args.repeats if tokens <= 4000 or on_gpu else 1  # big sizes on a CPU: one timed run, no warm-up
     logger.info("  %s %dx%d (%d tokens, %d timed run(s))", path, size[0], size[1], tokens, repeats)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode:
-        result.skipped = f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+    try:
+        data = run_configuration(args, path, size, repeats, maps_dir / f"{path}_{size[0]}x{size[1]}.npy")
+    except RuntimeError as e:
+        result.skipped = f"failed: {e}"
         return result
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
     result.times, result.peak_rss_mb, result.loaded_rss_mb = data["times"], data["peak_rss_mb"], data["loaded_rss_mb"]
     if path in PATHS:
         result.gflops = forward_flops(get_variant(args.model, args.patch), size, path) / result.best / 1e9
     return result
 
 
-def measure_side_by_side(size: tuple[int, int], args: argparse.Namespace, weights: Path, results: list[Result]) -> None:
-    """Fill ``over_last_layer`` of the methods at ``size``: ``side_by_side`` in a worker process."""
+def measure_side_by_side(size: tuple[int, int], args: argparse.Namespace, results: list[Result]) -> None:
+    """Fill ``over_last_layer`` of the methods at ``size``: ``side_by_side`` (``run_configuration``)."""
     rounds = max(args.repeats, 5)
-    cmd = [sys.executable, "-m", "bench", "--worker", "--path", SIDE_BY_SIDE, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
-    cmd += ["--patch", str(args.patch), "--weights", str(weights), "--repeats", str(rounds), "--device", args.device]
     logger.info("  side by side %dx%d: %s, %d rounds", size[0], size[1], ", ".join(SIDE_BY_SIDE_PATHS), rounds)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if proc.returncode:
-        logger.warning("side-by-side timing failed: %s", proc.stderr.strip().splitlines()[-1:] or proc.returncode)
+    try:
+        ratios = run_configuration(args, SIDE_BY_SIDE, size, rounds)[SIDE_BY_SIDE]
+    except RuntimeError as e:
+        logger.warning("side-by-side timing failed: %s", e)
         return
-    ratios = json.loads(proc.stdout.strip().splitlines()[-1])[SIDE_BY_SIDE]
     for r in results:
         if r.size == size and r.path in ratios and not r.skipped:
             r.over_last_layer = ratios[r.path]
@@ -277,16 +297,15 @@ def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, R
     rows: list[tuple[str, Result]] = []
     for name in dict.fromkeys(model for model, _ in args.families):
         variant = get_variant(name)
-        model_args = argparse.Namespace(**{**vars(args), "model": name, "patch": variant.patch_size})
         folder = workdir / name
         folder.mkdir()
+        model_args = argparse.Namespace(**{**vars(args), "model": name, "patch": variant.patch_size, "weights": folder / "random.pth"})
         torch.manual_seed(0)
-        weights = folder / "random.pth"
-        torch.save(build_model(variant, None).state_dict(), weights)
+        torch.save(build_model(variant, None).state_dict(), model_args.weights)
         done: list[Result] = []
         for model, size in args.families:
             if model == name:
-                done += [measure(path, size, model_args, weights, folder, done, {}) for path in ("seed", "fp32")]
+                done += [measure(path, size, model_args, folder, done, {}) for path in ("seed", "fp32")]
         compare_maps(done, folder)
         rows += [(name, r) for r in done]
     return rows

@@ -47,6 +47,9 @@ CPU_FLAGS: dict[str, tuple[str, ...]] = {  # /proc/cpuinfo flags that make a pre
 }
 REPORTED_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
 PROBE_SHAPE = (1024, 384, 1536)  # (tokens, dim, hidden): one ViT-S MLP GEMM at 1024 tokens
+# On a GPU that GEMM takes microseconds in any precision: the launch, not the arithmetic, would be
+# timed (every precision ~1x fp32). A ViT-B MLP GEMM at 8192 tokens keeps the GPU busy for long enough.
+GPU_PROBE_SHAPE = (8192, 768, 3072)
 PROBE_REPEATS = 5
 
 
@@ -138,6 +141,9 @@ def probe_seconds(run: Callable[[], object], device: torch.device, repeats: int,
     at load: precisions, attention kernels (``model/kernels.py``), the cost model (``cost.py``)."""
     best = float("inf")
     with torch.inference_mode():
+        if device.type == "cuda":  # a GPU's first call of a kernel loads it lazily: not the kernel's speed
+            run()
+            _synchronize(device)
         for i in range(1 + repeats):
             start = time.perf_counter()
             run()
@@ -152,7 +158,7 @@ def probe_seconds(run: Callable[[], object], device: torch.device, repeats: int,
 
 def matmul_seconds(device: torch.device, dtype: torch.dtype, give_up_after: float = float("inf")) -> float:
     """Best-of-``PROBE_REPEATS`` time of the probe GEMM in ``dtype`` on ``device`` (``probe_seconds``)."""
-    tokens, dim, hidden = PROBE_SHAPE
+    tokens, dim, hidden = GPU_PROBE_SHAPE if device.type == "cuda" else PROBE_SHAPE
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(tokens, dim, generator=gen).to(device, dtype)
     b = torch.randn(dim, hidden, generator=gen).to(device, dtype)

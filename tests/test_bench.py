@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from bench import cli
-from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, markdown
+from bench.batching import CPU_BATCHES
+from bench.compiled import CompileFigures
+from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, compile_table, markdown
 from bench.timing import Machine, Result, forward_flops
 from dino_attention.model.variants import get_variant
 from dino_attention.precision import PrecisionPlan, Speed, probe_speed
@@ -21,7 +23,7 @@ from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 TINY_RUN = [
     *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),
     *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42"),
-    *("--sections", "forward", "methods", "families", "encoding", "engines"),
+    *("--sections", "forward", "methods", "families", "encoding", "batching", "engines"),
 ]
 
 
@@ -51,7 +53,7 @@ def test_tiny_run_reports_every_section_it_ran(tiny_run: tuple[dict, str, Path])
     for fact in ("- Machine: ", "avx512_bf16=", "amx_bf16=", "torch CPU capability", f"torch {torch.__version__}", "precision=auto runs"):
         assert fact in machine
     titles = [t["title"] for t in data["tables"]]
-    assert [t.split(" ")[0] for t in titles] == ["Forward", "Methods", "Today's", "Response", "Engines:"]
+    assert [t.split(" ")[0] for t in titles] == ["Forward", "Methods", "Today's", "Response", "Batching", "Engines:"]
     # the Markdown is the data: the same tables, every row as wide as its header, the same cells
     written = markdown_tables(text)
     for table in data["tables"]:
@@ -114,6 +116,32 @@ def emulating_machine() -> Machine:
     return Machine(
         torch.device("cpu"), "AMD EPYC; avx2=yes", {"bf16": emulated, "fp16": emulated}, {"fp32": 100.0}, PrecisionPlan.fp32_only()
     )
+
+
+def test_batching_figures_are_derived_from_the_batch_times(tiny_run: tuple[dict, str, Path]) -> None:
+    rows = rows_of(tiny_run[0], "Batching")
+    assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", b) for b in CPU_BATCHES]  # fp32 runs everywhere
+    for r in rows:
+        assert r["images/s"] == pytest.approx(r["batch"] / r["s per batch"])
+        assert 0 < r["forward share"] <= 1
+
+
+def test_compile_verdict_adopts_only_a_net_win() -> None:
+    """torch.compile is worth it only faster per request and without a compile per image size."""
+    fast_but_recompiles = CompileFigures("bf16", "default", 30.0, (21.0, 22.0), 3, 0.0047, 0.0038, 2e-6)
+    assert fast_but_recompiles.gain == pytest.approx(0.0047 / 0.0038)
+    assert fast_but_recompiles.break_even_requests == pytest.approx(30.0 / 0.0009)
+    verdict = compile_table([fast_but_recompiles]).notes[0]
+    assert verdict.startswith("Verdict: not adopted") and "3 graphs for 3 sizes" in verdict
+    slower = CompileFigures("fp32", "default", 71.6, (44.3, 33.0), 3, 3.77, 4.02, 2e-10)
+    assert slower.break_even_requests == float("inf")
+    row = compile_table([slower]).rows[0]
+    assert row[8] == "never" and row[7] == pytest.approx(3.77 / 4.02)
+    worth = CompileFigures("bf16", "freezing", 20.0, (0.5, 0.5), 1, 1.0, 0.5, 1e-3)
+    assert compile_table([worth, slower]).notes[0] == "Verdict: worth serving compiled here: bf16 freezing 2.00x."
+    failed = compile_table([CompileFigures("bf16", "default", failed="BackendCompilerFailed: no C++ compiler")])
+    assert failed.notes[0] == "Verdict: not adopted here: compiling failed."
+    assert isinstance(failed.rows[0][2], Skipped)
 
 
 def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:

@@ -17,7 +17,7 @@ import torch
 from client.render_attention import decode_masks
 from dino_attention.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
 from dino_attention.model.checkpoint import build_model
-from dino_attention.model.rollout import HEAD_FUSIONS, cls_rollout, rollout_reference
+from dino_attention.model.rollout import GPU_SCORE_BYTES, HEAD_FUSIONS, ROW_CHUNK, cls_rollout, rollout_reference, row_chunk
 from dino_attention.precision import PrecisionPlan
 from dino_attention.service import AttentionService, ServiceConfig
 from scripts import REPO
@@ -53,6 +53,17 @@ def test_rollout_equals_the_full_matrix_product(tiny, size, head_fusion: str, di
     assert ours.shape == naive.shape == (2, 1 + (size[0] // 16) * (size[1] // 16))
     assert ((ours - naive).abs().amax(dim=1) / naive[:, 1:].abs().amax(dim=1)).max() < 1e-5
     torch.testing.assert_close(ours.sum(dim=1), torch.ones(2))  # e_0^T R: R's rows sum to 1
+
+
+def test_rollout_chunk_per_device(tiny) -> None:
+    """A GPU rebuilds as many rows at a time as its score budget holds (all of them for small images):
+    the answer is the same as the CPU's 32-row chunks."""
+    assert row_chunk(torch.device("cpu"), 1, 6, 3601) == ROW_CHUNK
+    assert row_chunk(torch.device("cuda"), 1, 6, 3601) == GPU_SCORE_BYTES // (4 * 6 * 3601) > 3601  # every row at once
+    assert ROW_CHUNK < row_chunk(torch.device("cuda"), 1, 6, 32401) < 32401  # 1080x1920 at patch 8: in chunks
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    whole = cls_rollout(tiny, x, 11, "max", 0.3, chunk=10_000)
+    torch.testing.assert_close(whole, cls_rollout(tiny, x, 11, "max", 0.3), rtol=1e-5, atol=1e-7)
 
 
 def test_reference_follows_the_stated_definition(tiny) -> None:

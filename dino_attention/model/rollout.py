@@ -13,8 +13,8 @@ then R = Â_L ... Â_1 Â_0, and the result is the [CLS] row of R: e_0^T R, (N,)
 
 ``cls_rollout`` computes e_0^T R top-down, v <- v Â_b, from the queries and keys each block used
 in one forward pass (kept, O(N) per block); each Â_b is rebuilt ``chunk`` query rows at a time, so no
-N x N matrix (nor any (heads, N, N) tensor) ever exists: memory grows linearly in N. Rows whose
-weight in v is zero are skipped (in the top block, all but the [CLS] row). ``rollout_reference``
+N x N matrix (nor any (heads, N, N) tensor) ever exists: memory grows linearly in N. In the top
+block only the [CLS] row is rebuilt (v = e_0 there). ``rollout_reference``
 is the naive full-matrix product (O(N^2) memory, O(N^3) time) the tests and the benchmark compare with.
 """
 
@@ -29,7 +29,17 @@ from .vit import Block, QKStore, VisionTransformer
 
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
-ROW_CHUNK = 32  # query rows of Â_b rebuilt at a time: (B, heads, 32, N) scores (32 ran fastest at N=3601 on 2 cores)
+ROW_CHUNK = 32  # query rows of Â_b rebuilt at a time on a CPU: (B, heads, 32, N) scores (fastest at N=3601 on 2 cores)
+# On a GPU, 32-row products leave it idle (rollout ran 27x a last-layer request at 480x480 on an H100):
+# there the chunk is as many rows as fit this many bytes of float32 scores.
+GPU_SCORE_BYTES = 512 * 2**20
+
+
+def row_chunk(device: torch.device, batch: int, heads: int, tokens: int) -> int:
+    """Query rows rebuilt at a time: ``ROW_CHUNK`` on a CPU; on a GPU, what ``GPU_SCORE_BYTES`` holds."""
+    if device.type != "cuda":
+        return ROW_CHUNK
+    return max(ROW_CHUNK, GPU_SCORE_BYTES // (4 * batch * heads * tokens))
 
 
 def fuse_heads(weights: torch.Tensor, head_fusion: str) -> torch.Tensor:
@@ -78,12 +88,12 @@ def cls_rollout(
     layer: int | None = None,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
-    chunk: int = ROW_CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """e_0^T Â_layer ... Â_0 for a batch of images: (B, 3, H, W) -> (B, 1 + N), float32.
 
     The forward pass (blocks 0..layer-1) runs as usual (fused SDPA, any autocast precision); the
-    rollout itself is computed in float32.
+    rollout itself is computed in float32. ``chunk``: query rows rebuilt at a time (default ``row_chunk``).
     """
     layer = resolve_layer(layer, model.depth)
     blocks = cast(list[Block], model.blocks)
@@ -95,17 +105,17 @@ def cls_rollout(
     q, k = top.attn.queries_keys(top.norm1(tokens), rope)  # the top block never runs forward: project here
     kept.append((q.contiguous(), k.transpose(-2, -1).contiguous()))
     B, N, _ = tokens.shape
+    chunk = chunk or row_chunk(x.device, B, q.shape[1], N)
     v = torch.zeros(B, N, dtype=torch.float32, device=x.device)  # (B, N)
     v[:, 0] = 1.0  # e_0: the [CLS] token
+    live = 1  # rows of v that may be non-zero: the [CLS] row in the top block, then all
     while kept:  # blocks layer, layer - 1, ..., 0
         q, k_t = (t.float() for t in kept.pop())  # (B, heads, N, d), (B, heads, d, N)
         with torch.autocast(x.device.type, enabled=False):
             out = torch.zeros_like(v)
-            for start in range(0, N, chunk):
-                rows = slice(start, min(start + chunk, N))
-                if bool(v[:, rows].any()):
-                    out += propagate_rows(v, q, k_t, rows, head_fusion, discard_ratio)
-        v = out
+            for start in range(0, live, chunk):
+                out += propagate_rows(v, q, k_t, slice(start, min(start + chunk, live)), head_fusion, discard_ratio)
+        v, live = out, N
     return v
 
 
@@ -119,10 +129,11 @@ def rollout_reference(
     blocks = cast(list[Block], model.blocks)
     tokens, rope = model.prepare_tokens(x)
     B, N, _ = tokens.shape
-    product = torch.eye(N).expand(B, N, N)  # (B, N, N)
+    eye = torch.eye(N, device=x.device)
+    product = eye.expand(B, N, N)  # (B, N, N)
     for index, blk in enumerate(blocks[: layer + 1]):
         weights, _ = blk.attn.explicit_weights(blk.norm1(tokens), rope)  # (B, heads, N, N)
-        fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + torch.eye(N)  # (B, N, N)
+        fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + eye  # (B, N, N)
         product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_index ... Â_0
         if index < layer:
             tokens = blk(tokens, rope, explicit=True)

@@ -1,0 +1,67 @@
+"""The batching section: images/s of the service in process, by batch size, for each precision that
+runs natively. A batch is B requests handed to ``AttentionService.explain`` at once (as TorchServe's
+``batchSize`` or the KServe engine's batcher hands them): decode, resize, one forward pass for all,
+the maps; the response encoding is left out (the encoding section times it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from bench.timing import timed
+from dino_attention.errors import RequestError
+from dino_attention.model.variants import get_variant
+from dino_attention.schema import ImageRequest
+from dino_attention.service import AttentionService, create_service
+
+logger = logging.getLogger("bench")
+
+GPU_BATCHES = (1, 8, 32)
+CPU_BATCHES = (1, 4)  # a CPU runs a 480x480 image in seconds: larger batches only add minutes
+REQUEST = {"upsample": "false"}  # maps on the patch grid: the model's work, not the upsampling's
+
+
+@dataclass(frozen=True)
+class BatchFigures:
+    precision: str
+    batch: int
+    seconds: float  # median seconds per batch
+    images_per_s: float
+    forward_share: float  # the forward pass's share of the batch's time (the rest: decode, resize, maps)
+
+
+def batch_sizes(device: torch.device) -> tuple[int, ...]:
+    return GPU_BATCHES if device.type == "cuda" else CPU_BATCHES
+
+
+def explain_batch(service: AttentionService, requests: list[ImageRequest], forward_ms: list[float]) -> None:
+    """One batch through the service; appends the milliseconds of its forward pass to ``forward_ms``."""
+    results = service.explain(requests)
+    first = results[0]
+    failed = [r for r in results if isinstance(r, RequestError)]
+    if failed or isinstance(first, RequestError):
+        raise RuntimeError(f"the batching request failed: {failed[0]}")
+    forward_ms.append(first.stats["forward_ms"])
+
+
+def bench_batching(args: argparse.Namespace, weights: Path, image: bytes, precisions: list[str]) -> list[BatchFigures]:
+    """Each precision's service, each batch size: the median of ``args.repeats`` batches (after one)."""
+    device = torch.device(args.device)
+    variant = get_variant(args.model, args.patch)
+    rows: list[BatchFigures] = []
+    for precision in precisions:
+        service = create_service({"model": variant.name, "precision": precision}, weights, device)
+        for batch in batch_sizes(device):
+            forward_ms: list[float] = []
+            times = timed(partial(explain_batch, service, [ImageRequest(image, REQUEST)] * batch, forward_ms), args.repeats)
+            seconds = statistics.median(times)
+            share = statistics.median(forward_ms[1:]) / 1000 / seconds
+            rows.append(BatchFigures(precision, batch, seconds, batch / seconds, share))
+            logger.info("  %s batch %d: %.1f images/s", precision, batch, batch / seconds)
+    return rows
