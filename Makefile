@@ -4,10 +4,11 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
 # A hub name (dino_vits8, dinov2_vits14_reg, dinov3_vits16, ...: README's model table), or DINO's
-# vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8).
-MODEL   ?= vit_small
+# vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8). Empty: vit_small, or what WEIGHTS' config.json says.
+MODEL   ?=
 PATCH   ?=
-MODEL_ARGS = --model $(MODEL) $(if $(PATCH),--patch $(PATCH))
+MODEL_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(PATCH),--patch $(PATCH))
+# A checkpoint: a .pth/.pt or .safetensors file, a Hugging Face model directory, or random.
 WEIGHTS ?=
 # Where `make weights` caches the official checkpoints (git-ignored).
 WEIGHTS_DIR ?= weights
@@ -15,8 +16,9 @@ CHECKPOINT ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --mask 0.6
-# Archive name (dino_vits8, dinov2_vits14_reg, ...) comes from the variants table in dino_attention/model/variants.py.
-NAME     = $(shell $(PY) -m scripts.archive $(MODEL_ARGS) --print-name)
+# The served name: model_store/$(NAME).mar, /predictions/$(NAME). Default: the hub name of MODEL (the
+# variants table in dino_attention/model/variants.py), or a Hugging Face directory's name.
+NAME    ?= $(shell $(PY) -m scripts.archive $(MODEL_ARGS) $(if $(WEIGHTS),--weights "$(WEIGHTS)") --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).
 CONFIG  ?= config.properties
@@ -44,7 +46,7 @@ weights: install
 	$(PY) -m scripts.weights fetch $(MODEL_ARGS) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 archive: install
-	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(filter command line,$(origin NAME)),--name $(NAME))
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)

@@ -33,7 +33,7 @@ from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
 from .model.kernels import plan_kernels
-from .model.variants import DEFAULT_MODEL, FAMILIES, Variant, get_variant
+from .model.variants import DEFAULT_MODEL, FAMILIES, Variant, get_variant, variant_from_mapping
 from .model.vit import VisionTransformer
 from .options import DEFAULTS, FORMATS, RESPONSE_DTYPES, Defaults, Options, describe_options, format_from_accept, parse_options
 from .precision import AUTOCAST_DTYPES, PRECISIONS, PrecisionPlan, autocast, plan_precisions
@@ -69,6 +69,10 @@ class ServiceConfig:
     # itself (KServe v2 ``timeout``, the X-Request-Timeout header); 0: none. Not computed past it: 504.
     deadline_s: float = 0.0
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+    # Written by the archiver for a model built from its checkpoint's own config (a Hugging Face or timm
+    # fine-tune, a renamed or resized hub model): the Variant's fields, and what the weights came from.
+    architecture: Variant | None = None
+    source: str = ""  # e.g. "huggingface dinov2 (model.safetensors)", "timm (x.safetensors)", "hub (x.pth)"
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, object]) -> ServiceConfig:
@@ -79,6 +83,9 @@ class ServiceConfig:
             raise ConfigError(f"unknown handler setting(s) {unknown}; known: {sorted(known)}")
         checked: dict[str, Any] = {}
         for name, value in settings.items():
+            if name == "architecture":
+                checked[name] = parse_architecture(value)
+                continue
             expected = type(getattr(cls, name))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)  # YAML writes 60 for 60.0
@@ -97,6 +104,18 @@ class ServiceConfig:
             if getattr(config, name) not in choices:
                 raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
         return config
+
+    @property
+    def variant(self) -> Variant:
+        """The model: the archived ``architecture``, else the hub variant named ``model``."""
+        if self.architecture is not None:
+            if self.architecture.name != self.model:
+                raise ConfigError(f"handler setting model={self.model!r} differs from its architecture's name {self.architecture.name!r}")
+            return self.architecture
+        try:
+            return get_variant(self.model)
+        except ValueError as e:
+            raise ConfigError(f"{e}; a model built from its own checkpoint needs its archived `architecture:` (make archive)") from e
 
     def defaults(self, accept: str | None = None) -> Defaults:
         """Option defaults for one request; an Accept header may pick the format."""
@@ -345,6 +364,9 @@ class AttentionService:
             "model": {
                 **self.facts.describe(),
                 "weights": self.config.weights,
+                **({"source": self.config.source} if self.config.source else {}),
+                "mean": list(self.variant.mean),
+                "std": list(self.variant.std),
                 "licence": family.licence,
                 "licence_url": family.licence_url,
             },
@@ -358,6 +380,16 @@ class AttentionService:
             "attention_kernel": self.model.kernels.summary(),
             "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels, "cost_budget_s": self.cost_budget_s},
         }
+
+
+def parse_architecture(value: object) -> Variant:
+    """The ``architecture:`` handler setting (``variants.variant_to_mapping``'s output) as a Variant."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"handler setting architecture must be a mapping of the model's facts, not {type(value).__name__}")
+    try:
+        return variant_from_mapping(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"handler setting {e}") from e
 
 
 def seconds(value: float) -> str:
@@ -382,10 +414,7 @@ def create_service(
     ``response_timeout_s``: the model server's per-request timeout; requests estimated over
     ``cost_budget_s`` (by default ``ADMISSION_SHARE`` of it) are refused with 413."""
     config = ServiceConfig.from_mapping(settings)
-    try:
-        variant = get_variant(config.model)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    variant = config.variant
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     # PIL's own decompression-bomb guard, set explicitly to our limit (it errors above twice this);

@@ -133,10 +133,16 @@ def progress_bar(done: int, total: int | None) -> None:
     sys.stderr.flush()
 
 
+DEFAULT_MODEL_ARG = "vit_small"  # MODEL= when none is given (with PATCH=8: dino_vits8, DEFAULT_MODEL)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model (a hub name, or DINO's vit_tiny/small/base with --patch 8|16) and --patch."""
+    """--model (a hub name, or DINO's vit_tiny/small/base with --patch 8|16; default ``DEFAULT_MODEL_ARG``) and --patch."""
     parser.add_argument(
-        "--model", default="vit_small", choices=sorted(VARIANTS) + sorted(DINO_ARCHS), help="hub name, or DINO's size with --patch"
+        "--model",
+        default=None,
+        choices=sorted(VARIANTS) + sorted(DINO_ARCHS),
+        help=f"hub name, or DINO's size with --patch (default {DEFAULT_MODEL_ARG})",
     )
     parser.add_argument("--patch", type=int, default=None, choices=DINO_PATCH_SIZES, help="DINO's patch size (default 8) for --model vit_*")
 
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.name:48} {c.model:18} {kind:9} {state:7} {c.url()}")
         return 0
     try:
-        variant = get_variant(args.model, args.patch)
+        variant = get_variant(args.model or DEFAULT_MODEL_ARG, args.patch)
         checkpoint = get_checkpoint(variant, args.checkpoint)
         logger.info("fetching %s from %s into %s", checkpoint.filename, checkpoint.url(), cache_dir)
         fetch(variant, checkpoint, cache_dir, progress=progress_bar if sys.stderr.isatty() else None)

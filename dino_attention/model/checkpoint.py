@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import pickle
 import re
 from collections.abc import Mapping
@@ -17,13 +18,18 @@ from .vit import VisionTransformer
 
 # Keys of DINO's training checkpoints that may hold the backbone, in order of preference.
 CHECKPOINT_KEYS: tuple[str, ...] = ("teacher", "student")
-# Wrappers DINO adds around the backbone: DistributedDataParallel, then MultiCropWrapper.
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "backbone.")
-# The projection head of MultiCropWrapper (DINOHead); the backbone does not use it.
-HEAD_PREFIX = "head."
+# Wrappers around the backbone, stripped in this order: DistributedDataParallel, a flattened teacher,
+# a training framework's model, DINO's MultiCropWrapper, transformers' base models in their
+# ...ForImageClassification (base_model_prefix).
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "teacher.", "model.", "backbone.", "dinov2_with_registers.", "dinov2.")
+# Heads the backbone does not use: DINO's projection head (and timm's classifier), transformers'
+# classifier, DINOv2/v3 training heads. Dropped with one log line naming them.
+HEAD_PREFIXES: tuple[str, ...] = ("head.", "classifier.", "dino_head.", "ibot_head.")
 # DINOv2's training code groups blocks for FSDP (block_chunks): blocks.<chunk>.<index>. -> blocks.<index>.
 CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 RANDOM_WEIGHTS = "random"
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -51,10 +57,10 @@ def read_checkpoint(path: str | Path) -> Mapping[str, object]:
 def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
     """Backbone state_dict from any DINO layout; pure (the input is not modified).
 
-    Accepts a plain backbone state_dict (the hub checkpoints of all three families), or a full
-    training checkpoint whose ``checkpoint_key`` (default: ``teacher``, else ``student``) holds one.
-    Strips ``module.`` and ``backbone.`` prefixes, un-chunks DINOv2's ``blocks.<chunk>.<i>.`` and
-    drops the DINO projection head (``head.*``).
+    Accepts a plain backbone state_dict (the hub checkpoints of all three families, or another
+    library's: ``sources.py`` renames those), or a full training checkpoint whose ``checkpoint_key``
+    (default: ``teacher``, else ``student``) holds one. Strips ``WRAPPER_PREFIXES``, un-chunks
+    DINOv2's ``blocks.<chunk>.<i>.`` and drops the heads (``HEAD_PREFIXES``), logging their names.
     """
     keys = (checkpoint_key,) if checkpoint_key else CHECKPOINT_KEYS
     state = next((checkpoint[k] for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
@@ -65,15 +71,19 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint entry is a {type(state).__name__}, not a state_dict")
     out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
     for key, value in state.items():
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
-        if key.startswith(HEAD_PREFIX):
+        if key.startswith(HEAD_PREFIXES):
+            dropped.append(key)
             continue
         key = CHUNKED_BLOCK.sub(r"blocks.\1.", key)
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor; is this a state_dict?")
         out[key] = value
+    if dropped:
+        logger.info("dropped %d head tensor(s) the backbone does not use: %s", len(dropped), ", ".join(dropped))
     return out
 
 

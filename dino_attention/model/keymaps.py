@@ -1,6 +1,9 @@
 """State dicts in other libraries' layouts, renamed to the hub's (the official code's, ours): one
 table per source, each a pure function of the state dict and the model it is for.
 
+``from_hf``: Hugging Face transformers' ``Dinov2Model``, ``Dinov2WithRegistersModel`` and
+``DINOv3ViTModel`` (``HF_KEYS``); their separate query/key/value projections are stacked into ``qkv``.
+
 ``from_timm``: timm's ``vit_*_dinov2`` / ``vit_*_reg4_dinov2`` (``timm.models.vision_transformer``)
 and ``vit_*_dinov3`` / ``vit_*_dinov3_qkvb`` (``timm.models.eva``) models, as ``save_file`` /
 ``torch.save`` write their ``state_dict()``. What timm folds or leaves out is put back exactly:
@@ -69,6 +72,70 @@ def from_timm(state: Mapping[str, torch.Tensor], variant: Variant, reference: Ma
     return out
 
 
+# Hugging Face transformers name -> hub name, per family (Dinov2Model and Dinov2WithRegistersModel
+# share one layout; DINOv3ViTModel has its own). q, k and v are separate there: ``HF_QKV`` joins them.
+HF_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dinov2": (
+        (r"^embeddings\.cls_token$", "cls_token"),
+        (r"^embeddings\.mask_token$", "mask_token"),
+        (r"^embeddings\.register_tokens$", "register_tokens"),
+        (r"^embeddings\.position_embeddings$", "pos_embed"),
+        (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.", r"blocks.\1.attn.\2."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+        (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+        (r"^encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.w12."),  # SwiGLU (ViT-g)
+        (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.w3."),
+        (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),  # norm1, norm2, mlp.fc1, mlp.fc2
+        (r"^layernorm\.", "norm."),
+    ),
+    "dinov3": (
+        (r"^embeddings\.cls_token$", "cls_token"),
+        (r"^embeddings\.mask_token$", "mask_token"),
+        (r"^embeddings\.register_tokens$", "storage_tokens"),
+        (r"^embeddings\.patch_embeddings\.", "patch_embed.proj."),
+        (r"^layer\.(\d+)\.attention\.(q|k|v)_proj\.", r"blocks.\1.attn.\2."),
+        (r"^layer\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+        (r"^layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+        (r"^layer\.(\d+)\.mlp\.gate_proj\.", r"blocks.\1.mlp.w1."),  # gated (SwiGLU): silu(w1 x) * w2 x -> w3
+        (r"^layer\.(\d+)\.", r"blocks.\1."),  # norm1, norm2, mlp.up_proj/down_proj (renamed below)
+    ),
+}
+HF_MLP = {"mlp": ("fc1", "fc2"), "swiglu": ("w2", "w3")}  # DINOv3's up_proj, down_proj in our FFNs
+HF_QKV = {"dinov2": ("query", "key", "value"), "dinov3": ("q", "k", "v")}
+
+
+def from_hf(state: Mapping[str, torch.Tensor], variant: Variant, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` / ``DINOv3ViTModel`` state dict
+    (prefixes already stripped) in the hub's layout for ``variant``. q, k, v are stacked into ``qkv``
+    (a bias the config leaves out is zero: DINOv3's key bias); DINOv3's buffers come from ``reference``."""
+    table = HF_KEYS[variant.family if variant.family in HF_KEYS else "dinov2"]
+    if variant.family == "dinov3":
+        up, down = HF_MLP["swiglu" if variant.ffn == "swiglu" else "mlp"]
+        table = (*table, (r"\.mlp\.up_proj\.", f".mlp.{up}."), (r"\.mlp\.down_proj\.", f".mlp.{down}."))
+    out = rename(state, table)
+    names = HF_QKV["dinov3" if variant.family == "dinov3" else "dinov2"]
+    for i in range(variant.depth):
+        prefix = f"blocks.{i}.attn."
+        parts = [out.pop(f"{prefix}{n}.weight", None) for n in names]
+        if all(p is not None for p in parts):
+            out[prefix + "qkv.weight"] = torch.cat(parts)  # type: ignore[arg-type]
+        biases = [out.pop(f"{prefix}{n}.bias", None) for n in names]
+        if any(b is not None for b in biases):
+            zeros = torch.zeros(variant.embed_dim)
+            out[prefix + "qkv.bias"] = torch.cat([b if b is not None else zeros for b in biases])
+        elif prefix + "qkv.bias" in reference:
+            out[prefix + "qkv.bias"] = torch.zeros(3 * variant.embed_dim)
+        if prefix + "qkv.bias_mask" in reference:
+            out.setdefault(prefix + "qkv.bias_mask", reference[prefix + "qkv.bias_mask"].clone())
+    if "rope_embed.periods" in reference:
+        out.setdefault("rope_embed.periods", reference["rope_embed.periods"].clone())
+    if "mask_token" in out and "mask_token" in reference:
+        out["mask_token"] = out["mask_token"].reshape(reference["mask_token"].shape)  # DINOv3: (1, 1, C) there
+    return out
+
+
 SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor], Variant, Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]] = {
     "timm": from_timm,
+    "huggingface": from_hf,
 }

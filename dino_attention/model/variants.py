@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -103,6 +105,10 @@ class Variant:
     interpolate_antialias: bool = False
     rope_base: float | None = None  # RoPE instead of a position embedding (DINOv3): period base
     mask_k_bias: bool = False  # qkv bias multiplied by a stored bias_mask (DINOv3 zeroes the key bias)
+    # Read from a fine-tuned checkpoint's own config (model/sources.py); the family's otherwise:
+    ffn_hidden_dim: int = 0  # the FFN's hidden width as its config states it; 0: from mlp_ratio as the official code
+    image_mean: tuple[float, float, float] | None = None  # preprocessing of its preprocessor config
+    image_std: tuple[float, float, float] | None = None
 
     @property
     def pretrain_grid(self) -> int:
@@ -116,11 +122,11 @@ class Variant:
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return FAMILIES[self.family].mean
+        return self.image_mean or FAMILIES[self.family].mean
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return FAMILIES[self.family].std
+        return self.image_std or FAMILIES[self.family].std
 
     @property
     def register_key(self) -> str:
@@ -129,6 +135,8 @@ class Variant:
     @property
     def ffn_hidden(self) -> int:
         """Hidden width of the FFN as the official code computes it (SwiGLU: 2/3 of it, aligned to 8)."""
+        if self.ffn_hidden_dim:
+            return self.ffn_hidden_dim
         hidden = int(self.embed_dim * self.mlp_ratio)
         if self.ffn == "swiglu_fused":
             return (int(hidden * 2 / 3) + 7) // 8 * 8
@@ -234,6 +242,48 @@ def get_variant(name: str, patch_size: int | None = None) -> Variant:
             raise ValueError(f"unsupported patch size {patch_size!r} for DINO's {name}; choose one of {list(DINO_PATCH_SIZES)}")
         return VARIANTS[f"dino_vit{DINO_ARCHS[name][2]}{patch_size}"]
     raise ValueError(f"unknown model {name!r}; choose a hub name {sorted(VARIANTS)} or DINO's {sorted(DINO_ARCHS)} with PATCH=8|16")
+
+
+FFNS: tuple[str, ...] = ("mlp", "swiglu_fused", "swiglu")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name TorchServe and KServe accept in URLs
+
+
+def variant_to_mapping(variant: Variant) -> dict[str, object]:
+    """A variant as plain values (lists for tuples): what an archive records of a model built from
+    its checkpoint (``architecture:`` in its model-config.yaml)."""
+    return {f.name: list(v) if isinstance(v := getattr(variant, f.name), tuple) else v for f in fields(Variant)}
+
+
+def variant_from_mapping(values: Mapping[str, object]) -> Variant:
+    """The inverse of ``variant_to_mapping``, checked: ``ValueError`` naming the field that is wrong."""
+    known = {f.name: f for f in fields(Variant)}
+    unknown = sorted(set(values) - set(known))
+    missing = sorted(name for name, f in known.items() if f.default is MISSING and name not in values)
+    if unknown or missing:
+        raise ValueError(f"architecture: unknown fields {unknown}, missing fields {missing}")
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        default = known[name].default
+        if name in ("image_mean", "image_std") and value is not None:
+            if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(c, (int, float)) for c in value)):
+                raise ValueError(f"architecture: {name} must be three numbers, not {value!r}")
+            value = tuple(float(c) for c in value)
+        elif isinstance(value, int) and not isinstance(value, bool) and (isinstance(default, float) or name == "rope_base"):
+            value = float(value)  # YAML writes 1 for 1.0
+        checked[name] = value
+    variant = Variant(**checked)
+    if variant.family not in FAMILIES:
+        raise ValueError(f"architecture: family {variant.family!r} is not one of {sorted(FAMILIES)}")
+    if variant.ffn not in FFNS:
+        raise ValueError(f"architecture: ffn {variant.ffn!r} is not one of {list(FFNS)}")
+    if not VARIANT_NAME.match(variant.name):
+        raise ValueError(f"architecture: name {variant.name!r} must be letters, digits, '_', '-' or '.' (a URL path segment)")
+    for name in ("patch_size", "embed_dim", "depth", "num_heads", "pretrain_img_size"):
+        if not isinstance(getattr(variant, name), int) or getattr(variant, name) < 1:
+            raise ValueError(f"architecture: {name} must be a positive integer, not {getattr(variant, name)!r}")
+    if variant.embed_dim % variant.num_heads:
+        raise ValueError(f"architecture: embed_dim {variant.embed_dim} is not divisible by num_heads {variant.num_heads}")
+    return variant
 
 
 def resolve_layer(layer: int | None, depth: int) -> int:
