@@ -30,6 +30,7 @@ from bench.plot import plot
 from bench.report import build_report, markdown, to_json
 from bench.servers import Served, bench_engines, bench_served, bench_throughput
 from bench.timing import (
+    HF_ROW,
     METHOD_PATHS,
     PATHS,
     SIDE_BY_SIDE,
@@ -59,6 +60,7 @@ FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
     ("dinov2_vits14_reg", (1036, 1036)),
     ("dinov3_vits16", (512, 512)),
+    (f"{HF_ROW}dinov2_vits14_reg", (518, 518)),  # the same model from a Hugging Face directory: as fast
 )
 IMAGE = REPO / "data" / "samples" / "astronaut.jpg"  # 512x512 -> 480x480: the served sections' request
 
@@ -69,9 +71,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_family_row(text: str) -> tuple[str, tuple[int, int]]:
-    """'dinov2_vits14_reg:518x518' -> ('dinov2_vits14_reg', (518, 518))."""
-    name, _, size = text.partition(":")
-    get_variant(name)  # a clear error for an unknown model
+    """'dinov2_vits14_reg:518x518' -> ('dinov2_vits14_reg', (518, 518)); 'hf:dinov2_vits14_reg:518x518'
+    the same model made by transformers (``HF_ROW``)."""
+    name, _, size = text.rpartition(":")
+    get_variant(name.removeprefix(HF_ROW))  # a clear error for an unknown model
     return name, parse_size(size)
 
 

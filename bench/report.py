@@ -18,7 +18,7 @@ from bench.compiled import SIZES as COMPILE_SIZES
 from bench.compiled import CompileFigures
 from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
-from bench.timing import Encoding, Machine, Result
+from bench.timing import HF_ROW, Encoding, Machine, Result
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
 from dino_attention.precision import AUTOCAST_DTYPES, describe_device
 
@@ -256,6 +256,14 @@ def families_table(rows: Sequence[tuple[str, Result]]) -> Table:
         eager = next(e for model, e in rows if model == name and e.path == "seed" and e.size == r.size)
         label = "eager N x N" if r.path == "seed" else "ours (SDPA + [CLS] row)"
         table.add_result((name, size_name(r.size), r.tokens, label), r, partial(measured, r, eager))
+    ours = {(name, r.size): r for name, r in rows if r.path != "seed" and r.times}
+    for (name, size), r in ours.items():
+        hub = ours.get((name.removeprefix(HF_ROW), size))
+        if name.startswith(HF_ROW) and hub:
+            table.notes.append(
+                f"{name}: the same architecture made by transformers and loaded from its `save_pretrained` directory as "
+                f"`make archive` loads it; at {size_name(size)} it takes {r.best / hub.best:.2f}x the hub-loaded model's time."
+            )
     return table
 
 

@@ -26,6 +26,7 @@ from dino_attention.methods.maps import MAPS
 from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from dino_attention.model.kernels import SDPA_ONLY, KernelPlan, plan_kernels
 from dino_attention.model.rollout import rollout_reference
+from dino_attention.model.sources import load_checkpoint
 from dino_attention.model.variants import Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
 from dino_attention.options import parse_options
@@ -143,11 +144,11 @@ def worker(args: argparse.Namespace) -> int:
 def configuration(args: argparse.Namespace) -> dict[str, object]:
     """Time ``args.path`` at ``args.size`` (or the methods side by side), save the maps to ``args.maps``:
     ``{"times", "peak_rss_mb", "loaded_rss_mb"}`` (on a GPU: its memory), or ``{SIDE_BY_SIDE: ratios}``."""
-    variant = get_variant(args.model, args.patch)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_model(variant, filter_state_dict(read_checkpoint(args.weights))).to(device)
+    model = load_model(args).to(device)
+    variant = model.variant
     if args.path != "seed":  # as served: the kernels measured for its precision (the seed runs its own explicit maths)
         model.use_kernels(native_kernels(device, variant, [args.path if args.path in AUTOCAST_DTYPES else FP32]))
     h, w = args.size
@@ -170,6 +171,15 @@ def configuration(args: argparse.Namespace) -> dict[str, object]:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     return {"times": times, "peak_rss_mb": peak, "loaded_rss_mb": loaded}
+
+
+def load_model(args: argparse.Namespace) -> VisionTransformer:
+    """The benchmark's model from ``args.weights``: a hub-layout checkpoint of ``args.model``, or a
+    Hugging Face directory, read as ``make archive`` reads it (``sources.load_checkpoint``)."""
+    if Path(args.weights).is_dir():
+        loaded = load_checkpoint(args.weights, None)
+        return build_model(loaded.variant, loaded.state)
+    return build_model(get_variant(args.model, args.patch), filter_state_dict(read_checkpoint(args.weights)))
 
 
 def run_configuration(args: argparse.Namespace, path: str, size: tuple[int, int], repeats: int, maps: Path | None = None) -> dict:
@@ -296,12 +306,17 @@ def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, R
     N x N path (the seed's maths) and our fp32 path, each in its own process; the maps compared."""
     rows: list[tuple[str, Result]] = []
     for name in dict.fromkeys(model for model, _ in args.families):
-        variant = get_variant(name)
-        folder = workdir / name
+        hub = name.removeprefix(HF_ROW)
+        variant = get_variant(hub)
+        folder = workdir / name.replace(":", "_")
         folder.mkdir()
-        model_args = argparse.Namespace(**{**vars(args), "model": name, "patch": variant.patch_size, "weights": folder / "random.pth"})
+        weights = folder / ("hf" if name.startswith(HF_ROW) else "random.pth")
+        model_args = argparse.Namespace(**{**vars(args), "model": hub, "patch": variant.patch_size, "weights": weights})
         torch.manual_seed(0)
-        torch.save(build_model(variant, None).state_dict(), model_args.weights)
+        if name.startswith(HF_ROW):
+            hugging_face_twin(variant).save_pretrained(weights)
+        else:
+            torch.save(build_model(variant, None).state_dict(), weights)
         done: list[Result] = []
         for model, size in args.families:
             if model == name:
@@ -309,6 +324,24 @@ def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, R
         compare_maps(done, folder)
         rows += [(name, r) for r in done]
     return rows
+
+
+HF_ROW = "hf:"  # a families row "hf:<hub name>": the same model made by transformers, loaded from its directory
+
+
+def hugging_face_twin(variant: Variant) -> torch.nn.Module:
+    """A random transformers model with ``variant``'s architecture (DINOv2 with or without registers),
+    to show that a model loaded from a Hugging Face directory is served as fast as the hub's."""
+    import transformers  # a test/bench dependency (requirements.txt), not the served core's
+
+    if variant.family != "dinov2" or variant.ffn != "mlp":
+        raise ValueError(f"{HF_ROW}{variant.name}: the Hugging Face row is made for DINOv2 ViT-S/B/L with or without registers")
+    shape = {"hidden_size": variant.embed_dim, "num_hidden_layers": variant.depth, "num_attention_heads": variant.num_heads}
+    shape |= {"patch_size": variant.patch_size, "image_size": variant.pretrain_img_size, "mlp_ratio": int(variant.mlp_ratio)}
+    if variant.num_registers:
+        config = transformers.Dinov2WithRegistersConfig(**shape, num_register_tokens=variant.num_registers)
+        return transformers.Dinov2WithRegistersModel(config)
+    return transformers.Dinov2Model(transformers.Dinov2Config(**shape))
 
 
 # ----------------------------------------------------------------------------- encodings

@@ -27,6 +27,7 @@ from dino_attention.model.sources import default_name, detect_layout, load_check
 from dino_attention.model.variants import VARIANTS, variant_from_mapping, variant_to_mapping
 from dino_attention.schema import ImageRequest
 from dino_attention.service import ServiceConfig, create_service
+from bench.timing import hugging_face_twin
 from scripts import archive
 
 from .support.checkpoints import encode, random_rgb, tiny_replica
@@ -126,6 +127,17 @@ def test_the_config_and_preprocessor_define_the_model() -> None:
     v3 = variant_from_hf_config({**TINY_HF, "model_type": "dinov3_vit", "intermediate_size": 80, "rope_theta": 50.0}, "v3")
     assert (v3.rope_base, v3.ffn_hidden, v3.eps, v3.mask_k_bias) == (50.0, 80, 1e-5, True)
     assert variant_from_mapping(variant_to_mapping(variant)) == variant  # what the archive records, read back
+
+
+def test_a_hugging_face_model_is_the_hub_model_it_was_made_from(tmp_path: Path) -> None:
+    """The same network (so the same speed: the families benchmark's hf: row measures it): a
+    transformers DINOv2-with-registers of ViT-S/14's shape loads as dinov2_vits14_reg with only the
+    name and transformers' position resize differing."""
+    hub = VARIANTS["dinov2_vits14_reg"]
+    hugging_face_twin(hub).save_pretrained(tmp_path)
+    loaded = load_checkpoint(tmp_path, None, name=hub.name)
+    assert loaded.variant == replace(hub, arch="vit_small", layerscale_init=1.0)  # transformers resizes as the hub's register models do
+    assert loaded.state.keys() == build_model(hub, None).state_dict().keys()
 
 
 # ----------------------------------------------------------------------------- timm and hub state dicts
