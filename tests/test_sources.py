@@ -21,13 +21,13 @@ import requests
 import torch
 import yaml
 
+from bench.timing import hugging_face_twin
 from dino_attention import layout
 from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from dino_attention.model.sources import default_name, detect_layout, load_checkpoint, variant_from_hf_config
 from dino_attention.model.variants import VARIANTS, variant_from_mapping, variant_to_mapping
 from dino_attention.schema import ImageRequest
 from dino_attention.service import ServiceConfig, create_service
-from bench.timing import hugging_face_twin
 from scripts import archive
 
 from .support.checkpoints import encode, random_rgb, tiny_replica
