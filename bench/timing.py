@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -329,14 +330,14 @@ def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, R
 HF_ROW = "hf:"  # a families row "hf:<hub name>": the same model made by transformers, loaded from its directory
 
 
-def hugging_face_twin(variant: Variant) -> torch.nn.Module:
+def hugging_face_twin(variant: Variant) -> Any:
     """A random transformers model with ``variant``'s architecture (DINOv2 with or without registers),
     to show that a model loaded from a Hugging Face directory is served as fast as the hub's."""
     import transformers  # a test/bench dependency (requirements.txt), not the served core's
 
     if variant.family != "dinov2" or variant.ffn != "mlp":
         raise ValueError(f"{HF_ROW}{variant.name}: the Hugging Face row is made for DINOv2 ViT-S/B/L with or without registers")
-    shape = {"hidden_size": variant.embed_dim, "num_hidden_layers": variant.depth, "num_attention_heads": variant.num_heads}
+    shape: dict[str, Any] = {"hidden_size": variant.embed_dim, "num_hidden_layers": variant.depth, "num_attention_heads": variant.num_heads}
     shape |= {"patch_size": variant.patch_size, "image_size": variant.pretrain_img_size, "mlp_ratio": int(variant.mlp_ratio)}
     if variant.num_registers:
         config = transformers.Dinov2WithRegistersConfig(**shape, num_register_tokens=variant.num_registers)
