@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import matplotlib
@@ -43,6 +44,9 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from attention_video import VideoSummary
 
 logger = logging.getLogger("render_attention")
 
@@ -77,7 +81,12 @@ ImageLike = str | Path | bytes | Image.Image | np.ndarray
 
 
 class ClientError(Exception):
-    """An expected failure: reported as one line on stderr, exit status 1."""
+    """An expected failure: reported as one line on stderr, exit status 1. ``status``: the server's
+    HTTP status when it answered (None: no answer: unreachable, timed out)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def heads_headline(meta: dict) -> str:
@@ -242,6 +251,29 @@ class AttentionClient:
         doc = post_image(self.url, data, name, fields, self.timeout, self.headers)
         return parse_response(doc).with_image(data)
 
+    def request(self, images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        """One request of encoded ``images`` (sent together when several) with the form ``fields``."""
+        if len(images) == 1:
+            return [parse_response(post_image(self.url, images[0], "frame", dict(fields), self.timeout, self.headers))]
+        return request_many(self.url, [(data, f"frame {i}") for i, data in enumerate(images)], fields, self.timeout, self.headers)
+
+    def explain_video(
+        self,
+        video: str | Path,
+        out: str | Path,
+        *,
+        maps: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        **options: Any,
+    ) -> VideoSummary:
+        """Every frame of ``video`` through the server, written to ``out`` (an .mp4, ...) as they go;
+        ``options`` as ``attention_video.VideoOptions`` (method, layer, head, point, every, max_frames,
+        short_side, in_flight, mask, pca_fit, ...). Needs the client's video extra (PyAV, tqdm)."""
+        from attention_video import VideoOptions, explain_video  # PyAV only for videos: pip install "./client[video]"
+
+        return explain_video(video, out, self.request, VideoOptions(**options), maps, resume, progress)
+
     def explain_many(self, images: Sequence[ImageLike], **options: object) -> Responses:
         """Send several images together (one request, ``options`` shared): what a method does with
         images seen together applies, e.g. ``method="pca", pca_fit="joint"`` (one basis: shared
@@ -379,7 +411,7 @@ def post(url: str, name: str, timeout: float, headers: dict[str, str], **body: o
         except ValueError:
             doc = None
         detail = doc.get("error", doc.get("message")) if isinstance(doc, dict) else reply.text[:200]
-        raise ClientError(f"server answered HTTP {reply.status_code} for {name}: {detail}")
+        raise ClientError(f"server answered HTTP {reply.status_code} for {name}: {detail}", reply.status_code)
     return decode_body(reply.content, reply.headers.get("Content-Type"), reply.headers.get(META_HEADER))
 
 
@@ -443,6 +475,12 @@ def aligned_image(data: bytes, meta: dict, name: str = "image") -> np.ndarray:
         img = to_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ClientError(f"cannot use {name} as an image: {e}") from e
+    return align(img, meta, name)
+
+
+def align(img: Image.Image, meta: dict, name: str = "image") -> np.ndarray:
+    """An RGB image resized (bilinear) to ``resized_size`` and cropped (bottom/right) to ``image_size``
+    as the server reports it did: (H, W, 3) uint8."""
     (h0, w0), (hr, wr), (h, w) = meta["input_size"], meta["resized_size"], meta["image_size"]
     if (img.height, img.width) != (h0, w0):
         raise ClientError(f"{name} is {img.height}x{img.width} but the response is for a {h0}x{w0} image: wrong --image for this JSON?")
@@ -775,6 +813,30 @@ def render_together(paths: Sequence[Path], args: argparse.Namespace, url: str, h
     return target
 
 
+def render_video(args: argparse.Namespace, url: str, key_file: Path | None) -> int:
+    """--video: explain every frame and write the output video (and maps); exit status 0 or 1."""
+    try:
+        point = tuple(int(v) for v in args.point.split(",")) if args.point else None
+        if point is not None and len(point) != 2:
+            raise ValueError(args.point)
+    except ValueError:
+        print(f"error: --point {args.point!r} is not x,y (two integers)", file=sys.stderr)
+        return 1
+    server_options = {k: v for k, v in option_fields(args).items() if k in ("precision", *dict(args.options))}
+    client = AttentionClient(url, key_file=key_file, timeout=args.timeout)
+    options = {"method": args.method or "attention", "layer": args.layer, "head": args.head, "point": point, "every": args.every}
+    options |= {"max_frames": args.max_frames, "short_side": args.short_side, "in_flight": args.in_flight, "mask": args.mask}
+    options |= {"pca_fit": args.pca_fit, "cmap": args.cmap, "server_options": server_options}
+    try:
+        summary = client.explain_video(args.video, args.out, maps=args.maps, resume=args.resume, **options)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rate = f"{float(summary.fps):g}"
+    print(f"wrote {summary.out}: {summary.frames} frames at {rate} fps, {summary.size[1]}x{summary.size[0]}, in {summary.seconds:.1f} s")
+    return 0
+
+
 def progress(done: int, total: int, label: str) -> None:
     width = 24
     filled = width * done // total
@@ -853,8 +915,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--method pca --option pca_fit=joint, or --method similarity --point x,y of the first image)",
     )
     parser.add_argument("--show", action="store_true", help="open a window (otherwise headless)")
+    video = parser.add_argument_group("videos (--video IN --out OUT.mp4; needs PyAV: pip install './client[video]')")
+    video.add_argument("--video", type=Path, help="a video to explain frame by frame; --out is then the output video")
+    video.add_argument("--maps", type=Path, help="also write the per-frame maps on the patch grid, [frames, ...] float16 (.npz/.npy)")
+    video.add_argument("--head", default="mean", help="attention: the heads' mean (default) or one head's index")
+    video.add_argument("--every", type=int, default=1, help="every N-th frame (the output's rate is divided by N)")
+    video.add_argument("--max-frames", dest="max_frames", type=int, help="at most this many frames")
+    video.add_argument("--in-flight", dest="in_flight", type=int, default=4, help="requests in flight at once (default 4)")
+    video.add_argument(
+        "--pca-fit", dest="pca_fit", choices=("first", "sample"), default="first", help="pca: the basis of the first frame, or of a sample"
+    )
+    video.add_argument("--resume", action="store_true", help="go on from the maps a stopped run kept in <maps>.partial")
     args = parser.parse_args(argv)
     if args.describe:
+        return args
+    if args.video:
+        if args.images or args.from_file or args.together or not args.out:
+            parser.error("--video takes --out OUT.mp4 and no images, --from-file or --together")
+        if args.resume and not args.maps:
+            parser.error("--resume goes on from --maps: give the same --maps as the stopped run")
         return args
     if args.from_file and (args.images or not args.image):
         parser.error("--from-file takes exactly one --image and no positional images")
@@ -886,6 +965,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.video:
+        return render_video(args, url, key_file)
     if args.together:
         try:
             target = render_together(images, args, url, headers)
@@ -912,4 +993,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the importable module, so that attention_video, which imports render_attention, shares
+    # its classes (ClientError) with this run (also under `python -m client.render_attention`).
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import render_attention
+
+    sys.exit(render_attention.main())

@@ -1,0 +1,305 @@
+"""Attention videos (client/attention_video.py): synthetic clips written here with PyAV, explained by a
+constructed model whose [CLS] seeks bright patches (in process through the real handler, and once
+through TorchServe), written in order, in constant memory; every bad input is one line and exit 1."""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import attention_video
+import av
+import numpy as np
+import pytest
+import render_attention
+from attention_video import VideoError, VideoOptions, explain_video
+from render_attention import META_HEADER, ClientError, Response, decode_body, parse_response
+
+from dino_attention.model.checkpoint import build_model
+from dino_attention.precision import PrecisionPlan
+from dino_attention.service import AttentionService, ServiceConfig
+
+from .support.checkpoints import TINY, brightness_seeking_state
+from .support.handler import answer
+
+P = TINY.patch_size  # 16
+H, W, FRAMES, FPS = 6 * P, 24 * P, 24, 12  # the square crosses 24 patch columns in 24 frames
+ROW = 2  # the square's patch row
+
+
+def write_clip(path: Path, frames: int = FRAMES, fps: int = FPS, size: tuple[int, int] = (H, W), square: bool = True) -> Path:
+    """A dark clip in which a bright patch-sized square moves one patch right per frame (H.264)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10"}
+        for k in range(frames):
+            rgb = np.full((*size, 3), 20, dtype=np.uint8)
+            if square:
+                col = k % (size[1] // P)
+                rgb[ROW * P : (ROW + 1) * P, col * P : (col + 1) * P] = 235
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service() -> AttentionService:
+    model = build_model(TINY, brightness_seeking_state())
+    return AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="test"), precisions=PrecisionPlan.fp32_only())
+
+
+def in_process(service: AttentionService) -> attention_video.Requester:
+    """The client's requester, answered by the real handler in process (multipart rows, JSON groups)."""
+
+    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        if len(images) == 1:
+            rows: list[object] = [{"data": images[0], **fields}]
+        else:
+            rows = [{"body": {"images": [base64.b64encode(i).decode() for i in images], **fields}}]
+        (reply,) = answer(service, rows)
+        if reply.status != 200:
+            raise ClientError(f"server answered HTTP {reply.status}: {reply.body!r:.200}", reply.status)
+        doc = decode_body(reply.body, reply.content_type, reply.headers.get(META_HEADER))  # type: ignore[arg-type]
+        return [parse_response(d) for d in (doc["images"] if len(images) > 1 else [doc])]
+
+    return request
+
+
+OPTIONS = VideoOptions(layer=0, short_side=H, mask=0.5)
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], Fraction(stream.average_rate)
+
+
+def test_the_moving_square_is_followed_frame_by_frame(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4")
+    summary = explain_video(clip, tmp_path / "out.mp4", in_process(service), OPTIONS, maps=tmp_path / "maps.npz", progress=False)
+    frames, rate = read_video(tmp_path / "out.mp4")
+    assert (len(frames), rate, summary.frames, summary.requested) == (FRAMES, FPS, FRAMES, FRAMES)
+    assert frames[0].shape == (H, W, 3) and summary.size == (H, W)
+    with np.load(tmp_path / "maps.npz") as saved:
+        maps = saved["maps"]
+    assert maps.dtype == np.float16 and maps.shape == (FRAMES, TINY.num_heads, H // P, W // P)
+    for k in range(FRAMES):
+        hottest = np.unravel_index(np.argmax(maps[k].astype(np.float32).mean(axis=0)), maps.shape[-2:])
+        assert hottest == (ROW, k), k
+    assert not list(tmp_path.glob("*.partial*"))  # nothing partial left
+
+
+def test_every_and_max_frames_keep_the_rate_they_imply(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4")
+    options = VideoOptions(layer=0, short_side=H, every=3, max_frames=5)
+    explain_video(clip, tmp_path / "out.mp4", in_process(service), options, maps=tmp_path / "maps.npy", progress=False)
+    frames, rate = read_video(tmp_path / "out.mp4")
+    assert (len(frames), rate) == (5, Fraction(FPS, 3))
+    maps = np.load(tmp_path / "maps.npy")
+    assert [np.argmax(maps[k].astype(np.float32).mean(axis=0)) % (W // P) for k in range(5)] == [0, 3, 6, 9, 12]
+
+
+def test_answers_out_of_order_still_give_ordered_frames(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4", frames=12)
+    finished: list[int] = []
+    lock = threading.Lock()
+    base = in_process(service)
+    rng = random.Random(0)
+
+    def shuffled(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        time.sleep(rng.uniform(0, 0.2))  # each answer takes its own time: they finish out of order
+        result = base(images, fields)
+        with lock:
+            finished.append(int(np.argmax(result[0].grid.mean(axis=0)) % (W // P)))
+        return result
+
+    options = VideoOptions(layer=0, short_side=H, in_flight=6)
+    explain_video(clip, tmp_path / "out.mp4", shuffled, options, maps=tmp_path / "maps.npz", progress=False)
+    assert finished != sorted(finished)  # the answers did come back out of order
+    with np.load(tmp_path / "maps.npz") as saved:
+        columns = [int(np.argmax(m.astype(np.float32).mean(axis=0)) % (W // P)) for m in saved["maps"]]
+    assert columns == list(range(12))  # yet frames and maps are in order
+    assert len(read_video(tmp_path / "out.mp4")[0]) == 12
+
+
+def test_memory_stays_flat_on_a_long_clip(tmp_path: Path, service: AttentionService) -> None:
+    """A 20x longer clip does not need more memory: frames are decoded, sent and written as they go."""
+    short, long = (
+        write_clip(tmp_path / "short.mp4", 30, size=(32, 48), square=False),
+        write_clip(tmp_path / "long.mp4", 600, size=(32, 48), square=False),
+    )
+    options = VideoOptions(layer=0, short_side=32, in_flight=4)
+    (one,) = in_process(service)([attention_video.jpeg(np.zeros((32, 48, 3), np.uint8))], options.fields())
+
+    def instant(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        return [one]  # the model is not what is measured here
+
+    peaks = []
+    for clip in (short, long):
+        tracemalloc.start()
+        explain_video(clip, tmp_path / f"{clip.stem}_out.mp4", instant, options, maps=tmp_path / f"{clip.stem}.npz", progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.3 * peaks[0] + 200_000, peaks  # 20x the frames, about the same peak
+    assert len(read_video(tmp_path / "long_out.mp4")[0]) == 600
+
+
+def test_pca_keeps_one_basis_and_a_run_resumes_where_it_stopped(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4", frames=10)
+    base = in_process(service)
+    sent: list[dict] = []
+
+    def failing_from(frame: int) -> attention_video.Requester:
+        def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+            sent.append(dict(fields))
+            if len(sent) > frame + 1:  # +1: the first frame's basis request
+                raise ClientError("server answered HTTP 400: broken on purpose", 400)
+            return base(images, fields)
+
+        return request
+
+    options = VideoOptions(method="pca", short_side=H, in_flight=1)  # one at a time: the stop is at frame 6 exactly
+    maps = tmp_path / "maps.npz"
+    with pytest.raises(VideoError, match="frame 6: server answered HTTP 400"):
+        explain_video(clip, tmp_path / "out.mp4", failing_from(6), options, maps=maps, progress=False)
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob("out.partial*"))
+    assert (tmp_path / "maps.npz.partial").exists() and not maps.exists()
+    bases = {f["pca_basis"] for f in sent if "pca_basis" in f}
+    assert len(bases) == 1 and len(sent) == 8  # the basis, then frames 0..6 each with that one basis
+    sent.clear()
+    summary = explain_video(clip, tmp_path / "out.mp4", failing_from(100), options, maps=maps, resume=True, progress=False)
+    assert summary.frames == 10 and summary.requested == 4  # frames 6..9 only
+    assert {f["pca_basis"] for f in sent if "pca_basis" in f} == bases  # the same colours as before the stop
+    with np.load(maps) as resumed:
+        assert resumed["maps"].shape == (10, 3, H // P, W // P)
+    sent.clear()
+    fresh = tmp_path / "fresh.npz"
+    explain_video(clip, tmp_path / "fresh.mp4", failing_from(100), options, maps=fresh, progress=False)
+    with np.load(maps) as a, np.load(fresh) as b:
+        np.testing.assert_array_equal(a["maps"], b["maps"])
+
+
+def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4", frames=4)
+    base = in_process(service)
+    groups: list[int] = []
+
+    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        groups.append(len(images))
+        assert fields["point"] in ("0,0", f"{P // 2},{ROW * P + P // 2}")  # the probe, then the point in the server's pixels
+        return base(images, fields)
+
+    options = VideoOptions(method="similarity", point=(P // 2, ROW * P + P // 2), layer=0, short_side=H)
+    explain_video(clip, tmp_path / "out.mp4", request, options, maps=tmp_path / "maps.npz", progress=False)
+    assert groups == [1, 2, 2, 2, 2]  # the geometry probe, then each frame with the first
+    with np.load(tmp_path / "maps.npz") as saved:
+        first = saved["maps"][0, 0].astype(np.float32)
+    assert first[ROW, 0] == pytest.approx(1.0, abs=1e-2)  # the first frame's point is itself
+
+
+def test_a_failing_frame_is_retried_then_the_run_stops_naming_it(tmp_path: Path, service: AttentionService, monkeypatch) -> None:
+    monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
+    clip = write_clip(tmp_path / "square.mp4", frames=6)
+    base = in_process(service)
+    calls = {"n": 0}
+
+    def flaky(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        calls["n"] += 1
+        if calls["n"] in (2, 3):  # frame 1 fails twice with 503, then passes
+            raise ClientError("server answered HTTP 503: queue full", 503)
+        return base(images, fields)
+
+    options = VideoOptions(layer=0, short_side=H, in_flight=1)
+    assert explain_video(clip, tmp_path / "ok.mp4", flaky, options, progress=False).frames == 6
+
+    def broken(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        raise ClientError("server answered HTTP 503: queue full", 503)
+
+    with pytest.raises(VideoError, match=r"frame 0: server answered HTTP 503: queue full \(after 3 retries\)"):
+        explain_video(clip, tmp_path / "out.mp4", broken, options, progress=False)
+    assert not list(tmp_path.glob("out*"))
+
+
+# ----------------------------------------------------------------------------- bad input, through the CLI
+def text_file(path: Path) -> Path:
+    path.write_text("hello, not a video")
+    return path
+
+
+def audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def zero_frames(path: Path) -> Path:
+    """An AVI with a video stream and not one frame."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.height, stream.width, stream.pix_fmt = H, W, "yuv420p"
+        container.start_encoding()
+    return path
+
+
+def unknown_codec(path: Path) -> Path:
+    """An AVI whose video stream names a codec no FFmpeg knows (its FourCC rewritten)."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("ffv1", rate=12)
+        stream.height, stream.width = 32, 32
+        for _ in range(2):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    path.write_bytes(path.read_bytes().replace(b"FFV1", b"QZQZ"))
+    return path
+
+
+BAD: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {  # what -> (make the input, extra args, the error)
+    "not a video": (lambda d: text_file(d / "text.mp4"), [], "is not a video FFmpeg can read"),
+    "no video stream": (lambda d: audio_only(d / "sound.wav"), [], "has no video stream"),
+    "zero frames": (lambda d: zero_frames(d / "empty.avi"), [], "has no frames"),
+    "an unknown codec": (lambda d: unknown_codec(d / "odd.avi"), [], "codec"),
+    "an output path that is not writable": (lambda d: write_clip(d / "clip.mp4", 2), ["--out", "{d}/clip.mp4/out.mp4"], "is not a folder"),
+    "a point outside the frame": (
+        lambda d: write_clip(d / "clip.mp4", 2),
+        ["--method", "similarity", "--point", "900,10"],
+        "outside the frame",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    make, extra, phrase = BAD[case]
+    video = make(tmp_path)
+    args = [a.format(d=tmp_path) for a in extra]
+    out = ["--out", str(tmp_path / "out.mp4")] if "--out" not in args else []
+    before = set(tmp_path.iterdir())
+    rc = render_attention.main(
+        ["--video", str(video), *out, *args, "--url", "http://127.0.0.1:9/predictions/x", "--maps", str(tmp_path / "m.npz")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: ") and phrase in err[0], err
+    assert set(tmp_path.iterdir()) - before <= {tmp_path / "m.npz.partial", tmp_path / "m.npz.partial.json"}  # no output video
+
+
+def test_the_cli_through_torchserve(tmp_path: Path, served) -> None:
+    """--video against a real TorchServe: 6 frames at 12 fps, maps on the patch grid."""
+    clip = write_clip(tmp_path / "square.mp4", frames=6)
+    args = ["--video", str(clip), "--out", str(tmp_path / "out.mp4"), "--maps", str(tmp_path / "maps.npz"), "--url", served.url]
+    assert render_attention.main([*args, "--short-side", str(H), "--layer", "0", "--in-flight", "3", "--mask", "0.6"]) == 0
+    frames, rate = read_video(tmp_path / "out.mp4")
+    assert (len(frames), rate) == (6, FPS)
+    with np.load(tmp_path / "maps.npz") as saved:
+        assert saved["maps"].shape == (6, TINY.num_heads, H // P, W // P)
