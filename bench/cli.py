@@ -43,6 +43,7 @@ from bench.timing import (
     probe_machine,
     worker,
 )
+from bench.video import bench_video, parse_clip
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import get_variant
 from dino_attention.precision import AUTOCAST_DTYPES, FP32
@@ -54,7 +55,7 @@ SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080,
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
 SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
-SECTIONS = ("forward", "methods", "families", "encoding", "batching", "compile", "served", "throughput", "engines", "overload")
+SECTIONS = ("forward", "methods", "families", "encoding", "batching", "compile", "served", "throughput", "engines", "overload", "video")
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
@@ -102,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storm-clients", type=int, default=48, help="overload: clients posting back to back")
     parser.add_argument("--storm-seconds", type=float, default=40.0, help="overload: how long they post")
     parser.add_argument("--soak-requests", type=int, default=2000, help="overload: mixed requests of the soak, per engine")
+    parser.add_argument(
+        "--video-clips", type=parse_clip, nargs="+", default=[((480, 854), 10.0), ((1080, 1920), 2.0)], help="video: HxW:seconds ..."
+    )
+    parser.add_argument("--video-in-flight", type=int, default=4, help="video: our client's requests in flight")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     # worker mode (internal): one configuration, in its own process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         store = workdir / "store"
         served: Served | None = None
         throughput, engines = [], []
-        if {"served", "throughput", "engines", "overload"} & sections and archive.main(
+        if {"served", "throughput", "engines", "overload", "video"} & sections and archive.main(
             ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
         ):
             raise RuntimeError("archiving the benchmark model failed")
@@ -194,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.soak_requests,
             )
             overload = bench_overload(args, store, image, workdir)
-    report = build_report(args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled)
+        videos = []
+        if "video" in sections:
+            logger.info("video: our client against the server vs DINO's video_generation.py loop in process ...")
+            videos = bench_video(args, store, workdir)
+    report = build_report(
+        args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled, videos
+    )
     text = markdown(report)
     (args.out / f"{args.name}.md").write_text(text)
     (args.out / f"{args.name}.json").write_text(to_json(report))

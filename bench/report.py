@@ -19,6 +19,7 @@ from bench.compiled import CompileFigures
 from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
 from bench.timing import HF_ROW, Encoding, Machine, Result
+from bench.video import VideoFigures
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
 from dino_attention.precision import AUTOCAST_DTYPES, describe_device
 
@@ -334,6 +335,26 @@ def compile_verdict(rows: Sequence[CompileFigures]) -> str:
     return "Verdict: not adopted here: " + ("; ".join(reasons) or "compiling failed") + "."
 
 
+def video_table(rows: Sequence[VideoFigures], args: argparse.Namespace) -> Table:
+    table = Table(
+        f"Attention videos ({args.model}, fp32): our client against TorchServe ({args.video_in_flight} in flight) vs DINO's "
+        "video_generation.py loop in process",
+        (
+            Column("clip"),
+            Column("ours frames/s", "{:.2f}"),
+            Column("DINO loop frames/s", "{:.2f}"),
+            Column("speed-up", "{:.2f}x"),
+            Column("ours: worker peak RSS MB", "{:.0f}"),
+            Column("DINO loop: peak RSS MB", "{:.0f}"),
+        ),
+    )
+    for r in rows:
+        speedup = r.ours_fps / r.dino_fps if r.ours_fps and r.dino_fps else None
+        dino: Cell = r.dino_fps if r.dino_fps is not None else Skipped(r.dino_skipped)
+        table.add(r.clip, r.ours_fps, dino, speedup, r.ours_peak_mb, r.dino_peak_mb)
+    return table
+
+
 def served_table(served: Served) -> Table:
     table = Table(
         f"Served latency (480x480 JPEG, {served.requests} sequential requests, default options)",
@@ -540,6 +561,7 @@ def build_report(
     overload: Overload | None = None,
     batching: Sequence[BatchFigures] = (),
     compiled: Sequence[CompileFigures] = (),
+    videos: Sequence[VideoFigures] = (),
 ) -> Report:
     """Every section that ran, as data, in the order the Markdown shows them."""
     report = Report(f"Benchmark: {args.model}", machine_lines(machine))
@@ -568,6 +590,8 @@ def build_report(
         report.tables.append(throughput_table(throughput, args.throughput_requests))
     if engines:
         report.tables.append(engines_table(engines, args.requests))
+    if videos:
+        report.tables.append(video_table(videos, args))
     if overload:
         report.tables += overload_tables(overload)
         report.targets += overload_targets(overload)

@@ -15,8 +15,9 @@ import torch
 from bench import cli
 from bench.batching import CPU_BATCHES
 from bench.compiled import CompileFigures
-from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, compile_table, markdown
+from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, compile_table, markdown, video_table
 from bench.timing import Machine, Result, forward_flops
+from bench.video import VideoFigures
 from dino_attention.model.variants import get_variant
 from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 
@@ -150,6 +151,16 @@ def test_compile_verdict_adopts_only_a_net_win() -> None:
     failed = compile_table([CompileFigures("bf16", "default", failed="BackendCompilerFailed: no C++ compiler")])
     assert failed.notes[0] == "Verdict: not adopted here: compiling failed."
     assert isinstance(failed.rows[0][2], Skipped)
+
+
+def test_video_figures_are_derived_from_the_measured_rates() -> None:
+    rows = [
+        VideoFigures("480p (854x480), 10 s, 240 frames", 240, 2.0, 0.5, 700.0, 2100.0),
+        VideoFigures("1080p (1920x1080), 1 s, 24 frames", 24, 0.2, None, 900.0, None, "its N x N attention needs ~76 GB > 4 GB budget"),
+    ]
+    table = video_table(rows, argparse.Namespace(model="dino_vits16", video_in_flight=4))
+    assert table.rows[0][3] == pytest.approx(4.0) and table.rows[1][3] is None
+    assert isinstance(table.rows[1][2], Skipped) and "76 GB" in table.rows[1][2].reason
 
 
 def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:

@@ -4,7 +4,6 @@ through TorchServe), written in order, in constant memory; every bad input is on
 
 from __future__ import annotations
 
-import base64
 import random
 import threading
 import time
@@ -19,14 +18,14 @@ import numpy as np
 import pytest
 import render_attention
 from attention_video import VideoError, VideoOptions, explain_video
-from render_attention import META_HEADER, ClientError, Response, decode_body, parse_response
+from render_attention import ClientError, Response
 
 from dino_attention.model.checkpoint import build_model
 from dino_attention.precision import PrecisionPlan
 from dino_attention.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, brightness_seeking_state
-from .support.handler import answer
+from .support.handler import client_requester
 
 P = TINY.patch_size  # 16
 H, W, FRAMES, FPS = 6 * P, 24 * P, 24, 12  # the square crosses 24 patch columns in 24 frames
@@ -56,23 +55,6 @@ def service() -> AttentionService:
     return AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="test"), precisions=PrecisionPlan.fp32_only())
 
 
-def in_process(service: AttentionService) -> attention_video.Requester:
-    """The client's requester, answered by the real handler in process (multipart rows, JSON groups)."""
-
-    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
-        if len(images) == 1:
-            rows: list[object] = [{"data": images[0], **fields}]
-        else:
-            rows = [{"body": {"images": [base64.b64encode(i).decode() for i in images], **fields}}]
-        (reply,) = answer(service, rows)
-        if reply.status != 200:
-            raise ClientError(f"server answered HTTP {reply.status}: {reply.body!r:.200}", reply.status)
-        doc = decode_body(reply.body, reply.content_type, reply.headers.get(META_HEADER))  # type: ignore[arg-type]
-        return [parse_response(d) for d in (doc["images"] if len(images) > 1 else [doc])]
-
-    return request
-
-
 OPTIONS = VideoOptions(layer=0, short_side=H, mask=0.5)
 
 
@@ -84,7 +66,7 @@ def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
 
 def test_the_moving_square_is_followed_frame_by_frame(tmp_path: Path, service: AttentionService) -> None:
     clip = write_clip(tmp_path / "square.mp4")
-    summary = explain_video(clip, tmp_path / "out.mp4", in_process(service), OPTIONS, maps=tmp_path / "maps.npz", progress=False)
+    summary = explain_video(clip, tmp_path / "out.mp4", client_requester(service), OPTIONS, maps=tmp_path / "maps.npz", progress=False)
     frames, rate = read_video(tmp_path / "out.mp4")
     assert (len(frames), rate, summary.frames, summary.requested) == (FRAMES, FPS, FRAMES, FRAMES)
     assert frames[0].shape == (H, W, 3) and summary.size == (H, W)
@@ -100,7 +82,7 @@ def test_the_moving_square_is_followed_frame_by_frame(tmp_path: Path, service: A
 def test_every_and_max_frames_keep_the_rate_they_imply(tmp_path: Path, service: AttentionService) -> None:
     clip = write_clip(tmp_path / "square.mp4")
     options = VideoOptions(layer=0, short_side=H, every=3, max_frames=5)
-    explain_video(clip, tmp_path / "out.mp4", in_process(service), options, maps=tmp_path / "maps.npy", progress=False)
+    explain_video(clip, tmp_path / "out.mp4", client_requester(service), options, maps=tmp_path / "maps.npy", progress=False)
     frames, rate = read_video(tmp_path / "out.mp4")
     assert (len(frames), rate) == (5, Fraction(FPS, 3))
     maps = np.load(tmp_path / "maps.npy")
@@ -111,7 +93,7 @@ def test_answers_out_of_order_still_give_ordered_frames(tmp_path: Path, service:
     clip = write_clip(tmp_path / "square.mp4", frames=12)
     finished: list[int] = []
     lock = threading.Lock()
-    base = in_process(service)
+    base = client_requester(service)
     rng = random.Random(0)
 
     def shuffled(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
@@ -137,7 +119,7 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path: Path, service: AttentionServ
         write_clip(tmp_path / "long.mp4", 600, size=(32, 48), square=False),
     )
     options = VideoOptions(layer=0, short_side=32, in_flight=4)
-    (one,) = in_process(service)([attention_video.jpeg(np.zeros((32, 48, 3), np.uint8))], options.fields())
+    (one,) = client_requester(service)([attention_video.jpeg(np.zeros((32, 48, 3), np.uint8))], options.fields())
 
     def instant(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
         return [one]  # the model is not what is measured here
@@ -154,7 +136,7 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path: Path, service: AttentionServ
 
 def test_pca_keeps_one_basis_and_a_run_resumes_where_it_stopped(tmp_path: Path, service: AttentionService) -> None:
     clip = write_clip(tmp_path / "square.mp4", frames=10)
-    base = in_process(service)
+    base = client_requester(service)
     sent: list[dict] = []
 
     def failing_from(frame: int) -> attention_video.Requester:
@@ -189,7 +171,7 @@ def test_pca_keeps_one_basis_and_a_run_resumes_where_it_stopped(tmp_path: Path, 
 
 def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: AttentionService) -> None:
     clip = write_clip(tmp_path / "square.mp4", frames=4)
-    base = in_process(service)
+    base = client_requester(service)
     groups: list[int] = []
 
     def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
@@ -208,7 +190,7 @@ def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: 
 def test_a_failing_frame_is_retried_then_the_run_stops_naming_it(tmp_path: Path, service: AttentionService, monkeypatch) -> None:
     monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
     clip = write_clip(tmp_path / "square.mp4", frames=6)
-    base = in_process(service)
+    base = client_requester(service)
     calls = {"n": 0}
 
     def flaky(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:

@@ -3,7 +3,8 @@ a metrics recorder, and ``answer`` (rows in, replies out as TorchServe would sen
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,3 +91,22 @@ def answer(
     context = mock_context(headers)
     bodies = handler_for(service).handle(list(rows), context)
     return [reply_of(context, idx, body) for idx, body in enumerate(bodies)]
+
+
+def client_requester(service: AttentionService) -> Callable[[Sequence[bytes], Mapping[str, str]], list]:
+    """The video client's requester (``attention_video.Requester``), answered by the real handler in
+    process: one image as a multipart row, several as a JSON ``images`` group; errors as the client's."""
+    from render_attention import META_HEADER, ClientError, decode_body, parse_response  # the client's modules (pythonpath)
+
+    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list:
+        if len(images) == 1:
+            rows: list[object] = [{"data": images[0], **fields}]
+        else:
+            rows = [{"body": {"images": [base64.b64encode(i).decode() for i in images], **fields}}]
+        (reply,) = answer(service, rows)
+        if reply.status != 200:
+            raise ClientError(f"server answered HTTP {reply.status}: {reply.body!r:.200}", reply.status)
+        doc = decode_body(reply.body, reply.content_type, reply.headers.get(META_HEADER))  # type: ignore[arg-type]
+        return [parse_response(d) for d in (doc["images"] if len(images) > 1 else [doc])]
+
+    return request
