@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from attention_video import VideoOptions, explain_video
 
     from tests.support.checkpoints import TINY, brightness_seeking_state
+    from tests.support.clips import H, write_clip
     from tests.support.handler import client_requester
-    from tests.test_video import H, write_clip
 
     model = build_model(TINY, brightness_seeking_state())
     service = AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="constructed"), precisions=PrecisionPlan.fp32_only())

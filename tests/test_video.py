@@ -25,28 +25,8 @@ from dino_attention.precision import PrecisionPlan
 from dino_attention.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, brightness_seeking_state
+from .support.clips import FPS, FRAMES, ROW, H, P, W, write_clip
 from .support.handler import client_requester
-
-P = TINY.patch_size  # 16
-H, W, FRAMES, FPS = 6 * P, 24 * P, 24, 12  # the square crosses 24 patch columns in 24 frames
-ROW = 2  # the square's patch row
-
-
-def write_clip(path: Path, frames: int = FRAMES, fps: int = FPS, size: tuple[int, int] = (H, W), square: bool = True) -> Path:
-    """A dark clip in which a bright patch-sized square moves one patch right per frame (H.264)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "10"}
-        for k in range(frames):
-            rgb = np.full((*size, 3), 20, dtype=np.uint8)
-            if square:
-                col = k % (size[1] // P)
-                rgb[ROW * P : (ROW + 1) * P, col * P : (col + 1) * P] = 235
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +41,7 @@ OPTIONS = VideoOptions(layer=0, short_side=H, mask=0.5)
 def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], Fraction(stream.average_rate)
+        return [f.to_ndarray(format="rgb24") for f in container.decode(stream)], Fraction(stream.average_rate or 0)
 
 
 def test_the_moving_square_is_followed_frame_by_frame(tmp_path: Path, service: AttentionService) -> None:
