@@ -28,7 +28,7 @@ from bench.compiled import bench_compile
 from bench.overload import bench_overload
 from bench.plot import plot
 from bench.report import build_report, markdown, to_json
-from bench.servers import Served, bench_engines, bench_served, bench_throughput
+from bench.servers import Served, bench_cold_start, bench_engines, bench_served, bench_throughput
 from bench.timing import (
     HF_ROW,
     METHOD_PATHS,
@@ -55,7 +55,20 @@ SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080,
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
 SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
-SECTIONS = ("forward", "methods", "families", "encoding", "batching", "compile", "served", "throughput", "engines", "overload", "video")
+SECTIONS = (
+    "forward",
+    "methods",
+    "families",
+    "encoding",
+    "batching",
+    "compile",
+    "served",
+    "throughput",
+    "engines",
+    "coldstart",
+    "overload",
+    "video",
+)
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         store = workdir / "store"
         served: Served | None = None
         throughput, engines = [], []
-        if {"served", "throughput", "engines", "overload", "video"} & sections and archive.main(
+        if {"served", "throughput", "engines", "coldstart", "overload", "video"} & sections and archive.main(
             ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
         ):
             raise RuntimeError("archiving the benchmark model failed")
@@ -190,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if "engines" in sections:
             logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
             engines = bench_engines(args, store, image, workdir)
+        cold = []
+        if "coldstart" in sections:
+            logger.info("cold start: each engine from start to READY, then its first requests ...")
+            cold = bench_cold_start(args, store, image, workdir)
         overload = None
         if "overload" in sections:
             logger.info(
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("video: our client against the server vs DINO's video_generation.py loop in process ...")
             videos = bench_video(args, store, workdir)
     report = build_report(
-        args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled, videos
+        args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled, videos, cold
     )
     text = markdown(report)
     (args.out / f"{args.name}.md").write_text(text)

@@ -17,7 +17,7 @@ from bench.batching import BatchFigures
 from bench.compiled import SIZES as COMPILE_SIZES
 from bench.compiled import CompileFigures
 from bench.overload import Overload
-from bench.servers import ENGINE_CONCURRENCY, EngineFigures, Served, Throughput
+from bench.servers import ENGINE_CONCURRENCY, ColdStart, EngineFigures, Served, Throughput
 from bench.timing import HF_ROW, Encoding, Machine, Result
 from bench.video import VideoFigures
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
@@ -335,6 +335,23 @@ def compile_verdict(rows: Sequence[CompileFigures]) -> str:
     return "Verdict: not adopted here: " + ("; ".join(reasons) or "compiling failed") + "."
 
 
+def cold_start_table(rows: Sequence[ColdStart]) -> Table:
+    table = Table(
+        "Cold start: from starting the engine to READY (model loaded; precision, attention kernels and cost measured), "
+        "then the first v2 request",
+        (
+            Column("engine"),
+            Column("to READY s", "{:.1f}"),
+            Column("first request s", "{:.2f}"),
+            Column("warm p50 s", "{:.2f}"),
+            Column("first / warm", "{:.2f}x"),
+        ),
+    )
+    for r in rows:
+        table.add(r.engine, r.ready_s, r.first_s, r.warm_p50_s, r.first_s / r.warm_p50_s)
+    return table
+
+
 def video_table(rows: Sequence[VideoFigures], args: argparse.Namespace) -> Table:
     table = Table(
         f"Attention videos ({args.model}, fp32): our client against TorchServe ({args.video_in_flight} in flight) vs DINO's "
@@ -562,6 +579,7 @@ def build_report(
     batching: Sequence[BatchFigures] = (),
     compiled: Sequence[CompileFigures] = (),
     videos: Sequence[VideoFigures] = (),
+    cold: Sequence[ColdStart] = (),
 ) -> Report:
     """Every section that ran, as data, in the order the Markdown shows them."""
     report = Report(f"Benchmark: {args.model}", machine_lines(machine))
@@ -590,6 +608,8 @@ def build_report(
         report.tables.append(throughput_table(throughput, args.throughput_requests))
     if engines:
         report.tables.append(engines_table(engines, args.requests))
+    if cold:
+        report.tables.append(cold_start_table(cold))
     if videos:
         report.tables.append(video_table(videos, args))
     if overload:

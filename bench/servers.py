@@ -135,6 +135,50 @@ def bench_engines(args: argparse.Namespace, store: Path, image: bytes, workdir: 
     return rows
 
 
+# ----------------------------------------------------------------------------- cold start
+@dataclass
+class ColdStart:
+    """From starting an engine to READY (the model loaded, its precision, kernels and cost measured),
+    then the first request's latency against the next ones'."""
+
+    engine: str
+    ready_s: float
+    first_s: float
+    warm_p50_s: float
+
+
+def bench_cold_start(args: argparse.Namespace, store: Path, image: bytes, workdir: Path) -> list[ColdStart]:
+    """Start each engine on the archive as ``make serve`` / ``make serve-kserve`` do, time READY and
+    the first requests (the served section's default request)."""
+    name, body = args.model, v2_request(image)
+    rows = []
+    start = time.perf_counter()
+    with private_torchserve(store, name) as server:
+        ready = time.perf_counter() - start
+        url = f"{server.props['inference_address']}/v2/models/{name}/infer"
+        rows.append(ColdStart("TorchServe 0.12.0", ready, *first_and_warm(url, body, args.requests)))
+    pid_file = workdir / "kserve_cold.pid"
+    start = time.perf_counter()
+    url = serve_kserve.start(name, free_ports(1)[0], store, pid_file=pid_file)
+    try:
+        ready = time.perf_counter() - start
+        rows.append(ColdStart("KServe model server (kserve_engine)", ready, *first_and_warm(url, body, args.requests)))
+    finally:
+        background.stop(pid_file)
+    return rows
+
+
+def first_and_warm(url: str, body: bytes, requests_after: int) -> tuple[float, float]:
+    """The first v2 request's seconds and the p50 of ``requests_after`` more (at least 3)."""
+    times = []
+    with requests.Session() as session:
+        for _ in range(1 + max(requests_after, 3)):
+            start = time.perf_counter()
+            session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=600).raise_for_status()
+            times.append(time.perf_counter() - start)
+    return times[0], percentile(times[1:], 50)
+
+
 # ----------------------------------------------------------------------------- throughput
 @dataclass
 class Throughput:

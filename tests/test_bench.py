@@ -15,7 +15,21 @@ import torch
 from bench import cli
 from bench.batching import CPU_BATCHES
 from bench.compiled import CompileFigures
-from bench.report import Column, Report, Skipped, Table, Target, build_report, cell_text, compile_table, markdown, video_table
+from bench.report import (
+    Column,
+    Report,
+    Skipped,
+    Table,
+    Target,
+    build_report,
+    cell_text,
+    cold_start_table,
+    compile_table,
+    markdown,
+    table_markdown,
+    video_table,
+)
+from bench.servers import ColdStart
 from bench.timing import Machine, Result, forward_flops
 from bench.video import VideoFigures
 from dino_attention.model.variants import get_variant
@@ -151,6 +165,12 @@ def test_compile_verdict_adopts_only_a_net_win() -> None:
     failed = compile_table([CompileFigures("bf16", "default", failed="BackendCompilerFailed: no C++ compiler")])
     assert failed.notes[0] == "Verdict: not adopted here: compiling failed."
     assert isinstance(failed.rows[0][2], Skipped)
+
+
+def test_cold_start_figures() -> None:
+    table = cold_start_table([ColdStart("TorchServe 0.12.0", 9.5, 3.0, 2.5)])
+    assert table.rows == [("TorchServe 0.12.0", 9.5, 3.0, 2.5, pytest.approx(1.2))]
+    assert "| TorchServe 0.12.0 | 9.5 | 3.00 | 2.50 | 1.20x |" in "\n".join(table_markdown(table))
 
 
 def test_video_figures_are_derived_from_the_measured_rates() -> None:
