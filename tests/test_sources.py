@@ -100,6 +100,18 @@ def test_a_hugging_face_directory_gives_transformers_attention(tmp_path: Path, k
     torch.testing.assert_close(ours(loaded.state, loaded.variant, x), hf_attention(tmp_path, x), **TOL)
 
 
+def test_a_hugging_face_directory_with_pytorch_model_bin(tmp_path: Path) -> None:
+    """The older save_pretrained layout: pytorch_model.bin (read with weights_only) instead of safetensors."""
+    model = hf_dinov2(registers=True)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    loaded = load_checkpoint(tmp_path, None, name="from_bin")
+    assert loaded.file.name == "pytorch_model.bin" and loaded.source == "huggingface dinov2_with_registers (pytorch_model.bin)"
+    x = torch.randn(1, 3, 40, 56)
+    torch.testing.assert_close(ours(loaded.state, loaded.variant, x), hf_attention(tmp_path, x), **TOL)
+
+
 def test_a_classification_fine_tune_drops_its_head_with_one_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = transformers.Dinov2Config(**TINY_HF, mlp_ratio=2, num_labels=5)
     classifier = perturbed(transformers.Dinov2ForImageClassification(config))

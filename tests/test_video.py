@@ -149,6 +149,22 @@ def test_pca_keeps_one_basis_and_a_run_resumes_where_it_stopped(tmp_path: Path, 
         np.testing.assert_array_equal(a["maps"], b["maps"])
 
 
+def test_pca_sample_fits_one_basis_on_frames_spread_over_the_video(tmp_path: Path, service: AttentionService) -> None:
+    clip = write_clip(tmp_path / "square.mp4", frames=12)
+    base = client_requester(service)
+    calls: list[tuple[int, dict]] = []
+
+    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        calls.append((len(images), dict(fields)))
+        return base(images, fields)
+
+    options = VideoOptions(method="pca", pca_fit="sample", pca_sample=4, short_side=H)
+    explain_video(clip, tmp_path / "out.mp4", request, options, progress=False)
+    (sampled, fit), *frames = calls
+    assert sampled == 4 and fit["pca_fit"] == "joint" and "pca_basis" not in fit  # frames 0, 4, 7, 11 fitted together
+    assert len(frames) == 12 and len({f["pca_basis"] for _, f in frames}) == 1
+
+
 def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: AttentionService) -> None:
     clip = write_clip(tmp_path / "square.mp4", frames=4)
     base = client_requester(service)
