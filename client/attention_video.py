@@ -276,8 +276,11 @@ class MapStore:
             else:
                 self._write_npy(out, header)
         partial.replace(self.path)
-        self.raw.unlink()
-        self.index.unlink()
+        self.discard()
+
+    def discard(self) -> None:
+        self.raw.unlink(missing_ok=True)
+        self.index.unlink(missing_ok=True)
 
     def _write_npy(self, f: object, header: dict) -> None:
         np.lib.format.write_array_header_2_0(f, header)  # type: ignore[arg-type]
@@ -346,10 +349,11 @@ def explain_video(
     start = time.perf_counter()
     source = open_video(video)
     fields = options.fields()
-    store = MapStore(Path(maps), {**asdict(options), "video": video.name}, resume) if maps else None
+    store: MapStore | None = None
     writer: Writer | None = None
     requested = 0
     try:
+        store = MapStore(Path(maps), {**asdict(options), "video": video.name}, resume) if maps else None
         frames = frames_of(source, video, options)
         first = next(frames, None)
         if first is None:
@@ -412,6 +416,8 @@ def explain_video(
             writer.discard()
         if store and store.frames:
             logger.error("the maps of %d frame(s) are kept in %s: rerun with --resume to go on", store.frames, store.raw)
+        elif store:
+            store.discard()  # nothing worth keeping
         raise
     finally:
         source.container.close()

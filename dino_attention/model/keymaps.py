@@ -83,6 +83,12 @@ HF_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
         (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
         (r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.", r"blocks.\1.attn.\2."),
         (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+        # transformers 5 names the same projections q/k/v/o_proj in memory (its state_dict(), torch.save);
+        # save_pretrained converts them back to the names above
+        (r"^encoder\.layer\.(\d+)\.attention\.q_proj\.", r"blocks.\1.attn.query."),
+        (r"^encoder\.layer\.(\d+)\.attention\.k_proj\.", r"blocks.\1.attn.key."),
+        (r"^encoder\.layer\.(\d+)\.attention\.v_proj\.", r"blocks.\1.attn.value."),
+        (r"^encoder\.layer\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
         (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
         (r"^encoder\.layer\.(\d+)\.mlp\.weights_in\.", r"blocks.\1.mlp.w12."),  # SwiGLU (ViT-g)
         (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.w3."),
