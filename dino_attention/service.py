@@ -32,7 +32,7 @@ from .image import PreparedImage, prepare_image
 from .methods import DEFAULT_METHOD, METHODS, ModelFacts
 from .methods.base import ForwardSpec
 from .model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
-from .model.kernels import plan_kernels
+from .model.kernels import ATTENTION_KERNELS, plan_kernels
 from .model.variants import DEFAULT_MODEL, FAMILIES, Variant, get_variant, variant_from_mapping
 from .model.vit import VisionTransformer
 from .options import DEFAULTS, FORMATS, RESPONSE_DTYPES, Defaults, Options, describe_options, format_from_accept, parse_options
@@ -69,6 +69,9 @@ class ServiceConfig:
     # itself (KServe v2 ``timeout``, the X-Request-Timeout header); 0: none. Not computed past it: 504.
     deadline_s: float = 0.0
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+    # The attention kernel: measured at load per device, dtype and token range (auto), or fused SDPA
+    # everywhere (sdpa): replicas then agree to the last bit, and loading skips the measurement.
+    attention_kernel: str = "auto"
     # Written by the archiver for a model built from its checkpoint's own config (a Hugging Face or timm
     # fine-tune, a renamed or resized hub model): the Variant's fields, and what the weights came from.
     architecture: Variant | None = None
@@ -100,7 +103,7 @@ class ServiceConfig:
             raise ConfigError("handler setting cost_budget_s must be positive, or 0 for half the responseTimeout")
         if config.deadline_s < 0:
             raise ConfigError("handler setting deadline_s must be positive, or 0 for no default deadline")
-        for name, choices in (("precision", PRECISIONS), ("format", FORMATS)):
+        for name, choices in (("precision", PRECISIONS), ("format", FORMATS), ("attention_kernel", ATTENTION_KERNELS)):
             if getattr(config, name) not in choices:
                 raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
         return config
@@ -436,5 +439,6 @@ def create_service(
     budget = config.cost_budget_s or (ADMISSION_SHARE * response_timeout_s if response_timeout_s else None)
     service = AttentionService(model, variant, config, device, cost_budget_s=budget)
     dtypes = dict.fromkeys(AUTOCAST_DTYPES[service.precisions.resolve(name)] for name in PRECISIONS)  # what runs here
-    service.model.use_kernels(plan_kernels(service.device, list(dtypes), variant.num_heads, variant.embed_dim // variant.num_heads))
+    if config.attention_kernel == "auto":
+        service.model.use_kernels(plan_kernels(service.device, list(dtypes), variant.num_heads, variant.embed_dim // variant.num_heads))
     return service

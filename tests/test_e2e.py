@@ -24,6 +24,7 @@ import yaml
 
 from client.render_attention import AttentionClient, ClientError
 from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from dino_attention.model.variants import IMAGENET_MEAN, IMAGENET_STD
 from scripts import REPO, archive
 
 from .conftest import NAME, Served
@@ -62,11 +63,14 @@ def test_describe_api_serves_the_registry(served: Served) -> None:
     measured = ("precisions", "attention_kernel", "limits")  # what each process measures of the device for itself
     assert {k: v for k, v in described.items() if k not in measured} == {k: v for k, v in expected.items() if k not in measured}
     assert set(described["precisions"]) == {"fp32", "bf16", "fp16", "auto"}  # what each runs as: the worker's own probe
-    assert described["attention_kernel"].startswith("attention kernel: float32: ")  # the worker's own plan
+    assert described["attention_kernel"] == "attention kernel: sdpa (not measured)"  # the fixture's attention_kernel: sdpa
     assert described["limits"] == {**expected["limits"], "cost_budget_s": 60.0}  # half the archive's responseTimeout
     assert [m["name"] for m in described["methods"]] == list(METHODS) and described["default_method"] == DEFAULT_METHOD
     facts = ModelFacts.of(served.in_process.model).describe()
-    assert described["model"] == {**facts, "weights": served.in_process.config.weights, "licence": "Apache-2.0", "licence_url": LICENCE}
+    assert served.in_process.config.source == "hub (tiny16_full.pth)"  # recorded by the archiver
+    preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": served.in_process.config.source}
+    weights = served.in_process.config.weights
+    assert described["model"] == {**facts, "weights": weights, **preprocessing, "licence": "Apache-2.0", "licence_url": LICENCE}
     by_name = {m["name"]: m for m in described["methods"]}
     rollout_options = {o["name"]: o for o in by_name["rollout"]["options"]}
     assert rollout_options["head_fusion"]["choices"] == ["mean", "max", "min"] and "heads" not in rollout_options

@@ -62,3 +62,18 @@ def test_the_served_model_runs_the_plan_measured_at_load() -> None:
     service = create_service({"model": TINY.name, "weights": "random"}, None)
     assert torch.float32 in service.model.kernels.choices
     assert service.description()["attention_kernel"] == service.model.kernels.summary()
+
+
+def test_the_attention_kernel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """attention_kernel: sdpa loads without measuring (replicas agree to the last bit); anything else
+    but auto is refused by name."""
+    from dino_attention import service as service_module
+
+    def no_measuring(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("attention_kernel: sdpa must not measure")
+
+    monkeypatch.setattr(service_module, "plan_kernels", no_measuring)
+    built = service_module.create_service({"model": "dino_vitt16", "weights": "random", "attention_kernel": "sdpa"}, None)
+    assert built.model.kernels.summary() == "attention kernel: sdpa (not measured)"
+    with pytest.raises(service_module.ConfigError, match="attention_kernel='fast' must be one of \\['auto', 'sdpa'\\]"):
+        service_module.ServiceConfig.from_mapping({"attention_kernel": "fast"})

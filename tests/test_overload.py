@@ -162,5 +162,6 @@ def test_torchserve_refuses_past_its_job_queue_at_once_and_keeps_its_worker(tmp_
             thread.join()
         statuses = sorted(status for status, _ in results)
         assert statuses == [200, 200, 503, 503], results
-        assert all(elapsed < 0.5 for status, elapsed in results if status == 503), results
+        # refused at once: well before the seconds one computation takes (the bench measures the p99: 0.06 s)
+        assert all(elapsed < 2.0 for status, elapsed in results if status == 503), results
         assert requests.get(management, timeout=30).json()[0]["workers"][0]["pid"] == before

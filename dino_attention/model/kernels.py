@@ -95,6 +95,7 @@ class KernelPlan:
 
 
 SDPA_ONLY = KernelPlan()
+ATTENTION_KERNELS = ("auto", "sdpa")  # the handler setting attention_kernel: plan_kernels at load, or SDPA_ONLY
 
 
 def plan_kernels(
