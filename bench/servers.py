@@ -99,21 +99,21 @@ def v2_request(image: bytes) -> bytes:
     return json.dumps({"inputs": [tensor], "parameters": {}}).encode()
 
 
+def post_v2(session: requests.Session, url: str, body: bytes) -> float:
+    """Seconds of one v2 JSON POST of ``body`` to ``url`` (an error status raises)."""
+    start = time.perf_counter()
+    session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=600).raise_for_status()
+    return time.perf_counter() - start
+
+
 def engine_figures(engine: str, url: str, body: bytes, requests_n: int) -> EngineFigures:
     """p50/p95 of ``requests_n`` sequential POSTs (after one warm-up), and images/s with ENGINE_CONCURRENCY in flight."""
-    headers = {"Content-Type": "application/json"}
-
-    def post(session: requests.Session) -> float:
-        start = time.perf_counter()
-        session.post(url, data=body, headers=headers, timeout=600).raise_for_status()
-        return time.perf_counter() - start
-
     with requests.Session() as session:
-        post(session)  # warm-up
-        sequential = [post(session) for _ in range(requests_n)]
+        post_v2(session, url, body)  # warm-up
+        sequential = [post_v2(session, url, body) for _ in range(requests_n)]
     start = time.perf_counter()
     with ThreadPoolExecutor(ENGINE_CONCURRENCY) as pool:
-        list(pool.map(lambda _: post(requests.Session()), range(requests_n)))
+        list(pool.map(lambda _: post_v2(requests.Session(), url, body), range(requests_n)))
     rate = requests_n / (time.perf_counter() - start)
     return EngineFigures(engine, percentile(sequential, 50), percentile(sequential, 95), rate)
 
@@ -170,12 +170,8 @@ def bench_cold_start(args: argparse.Namespace, store: Path, image: bytes, workdi
 
 def first_and_warm(url: str, body: bytes, requests_after: int) -> tuple[float, float]:
     """The first v2 request's seconds and the p50 of ``requests_after`` more (at least 3)."""
-    times = []
     with requests.Session() as session:
-        for _ in range(1 + max(requests_after, 3)):
-            start = time.perf_counter()
-            session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=600).raise_for_status()
-            times.append(time.perf_counter() - start)
+        times = [post_v2(session, url, body) for _ in range(1 + max(requests_after, 3))]
     return times[0], percentile(times[1:], 50)
 
 

@@ -124,7 +124,7 @@ class VideoSummary:
 @dataclass
 class Source:
     container: av.container.InputContainer
-    stream: av.video.stream.VideoStream
+    stream: VideoStream
     fps: Fraction
     frame_count: int  # as the container states it (0: unknown)
 

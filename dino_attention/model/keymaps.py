@@ -115,12 +115,13 @@ def from_hf(state: Mapping[str, torch.Tensor], variant: Variant, reference: Mapp
     """A transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` / ``DINOv3ViTModel`` state dict
     (prefixes already stripped) in the hub's layout for ``variant``. q, k, v are stacked into ``qkv``
     (a bias the config leaves out is zero: DINOv3's key bias); DINOv3's buffers come from ``reference``."""
-    table = HF_KEYS[variant.family if variant.family in HF_KEYS else "dinov2"]
-    if variant.family == "dinov3":
+    layout = "dinov3" if variant.family == "dinov3" else "dinov2"  # DINOv2's layout also names a DINO (v1) ViT's keys
+    table = HF_KEYS[layout]
+    if layout == "dinov3":
         up, down = HF_MLP["swiglu" if variant.ffn == "swiglu" else "mlp"]
         table = (*table, (r"\.mlp\.up_proj\.", f".mlp.{up}."), (r"\.mlp\.down_proj\.", f".mlp.{down}."))
     out = rename(state, table)
-    names = HF_QKV["dinov3" if variant.family == "dinov3" else "dinov2"]
+    names = HF_QKV[layout]
     for i in range(variant.depth):
         prefix = f"blocks.{i}.attn."
         parts = [out.pop(f"{prefix}{n}.weight", None) for n in names]
