@@ -18,7 +18,9 @@ import argparse
 import logging
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,12 +30,13 @@ from bench.compiled import bench_compile
 from bench.overload import bench_overload
 from bench.plot import plot
 from bench.report import build_report, markdown, to_json
-from bench.servers import Served, bench_cold_start, bench_engines, bench_served, bench_throughput
+from bench.servers import bench_cold_start, bench_engines, bench_served, bench_throughput
 from bench.timing import (
     HF_ROW,
     METHOD_PATHS,
     PATHS,
     SIDE_BY_SIDE,
+    Machine,
     Result,
     bench_encodings,
     bench_families,
@@ -137,6 +140,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_report(args: argparse.Namespace, machine: Machine, found: dict[str, Any]) -> str:
+    """The report of the sections measured so far, to <out>/<name>.md, .json and .png: written after
+    each section, so that a run cut short (a time limit on a lent machine) keeps what it measured."""
+    report = build_report(args, machine, **found)
+    text = markdown(report)
+    (args.out / f"{args.name}.md").write_text(text)
+    (args.out / f"{args.name}.json").write_text(to_json(report))
+    if found.get("forward"):
+        plot(found["forward"], machine.peaks, args.out / f"{args.name}.png")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -145,69 +160,75 @@ def main(argv: list[str] | None = None) -> int:
     variant = get_variant(args.model, args.patch)
     args.out.mkdir(parents=True, exist_ok=True)
     sections = set(args.sections)
+    found: dict[str, Any] = {}  # build_report's keyword arguments, section by section
     with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
         workdir = Path(tmp)
         torch.manual_seed(0)
         weights = args.weights = workdir / "bench_random.pth"  # the worker configurations read args.weights
         torch.save(build_model(variant, None).state_dict(), weights)
         machine = probe_machine(torch.device(args.device), weights, variant)
-        forward: list[Result] = []
-        methods: list[Result] = []
+        save = partial(write_report, args, machine, found)
         if "forward" in sections:
             logger.info("forward passes (one process each) ...")
+            forward: list[Result] = []
             for size in args.sizes:
                 for path in args.paths:
                     forward.append(measure(path, size, args, workdir, forward, machine.speeds))
             compare_maps(forward, workdir)
-        families = []
+            found["forward"] = forward
+            save()
         if "families" in sections:
             logger.info("families: DINOv2 with registers, DINOv3, fast vs eager N x N (one process each) ...")
-            families = bench_families(args, workdir)
+            found["families"] = bench_families(args, workdir)
+            save()
         if "methods" in sections:
             logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
+            methods: list[Result] = []
             for size in args.method_sizes:
                 for path in METHOD_PATHS:
                     methods.append(measure(path, size, args, workdir, methods, machine.speeds))
                 if (size[0] // args.patch) * (size[1] // args.patch) <= SIDE_BY_SIDE_MAX_TOKENS:
                     measure_side_by_side(size, args, methods)
             compare_maps(methods, workdir)
-        encodings = []
+            found["methods"] = methods
+            save()
         if "encoding" in sections:
             logger.info("encodings ...")
             maps480 = workdir / "fp32_480x480.npy"
             grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
-            encodings = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
+            found["encodings"] = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
+            save()
         image = IMAGE.read_bytes()
         native = [p for p in AUTOCAST_DTYPES if p == FP32 or machine.speeds[p].fast]  # the precisions that run natively here
-        batching = []
         if "batching" in sections:
             logger.info("batching: images/s by batch size, in process ...")
-            batching = bench_batching(args, weights, image, native)
-        compiled = []
+            found["batching"] = bench_batching(args, weights, image, native)
+            save()
         if "compile" in sections:
             logger.info("torch.compile vs eager (one process each) ...")
-            compiled = bench_compile(args, weights, native)
+            found["compiled"] = bench_compile(args, weights, native)
+            save()
         store = workdir / "store"
-        served: Served | None = None
-        throughput, engines = [], []
         if {"served", "throughput", "engines", "coldstart", "overload", "video"} & sections and archive.main(
             ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
         ):
             raise RuntimeError("archiving the benchmark model failed")
         if "served" in sections:
             logger.info("served latency through TorchServe (%d requests) ...", args.requests)
-            served = bench_served(args, weights, image, store)
+            found["served"] = bench_served(args, weights, image, store)
+            save()
         if "throughput" in sections:
             logger.info("throughput: batch size x workers x concurrency ...")
-            throughput = bench_throughput(args, store / f"{variant.name}.mar", image, workdir)
+            found["throughput"] = bench_throughput(args, store / f"{variant.name}.mar", image, workdir)
+            save()
         if "engines" in sections:
             logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
-            engines = bench_engines(args, store, image, workdir)
-        cold = []
+            found["engines"] = bench_engines(args, store, image, workdir)
+            save()
         if "coldstart" in sections:
             logger.info("cold start: each engine from start to READY, then its first requests ...")
-            cold = bench_cold_start(args, store, image, workdir)
-        overload = None
+            found["cold"] = bench_cold_start(args, store, image, workdir)
+            save()
         if "overload" in sections:
             logger.info(
                 "under load: %d clients x %g s, then %d mixed requests, on each engine ...",
@@ -215,20 +236,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.storm_seconds,
                 args.soak_requests,
             )
-            overload = bench_overload(args, store, image, workdir)
-        videos = []
+            found["overload"] = bench_overload(args, store, image, workdir)
+            save()
         if "video" in sections:
             logger.info("video: our client against the server vs DINO's video_generation.py loop in process ...")
-            videos = bench_video(args, store, workdir)
-    report = build_report(
-        args, machine, forward, methods, families, encodings, served, throughput, engines, overload, batching, compiled, videos, cold
-    )
-    text = markdown(report)
-    (args.out / f"{args.name}.md").write_text(text)
-    (args.out / f"{args.name}.json").write_text(to_json(report))
-    if forward:
-        plot(forward, machine.peaks, args.out / f"{args.name}.png")
-    print(text)
+            found["videos"] = bench_video(args, store, workdir)
+    print(save())
     logger.info("wrote %s", args.out / f"{args.name}.md")
     return 0
 

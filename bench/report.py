@@ -9,6 +9,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,11 @@ from bench.compiled import CompileFigures
 from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, ColdStart, EngineFigures, Served, Throughput
 from bench.timing import HF_ROW, Encoding, Machine, Result
-from bench.video import VideoFigures
 from dino_attention.model.variants import DEFAULT_MODEL, get_variant
 from dino_attention.precision import AUTOCAST_DTYPES, describe_device
+
+if TYPE_CHECKING:  # bench.video needs PyAV, which the other sections do not (a bare GPU machine lacks it)
+    from bench.video import VideoFigures
 
 COMPILE_MIN_GAIN = 1.1  # torch.compile must make a request this much faster to be worth its compile time and risks
 

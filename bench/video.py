@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +50,8 @@ def write_clip(path: Path, size: tuple[int, int], frames: int) -> Path:
     """A synthetic clip: bright discs drifting over a gradient (H.264, ``CLIP_FPS``)."""
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
+    import av  # PyAV (the client's video extra): only this section needs it, so the others run without it
+
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=CLIP_FPS)
         stream.height, stream.width, stream.pix_fmt = h, w, "yuv420p"
@@ -69,6 +70,8 @@ def dino_loop(clip: Path, out: Path, model_name: str, weights: Path, device: str
     model = build_model(variant, filter_state_dict(read_checkpoint(weights))).to(device)
     p = variant.patch_size
     start, count = time.perf_counter(), 0
+    import av  # as in write_clip
+
     with av.open(str(clip)) as source, av.open(str(out), "w") as sink:
         stream = source.streams.video[0]
         writer = None

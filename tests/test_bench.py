@@ -141,6 +141,23 @@ def emulating_machine() -> Machine:
     )
 
 
+def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report is written after each section: a later section failing (or a time limit) leaves it."""
+
+    def fails(*_: object) -> None:
+        raise RuntimeError("cut short")
+
+    monkeypatch.setattr(cli, "probe_machine", lambda *_: emulating_machine())
+    monkeypatch.setattr(cli, "bench_batching", fails)
+    argv = ["--model", "vit_tiny", "--patch", "16", "--repeats", "1", "--device", "cpu", "--sections", "encoding", "batching"]
+    with pytest.raises(RuntimeError, match="cut short"):
+        cli.main([*argv, "--out", str(tmp_path), "--name", "cut"])
+    tables = markdown_tables((tmp_path / "cut.md").read_text())
+    (encodings,) = [rows for title, rows in tables.items() if title.startswith("Response encoding")]
+    assert len(encodings) > 2  # the header, then a row per encoding measured before the failure
+    assert json.loads((tmp_path / "cut.json").read_text())["tables"]
+
+
 def test_batching_figures_are_derived_from_the_batch_times(tiny_run: tuple[dict, str, Path]) -> None:
     rows = rows_of(tiny_run[0], "Batching")
     assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", b) for b in CPU_BATCHES]  # fp32 runs everywhere

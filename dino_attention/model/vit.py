@@ -133,7 +133,9 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
+        # One copy into (3, B, heads, N, d): q, k, v contiguous, the layout kernels.plan_kernels measures on
+        # (CPU SDPA alone was 7-17% slower in fp32 on the strided views; end to end within noise: bench/results/gpu.md).
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # each (B, heads, N, d)
         return apply_rope(q, rope), apply_rope(k, rope), v
 
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
