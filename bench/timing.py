@@ -31,7 +31,7 @@ from dino_attention.model.sources import load_checkpoint
 from dino_attention.model.variants import Variant, get_variant
 from dino_attention.model.vit import VisionTransformer
 from dino_attention.options import parse_options
-from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, describe_device, plan_precisions, probe_speed
+from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, cpu_info, describe_device, plan_precisions, probe_speed
 from dino_attention.protocols import encode_attention
 from dino_attention.schema import AttentionResult
 from scripts import REPO
@@ -403,6 +403,7 @@ class Machine:
     peaks: dict[str, float]  # matmul GFLOP/s; only for fp32 and the precisions that are native
     plan: PrecisionPlan  # what precision=auto runs here (for the benchmark's random-weight model)
     kernels: KernelPlan = SDPA_ONLY  # the attention kernels measured here, as the server measures them at load
+    cpu_flags: frozenset[str] = frozenset()  # precision.cpu_info's flags when the passes ran on the CPU (amx_bf16, ...)
 
 
 def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Machine:
@@ -414,7 +415,8 @@ def probe_machine(device: torch.device, weights: Path, variant: Variant) -> Mach
     plan = plan_precisions(device, lambda p: map_agreement(model, device, p), speed=lambda _device, p: speeds[p])
     peaks = {p: matmul_peak(device, dtype) for p, dtype in AUTOCAST_DTYPES.items() if p == FP32 or speeds[p].fast}
     kernels = native_kernels(device, variant, [p for p in AUTOCAST_DTYPES if p == FP32 or speeds[p].fast])
-    return Machine(device, describe_device(device), speeds, peaks, plan, kernels)
+    flags = cpu_info().flags if device.type == "cpu" else frozenset()
+    return Machine(device, describe_device(device), speeds, peaks, plan, kernels, flags)
 
 
 def native_kernels(device: torch.device, variant: Variant, precisions: list[str]) -> KernelPlan:

@@ -227,6 +227,37 @@ def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:
     assert "- fp32 path vs seed at 480x480: 3.0x (MISSES target >= 3.5)" in text
 
 
+@pytest.mark.parametrize(
+    ("flags", "device", "judged"),
+    [(frozenset({"amx_bf16", "avx512_bf16"}), "cpu", True), (frozenset({"avx512_bf16"}), "cpu", False), (frozenset(), "cuda", False)],
+)
+def test_bf16_over_fp32_is_judged_only_on_amx(flags: frozenset[str], device: str, judged: bool) -> None:
+    """Issue 23's bf16 >= 3x fp32 is a target on CPUs with AMX; elsewhere the ratio is said and n/a.
+    fp32's fraction of its peak is a target on every CPU."""
+    native = Speed(True, 4.0, "CPU has amx_bf16")
+    machine = Machine(
+        torch.device(device), "a CPU", {"bf16": native}, {"fp32": 200.0, "bf16": 1000.0}, PrecisionPlan.fp32_only(), cpu_flags=flags
+    )
+    results = [
+        Result("fp32", (480, 480), 3600, times=[2.0], gflops=150),
+        Result("bf16", (480, 480), 3600, times=[0.8], gflops=375),
+    ]
+    args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
+    targets = {t.what: t for t in build_report(args, machine, results).targets}
+    amx = targets["bf16 path vs fp32 at 480x480 on a CPU with AMX"]
+    if judged:
+        assert amx.value == pytest.approx(2.5) and amx.met is False
+        assert "- bf16 path vs fp32 at 480x480 on a CPU with AMX: 2.5x (MISSES target >= 3)" == amx.line()
+    else:
+        assert amx.value is None and amx.met is None and "bf16 runs 2.50x fp32 here" in amx.na
+    fp32_peak = targets.get("fp32 path at 480x480, fraction of the fp32 matmul peak")
+    if device == "cpu":
+        assert fp32_peak is not None and fp32_peak.value == pytest.approx(0.75) and fp32_peak.met is False
+    else:
+        assert fp32_peak is None
+    assert targets["bf16 path at 480x480, fraction of the bf16 matmul peak"].value == pytest.approx(0.375)
+
+
 def test_markdown_writes_each_column_in_its_format() -> None:
     table = Table("t", (Column("a"), Column("s", "{:.3f}"), Column("p", "{:.0%}"), Column("x", "{:.1f}x")))
     table.add("row", 1.23456, 0.456, None)
