@@ -45,7 +45,8 @@ class LoadReport:
     lost: int = 0  # no HTTP answer at all (connection error, timeout)
     wrong: int = 0  # unexpected status or a failed check
     statuses: Counter = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # of every answer
+    correct_latencies: list[float] = field(default_factory=list)  # of the answers as expected
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -104,7 +105,9 @@ def run_load(
             report.answered += 1
             report.statuses[reply.status_code] += 1
             report.latencies.append(elapsed)
-            if not ok:
+            if ok:
+                report.correct_latencies.append(elapsed)
+            else:
                 report.wrong += 1
                 report.failures.append(f"{probe.name}: HTTP {reply.status_code} {reply.text[:120]}")
 

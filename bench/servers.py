@@ -181,9 +181,10 @@ class Throughput:
     batch_size: int
     workers: int
     concurrency: int
-    images_per_s: float
-    p50: float
-    errors: int
+    images_per_s: float  # answered (200) per second
+    p50: float | None  # of the answered requests (None: none answered)
+    refused: int  # 503: more clients in flight than the job queue holds (model-config.yaml's jobQueueSize)
+    errors: int  # anything else: lost, or another status
 
 
 def archive_variant(mar: Path, store: Path, batch_size: int, workers: int) -> None:
@@ -214,6 +215,7 @@ def bench_throughput(args: argparse.Namespace, mar: Path, image: bytes, workdir:
             for concurrency in CONCURRENCY:
                 logger.info("  batchSize %d, %d worker(s), concurrency %d", batch_size, workers, concurrency)
                 load = run_load(server.url(name), [probe], args.throughput_requests, concurrency, 600)
-                ok = load.statuses[200]
-                rows.append(Throughput(batch_size, workers, concurrency, ok / load.seconds, percentile(load.latencies, 50), load.sent - ok))
+                ok, refused = load.statuses[200], load.statuses[503]
+                p50 = percentile(load.correct_latencies, 50) if load.correct_latencies else None
+                rows.append(Throughput(batch_size, workers, concurrency, ok / load.seconds, p50, refused, load.sent - ok - refused))
     return rows

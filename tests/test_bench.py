@@ -27,9 +27,10 @@ from bench.report import (
     compile_table,
     markdown,
     table_markdown,
+    throughput_table,
     video_table,
 )
-from bench.servers import ColdStart
+from bench.servers import ColdStart, Throughput
 from bench.timing import Machine, Result, forward_flops
 from bench.video import VideoFigures
 from dino_attention.model.variants import get_variant
@@ -256,6 +257,17 @@ def test_bf16_over_fp32_is_judged_only_on_amx(flags: frozenset[str], device: str
     else:
         assert fp32_peak is None
     assert targets["bf16 path at 480x480, fraction of the bf16 matmul peak"].value == pytest.approx(0.375)
+
+
+def test_throughput_counts_refusals_apart_from_errors() -> None:
+    """503s from a full job queue are by design: their own column and a note, not errors, and not in the p50."""
+    rows = [Throughput(1, 1, 4, 2.3, 1.7, 0, 0), Throughput(1, 1, 8, 1.7, 2.1, 19, 0), Throughput(4, 1, 8, 0.0, None, 20, 4)]
+    table = throughput_table(rows, 24)
+    assert [c.name for c in table.columns][-3:] == ["p50 s (answered)", "refused (503)", "errors"]
+    assert table.rows[1][-2:] == (19, 0) and table.rows[2][-3:] == (None, 20, 4)
+    assert len(table.notes) == 1 and "jobQueueSize" in table.notes[0]
+    assert "| 4 | 1 | 8 | 0.00 |  | 20 | 4 |" in table_markdown(table)
+    assert throughput_table(rows[:1], 24).notes == []
 
 
 def test_markdown_writes_each_column_in_its_format() -> None:
