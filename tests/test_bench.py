@@ -248,7 +248,7 @@ def test_bf16_over_fp32_is_judged_only_on_amx(flags: frozenset[str], device: str
     amx = targets["bf16 path vs fp32 at 480x480 on a CPU with AMX"]
     if judged:
         assert amx.value == pytest.approx(2.5) and amx.met is False
-        assert "- bf16 path vs fp32 at 480x480 on a CPU with AMX: 2.5x (MISSES target >= 3)" == amx.line()
+        assert amx.line() == "- bf16 path vs fp32 at 480x480 on a CPU with AMX: 2.5x (MISSES target >= 3)"
     else:
         assert amx.value is None and amx.met is None and "bf16 runs 2.50x fp32 here" in amx.na
     fp32_peak = targets.get("fp32 path at 480x480, fraction of the fp32 matmul peak")
