@@ -35,7 +35,6 @@ from bench.timing import (
     HF_ROW,
     METHOD_PATHS,
     PATHS,
-    SIDE_BY_SIDE,
     Machine,
     Result,
     bench_encodings,
@@ -43,8 +42,8 @@ from bench.timing import (
     compare_maps,
     measure,
     measure_side_by_side,
+    parse_size,
     probe_machine,
-    worker,
 )
 from bench.video import bench_video, parse_clip
 from dino_attention.model.checkpoint import build_model
@@ -80,11 +79,6 @@ FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     (f"{HF_ROW}dinov2_vits14_reg", (518, 518)),  # the same model from a Hugging Face directory: as fast
 )
 IMAGE = REPO / "data" / "samples" / "astronaut.jpg"  # 512x512 -> 480x480: the served sections' request
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
 
 
 def parse_family_row(text: str) -> tuple[str, tuple[int, int]]:
@@ -124,12 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--video-in-flight", type=int, default=4, help="video: our client's requests in flight")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    # worker mode (internal): one configuration, in its own process
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=(*PATHS, *METHOD_PATHS, SIDE_BY_SIDE), help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=parse_size, help=argparse.SUPPRESS)
-    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run each forward/method configuration in this process (seconds faster each; its peak RSS is then the run's so far)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.requests, args.throughput_requests = list(QUICK_SIZES), 5, 8
@@ -155,8 +148,6 @@ def write_report(args: argparse.Namespace, machine: Machine, found: dict[str, An
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    if args.worker:
-        return worker(args)
     variant = get_variant(args.model, args.patch)
     args.out.mkdir(parents=True, exist_ok=True)
     sections = set(args.sections)

@@ -17,8 +17,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.cli import parse_size
-from bench.timing import native_kernels
+from bench.timing import native_kernels, parse_size
 from dino_attention.attention import patch_attention
 from dino_attention.model.checkpoint import build_model
 from dino_attention.model.kernels import ATTENTION_KERNELS

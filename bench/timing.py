@@ -136,9 +136,26 @@ def side_by_side(model: VisionTransformer, x: torch.Tensor, rounds: int) -> dict
 
 
 # ----------------------------------------------------------------------------- one configuration per process
-def worker(args: argparse.Namespace) -> int:
-    """One forward configuration in its own process: prints a JSON line, saves the maps."""
-    print(json.dumps(configuration(args)))
+def parse_size(text: str) -> tuple[int, int]:
+    """'480x640' -> (480, 640): height x width."""
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """``python -m bench.timing``: one configuration in its own process (``run_configuration``); prints
+    a JSON line, saves the maps. Imports only this module's needs, not the whole benchmark (seconds
+    per configuration)."""
+    parser = argparse.ArgumentParser(description="one benchmark configuration (internal: see bench/cli.py)")
+    parser.add_argument("--path", choices=(*PATHS, *METHOD_PATHS, SIDE_BY_SIDE), required=True)
+    parser.add_argument("--size", type=parse_size, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--patch", type=int, required=True)
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--maps", type=Path)
+    print(json.dumps(configuration(parser.parse_args(argv))))
     return 0
 
 
@@ -185,10 +202,11 @@ def load_model(args: argparse.Namespace) -> VisionTransformer:
 
 def run_configuration(args: argparse.Namespace, path: str, size: tuple[int, int], repeats: int, maps: Path | None = None) -> dict:
     """``configuration`` in a worker process of its own on a CPU, so that its max RSS is its own; in
-    this process on a GPU, whose memory peak is reset per configuration (no CUDA start-up per configuration)."""
-    if torch.device(args.device).type == "cuda":
+    this process on a GPU, whose memory peak is reset per configuration (no CUDA start-up per configuration),
+    or with ``args.in_process`` (no interpreter start-up per configuration; the RSS peak is then the run's)."""
+    if torch.device(args.device).type == "cuda" or getattr(args, "in_process", False):
         return configuration(argparse.Namespace(**{**vars(args), "path": path, "size": size, "repeats": repeats, "maps": maps}))
-    cmd = [sys.executable, "-m", "bench", "--worker", "--path", path, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
+    cmd = [sys.executable, "-m", "bench.timing", "--path", path, "--size", f"{size[0]}x{size[1]}", "--model", args.model]
     cmd += ["--patch", str(args.patch), "--weights", str(args.weights), "--repeats", str(repeats), "--device", args.device]
     cmd += ["--maps", str(maps)] if maps else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -423,3 +441,7 @@ def native_kernels(device: torch.device, variant: Variant, precisions: list[str]
     """The attention kernels for ``precisions``, measured as ``create_service`` does at load."""
     dtypes = [AUTOCAST_DTYPES[p] for p in precisions]
     return plan_kernels(device, dtypes, variant.num_heads, variant.embed_dim // variant.num_heads)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

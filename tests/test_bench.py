@@ -31,15 +31,16 @@ from bench.report import (
     video_table,
 )
 from bench.servers import ColdStart, Throughput
-from bench.timing import Machine, Result, forward_flops
+from bench.timing import Machine, Result, forward_flops, run_configuration
 from bench.video import VideoFigures
+from dino_attention.model.checkpoint import build_model
 from dino_attention.model.variants import get_variant
 from dino_attention.precision import PrecisionPlan, Speed, probe_speed
 
 TINY_RUN = [
     *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),
     *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42", "hf:dinov2_vits14_reg:28x42"),
-    *("--sections", "forward", "methods", "families", "encoding", "batching", "engines"),
+    *("--sections", "forward", "methods", "families", "encoding", "batching", "engines", "--in-process"),
 ]
 
 
@@ -77,6 +78,18 @@ def test_tiny_run_reports_every_section_it_ran(tiny_run: tuple[dict, str, Path])
         assert rows[0] == [c["name"] for c in table["columns"]] and len(rows) == 2 + len(table["rows"])
         assert all(len(row) == len(table["columns"]) for row in table["rows"])
     assert (out / "tiny.png").stat().st_size > 1000
+
+
+def test_a_configuration_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """Without --in-process (the default) each configuration is a ``python -m bench.timing`` process:
+    its JSON line carries its times and its own memory peak."""
+    weights = tmp_path / "tiny.pth"
+    torch.save(build_model(get_variant("vit_tiny", 16), None).state_dict(), weights)
+    args = argparse.Namespace(model="vit_tiny", patch=16, weights=weights, device="cpu")
+    data = run_configuration(args, "fp32", (32, 48), 2, tmp_path / "maps.npy")
+    assert len(data["times"]) == 2 and all(t > 0 for t in data["times"])
+    assert data["peak_rss_mb"] >= data["loaded_rss_mb"] > 0
+    assert np.load(tmp_path / "maps.npy").shape == (3, 2, 3)  # (heads, H/p, W/p)
 
 
 def rows_of(data: dict, title_start: str) -> list[dict]:
