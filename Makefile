@@ -86,7 +86,7 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# ~15 min on 2 cores; BENCH_ARGS=--quick for 224/480 only. Writes bench/results/bench.{md,json,png}.
+# About an hour on 2 cores with every section; BENCH_ARGS=--quick for 224/480 only, or --sections ... Writes bench/results/bench.{md,json,png}.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
