@@ -21,8 +21,8 @@ computed on, each frame the overlay of its map in DINO's style (with the mask's 
   running they go to ``<maps>.partial`` (+ ``.json``): a run that stops keeps them, and ``resume``
   requests only the frames not in it.
 
-A failing frame is retried (``retries`` times, longer waits each) on answers that may pass (no answer,
-429, 5xx); then the run stops naming the frame. The output video is written as ``<out>.partial.<ext>``
+A failing request (a frame's, the similarity point's geometry, the PCA basis) is retried (``retries``
+times, longer waits each) on answers that may pass (no answer, 429, 5xx); then the run stops naming it. The output video is written as ``<out>.partial.<ext>``
 and renamed when complete; nothing partial is left under the output's name.
 """
 
@@ -318,16 +318,17 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def ask(requester: Requester, images: Sequence[bytes], fields: Mapping[str, str], frame: int, retries: int) -> Response:
-    """The answer for frame ``frame`` (the last of ``images``), retried while it may pass."""
+def ask(requester: Requester, images: Sequence[bytes], fields: Mapping[str, str], what: str, retries: int) -> Response:
+    """The answer for the last of ``images``, retried while it may pass; ``what`` names the request in
+    messages ("frame 12", "the PCA sample")."""
     for attempt in range(retries + 1):
         try:
             return requester(images, fields)[-1]
         except ClientError as e:
             if attempt == retries or (e.status is not None and e.status not in RETRY_STATUSES):
-                raise VideoError(f"frame {frame}: {e}" + (f" (after {retries} retries)" if attempt else "")) from e
+                raise VideoError(f"{what}: {e}" + (f" (after {retries} retries)" if attempt else "")) from e
             wait = RETRY_WAIT_S * 2**attempt
-            logger.warning("frame %d: %s; retrying in %.1f s", frame, e, wait)
+            logger.warning("%s: %s; retrying in %.1f s", what, e, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -379,7 +380,7 @@ def explain_video(
                     window.append((i, rgb, saved.astype(np.float32)))
                     return
                 images = [first_jpeg, jpeg(rgb)] if options.method == "similarity" else [jpeg(rgb)]
-                window.append((i, rgb, pool.submit(ask, requester, images, fields, i, options.retries)))
+                window.append((i, rgb, pool.submit(ask, requester, images, fields, f"frame {i}", options.retries)))
                 requested += 1
 
             def drain(keep: int) -> None:
@@ -438,7 +439,7 @@ def check_point(options: VideoOptions, rgb: np.ndarray) -> None:
 def server_point(requester: Requester, first: bytes, fields: Mapping[str, str], options: VideoOptions) -> str:
     """``--point`` (input-frame pixels) in the processed image's pixels, from the first frame's geometry."""
     assert options.point is not None
-    meta = requester([first], {**fields, "point": "0,0"})[0].meta
+    meta = ask(requester, [first], {**fields, "point": "0,0"}, "the first frame's geometry", options.retries).meta
     (h0, w0), (hr, wr), (h, w) = meta["input_size"], meta["resized_size"], meta["image_size"]
     x, y = options.point[0] * wr // w0, options.point[1] * hr // h0
     if not (x < w and y < h):
@@ -455,11 +456,11 @@ def pca_basis(
     if store and "pca_basis" in store.extra:
         return str(store.extra["pca_basis"])  # resumed: the colours of the run it continues
     if options.pca_fit == "first":
-        answer = ask(requester, [first], fields, 0, options.retries)
+        answer = ask(requester, [first], fields, "the first frame's PCA basis", options.retries)
     else:
         sample = sample_frames(video, options)
-        answers = requester(sample, {**fields, "pca_fit": "joint"}) if len(sample) > 1 else requester(sample, fields)
-        answer = answers[0]
+        joint = {**fields, "pca_fit": "joint"} if len(sample) > 1 else fields  # one basis, shared by every answer
+        answer = ask(requester, sample, joint, f"the PCA basis of {len(sample)} sampled frames", options.retries)
     basis = answer.arrays.get("pca_basis")
     if basis is None:
         raise VideoError("the server's pca answer carries no pca_basis: an older server?")

@@ -154,15 +154,20 @@ def test_pca_sample_fits_one_basis_on_frames_spread_over_the_video(tmp_path: Pat
     base = client_requester(service)
     calls: list[tuple[int, dict]] = []
 
+    answers: list[list[Response]] = []
+
     def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
         calls.append((len(images), dict(fields)))
-        return base(images, fields)
+        answers.append(base(images, fields))
+        return answers[-1]
 
     options = VideoOptions(method="pca", pca_fit="sample", pca_sample=4, short_side=H)
     explain_video(clip, tmp_path / "out.mp4", request, options, progress=False)
     (sampled, fit), *frames = calls
     assert sampled == 4 and fit["pca_fit"] == "joint" and "pca_basis" not in fit  # frames 0, 4, 7, 11 fitted together
     assert len(frames) == 12 and len({f["pca_basis"] for _, f in frames}) == 1
+    joint = [answer.arrays["pca_basis"] for answer in answers[0]]  # one basis in every answer of the joint fit
+    assert all(np.array_equal(basis, joint[0]) for basis in joint)
 
 
 def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: AttentionService) -> None:
@@ -202,6 +207,41 @@ def test_a_failing_frame_is_retried_then_the_run_stops_naming_it(tmp_path: Path,
         raise ClientError("server answered HTTP 503: queue full", 503)
 
     with pytest.raises(VideoError, match=r"frame 0: server answered HTTP 503: queue full \(after 3 retries\)"):
+        explain_video(clip, tmp_path / "out.mp4", broken, options, progress=False)
+    assert not list(tmp_path.glob("out*"))
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "what"),
+    [
+        ("similarity", {"point": (4, 4)}, "the first frame's geometry"),
+        ("pca", {"pca_fit": "sample", "pca_sample": 3}, "the PCA basis of 3 sampled frames"),
+        ("pca", {}, "the first frame's PCA basis"),
+    ],
+)
+def test_the_requests_before_the_frames_are_retried_too(
+    tmp_path: Path, service: AttentionService, monkeypatch, method: str, extra: dict, what: str
+) -> None:
+    """The similarity point's geometry and the PCA basis are asked before any frame: retried alike, and
+    named when they fail for good."""
+    monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
+    clip = write_clip(tmp_path / "square.mp4", frames=4)
+    base = client_requester(service)
+    calls = {"n": 0}
+
+    def flaky(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        calls["n"] += 1
+        if calls["n"] <= 2:  # the first request fails twice with 503, then passes
+            raise ClientError("server answered HTTP 503: queue full", 503)
+        return base(images, fields)
+
+    options = VideoOptions(method=method, short_side=H, in_flight=1, **extra)
+    assert explain_video(clip, tmp_path / "ok.mp4", flaky, options, progress=False).frames == 4
+
+    def broken(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        raise ClientError("server answered HTTP 502: bad gateway", 502)
+
+    with pytest.raises(VideoError, match=rf"^{what}: server answered HTTP 502: bad gateway \(after 3 retries\)$"):
         explain_video(clip, tmp_path / "out.mp4", broken, options, progress=False)
     assert not list(tmp_path.glob("out*"))
 
