@@ -22,8 +22,9 @@ computed on, each frame the overlay of its map in DINO's style (with the mask's 
   requests only the frames not in it.
 
 A failing request (a frame's, the similarity point's geometry, the PCA basis) is retried (``retries``
-times, longer waits each) on answers that may pass (no answer, 429, 5xx); then the run stops naming it. The output video is written as ``<out>.partial.<ext>``
-and renamed when complete; nothing partial is left under the output's name.
+times, longer waits each) on answers that may pass (no answer, 429, 5xx); then the run stops naming
+it. The output video is written as ``<out>.partial.<ext>`` and renamed when complete; nothing
+partial is left under the output's name.
 """
 
 from __future__ import annotations
