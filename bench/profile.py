@@ -30,11 +30,10 @@ logger = logging.getLogger("bench")
 
 def operator_table(prof: profile, repeats: int, top: int) -> list[str]:
     """The ``top`` operators by self time, per forward pass: markdown rows."""
-    events = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total + e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_device_time_total + e.self_cpu_time_total for e in events) or 1.0
+    timed = sorted(((e.self_device_time_total + e.self_cpu_time_total, e) for e in prof.key_averages()), key=lambda t: t[0], reverse=True)
+    total = sum(own for own, _ in timed) or 1.0  # microseconds
     rows = ["| operator | calls per pass | self ms per pass | share |", "| --- | --- | --- | --- |"]
-    for e in events[:top]:
-        own = e.self_device_time_total + e.self_cpu_time_total
+    for own, e in timed[:top]:
         rows.append(f"| {e.key} | {e.count // repeats} | {own / 1000 / repeats:.1f} | {own / total:.0%} |")
     return rows
 

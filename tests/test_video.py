@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -188,24 +188,30 @@ def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: 
     assert first[ROW, 0] == pytest.approx(1.0, abs=1e-2)  # the first frame's point is itself
 
 
+def failing(base: attention_video.Requester | None, calls: Container[int], error: ClientError) -> attention_video.Requester:
+    """A requester that raises ``error`` on the given calls (numbered from 1) and asks ``base`` otherwise;
+    without ``base``, on every call."""
+    count = 0
+
+    def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
+        nonlocal count
+        count += 1
+        if base is None or count in calls:
+            raise error
+        return base(images, fields)
+
+    return request
+
+
 def test_a_failing_frame_is_retried_then_the_run_stops_naming_it(tmp_path: Path, service: AttentionService, monkeypatch) -> None:
     monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
     clip = write_clip(tmp_path / "square.mp4", frames=6)
-    base = client_requester(service)
-    calls = {"n": 0}
-
-    def flaky(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
-        calls["n"] += 1
-        if calls["n"] in (2, 3):  # frame 1 fails twice with 503, then passes
-            raise ClientError("server answered HTTP 503: queue full", 503)
-        return base(images, fields)
-
+    queue_full = ClientError("server answered HTTP 503: queue full", 503)
+    flaky = failing(client_requester(service), {2, 3}, queue_full)  # frame 1 fails twice with 503, then passes
     options = VideoOptions(layer=0, short_side=H, in_flight=1)
     assert explain_video(clip, tmp_path / "ok.mp4", flaky, options, progress=False).frames == 6
 
-    def broken(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
-        raise ClientError("server answered HTTP 503: queue full", 503)
-
+    broken = failing(None, (), queue_full)
     with pytest.raises(VideoError, match=r"frame 0: server answered HTTP 503: queue full \(after 3 retries\)"):
         explain_video(clip, tmp_path / "out.mp4", broken, options, progress=False)
     assert not list(tmp_path.glob("out*"))
@@ -226,21 +232,12 @@ def test_the_requests_before_the_frames_are_retried_too(
     named when they fail for good."""
     monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
     clip = write_clip(tmp_path / "square.mp4", frames=4)
-    base = client_requester(service)
-    calls = {"n": 0}
-
-    def flaky(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
-        calls["n"] += 1
-        if calls["n"] <= 2:  # the first request fails twice with 503, then passes
-            raise ClientError("server answered HTTP 503: queue full", 503)
-        return base(images, fields)
-
+    queue_full = ClientError("server answered HTTP 503: queue full", 503)
+    flaky = failing(client_requester(service), {1, 2}, queue_full)  # the first request fails twice with 503, then passes
     options = VideoOptions(method=method, short_side=H, in_flight=1, **extra)
     assert explain_video(clip, tmp_path / "ok.mp4", flaky, options, progress=False).frames == 4
 
-    def broken(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
-        raise ClientError("server answered HTTP 502: bad gateway", 502)
-
+    broken = failing(None, (), ClientError("server answered HTTP 502: bad gateway", 502))
     with pytest.raises(VideoError, match=rf"^{what}: server answered HTTP 502: bad gateway \(after 3 retries\)$"):
         explain_video(clip, tmp_path / "out.mp4", broken, options, progress=False)
     assert not list(tmp_path.glob("out*"))
