@@ -17,7 +17,7 @@ IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --mask 0.6
 # The served name: model_store/$(NAME).mar, /predictions/$(NAME). Default: the hub name of MODEL (the
-# variants table in dino_attention/model/variants.py), or a Hugging Face directory's name.
+# variants table in vitscope/model/variants.py), or a Hugging Face directory's name.
 NAME    ?= $(shell $(PY) -m scripts.archive $(MODEL_ARGS) $(if $(WEIGHTS),--weights "$(WEIGHTS)") --print-name)
 URL      = http://127.0.0.1:8080/predictions/$(NAME)
 # TorchServe config: config.properties (localhost, no auth) or config.production.properties (token auth).

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.timing import timed
-from dino_attention.errors import RequestError
-from dino_attention.model.variants import get_variant
-from dino_attention.schema import ImageRequest
-from dino_attention.service import AttentionService, create_service
+from vitscope.errors import RequestError
+from vitscope.model.variants import get_variant
+from vitscope.schema import ImageRequest
+from vitscope.service import AttentionService, create_service
 
 logger = logging.getLogger("bench")
 

@@ -8,7 +8,7 @@ the methods, today's models, the encodings, and the servers (latency, throughput
 Everything is measured in this one run, with the same random weights and inputs: ratios are the
 figures to compare (absolute times on a shared machine are noisy). The report starts with the
 machine. Each forward configuration runs in its own process so that its peak memory (max RSS) is its
-own. A reduced precision the device does not run natively (``dino_attention/precision.py``: capability
+own. A reduced precision the device does not run natively (``vitscope/precision.py``: capability
 flags, then a matmul probe) is reported as skipped, not timed: emulated bf16 is ~25x slower than fp32.
 """
 
@@ -46,9 +46,9 @@ from bench.timing import (
     probe_machine,
 )
 from bench.video import bench_video, parse_clip
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import get_variant
-from dino_attention.precision import AUTOCAST_DTYPES, FP32
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import get_variant
+from vitscope.precision import AUTOCAST_DTYPES, FP32
 from scripts import REPO, archive
 
 logger = logging.getLogger("bench")

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
-from dino_attention.model.variants import DEFAULT_MODEL
+from vitscope.model.variants import DEFAULT_MODEL
 from scripts import REPO
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -18,12 +18,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.timing import native_kernels, parse_size
-from dino_attention.attention import patch_attention
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.kernels import ATTENTION_KERNELS
-from dino_attention.model.variants import get_variant
-from dino_attention.model.vit import VisionTransformer
-from dino_attention.precision import AUTOCAST_DTYPES, PRECISIONS, describe_device
+from vitscope.attention import patch_attention
+from vitscope.model.checkpoint import build_model
+from vitscope.model.kernels import ATTENTION_KERNELS
+from vitscope.model.variants import get_variant
+from vitscope.model.vit import VisionTransformer
+from vitscope.precision import AUTOCAST_DTYPES, PRECISIONS, describe_device
 
 logger = logging.getLogger("bench")
 

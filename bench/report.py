@@ -20,8 +20,8 @@ from bench.compiled import CompileFigures
 from bench.overload import Overload
 from bench.servers import ENGINE_CONCURRENCY, ColdStart, EngineFigures, Served, Throughput
 from bench.timing import HF_ROW, Encoding, Machine, Result
-from dino_attention.model.variants import DEFAULT_MODEL, get_variant
-from dino_attention.precision import AUTOCAST_DTYPES, describe_device
+from vitscope.model.variants import DEFAULT_MODEL, get_variant
+from vitscope.precision import AUTOCAST_DTYPES, describe_device
 
 if TYPE_CHECKING:  # bench.video needs PyAV, which the other sections do not (a bare GPU machine lacks it)
     from bench.video import VideoFigures

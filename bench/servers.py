@@ -21,10 +21,10 @@ import yaml
 
 from bench.load import Probe, run_load
 from bench.timing import timed
-from dino_attention import layout
-from dino_attention.model.variants import get_variant
-from dino_attention.protocols import PLAIN, ServerInfo
-from dino_attention.service import create_service
+from vitscope import layout
+from vitscope.model.variants import get_variant
+from vitscope.protocols import PLAIN, ServerInfo
+from vitscope.service import create_service
 from scripts import background, serve_kserve
 from tests.support.torchserve import free_ports, private_torchserve
 

@@ -21,19 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from dino_attention.attention import map_agreement, patch_attention, upsample_nearest
-from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
-from dino_attention.methods.maps import MAPS
-from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
-from dino_attention.model.kernels import SDPA_ONLY, KernelPlan, plan_kernels
-from dino_attention.model.rollout import rollout_reference
-from dino_attention.model.sources import load_checkpoint
-from dino_attention.model.variants import Variant, get_variant
-from dino_attention.model.vit import VisionTransformer
-from dino_attention.options import parse_options
-from dino_attention.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, cpu_info, describe_device, plan_precisions, probe_speed
-from dino_attention.protocols import encode_attention
-from dino_attention.schema import AttentionResult
+from vitscope.attention import map_agreement, patch_attention, upsample_nearest
+from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from vitscope.methods.maps import MAPS
+from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from vitscope.model.kernels import SDPA_ONLY, KernelPlan, plan_kernels
+from vitscope.model.rollout import rollout_reference
+from vitscope.model.sources import load_checkpoint
+from vitscope.model.variants import Variant, get_variant
+from vitscope.model.vit import VisionTransformer
+from vitscope.options import parse_options
+from vitscope.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, cpu_info, describe_device, plan_precisions, probe_speed
+from vitscope.protocols import encode_attention
+from vitscope.schema import AttentionResult
 from scripts import REPO
 
 logger = logging.getLogger("bench")

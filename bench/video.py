@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dino_attention.attention import to_tensor
-from dino_attention.model.checkpoint import build_model, filter_state_dict, read_checkpoint
-from dino_attention.model.variants import get_variant
+from vitscope.attention import to_tensor
+from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
+from vitscope.model.variants import get_variant
 from scripts import REPO
 from tests.support.torchserve import private_torchserve
 

@@ -438,7 +438,7 @@ def image_bytes(image: ImageLike) -> tuple[bytes, str]:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB as the server makes it (``dino_attention/image.py``; tests compare the two
+    """Any PIL mode -> RGB as the server makes it (``vitscope/image.py``; tests compare the two
     pixel for pixel): alpha composited onto white, 16-bit/float data scaled to 8 bits."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img

@@ -20,7 +20,7 @@ import kserve
 from kserve import model_server
 from kserve.protocol.rest.server import RESTServer
 
-from dino_attention.service import ConfigError, create_service, select_device
+from vitscope.service import ConfigError, create_service, select_device
 from kserve_engine.model import AttentionModel, DefaultJsonContentType, EngineError, engine_error_handler, load_settings, unpack_model_dir
 
 logger = logging.getLogger("kserve_engine")

@@ -33,15 +33,15 @@ from kserve import Model
 from kserve.protocol.infer_type import InferRequest
 from prometheus_client import Counter, Gauge, Histogram
 
-from dino_attention.errors import Overloaded, RequestError
-from dino_attention.layout import DEFAULT_JOB_QUEUE_SIZE, DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
-from dino_attention.methods import all_outputs
-from dino_attention.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply, timing
-from dino_attention.service import AttentionService
+from vitscope.errors import Overloaded, RequestError
+from vitscope.layout import DEFAULT_JOB_QUEUE_SIZE, DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
+from vitscope.methods import all_outputs
+from vitscope.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply, timing
+from vitscope.service import AttentionService
 
 logger = logging.getLogger(__name__)
 
-PLATFORM = "pytorch_dino_attention"  # the v2 metadata's platform
+PLATFORM = "pytorch_vitscope"  # the v2 metadata's platform
 
 
 def v2_shape(axes: str) -> list[int]:
@@ -95,7 +95,7 @@ REJECTED = Counter(
 )
 ADMITTED_COST = Histogram(
     "dino_admitted_cost_seconds",
-    "estimated seconds of the admitted requests (dino_attention/cost.py)",
+    "estimated seconds of the admitted requests (vitscope/cost.py)",
     ["model_name"],
     buckets=COST_BUCKETS,
 )
@@ -105,7 +105,7 @@ ADMITTED_COST = Histogram(
 class EngineSettings:
     """What the engine reads of an unpacked model (its model-config.yaml and manifest)."""
 
-    handler: dict[str, object]  # the handler settings (dino_attention/service.py ServiceConfig)
+    handler: dict[str, object]  # the handler settings (vitscope/service.py ServiceConfig)
     weights: Path | None  # None: a random-weights archive
     version: str  # the archive's, as TorchServe reports it
     response_timeout_s: float  # responseTimeout, as TorchServe reads it: the cost budget derives from it

@@ -9,7 +9,7 @@
 
 The checkpoint (a hub, timm or Hugging Face layout; a plain backbone or a training checkpoint) is
 converted to the hub's layout and checked strictly against the model here
-(``dino_attention/model/sources.py``), so a mismatched checkpoint fails the archive, not the server,
+(``vitscope/model/sources.py``), so a mismatched checkpoint fails the archive, not the server,
 and nothing is written to the export path.
 """
 
@@ -27,18 +27,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from dino_attention import layout
-from dino_attention.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
-from dino_attention.model.sources import default_name, load_checkpoint
-from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, VARIANTS, Variant, get_variant, variant_to_mapping
-from dino_attention.service import ConfigError, ServiceConfig
+from vitscope import layout
+from vitscope.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
+from vitscope.model.sources import default_name, load_checkpoint
+from vitscope.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, VARIANTS, Variant, get_variant, variant_to_mapping
+from vitscope.service import ConfigError, ServiceConfig
 from scripts import REPO
 from scripts.weights import DEFAULT_MODEL_ARG, WeightsError, add_model_arguments, cached_weights, default_cache_dir, verify_hash_in_name
 
 logger = logging.getLogger("archive")
 
-PACKAGE = REPO / "dino_attention"  # the core: everything the worker imports, nothing else
-HANDLER = REPO / "handler" / "dino_handler.py"
+PACKAGE = REPO / "vitscope"  # the core: everything the worker imports, nothing else
+HANDLER = REPO / "handler" / "vitscope_handler.py"
 MODEL_CONFIG = REPO / layout.MODEL_CONFIG  # the shipped settings, the template of every archive's
 
 
@@ -130,7 +130,7 @@ def archive(args: argparse.Namespace, base: Variant | None) -> Path:
     with tempfile.TemporaryDirectory(prefix="dino-archive-") as tmp:
         stage = Path(tmp)
         # --extra-files copies a directory's *contents* into the archive root, so the package is
-        # staged one level down to arrive as dino_attention/ (importable from TorchServe's model_dir).
+        # staged one level down to arrive as vitscope/ (importable from TorchServe's model_dir).
         ignored = shutil.ignore_patterns("__pycache__", "*.pyc", *ARCHIVE_TIME_MODULES)
         shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=ignored)
         staged = stage_weights(args, base, stage)

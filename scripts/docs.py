@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dino_attention.methods import METHODS, OptionSpec
-from dino_attention.options import all_options
+from vitscope.methods import METHODS, OptionSpec
+from vitscope.options import all_options
 from scripts import REPO
 
 README = REPO / "README.md"

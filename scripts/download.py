@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from dino_attention.model.checkpoint import sha256_of
+from vitscope.model.checkpoint import sha256_of
 
 logger = logging.getLogger(__name__)
 

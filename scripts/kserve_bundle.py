@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from dino_attention import layout
-from dino_attention.model.variants import DEFAULT_MODEL
+from vitscope import layout
+from vitscope.model.variants import DEFAULT_MODEL
 from scripts import KSERVE_TORCHSERVE_PORT, REPO
 
 logger = logging.getLogger("kserve_bundle")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from dino_attention.model.variants import DEFAULT_MODEL
+from vitscope.model.variants import DEFAULT_MODEL
 from scripts import REPO
 
 logger = logging.getLogger("serve")

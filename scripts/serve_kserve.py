@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dino_attention.model.variants import DEFAULT_MODEL
+from vitscope.model.variants import DEFAULT_MODEL
 from scripts import KSERVE_ENGINE_PORT, REPO, background
 
 logger = logging.getLogger("serve_kserve")

@@ -20,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig
 from scripts import REPO
 
 logger = logging.getLogger("video_strip")

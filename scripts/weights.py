@@ -5,7 +5,7 @@
     python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model dino_vitb16
     python -m scripts.weights list
 
-Each file is verified against the size/sha256 in ``dino_attention.model.variants.CHECKPOINTS`` where
+Each file is verified against the size/sha256 in ``vitscope.model.variants.CHECKPOINTS`` where
 published, and against the sha256 prefix in its name where it has one (DINOv3); otherwise the sha256
 of the first verified download is recorded beside it (``<file>.sha256``) and checked on every later
 use. Every file must also load strictly into its model. DINOv3's weights are gated behind Meta's
@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
-from dino_attention.model.variants import (
+from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
+from vitscope.model.variants import (
     CHECKPOINTS,
     DEFAULT_CHECKPOINTS,
     DINO_ARCHS,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dino_attention.service import AttentionService, create_service
+from vitscope.service import AttentionService, create_service
 from scripts import REPO, archive
 from tests.support.torchserve import PrivateServer, private_torchserve
 

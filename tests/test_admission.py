@@ -1,4 +1,4 @@
-"""Cost-based admission (dino_attention/cost.py): a request's time is estimated before it runs, from
+"""Cost-based admission (vitscope/cost.py): a request's time is estimated before it runs, from
 constants measured on the model's own block at load; one over the budget gets 413 with how to come
 within it, instead of running past TorchServe's responseTimeout (which kills the worker)."""
 
@@ -14,12 +14,12 @@ import requests
 import torch
 import yaml
 
-from dino_attention.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import get_variant
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import AttentionResult, ImageRequest
-from dino_attention.service import ADMISSION_SHARE, AttentionService, ServiceConfig, create_service
+from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import get_variant
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import AttentionResult, ImageRequest
+from vitscope.service import ADMISSION_SHARE, AttentionService, ServiceConfig, create_service
 from scripts import REPO, archive
 
 from .support.checkpoints import TINY, encode, random_rgb

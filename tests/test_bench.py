@@ -33,9 +33,9 @@ from bench.report import (
 from bench.servers import ColdStart, Throughput
 from bench.timing import Machine, Result, forward_flops, run_configuration
 from bench.video import VideoFigures
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import get_variant
-from dino_attention.precision import PrecisionPlan, Speed, probe_speed
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import get_variant
+from vitscope.precision import PrecisionPlan, Speed, probe_speed
 
 TINY_RUN = [
     *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dino_attention.model.checkpoint import (
+from vitscope.model.checkpoint import (
     CheckpointError,
     build_model,
     filter_state_dict,
     read_checkpoint,
     weights_tag,
 )
-from dino_attention.model.variants import get_variant
+from vitscope.model.variants import get_variant
 from scripts import archive
 
 from .support.checkpoints import TINY, backbone_state, full_checkpoint, save

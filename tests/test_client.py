@@ -18,11 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from client import render_attention as client
-from dino_attention.image import prepare_image
-from dino_attention.methods import METHODS
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig, create_service
+from vitscope.image import prepare_image
+from vitscope.methods import METHODS
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig, create_service
 from scripts import REPO
 
 from .conftest import Served
@@ -199,7 +199,7 @@ def test_client_runs_alone_from_any_directory(dark_square, tmp_path: Path) -> No
     assert (tmp_path / "out" / "square_attention.png").stat().st_size > 1000
     code = (
         "import sys; sys.path.insert(0, 'client'); import render_attention; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'dino_attention', 'handler', 'scripts')]; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vitscope', 'handler', 'scripts')]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=alone, check=True, timeout=60)
@@ -351,7 +351,7 @@ def test_client_installs_alone_and_runs_against_the_server(served: Served, tmp_p
     pip = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(source)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True).stdout
-    assert "dino-attention-client==" in installed and "torch" not in installed
+    assert "vitscope-client==" in installed and "torch" not in installed
     image = tmp_path / "cat.png"
     image.write_bytes(encode(smooth_rgb(40, 72)))
     management = served.management
@@ -375,7 +375,7 @@ def test_client_installs_alone_and_runs_against_the_server(served: Served, tmp_p
     code = (
         "import sys, json; from render_attention import AttentionClient; "
         "c = AttentionClient(sys.argv[1], management=sys.argv[2]); r = c.explain(sys.argv[3], heads='0,2', scale=1); "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'dino_attention')]; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'vitscope')]; "
         "print(json.dumps({'shape': list(r.grid.shape), 'methods': [m['name'] for m in c.describe()['methods']], 'bad': bad}))"
     )
     out = subprocess.run(

@@ -23,8 +23,8 @@ import requests
 import yaml
 
 from client.render_attention import AttentionClient, ClientError
-from dino_attention.methods import DEFAULT_METHOD, METHODS, ModelFacts
-from dino_attention.model.variants import IMAGENET_MEAN, IMAGENET_STD
+from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
 from scripts import REPO, archive
 
 from .conftest import NAME, Served
@@ -217,23 +217,23 @@ def test_random_weights_archive(tmp_path: Path) -> None:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
     assert config["handler"] == {**config["handler"], "model": "dino_vitt16", "weights": "random"}
-    assert {"dino_handler.py", "dino_attention/service.py", "dino_attention/model/vit.py"} <= names
+    assert {"vitscope_handler.py", "vitscope/service.py", "vitscope/model/vit.py"} <= names
     assert not any(n.endswith(".pth") for n in names)
     # the archive ships only what the worker imports: unpacked alone, loading and serving imports every module
     root = tmp_path / "model_dir"
     zipfile.ZipFile(tmp_path / f"{NAME}.mar").extractall(root)
     shipped = sorted(n.removesuffix(".py").replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
     code = (
-        "import sys, json, yaml; sys.path.insert(0, '.'); from dino_handler import DinoAttentionHandler; "
+        "import sys, json, yaml; sys.path.insert(0, '.'); from vitscope_handler import AttentionHandler; "
         "from tests.support.handler import mock_context; "
         "ctx = mock_context([{}], model_dir='.', handler_settings=yaml.safe_load(open('model-config.yaml'))['handler']); "
-        "h = DinoAttentionHandler(); h.initialize(ctx); h.handle([{'body': open(sys.argv[1], 'rb').read()}], ctx); "
-        "import os, dino_attention; assert dino_attention.__file__.startswith(os.getcwd()), dino_attention.__file__; "
+        "h = AttentionHandler(); h.initialize(ctx); h.handle([{'body': open(sys.argv[1], 'rb').read()}], ctx); "
+        "import os, vitscope; assert vitscope.__file__.startswith(os.getcwd()), vitscope.__file__; "
         "print(json.dumps(sorted(sys.modules)))"
     )
     image = tmp_path / "img.png"
     image.write_bytes(encode(random_rgb(32, 32)))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # tests.support only; dino_attention comes from the archive
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # tests.support only; vitscope comes from the archive
     out = subprocess.run([sys.executable, "-c", code, str(image)], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     imported = set(json.loads(out.stdout.strip().splitlines()[-1]))

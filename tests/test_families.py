@@ -20,15 +20,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_attention.errors import RequestError
-from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict
-from dino_attention.model.position import RopePositionEmbedding, apply_rope
-from dino_attention.model.rollout import cls_rollout, rollout_reference
-from dino_attention.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, FAMILIES, VARIANTS, Variant, get_checkpoint, get_variant
-from dino_attention.model.vit import VisionTransformer
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import AttentionResult, ImageRequest
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.errors import RequestError
+from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
+from vitscope.model.position import RopePositionEmbedding, apply_rope
+from vitscope.model.rollout import cls_rollout, rollout_reference
+from vitscope.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, FAMILIES, VARIANTS, Variant, get_checkpoint, get_variant
+from vitscope.model.vit import VisionTransformer
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import AttentionResult, ImageRequest
+from vitscope.service import AttentionService, ServiceConfig
 from scripts import REPO
 
 from .support.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica

@@ -12,11 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dino_attention.errors import RequestError
-from dino_attention.model.checkpoint import build_model
-from dino_attention.options import option_names
-from dino_attention.protocols import PLAIN
-from dino_attention.service import AttentionService, Prepared, ServiceConfig
+from vitscope.errors import RequestError
+from vitscope.model.checkpoint import build_model
+from vitscope.options import option_names
+from vitscope.protocols import PLAIN
+from vitscope.service import AttentionService, Prepared, ServiceConfig
 
 from .support.checkpoints import TINY, encode
 

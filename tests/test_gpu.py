@@ -7,8 +7,8 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.service import AttentionService, ServiceConfig, select_device
+from vitscope.model.checkpoint import build_model
+from vitscope.service import AttentionService, ServiceConfig, select_device
 
 from .support.checkpoints import TINY, backbone_state, encode, random_rgb
 from .support.handler import answer

@@ -14,12 +14,12 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.methods import METHODS
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
-from dino_attention.service import AttentionService, ServiceConfig
-from handler.dino_handler import DinoAttentionHandler
+from vitscope.methods import METHODS
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
+from vitscope.service import AttentionService, ServiceConfig
+from handler.vitscope_handler import AttentionHandler
 
 from .support.checkpoints import TINY, backbone_state, encode, save, smooth_rgb
 from .support.handler import answer, handler_for, mock_context, reply_of
@@ -173,7 +173,7 @@ def test_envelope_rows_answer_one_request(uniform: AttentionService) -> None:
 def test_initialize_from_the_context(tmp_path: Path) -> None:
     save(backbone_state(seed=1), tmp_path / "dino_backbone.pth")
     context = mock_context([{}], model_dir=tmp_path, serialized_file="dino_backbone.pth", handler_settings={"model": "dino_vitt16"})
-    handler = DinoAttentionHandler()
+    handler = AttentionHandler()
     handler.initialize(context)
     assert handler.initialized and handler.service is not None
     assert handler.service.device == torch.device("cpu") and handler.service.config.weights.startswith("dino_backbone.pth@sha256:")
@@ -233,7 +233,7 @@ def test_v2_binary_sizes_are_checked(uniform: AttentionService, size: object, me
 
 def test_a_json_body_is_parsed_once(uniform: AttentionService, monkeypatch) -> None:
     """route() hands the parsed document on: neither a v2 nor a plain JSON body is parsed twice."""
-    from dino_attention import protocols
+    from vitscope import protocols
 
     parsed: list[int] = []
     loads = protocols.json.loads

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dino_attention.attention import to_tensor
-from dino_attention.errors import ImageError, PayloadTooLarge, RequestError
-from dino_attention.image import crop_size, decode_image, prepare_image, target_size, to_rgb
-from dino_attention.model.variants import IMAGENET_MEAN, IMAGENET_STD
+from vitscope.attention import to_tensor
+from vitscope.errors import ImageError, PayloadTooLarge, RequestError
+from vitscope.image import crop_size, decode_image, prepare_image, target_size, to_rgb
+from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
 
 from .support.checkpoints import encode, random_rgb, smooth_rgb
 

@@ -1,4 +1,4 @@
-"""The attention kernel chosen by measurement (dino_attention/model/kernels.py): every candidate
+"""The attention kernel chosen by measurement (vitscope/model/kernels.py): every candidate
 computes the same attention, the plan covers every token count, and a model answers alike whichever
 kernel its plan picked."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.kernels import CHUNKED, SDPA, SDPA_ONLY, KernelChoice, KernelPlan, chunked, plan_kernels, sdpa
-from dino_attention.service import create_service
+from vitscope.model.checkpoint import build_model
+from vitscope.model.kernels import CHUNKED, SDPA, SDPA_ONLY, KernelChoice, KernelPlan, chunked, plan_kernels, sdpa
+from vitscope.service import create_service
 
 from .support.checkpoints import TINY
 
@@ -38,7 +38,7 @@ def test_a_plan_covers_every_token_count_and_defaults_to_sdpa() -> None:
 
 
 def test_plan_kernels_measures_each_dtype_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="dino_attention.model.kernels"):
+    with caplog.at_level(logging.INFO, logger="vitscope.model.kernels"):
         plan = plan_kernels(torch.device("cpu"), [torch.float32], heads=2, head_dim=16, tokens=(65, 257))
     (choices,) = plan.choices.values()
     assert [c.up_to for c in choices] == [pytest.approx(math.sqrt(65 * 257)), math.inf]
@@ -67,7 +67,7 @@ def test_the_served_model_runs_the_plan_measured_at_load() -> None:
 def test_the_attention_kernel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """attention_kernel: sdpa loads without measuring (replicas agree to the last bit); anything else
     but auto is refused by name."""
-    from dino_attention import service as service_module
+    from vitscope import service as service_module
 
     def no_measuring(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("attention_kernel: sdpa must not measure")

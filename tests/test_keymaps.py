@@ -1,4 +1,4 @@
-"""Checkpoints saved by timm, renamed to the hub's layout (dino_attention/model/keymaps.py): every
+"""Checkpoints saved by timm, renamed to the hub's layout (vitscope/model/keymaps.py): every
 family's timm model, random weights made by timm itself, loads strictly into ours and gives the same
 features as timm's own forward pass."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.keymaps import from_timm
+from vitscope.model.checkpoint import build_model
+from vitscope.model.keymaps import from_timm
 
 from .support.checkpoints import tiny_replica
 

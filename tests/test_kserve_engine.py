@@ -23,7 +23,7 @@ import pytest
 import requests
 import tritonclient.http as triton
 
-from dino_attention.methods import METHODS, all_outputs
+from vitscope.methods import METHODS, all_outputs
 from scripts import REPO, background
 from scripts.serve_kserve import model_folder
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from client.render_attention import decode_masks
-from dino_attention.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.rollout import GPU_SCORE_BYTES, HEAD_FUSIONS, ROW_CHUNK, cls_rollout, rollout_reference, row_chunk
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
+from vitscope.model.checkpoint import build_model
+from vitscope.model.rollout import GPU_SCORE_BYTES, HEAD_FUSIONS, ROW_CHUNK, cls_rollout, rollout_reference, row_chunk
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig
 from scripts import REPO
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb
@@ -115,8 +115,8 @@ def peak_rss_mb(side: int) -> float:
     """Peak RSS growth (MB) of one rollout of a side x side image in a fresh process (vit_tiny/16)."""
     code = (
         "import resource, sys, torch; sys.path.insert(0, '.'); "
-        "from dino_attention.model.checkpoint import build_model; from dino_attention.model.variants import get_variant; "
-        "from dino_attention.model.rollout import cls_rollout; torch.manual_seed(0); "
+        "from vitscope.model.checkpoint import build_model; from vitscope.model.variants import get_variant; "
+        "from vitscope.model.rollout import cls_rollout; torch.manual_seed(0); "
         "m = build_model(get_variant('vit_tiny', 16), None); cls_rollout(m, torch.randn(1, 3, 64, 64)); "
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
         f"cls_rollout(m, torch.randn(1, 3, {side}, {side})); "

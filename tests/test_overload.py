@@ -15,11 +15,11 @@ import requests
 import torch
 import yaml
 
-from dino_attention.cost import CostModel
-from dino_attention.methods import METHODS
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.cost import CostModel
+from vitscope.methods import METHODS
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig
 from kserve_engine.model import AttentionModel, EngineError
 from scripts import REPO, archive
 

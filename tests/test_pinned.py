@@ -22,16 +22,16 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import Variant
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import Variant
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, encode, random_rgb, tiny_replica
 from .support.handler import answer
 
 PINS = Path(__file__).parent / "data" / "pinned_responses.json"
-ROLLOUT_FUNCTION = "dino_attention.methods.rollout.cls_rollout"  # where the rollout method looks it up
+ROLLOUT_FUNCTION = "vitscope.methods.rollout.cls_rollout"  # where the rollout method looks it up
 REG = tiny_replica("dinov2_vits14_reg")
 PNG = encode(random_rgb(48, 64, seed=5))
 B64 = base64.b64encode(PNG).decode()

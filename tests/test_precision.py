@@ -17,10 +17,10 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.attention import map_agreement
-from dino_attention.model.checkpoint import build_model
-from dino_attention.options import PRECISIONS
-from dino_attention.precision import (
+from vitscope.attention import map_agreement
+from vitscope.model.checkpoint import build_model
+from vitscope.options import PRECISIONS
+from vitscope.precision import (
     AUTO,
     BF16,
     CPU_FLAGS,
@@ -37,7 +37,7 @@ from dino_attention.precision import (
     plan_precisions,
     probe_speed,
 )
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService, ServiceConfig
 from scripts import REPO
 
 from .support.checkpoints import TINY, backbone_state, encode, smooth_rgb
@@ -115,7 +115,7 @@ def test_agreement_is_checked_only_for_fast_precisions() -> None:
 
 
 def test_plan_is_logged_with_its_reasons(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="dino_attention.precision"):
+    with caplog.at_level("INFO", logger="vitscope.precision"):
         plan_precisions(CPU, lambda p: 1.0, speed=forced_speed(AVX2_ONLY, {}))
     assert "auto -> fp32" in caplog.text and "not native on this CPU" in caplog.text
 
@@ -182,7 +182,7 @@ def test_emulated_bf16_is_rejected_by_the_probe() -> None:
     """With oneDNN and MKL held to AVX2 (bf16 emulated on any x86 CPU) the matmul probe says no."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     code = (
-        "import torch; from dino_attention.precision import probe_speed; "
+        "import torch; from vitscope.precision import probe_speed; "
         "s = probe_speed(torch.device('cpu'), 'bf16'); print(s.fast, s.reason)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -17,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import Variant
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import ImageRequest
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import Variant
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import ImageRequest
+from vitscope.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import encode, random_rgb, tiny_replica
 from .support.handler import answer

@@ -14,15 +14,15 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.attention import patch_attention, to_tensor
-from dino_attention.errors import OptionError
-from dino_attention.image import prepare_image
-from dino_attention.methods import METHODS, Method, ModelFacts
-from dino_attention.model.checkpoint import build_model
-from dino_attention.options import option_names, parse_options
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import SCHEMA_FIELDS
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.attention import patch_attention, to_tensor
+from vitscope.errors import OptionError
+from vitscope.image import prepare_image
+from vitscope.methods import METHODS, Method, ModelFacts
+from vitscope.model.checkpoint import build_model
+from vitscope.options import option_names, parse_options
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import SCHEMA_FIELDS
+from vitscope.service import AttentionService, ServiceConfig
 from scripts import REPO, docs
 
 from .support.checkpoints import TINY, backbone_state, encode, random_rgb

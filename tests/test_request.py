@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from dino_attention.errors import RequestError
-from dino_attention.methods import ModelFacts
-from dino_attention.options import Defaults, Options, parse_options
-from dino_attention.protocols import PLAIN
-from dino_attention.schema import ImageRequest
+from vitscope.errors import RequestError
+from vitscope.methods import ModelFacts
+from vitscope.options import Defaults, Options, parse_options
+from vitscope.protocols import PLAIN
+from vitscope.schema import ImageRequest
 
 IMG = b"\x89PNG fake image bytes"
 B64 = base64.b64encode(IMG).decode()

@@ -11,12 +11,12 @@ import orjson
 import pytest
 import torch
 
-from dino_attention.attention import patch_attention, to_tensor
-from dino_attention.image import prepare_image
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import OPTIONAL_FIELDS, SCHEMA_FIELDS
-from dino_attention.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
+from vitscope.attention import patch_attention, to_tensor
+from vitscope.image import prepare_image
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import OPTIONAL_FIELDS, SCHEMA_FIELDS
+from vitscope.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
 from .support.handler import answer

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from client import render_attention as client
-from dino_attention.attention import to_tensor
-from dino_attention.image import prepare_image
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import Variant
-from dino_attention.model.vit import VisionTransformer
-from dino_attention.precision import PrecisionPlan
-from dino_attention.schema import ImageRequest
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.attention import to_tensor
+from vitscope.image import prepare_image
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import Variant
+from vitscope.model.vit import VisionTransformer
+from vitscope.precision import PrecisionPlan
+from vitscope.schema import ImageRequest
+from vitscope.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
 from .support.handler import answer

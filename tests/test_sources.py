@@ -1,4 +1,4 @@
-"""Fine-tuned checkpoints in the layouts people share them (dino_attention/model/sources.py):
+"""Fine-tuned checkpoints in the layouts people share them (vitscope/model/sources.py):
 Hugging Face model directories, timm and hub state dicts as .safetensors or .pth, training
 checkpoints with prefixes and heads. Small random models are made by transformers and timm
 themselves (pinned test dependencies; nothing is downloaded), saved as those libraries save them,
@@ -22,12 +22,12 @@ import torch
 import yaml
 
 from bench.timing import hugging_face_twin
-from dino_attention import layout
-from dino_attention.model.checkpoint import CheckpointError, build_model, filter_state_dict
-from dino_attention.model.sources import default_name, detect_layout, load_checkpoint, variant_from_hf_config
-from dino_attention.model.variants import VARIANTS, variant_from_mapping, variant_to_mapping
-from dino_attention.schema import ImageRequest
-from dino_attention.service import ServiceConfig, create_service
+from vitscope import layout
+from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
+from vitscope.model.sources import default_name, detect_layout, load_checkpoint, variant_from_hf_config
+from vitscope.model.variants import VARIANTS, variant_from_mapping, variant_to_mapping
+from vitscope.schema import ImageRequest
+from vitscope.service import ServiceConfig, create_service
 from scripts import archive
 
 from .support.checkpoints import encode, random_rgb, tiny_replica
@@ -242,7 +242,7 @@ def test_an_archived_hugging_face_model_serves_transformers_attention(tmp_path: 
     assert settings["model"] == "my_dino" and settings["weights"].startswith("model.safetensors@sha256:")
     assert settings["source"] == "huggingface dinov2_with_registers (model.safetensors)"
     assert settings["architecture"]["num_registers"] == 4 and settings["architecture"]["image_mean"] == [0.5, 0.4, 0.3]
-    assert not (tmp_path / "unpacked" / "dino_attention" / "model" / "sources.py").exists()  # archive-time code stays out
+    assert not (tmp_path / "unpacked" / "vitscope" / "model" / "sources.py").exists()  # archive-time code stays out
     service = create_service(settings, weights)
     data = encode(random_rgb(40, 64, seed=2))
     x = service.prepare(ImageRequest(data, {"short_side": "40"})).tensor[None]  # the pixels the service computes on

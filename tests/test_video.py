@@ -20,9 +20,9 @@ import render_attention
 from attention_video import VideoError, VideoOptions, explain_video
 from render_attention import ClientError, Response
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.precision import PrecisionPlan
-from dino_attention.service import AttentionService, ServiceConfig
+from vitscope.model.checkpoint import build_model
+from vitscope.precision import PrecisionPlan
+from vitscope.service import AttentionService, ServiceConfig
 
 from .support.checkpoints import TINY, brightness_seeking_state
 from .support.clips import FPS, FRAMES, ROW, H, P, W, write_clip

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import requests
 
-from dino_attention.masks import threshold_masks
-from dino_attention.methods import METHODS
-from dino_attention.model.variants import get_variant
-from dino_attention.options import all_options
+from vitscope.masks import threshold_masks
+from vitscope.methods import METHODS
+from vitscope.model.variants import get_variant
+from vitscope.options import all_options
 from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
 from scripts.viewer import VIEWER_DIR, url_of
@@ -182,7 +182,7 @@ def test_threshold_slider_recomputes_the_mask_in_the_page(page: Page, tmp_path: 
     second = int(area.get_attribute("data-patches"))
     assert 0 < second < first
     assert driver.execute_script("return window.viewer.state.requestId") == 1  # no new request
-    # the page's masks are the server's: dino_attention/masks.py on the same map
+    # the page's masks are the server's: vitscope/masks.py on the same map
     doc = driver.execute_script("return window.viewer.state.doc")
     head = np.asarray(doc["attention"][11][2], dtype=np.float64)  # layer 11, head 2
     page_mask = driver.execute_async_script(
@@ -258,7 +258,7 @@ def test_make_viewer_serves_the_page_and_stop_stops_it(tmp_path: Path, monkeypat
     url = viewer.start(port)
     try:
         assert url == f"http://127.0.0.1:{port}/"
-        assert "DINO attention viewer" in requests.get(url, timeout=10).text
+        assert "vitscope: ViT attention viewer" in requests.get(url, timeout=10).text
         module = requests.get(url + "js/main.js", timeout=10)
         assert module.status_code == 200 and module.headers["Content-Type"].split(";")[0] == "text/javascript"
     finally:

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import all_variants, get_variant, resolve_layer
-from dino_attention.model.vit import VisionTransformer
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import all_variants, get_variant, resolve_layer
+from vitscope.model.vit import VisionTransformer
 
 from .support.checkpoints import TINY
 

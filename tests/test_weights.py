@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from dino_attention.model import variants
-from dino_attention.model.variants import Checkpoint
+from vitscope.model import variants
+from vitscope.model.variants import Checkpoint
 from scripts import archive, weights
 from scripts.download import DownloadError, download, partial_path
 

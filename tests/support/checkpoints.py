@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dino_attention.model.checkpoint import build_model
-from dino_attention.model.variants import VARIANTS, Variant, get_variant
+from vitscope.model.checkpoint import build_model
+from vitscope.model.variants import VARIANTS, Variant, get_variant
 
 TINY = get_variant("dino_vitt16")  # the cheapest variant: 192 dims, 3 heads
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ts.context import Context, RequestProcessor
 
-from dino_attention.protocols import Reply
-from dino_attention.service import AttentionService
-from handler.dino_handler import DinoAttentionHandler
+from vitscope.protocols import Reply
+from vitscope.service import AttentionService
+from handler.vitscope_handler import AttentionHandler
 from tests.support.checkpoints import TINY
 
 MODEL_NAME = TINY.name  # dino_vitt16
@@ -73,8 +73,8 @@ def reply_of(context: Context, idx: int, body: object) -> Reply:
     return Reply(processor.get_response_status_code(), body, content_type, headers)
 
 
-def handler_for(service: AttentionService) -> DinoAttentionHandler:
-    handler = DinoAttentionHandler()
+def handler_for(service: AttentionService) -> AttentionHandler:
+    handler = AttentionHandler()
     handler.service, handler.initialized = service, True
     return handler
 

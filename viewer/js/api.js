@@ -48,7 +48,7 @@ export async function listModels(management, token) {
 }
 
 /** The model's description (TorchServe's describe API, ``?customized=true``): its facts, and the
- * methods it serves with their options and outputs (dino_attention/methods/). */
+ * methods it serves with their options and outputs (vitscope/methods/). */
 export async function describeModel(management, model, token) {
   const url = `${management.replace(/\/$/, "")}/models/${encodeURIComponent(model)}?customized=true`;
   const response = await send(url, { headers: headers(token) });

@@ -9,7 +9,7 @@ import { alignedImage, colourImage, colourMap, marker, outline, overlay } from "
 import { cosineMap, maskOutline, meanMap, nested, parseMaps, thresholdMask, unitFeatures } from "./maps.js";
 
 const $ = (id) => document.getElementById(id);
-const TOKEN_KEY = "dino-attention-viewer-token"; // sessionStorage only: gone with the tab
+const TOKEN_KEY = "vitscope-viewer-token"; // sessionStorage only: gone with the tab
 const LAYER_DELAY_MS = 300; // a method without `layers` needs a request per layer: wait for the slider to settle
 // What the page offers when the server does not describe itself: one layer's attention, all layers at once.
 const FALLBACK = {

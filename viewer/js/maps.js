@@ -1,5 +1,5 @@
 // The maths of the page, free of the DOM: the server's response as patch-grid maps, their mean,
-// DINO's threshold masks (as the server's dino_attention/masks.py) and the masks' outlines.
+// DINO's threshold masks (as the server's vitscope/masks.py) and the masks' outlines.
 
 /** A response document (upsample=false) -> {rows, grid, patch, labels, heads, layers, rgb}: rows[r][m]
  * is a Float64Array (h * w, row-major) of map m of row r (a layer, or the one row of a fused map).

@@ -18,5 +18,5 @@ and what they use, one concept each:
     layout      what a model archive holds, by name
     errors      the exceptions a request can end in (with their HTTP status)
 
-``handler/dino_handler.py`` adapts this to TorchServe, ``kserve_engine/`` to KServe's model server.
+``handler/vitscope_handler.py`` adapts this to TorchServe, ``kserve_engine/`` to KServe's model server.
 """

@@ -1,7 +1,7 @@
-"""TorchServe handler: a thin adapter over ``dino_attention`` (the engine-agnostic core).
+"""TorchServe handler: a thin adapter over ``vitscope`` (the engine-agnostic core).
 
 TorchServe unpacks the .mar into ``model_dir`` (on the worker's ``sys.path``), so the
-``dino_attention`` package archived beside this file is importable. Settings come from
+``vitscope`` package archived beside this file is importable. Settings come from
 model-config.yaml's ``handler:`` section; the device from TorchServe's ``gpu_id``.
 
 One batch, in the shape of TorchServe's ``BaseHandler``:
@@ -26,11 +26,11 @@ from typing import Any
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from dino_attention import layout
-from dino_attention.errors import RequestError
-from dino_attention.layout import DEFAULT_RESPONSE_TIMEOUT_S
-from dino_attention.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route, timing
-from dino_attention.service import AttentionService, create_service, select_device
+from vitscope import layout
+from vitscope.errors import RequestError
+from vitscope.layout import DEFAULT_RESPONSE_TIMEOUT_S
+from vitscope.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route, timing
+from vitscope.service import AttentionService, create_service, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ GAUGES = {
     "encode_ms": ("DinoEncodeTime", "ms"),
     "tokens": ("DinoTokens", "count"),
     "response_bytes": ("DinoResponseBytes", "B"),
-    "cost_s": ("DinoAdmittedCost", "s"),  # the admitted request's estimated seconds (dino_attention/cost.py)
+    "cost_s": ("DinoAdmittedCost", "s"),  # the admitted request's estimated seconds (vitscope/cost.py)
 }
 REJECTED = "DinoRejectedRequests"  # counter with dimensions ModelName, Level, Reason
 DIMENSIONS = ["ModelName", "Level"]
@@ -66,7 +66,7 @@ def is_describe(context: Any) -> bool:
     return bool(context.request_processor) and context.get_request_header(0, "describe") == "True"
 
 
-class DinoAttentionHandler:
+class AttentionHandler:
     """Per-head [CLS] attention of a DINO ViT, one answer per request of a batch."""
 
     def __init__(self) -> None:
