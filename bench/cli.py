@@ -46,10 +46,10 @@ from bench.timing import (
     probe_machine,
 )
 from bench.video import bench_video, parse_clip
+from scripts import REPO, archive
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
 from vitscope.precision import AUTOCAST_DTYPES, FP32
-from scripts import REPO, archive
 
 logger = logging.getLogger("bench")
 

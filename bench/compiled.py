@@ -30,11 +30,11 @@ import torch._dynamo.utils  # the counters of compiled graphs
 import torch._inductor.config
 
 from bench.timing import native_kernels, timed
+from scripts import REPO
 from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from vitscope.model.variants import get_variant
 from vitscope.model.vit import VisionTransformer
 from vitscope.precision import AUTOCAST_DTYPES, FP32, autocast
-from scripts import REPO
 
 logger = logging.getLogger("bench")
 

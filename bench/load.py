@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import numpy as np
 import requests
 
-from vitscope.model.variants import DEFAULT_MODEL
 from scripts import REPO
+from vitscope.model.variants import DEFAULT_MODEL
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

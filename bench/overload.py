@@ -22,8 +22,8 @@ import requests
 
 from bench.load import Probe, run_load
 from scripts import background, serve_kserve
-from tests.support.checkpoints import encode, random_rgb
-from tests.support.torchserve import free_ports, private_torchserve
+from testkit.checkpoints import encode, random_rgb
+from testkit.torchserve import free_ports, private_torchserve
 
 logger = logging.getLogger("bench")
 

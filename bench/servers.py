@@ -21,12 +21,12 @@ import yaml
 
 from bench.load import Probe, run_load
 from bench.timing import timed
+from scripts import background, serve_kserve
+from testkit.torchserve import free_ports, private_torchserve
 from vitscope import layout
 from vitscope.model.variants import get_variant
 from vitscope.protocols import PLAIN, ServerInfo
 from vitscope.service import create_service
-from scripts import background, serve_kserve
-from tests.support.torchserve import free_ports, private_torchserve
 
 logger = logging.getLogger("bench")
 
@@ -54,7 +54,7 @@ class Served:
 
 def bench_served(args: argparse.Namespace, weights: Path, image: bytes, store: Path) -> Served:
     """p50/p95 of the same request through a real TorchServe and in process."""
-    from tests.support.handler import answer  # TorchServe's Context: only the served sections need TorchServe installed
+    from testkit.handler import answer  # TorchServe's Context: only the served sections need TorchServe installed
 
     variant = get_variant(args.model, args.patch)
     service = create_service({"model": variant.name}, weights)

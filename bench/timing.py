@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scripts import REPO
 from vitscope.attention import map_agreement, patch_attention, upsample_nearest
 from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
 from vitscope.methods.maps import MAPS
@@ -34,7 +35,6 @@ from vitscope.options import parse_options
 from vitscope.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, cpu_info, describe_device, plan_precisions, probe_speed
 from vitscope.protocols import encode_attention
 from vitscope.schema import AttentionResult
-from scripts import REPO
 
 logger = logging.getLogger("bench")
 

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from scripts import REPO
+from testkit.torchserve import private_torchserve
 from vitscope.attention import to_tensor
 from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from vitscope.model.variants import get_variant
-from scripts import REPO
-from tests.support.torchserve import private_torchserve
 
 logger = logging.getLogger("bench")
 

@@ -20,8 +20,8 @@ import kserve
 from kserve import model_server
 from kserve.protocol.rest.server import RESTServer
 
-from vitscope.service import ConfigError, create_service, select_device
 from kserve_engine.model import AttentionModel, DefaultJsonContentType, EngineError, engine_error_handler, load_settings, unpack_model_dir
+from vitscope.service import ConfigError, create_service, select_device
 
 logger = logging.getLogger("kserve_engine")
 

@@ -15,9 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from scripts import REPO
 from vitscope.methods import METHODS, OptionSpec
 from vitscope.options import all_options
-from scripts import REPO
 
 README = REPO / "README.md"
 NONE = "\u2013"  # an en dash: README's "no default" / "none"

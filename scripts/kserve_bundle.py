@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from scripts import KSERVE_TORCHSERVE_PORT, REPO
 from vitscope import layout
 from vitscope.model.variants import DEFAULT_MODEL
-from scripts import KSERVE_TORCHSERVE_PORT, REPO
 
 logger = logging.getLogger("kserve_bundle")
 

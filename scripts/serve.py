@@ -17,8 +17,8 @@ from pathlib import Path
 
 import requests
 
-from vitscope.model.variants import DEFAULT_MODEL
 from scripts import REPO
+from vitscope.model.variants import DEFAULT_MODEL
 
 logger = logging.getLogger("serve")
 

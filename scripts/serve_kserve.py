@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vitscope.model.variants import DEFAULT_MODEL
 from scripts import KSERVE_ENGINE_PORT, REPO, background
+from vitscope.model.variants import DEFAULT_MODEL
 
 logger = logging.getLogger("serve_kserve")
 

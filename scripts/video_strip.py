@@ -20,10 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 
+from scripts import REPO
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-from scripts import REPO
 
 logger = logging.getLogger("video_strip")
 
@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "client"))
     from attention_video import VideoOptions, explain_video
 
-    from tests.support.checkpoints import TINY, brightness_seeking_state
-    from tests.support.clips import H, write_clip
-    from tests.support.handler import client_requester
+    from testkit.checkpoints import TINY, brightness_seeking_state
+    from testkit.clips import H, write_clip
+    from testkit.handler import client_requester
 
     model = build_model(TINY, brightness_seeking_state())
     service = AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="constructed"), precisions=PrecisionPlan.fp32_only())

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from scripts import REPO
+from scripts.download import DownloadError, download, partial_path
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
 from vitscope.model.variants import (
     CHECKPOINTS,
@@ -34,8 +36,6 @@ from vitscope.model.variants import (
     get_variant,
     official_checkpoint,
 )
-from scripts import REPO
-from scripts.download import DownloadError, download, partial_path
 
 logger = logging.getLogger("weights")
 

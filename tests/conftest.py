@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitscope.service import AttentionService, create_service
 from scripts import REPO, archive
-from tests.support.torchserve import PrivateServer, private_torchserve
-
-from .support.checkpoints import backbone_state, full_checkpoint, save
-from .support.handler import MODEL_NAME
+from testkit.checkpoints import backbone_state, full_checkpoint, save
+from testkit.handler import MODEL_NAME
+from testkit.torchserve import PrivateServer, private_torchserve
+from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
 E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_kserve_engine", "test_metrics", "test_viewer")

@@ -14,17 +14,16 @@ import requests
 import torch
 import yaml
 
+from scripts import REPO, archive
+from testkit.checkpoints import TINY, encode, random_rgb
+from testkit.handler import answer
+from testkit.torchserve import private_torchserve
 from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import AttentionResult, ImageRequest
 from vitscope.service import ADMISSION_SHARE, AttentionService, ServiceConfig, create_service
-from scripts import REPO, archive
-
-from .support.checkpoints import TINY, encode, random_rgb
-from .support.handler import answer
-from .support.torchserve import private_torchserve
 
 PNG = encode(random_rgb(64, 96, seed=1))
 

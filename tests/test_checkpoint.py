@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from scripts import archive
+from testkit.checkpoints import TINY, backbone_state, full_checkpoint, save
 from vitscope.model.checkpoint import (
     CheckpointError,
     build_model,
@@ -15,9 +17,6 @@ from vitscope.model.checkpoint import (
     weights_tag,
 )
 from vitscope.model.variants import get_variant
-from scripts import archive
-
-from .support.checkpoints import TINY, backbone_state, full_checkpoint, save
 
 
 @pytest.fixture(scope="module")

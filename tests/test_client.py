@@ -18,16 +18,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from client import render_attention as client
+from scripts import REPO
+from testkit.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb, tiny_replica
+from testkit.handler import answer
 from vitscope.image import prepare_image
 from vitscope.methods import METHODS
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig, create_service
-from scripts import REPO
 
 from .conftest import Served
-from .support.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb, tiny_replica
-from .support.handler import answer
 
 
 def png(path: Path) -> np.ndarray:

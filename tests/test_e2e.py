@@ -23,14 +23,14 @@ import requests
 import yaml
 
 from client.render_attention import AttentionClient, ClientError
+from scripts import REPO, archive
+from testkit.checkpoints import encode, random_rgb
+from testkit.handler import answer
+from testkit.torchserve import private_torchserve
 from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
-from scripts import REPO, archive
 
 from .conftest import NAME, Served
-from .support.checkpoints import encode, random_rgb
-from .support.handler import answer
-from .support.torchserve import private_torchserve
 
 TIMEOUT = 120  # s per HTTP call: generous for a loaded CI machine
 
@@ -225,7 +225,7 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     shipped = sorted(n.removesuffix(".py").replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
     code = (
         "import sys, json, yaml; sys.path.insert(0, '.'); from vitscope_handler import AttentionHandler; "
-        "from tests.support.handler import mock_context; "
+        "from testkit.handler import mock_context; "
         "ctx = mock_context([{}], model_dir='.', handler_settings=yaml.safe_load(open('model-config.yaml'))['handler']); "
         "h = AttentionHandler(); h.initialize(ctx); h.handle([{'body': open(sys.argv[1], 'rb').read()}], ctx); "
         "import os, vitscope; assert vitscope.__file__.startswith(os.getcwd()), vitscope.__file__; "

@@ -20,6 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from scripts import REPO
+from testkit.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica
+from testkit.handler import answer
 from vitscope.errors import RequestError
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from vitscope.model.position import RopePositionEmbedding, apply_rope
@@ -29,10 +32,6 @@ from vitscope.model.vit import VisionTransformer
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import AttentionResult, ImageRequest
 from vitscope.service import AttentionService, ServiceConfig
-from scripts import REPO
-
-from .support.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica
-from .support.handler import answer
 
 Layout = dict[str, tuple[int, ...]]
 

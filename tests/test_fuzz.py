@@ -12,13 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testkit.checkpoints import TINY, encode
 from vitscope.errors import RequestError
 from vitscope.model.checkpoint import build_model
 from vitscope.options import option_names
 from vitscope.protocols import PLAIN
 from vitscope.service import AttentionService, Prepared, ServiceConfig
-
-from .support.checkpoints import TINY, encode
 
 # FUZZ_EXAMPLES=5000 make test for a longer run
 # Corrupt inputs make PIL warn (e.g. "Corrupt EXIF data"); the property is about exceptions.

@@ -7,11 +7,10 @@ import orjson
 import pytest
 import torch
 
+from testkit.checkpoints import TINY, backbone_state, encode, random_rgb
+from testkit.handler import answer
 from vitscope.model.checkpoint import build_model
 from vitscope.service import AttentionService, ServiceConfig, select_device
-
-from .support.checkpoints import TINY, backbone_state, encode, random_rgb
-from .support.handler import answer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

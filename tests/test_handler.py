@@ -14,15 +14,14 @@ import orjson
 import pytest
 import torch
 
+from handler.vitscope_handler import AttentionHandler
+from testkit.checkpoints import TINY, backbone_state, encode, save, smooth_rgb
+from testkit.handler import answer, handler_for, mock_context, reply_of
 from vitscope.methods import METHODS
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
 from vitscope.service import AttentionService, ServiceConfig
-from handler.vitscope_handler import AttentionHandler
-
-from .support.checkpoints import TINY, backbone_state, encode, save, smooth_rgb
-from .support.handler import answer, handler_for, mock_context, reply_of
 
 PNG = encode(smooth_rgb(48, 64))
 B64 = base64.b64encode(PNG).decode()

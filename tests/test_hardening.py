@@ -23,11 +23,11 @@ from PIL import Image
 from bench.load import Probe, run_load
 from scripts import archive, serve
 from scripts.serve import ServeError
-from tests.support.torchserve import private_torchserve, write_private_config
+from testkit.checkpoints import encode, random_rgb, smooth_rgb
+from testkit.handler import answer
+from testkit.torchserve import private_torchserve, write_private_config
 
 from .conftest import NAME, REPO, Served
-from .support.checkpoints import encode, random_rgb, smooth_rgb
-from .support.handler import answer
 
 TIMEOUT = 120
 SMOOTH = smooth_rgb(48, 64)

@@ -9,12 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from testkit.checkpoints import encode, random_rgb, smooth_rgb
 from vitscope.attention import to_tensor
 from vitscope.errors import ImageError, PayloadTooLarge, RequestError
 from vitscope.image import crop_size, decode_image, prepare_image, target_size, to_rgb
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
-
-from .support.checkpoints import encode, random_rgb, smooth_rgb
 
 BIG = 10**9
 RGB = random_rgb(37, 53)

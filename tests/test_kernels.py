@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from testkit.checkpoints import TINY
 from vitscope.model.checkpoint import build_model
 from vitscope.model.kernels import CHUNKED, SDPA, SDPA_ONLY, KernelChoice, KernelPlan, chunked, plan_kernels, sdpa
 from vitscope.service import create_service
-
-from .support.checkpoints import TINY
 
 
 @pytest.mark.parametrize("tokens", [1, 63, 64, 65, 301])

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from testkit.checkpoints import tiny_replica
 from vitscope.model.checkpoint import build_model
 from vitscope.model.keymaps import from_timm
-
-from .support.checkpoints import tiny_replica
 
 timm = pytest.importorskip("timm", reason="timm is pinned in requirements.txt: make install")
 

@@ -14,10 +14,10 @@ import tritonclient.utils
 
 from scripts import KSERVE_TORCHSERVE_PORT, archive, kserve_bundle
 from scripts.serve import read_properties
-from tests.support.torchserve import PrivateServer, private_torchserve
+from testkit.checkpoints import encode, random_rgb
+from testkit.torchserve import PrivateServer, private_torchserve
 
 from .conftest import NAME, Served
-from .support.checkpoints import encode, random_rgb
 
 TIMEOUT = 120
 IMAGE = encode(random_rgb(48, 80, seed=9))

@@ -23,13 +23,13 @@ import pytest
 import requests
 import tritonclient.http as triton
 
-from vitscope.methods import METHODS, all_outputs
 from scripts import REPO, background
 from scripts.serve_kserve import model_folder
+from testkit.checkpoints import encode, random_rgb
+from testkit.torchserve import free_ports
+from vitscope.methods import METHODS, all_outputs
 
 from .conftest import NAME, Served
-from .support.checkpoints import encode, random_rgb
-from .support.torchserve import free_ports
 
 TIMEOUT = 120
 

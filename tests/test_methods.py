@@ -15,15 +15,14 @@ import pytest
 import torch
 
 from client.render_attention import decode_masks
+from scripts import REPO
+from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb
+from testkit.handler import answer
 from vitscope.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
 from vitscope.model.checkpoint import build_model
 from vitscope.model.rollout import GPU_SCORE_BYTES, HEAD_FUSIONS, ROW_CHUNK, cls_rollout, rollout_reference, row_chunk
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-from scripts import REPO
-
-from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb
-from .support.handler import answer
 
 
 @pytest.fixture(scope="module")

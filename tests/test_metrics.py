@@ -7,8 +7,9 @@ import time
 
 import requests
 
+from testkit.checkpoints import encode, random_rgb
+
 from .conftest import Served
-from .support.checkpoints import encode, random_rgb
 
 TIMEOUT = 120
 

@@ -15,17 +15,16 @@ import requests
 import torch
 import yaml
 
+from kserve_engine.model import AttentionModel, EngineError
+from scripts import REPO, archive
+from testkit.checkpoints import TINY, encode, random_rgb
+from testkit.handler import answer
+from testkit.torchserve import private_torchserve
 from vitscope.cost import CostModel
 from vitscope.methods import METHODS
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-from kserve_engine.model import AttentionModel, EngineError
-from scripts import REPO, archive
-
-from .support.checkpoints import TINY, encode, random_rgb
-from .support.handler import answer
-from .support.torchserve import private_torchserve
 
 PNG = encode(random_rgb(64, 96, seed=1))
 

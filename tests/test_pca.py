@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from client import render_attention as client
+from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
+from testkit.handler import answer
 from vitscope.attention import to_tensor
 from vitscope.image import prepare_image
 from vitscope.methods.pca import auto_foreground, principal_components
@@ -20,9 +22,6 @@ from vitscope.model.variants import Variant
 from vitscope.model.vit import VisionTransformer
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-
-from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
-from .support.handler import answer
 
 PNG = encode(random_rgb(64, 96, seed=7))
 

@@ -22,13 +22,12 @@ import orjson
 import pytest
 import torch
 
+from testkit.checkpoints import TINY, encode, random_rgb, tiny_replica
+from testkit.handler import answer
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-
-from .support.checkpoints import TINY, encode, random_rgb, tiny_replica
-from .support.handler import answer
 
 PINS = Path(__file__).parent / "data" / "pinned_responses.json"
 ROLLOUT_FUNCTION = "vitscope.methods.rollout.cls_rollout"  # where the rollout method looks it up

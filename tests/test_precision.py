@@ -17,6 +17,9 @@ import orjson
 import pytest
 import torch
 
+from scripts import REPO
+from testkit.checkpoints import TINY, backbone_state, encode, smooth_rgb
+from testkit.handler import answer
 from vitscope.attention import map_agreement
 from vitscope.model.checkpoint import build_model
 from vitscope.options import PRECISIONS
@@ -38,10 +41,6 @@ from vitscope.precision import (
     probe_speed,
 )
 from vitscope.service import AttentionService, ServiceConfig
-from scripts import REPO
-
-from .support.checkpoints import TINY, backbone_state, encode, smooth_rgb
-from .support.handler import answer
 
 CPU = torch.device("cpu")
 AVX2_ONLY = CpuInfo("AMD EPYC (AVX2)", frozenset({"avx", "avx2", "fma"}), "AVX2")
@@ -181,10 +180,7 @@ def test_this_machine_decides_by_its_flags(model: torch.nn.Module) -> None:
 def test_emulated_bf16_is_rejected_by_the_probe() -> None:
     """With oneDNN and MKL held to AVX2 (bf16 emulated on any x86 CPU) the matmul probe says no."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-    code = (
-        "import torch; from vitscope.precision import probe_speed; "
-        "s = probe_speed(torch.device('cpu'), 'bf16'); print(s.fast, s.reason)"
-    )
+    code = "import torch; from vitscope.precision import probe_speed; s = probe_speed(torch.device('cpu'), 'bf16'); print(s.fast, s.reason)"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False "), out.stdout

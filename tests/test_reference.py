@@ -17,14 +17,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from testkit.checkpoints import encode, random_rgb, tiny_replica
+from testkit.handler import answer
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import ImageRequest
 from vitscope.service import AttentionService, ServiceConfig
-
-from .support.checkpoints import encode, random_rgb, tiny_replica
-from .support.handler import answer
 
 timm = pytest.importorskip("timm", reason="timm is pinned in requirements.txt: make install")
 from timm.models import eva, vision_transformer  # noqa: E402 (after the importorskip)

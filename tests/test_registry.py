@@ -14,6 +14,9 @@ import orjson
 import pytest
 import torch
 
+from scripts import REPO, docs
+from testkit.checkpoints import TINY, backbone_state, encode, random_rgb
+from testkit.handler import answer
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
 from vitscope.image import prepare_image
@@ -23,10 +26,6 @@ from vitscope.options import option_names, parse_options
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import SCHEMA_FIELDS
 from vitscope.service import AttentionService, ServiceConfig
-from scripts import REPO, docs
-
-from .support.checkpoints import TINY, backbone_state, encode, random_rgb
-from .support.handler import answer
 
 PNG = encode(random_rgb(40, 56, seed=9))
 

@@ -12,14 +12,14 @@ import yaml
 from PIL import Image
 
 from client import render_attention as client
+from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
+from scripts.serve import read_properties
 from vitscope import image, options, protocols
 from vitscope.masks import encode_masks, threshold_masks
 from vitscope.methods import DEFAULT_METHOD, METHODS, all_outputs
 from vitscope.model.variants import DEFAULT_MODEL
 from vitscope.options import DEFAULTS
 from vitscope.schema import response_fields
-from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
-from scripts.serve import read_properties
 
 
 def readme_field_table() -> list[str]:

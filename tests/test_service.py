@@ -11,15 +11,14 @@ import orjson
 import pytest
 import torch
 
+from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
+from testkit.handler import answer
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.image import prepare_image
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import OPTIONAL_FIELDS, SCHEMA_FIELDS
 from vitscope.service import AttentionService, ConfigError, ServiceConfig, create_service, select_device
-
-from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, save
-from .support.handler import answer
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from client import render_attention as client
+from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
+from testkit.handler import answer
 from vitscope.attention import to_tensor
 from vitscope.image import prepare_image
 from vitscope.model.checkpoint import build_model
@@ -22,9 +24,6 @@ from vitscope.model.vit import VisionTransformer
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import ImageRequest
 from vitscope.service import AttentionService, ServiceConfig
-
-from .support.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
-from .support.handler import answer
 
 PNG = encode(random_rgb(48, 80, seed=4))  # short_side 48: 48x80, a 3x5 grid at patch 16
 

@@ -22,16 +22,15 @@ import torch
 import yaml
 
 from bench.timing import hugging_face_twin
+from scripts import archive
+from testkit.checkpoints import encode, random_rgb, tiny_replica
+from testkit.torchserve import private_torchserve
 from vitscope import layout
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from vitscope.model.sources import default_name, detect_layout, load_checkpoint, variant_from_hf_config
 from vitscope.model.variants import VARIANTS, variant_from_mapping, variant_to_mapping
 from vitscope.schema import ImageRequest
 from vitscope.service import ServiceConfig, create_service
-from scripts import archive
-
-from .support.checkpoints import encode, random_rgb, tiny_replica
-from .support.torchserve import private_torchserve
 
 transformers = pytest.importorskip("transformers", reason="transformers is pinned in requirements.txt: make install")
 timm = pytest.importorskip("timm", reason="timm is pinned in requirements.txt: make install")

@@ -20,13 +20,12 @@ import render_attention
 from attention_video import VideoError, VideoOptions, explain_video
 from render_attention import ClientError, Response
 
+from testkit.checkpoints import TINY, brightness_seeking_state
+from testkit.clips import FPS, FRAMES, ROW, H, P, W, write_clip
+from testkit.handler import client_requester
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
-
-from .support.checkpoints import TINY, brightness_seeking_state
-from .support.clips import FPS, FRAMES, ROW, H, P, W, write_clip
-from .support.handler import client_requester
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,15 @@ import numpy as np
 import pytest
 import requests
 
+from scripts import REPO, VIEWER_PORT, archive
+from scripts.serve import read_properties
+from scripts.viewer import VIEWER_DIR, url_of
+from testkit.checkpoints import brightness_seeking_state, encode, save
+from testkit.torchserve import free_ports, private_torchserve
 from vitscope.masks import threshold_masks
 from vitscope.methods import METHODS
 from vitscope.model.variants import get_variant
 from vitscope.options import all_options
-from scripts import REPO, VIEWER_PORT, archive
-from scripts.serve import read_properties
-from scripts.viewer import VIEWER_DIR, url_of
-
-from .support.checkpoints import brightness_seeking_state, encode, save
-from .support.torchserve import free_ports, private_torchserve
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
 MODEL = get_variant("dino_vits8")  # vit_small/8: the configuration the redraw figure is quoted for

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from testkit.checkpoints import TINY
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import all_variants, get_variant, resolve_layer
 from vitscope.model.vit import VisionTransformer
-
-from .support.checkpoints import TINY
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ import pytest
 import torch
 import yaml
 
-from vitscope.model import variants
-from vitscope.model.variants import Checkpoint
 from scripts import archive, weights
 from scripts.download import DownloadError, download, partial_path
-
-from .support.checkpoints import TINY, backbone_state, full_checkpoint, save, tiny_replica
+from testkit.checkpoints import TINY, backbone_state, full_checkpoint, save, tiny_replica
+from vitscope.model import variants
+from vitscope.model.variants import Checkpoint
 
 TEST_CKPT = Checkpoint("dino_vittiny16_test", "dino_vitt16", "dino_vittiny16_test")
 TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "dino_vitt16", "dino_vittiny16_test", full=True)

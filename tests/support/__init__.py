@@ -1,1 +1,1 @@
-"""Test support: a private TorchServe, small checkpoints and images."""
+"""Test-only support (the service factory the tests share)."""

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ts.context import Context, RequestProcessor
 
+from handler.vitscope_handler import AttentionHandler
+from testkit.checkpoints import TINY
 from vitscope.protocols import Reply
 from vitscope.service import AttentionService
-from handler.vitscope_handler import AttentionHandler
-from tests.support.checkpoints import TINY
 
 MODEL_NAME = TINY.name  # dino_vitt16
 
