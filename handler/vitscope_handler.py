@@ -29,7 +29,8 @@ from ts.metrics.metric_type_enum import MetricTypes
 from vitscope import layout
 from vitscope.errors import RequestError
 from vitscope.layout import DEFAULT_RESPONSE_TIMEOUT_S
-from vitscope.protocols import Codec, Decoded, Reply, Result, ServerInfo, error_reply, route, timing
+from vitscope.protocols import route
+from vitscope.protocols.base import Codec, Decoded, Reply, Result, ServerInfo, error_reply
 from vitscope.service import AttentionService, create_service, select_device
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ class AttentionHandler:
             headers = request_headers(context, idx)
             codec, row = route(raw, headers)
             try:
-                decoded = codec.decode(row, headers)
-                rows.append((codec, decoded.with_deadline(self.service.deadline(received, *timing(decoded, headers)))))
+                rows.append((codec, self.service.ingest(codec.decode(row, headers), received)))
             except RequestError as e:
                 logger.info("request rejected (%d): %s", e.status, e)
                 rows.append((codec, e))

@@ -36,7 +36,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from vitscope.errors import Overloaded, RequestError
 from vitscope.layout import DEFAULT_JOB_QUEUE_SIZE, DEFAULT_RESPONSE_TIMEOUT_S, MANIFEST, MODEL_CONFIG, weights_in
 from vitscope.methods import all_outputs
-from vitscope.protocols import BINARY_HEADER, KSERVE_V1, KSERVE_V2, Codec, Decoded, Reply, Result, ServerInfo, error_reply, timing
+from vitscope.protocols import KSERVE_V1, KSERVE_V2
+from vitscope.protocols.base import BINARY_HEADER, Codec, Decoded, Reply, Result, ServerInfo, error_reply
+from vitscope.protocols.kserve import v2_datatype
 from vitscope.service import AttentionService
 
 logger = logging.getLogger(__name__)
@@ -121,27 +123,6 @@ class Pending:
     results: list[Result] = field(default_factory=list)
 
 
-def v2_document(request: InferRequest) -> dict[str, object]:
-    """KServe's decoded v2 request as the JSON document our v2 codec reads (binary inputs arrive
-    already split into elements, so their ``binary_data_size`` is dropped)."""
-    inputs = [
-        {
-            "name": tensor.name,
-            "datatype": tensor.datatype,
-            "shape": tensor.shape,
-            "data": tensor.data,
-            "parameters": {k: v for k, v in (tensor.parameters or {}).items() if k != "binary_data_size"},
-        }
-        for tensor in request.inputs
-    ]
-    document: dict[str, object] = {"inputs": inputs, "parameters": dict(request.parameters or {})}
-    if request.request_outputs:
-        document["outputs"] = [{"name": o.name, "parameters": o.parameters or {}} for o in request.request_outputs]
-    if request.id:
-        document["id"] = request.id
-    return document
-
-
 class AttentionModel(Model):
     """Per-head [CLS] attention behind KServe's v1 and v2 REST protocols."""
 
@@ -160,7 +141,7 @@ class AttentionModel(Model):
 
     def get_output_types(self) -> list[dict[str, object]]:
         """Every output any method returns (``methods/``), float ones as FP32 (FP16 with dtype=float16)."""
-        return [{"name": o.name, "datatype": o.v2_datatype("float32"), "shape": v2_shape(o.axes)} for o in all_outputs()]
+        return [{"name": o.name, "datatype": v2_datatype(o, "float32"), "shape": v2_shape(o.axes)} for o in all_outputs()]
 
     def metadata(self) -> dict[str, object]:
         """KServe's v2 model metadata plus ``parameters.description``: the service's description (methods,
@@ -180,11 +161,15 @@ class AttentionModel(Model):
 
     async def preprocess(self, payload: InferRequest | Mapping[str, object], headers: dict[str, str] | None = None) -> Pending:
         received = time.time()
-        codec, document = (KSERVE_V2, v2_document(payload)) if isinstance(payload, InferRequest) else (KSERVE_V1, payload)
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        codec: Codec = KSERVE_V2 if isinstance(payload, InferRequest) else KSERVE_V1
         try:
-            decoded = codec.decode({"body": document}, {})
-            return Pending(codec, decoded.with_deadline(self.service.deadline(received, *timing(decoded, lowered))))
+            if isinstance(payload, InferRequest):  # KServe decoded it (binary inputs split into elements): taken as it is
+                outputs = [(o.name, o.parameters) for o in payload.request_outputs or ()]
+                decoded = KSERVE_V2.decode_request(payload.inputs, payload.parameters, outputs, payload.id)
+            else:
+                decoded = KSERVE_V1.decode_document(payload)
+            return Pending(codec, self.service.ingest(decoded.timed(lowered), received))
         except RequestError as e:
             raise self.refuse(e) from e
 

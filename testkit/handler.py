@@ -12,7 +12,7 @@ from ts.context import Context, RequestProcessor
 
 from handler.vitscope_handler import AttentionHandler
 from testkit.checkpoints import TINY
-from vitscope.protocols import Reply
+from vitscope.protocols.base import Reply
 from vitscope.service import AttentionService
 
 MODEL_NAME = TINY.name  # dino_vitt16

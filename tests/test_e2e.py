@@ -27,8 +27,9 @@ from scripts import REPO, archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import private_torchserve
-from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
+from vitscope.methods import METHODS
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
+from vitscope.vocab import DEFAULT_METHOD, ModelFacts
 
 from .conftest import NAME, Served
 

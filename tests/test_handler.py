@@ -232,7 +232,7 @@ def test_v2_binary_sizes_are_checked(uniform: AttentionService, size: object, me
 
 def test_a_json_body_is_parsed_once(uniform: AttentionService, monkeypatch) -> None:
     """route() hands the parsed document on: neither a v2 nor a plain JSON body is parsed twice."""
-    from vitscope import protocols
+    from vitscope.protocols import base as protocols  # json.loads, as every codec calls it
 
     parsed: list[int] = []
     loads = protocols.json.loads

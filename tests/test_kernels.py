@@ -66,7 +66,7 @@ def test_the_served_model_runs_the_plan_measured_at_load() -> None:
 def test_the_attention_kernel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """attention_kernel: sdpa loads without measuring (replicas agree to the last bit); anything else
     but auto is refused by name."""
-    from vitscope import service as service_module
+    from vitscope.service import loading as service_module
 
     def no_measuring(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("attention_kernel: sdpa must not measure")

@@ -1,5 +1,6 @@
-"""The method registry: a method is one module and one entry in ``METHODS``. README's "Adding a
-method" example is run here as written, registered, and asked for through every protocol."""
+"""The method registry: a method is one module and one entry in ``MODULES``. The method guide's
+example (docs/guides/method.md) is run here as written, registered, and asked for through every
+protocol (``tests/test_guides.py`` does the same in a copy of the package, in a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -20,30 +21,29 @@ from testkit.handler import answer
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
 from vitscope.image import prepare_image
-from vitscope.methods import METHODS, Method, ModelFacts
+from vitscope.methods import METHODS, Method
 from vitscope.model.checkpoint import build_model
 from vitscope.options import option_names, parse_options
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import SCHEMA_FIELDS
 from vitscope.service import AttentionService, ServiceConfig
+from vitscope.vocab import ModelFacts
 
 PNG = encode(random_rgb(40, 56, seed=9))
 
 
-def readme_method() -> Method:
-    """The module README's "Adding a method" shows, executed."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Adding a method") :]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert code, "README's Adding a method section has no python block"
+def guide_method() -> Method:
+    """The module docs/guides/method.md shows, executed."""
+    code = re.search(r"```python\n(.*?)```", (REPO / "docs" / "guides" / "method.md").read_text(), re.DOTALL)
+    assert code, "the method guide has no python block"
     module = types.ModuleType("head_mean")
-    exec(compile(code[1], "README.md: Adding a method", "exec"), module.__dict__)
+    exec(compile(code[1], "docs/guides/method.md", "exec"), module.__dict__)
     return module.METHOD
 
 
 @pytest.fixture
 def head_mean(monkeypatch: pytest.MonkeyPatch) -> Method:
-    method = readme_method()
+    method = guide_method()
     monkeypatch.setitem(METHODS, method.name, method)
     return method
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from vitscope.errors import RequestError
-from vitscope.methods import ModelFacts
-from vitscope.options import Defaults, Options, parse_options
+from vitscope.options import Defaults, parse_options
 from vitscope.protocols import PLAIN
 from vitscope.schema import ImageRequest
+from vitscope.vocab import ModelFacts, Options
 
 IMG = b"\x89PNG fake image bytes"
 B64 = base64.b64encode(IMG).decode()
@@ -30,7 +30,7 @@ B64 = base64.b64encode(IMG).decode()
     ],
 )
 def test_plain_rows_decode(payload, options) -> None:
-    assert PLAIN.decode(payload, {"accept": "application/x-npy"}).requests == [ImageRequest(IMG, options, "application/x-npy")]
+    assert PLAIN.decode(payload, {"accept": "application/x-npy"}).requests == [ImageRequest(IMG, options, "npy")]
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,28 @@
 """Request options: those every method shares are declared here, each method's own in its module
-(``methods/``); parsing from strings/JSON values and validation against the model."""
+(``methods/``); parsing from strings/JSON values and validation against the model.
+
+``parse`` gives the validated ``Options`` with the ``Method`` they name: the service reads the
+method from there, never from the registry by name again. The vocabulary these are written in
+(``OptionSpec``, the parsers, ``Options``) is ``vocab.py``.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import OptionError
 from .image import Size
-from .methods import DEFAULT_METHOD, METHODS, Method, ModelFacts, OptionSpec, method_options
-from .methods.base import (
+from .methods import METHODS, Method, method_options
+from .model.variants import resolve_layer
+from .precision import PRECISIONS
+from .vocab import (
+    DEFAULT_METHOD,
+    ModelFacts,
+    Options,
+    OptionSpec,
     bool_option,
     choice_option,
     fraction_option,
@@ -21,13 +32,8 @@ from .methods.base import (
     parse_positive_int,
     text_of,
 )
-from .model.variants import resolve_layer
-from .precision import PRECISIONS
 
-FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings
-CONTENT_TYPES: dict[str, str] = {"json": "application/json", "npy": "application/x-npy", "npz": "application/x-npz"}
-META_HEADER = "X-Attention-Meta"  # .npy bodies carry the metadata (compact JSON) in this response header
-PRECISION_HEADER = "X-Attention-Precision"  # every response: the precision that ran (as meta "precision")
+FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings (protocols/ says how each is sent)
 RESPONSE_DTYPES: tuple[str, ...] = ("float32", "float16")  # element types of the returned maps (the dtype option)
 MAX_SCALE = 100.0  # larger factors are typos; big results are caught by max_tokens anyway
 GEOMETRY: tuple[str, ...] = ("short_side", "scale", "size")  # how to resize: at most one of them
@@ -47,29 +53,11 @@ class Defaults:
 DEFAULTS = Defaults()  # the one home of the shipped defaults (ServiceConfig starts from these)
 
 
-@dataclass(frozen=True)
-class Options:
-    """Validated options of one request. Exactly one of short_side/scale/size is set."""
+class Parsed(NamedTuple):
+    """A request's validated options and the method they name (the registry's object)."""
 
-    layer: int  # 0..depth-1 (with ``layers``: the deepest of them)
-    heads: tuple[int, ...]  # head indices to return, ascending
-    upsample: bool
-    short_side: int | None = None
-    scale: float | None = None
-    size: Size | None = None
-    precision: str = "fp32"
-    format: str = "json"
-    dtype: str = "float32"
-    layers: tuple[int, ...] | None = None  # several blocks in one pass: maps (layers, heads, H, W)
-    method: str = DEFAULT_METHOD
-    params: tuple[tuple[str, Any], ...] = ()  # the method's own options (methods/), defaults filled in
-    mask: float | None = None  # DINO's threshold masks keeping this fraction of each map's mass
-    boxes: bool = False  # with mask: each mask's largest 8-connected component as [x0, y0, x1, y1]
-    registers: bool = False  # also the maps' entries for the register/storage tokens (DINOv2 _reg, DINOv3)
-
-    def param(self, name: str) -> Any:
-        """The value of one of the method's own options."""
-        return dict(self.params)[name]
+    method: Method
+    options: Options
 
 
 # ----------------------------------------------------------------------------- the shared options
@@ -207,18 +195,13 @@ def owners_of(name: str) -> list[str]:
     return [method.name for method in METHODS.values() if any(spec.name == name for spec in method.options)]
 
 
-def format_from_accept(accept: str | None, default: str) -> str:
-    """Response format named by an HTTP Accept header (first supported media type), else ``default``."""
-    by_type = {v: k for k, v in CONTENT_TYPES.items()}
-    for media_range in (accept or "").split(","):
-        media = media_range.split(";")[0].strip().lower()
-        if media in by_type:
-            return by_type[media]
-    return default
-
-
 def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEFAULTS) -> Options:
     """Validate raw option values (str, bytes, or JSON numbers/lists/bools); ``OptionError`` on any problem."""
+    return parse(raw, facts, defaults).options
+
+
+def parse(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEFAULTS) -> Parsed:
+    """``parse_options`` with the method the options name."""
     specs = all_options()
     unknown = sorted(set(raw) - set(specs))
     if unknown:
@@ -233,7 +216,7 @@ def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaul
     fmt = parsed.get("format", defaults.format)
     _check_combination(given, parsed, method, fmt, facts)
     layers = parsed.get("layers")
-    return Options(
+    options = Options(
         layer=max(layers) if layers else parsed.get("layer", facts.depth - 1),
         heads=parsed.get("heads", tuple(range(facts.num_heads))),
         upsample=parsed.get("upsample", defaults.upsample),
@@ -250,6 +233,7 @@ def parse_options(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaul
         boxes=parsed.get("boxes", False),
         registers=parsed.get("registers", False),
     )
+    return Parsed(method, options)
 
 
 def _check_combination(given: list[str], parsed: Mapping[str, Any], method: Method, fmt: str, facts: ModelFacts) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .methods import METHODS, OutputSpec, all_outputs
+from .methods import METHODS, all_outputs
+from .vocab import OutputSpec
 
 NOT_IN_SCHEMA = {"schema": False}  # dataclass field metadata: carried along, never sent as a field of its own
 OPTIONAL = {"optional": True}  # sent only when set (the options that ask for them were given)
@@ -27,7 +28,7 @@ class ImageRequest:
 
     image: bytes
     options: Mapping[str, object]
-    accept: str | None = None  # the HTTP Accept header, which may choose the response format
+    accept_format: str | None = None  # the response format the HTTP Accept header names (protocols/), if any
     deadline: float | None = None  # unix time after which its answer is of no use (not computed then: 504)
 
 

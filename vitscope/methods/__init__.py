@@ -1,6 +1,6 @@
 """Ways of looking at the model, one module each, and the registry everything else reads.
 
-    base        what a method declares (options, outputs, forward needs, compute) and the option vocabulary
+    base        what a method declares (options, outputs, forward needs, compute)
     maps        what the map methods share: the attention/masks/boxes/registers outputs, [CLS] rows -> maps
     attention   method=attention: [CLS] attention per head of one block or several
     rollout     method=rollout: attention rollout through blocks 0..layer
@@ -9,20 +9,43 @@
     pca         method=pca: the PCA colours of the patch features (foreground, a reusable basis)
 
 To add a method: write a module with a ``Method`` subclass and ``METHOD = YourMethod()``, and add
-it to ``METHODS`` below. Option parsing, the service, the codecs, the describe API (and through it
-the viewer and the client), README's tables (``python -m scripts.docs``) follow.
+its name to ``MODULES`` below (docs/guides/method.md). A method imports the option vocabulary from
+``vocab.py``, never ``options.py``. Option parsing, the service, the codecs, the describe API (and
+through it the viewer and the client) and the docs' tables (``python -m scripts.docs``) follow.
 """
 
 from __future__ import annotations
 
-from .attention import METHOD as ATTENTION
-from .base import Method, ModelFacts, OptionSpec, OutputSpec
-from .pca import METHOD as PCA
-from .rollout import METHOD as ROLLOUT
-from .similarity import METHOD as SIMILARITY
+from importlib import import_module
 
-METHODS: dict[str, Method] = {method.name: method for method in (ATTENTION, ROLLOUT, SIMILARITY, PCA)}
-DEFAULT_METHOD: str = ATTENTION.name
+from ..vocab import OptionSpec, OutputSpec
+from .base import Method
+
+# The registry: the method modules, in the order the docs, the describe API and the viewer list
+# them. Each defines ``METHOD = YourMethod()``; a new method is its module and one line here.
+MODULES: tuple[str, ...] = (
+    "attention",
+    "rollout",
+    "similarity",
+    "pca",
+)
+
+
+def load(modules: tuple[str, ...]) -> dict[str, Method]:
+    """The methods of ``modules`` (names in this package) by name; ``TypeError`` naming a module whose
+    ``METHOD`` is not a ``Method``, ``ValueError`` for two methods of one name."""
+    methods: dict[str, Method] = {}
+    for name in modules:
+        method = getattr(import_module(f"{__name__}.{name}"), "METHOD", None)
+        if not isinstance(method, Method):
+            raise TypeError(f"{__name__}.{name} must define METHOD = YourMethod(), an instance of methods.base.Method")
+        if method.name in methods:
+            raise ValueError(f"{__name__}.{name}: a method named {method.name!r} is already registered")
+        methods[method.name] = method
+    return methods
+
+
+METHODS: dict[str, Method] = load(MODULES)
 
 
 def method_options() -> tuple[OptionSpec, ...]:
@@ -35,4 +58,4 @@ def all_outputs() -> tuple[OutputSpec, ...]:
     return tuple({output.name: output for method in METHODS.values() for output in method.outputs}.values())
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "ModelFacts", "OptionSpec", "OutputSpec", "all_outputs", "method_options"]
+__all__ = ["METHODS", "MODULES", "Method", "all_outputs", "method_options"]

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..vocab import Options
 from .base import ForwardSpec, Needs
 from .maps import MapMethod, split_rows
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
 
 
 class Attention(MapMethod):

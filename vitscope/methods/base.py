@@ -5,126 +5,25 @@ A *method* is one way of looking at the model (``attention``, ``rollout``, ...).
 viewer) reads these declarations instead of naming methods, so a new method is one module plus one
 line in ``methods/__init__.py``.
 
-This module also holds the option vocabulary (``OptionSpec`` and its parsers): the options every
-method shares (``options.py``) are declared with the same pieces.
+The option vocabulary a method declares its options and outputs with (``OptionSpec``, the parsers,
+``OutputSpec``, ``Options``) is ``vocab.py``, a leaf: a method imports it, never ``options.py``.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import OptionError
+from ..vocab import Options, OptionSpec, OutputSpec
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-_INTERVAL_RE = re.compile(r"^([\[(])\s*([-\d.]+)\s*,\s*([-\d.]+)\s*([\])])$")
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What option parsing and the description need to know of the model served."""
-
-    name: str
-    family: str
-    patch_size: int
-    depth: int
-    num_heads: int
-    embed_dim: int
-    num_registers: int
-
-    @classmethod
-    def of(cls, model: VisionTransformer) -> ModelFacts:
-        v = model.variant
-        return cls(v.name, v.family, v.patch_size, model.depth, v.num_heads, v.embed_dim, v.num_registers)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "patch_size": self.patch_size,
-            "layers": self.depth,
-            "heads": self.num_heads,
-            "embed_dim": self.embed_dim,
-            "registers": self.num_registers,
-        }
-
-
-Parser = Callable[[object, ModelFacts], Any]
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One request option: how it is parsed (``parse`` raises ``OptionError`` with the 400 message),
-    its default, and how README and the describe API present it."""
-
-    name: str
-    type: str  # boolean, integer, number, string, size (HxW), blocks (indices or "all"), heads (indices)
-    parse: Parser = field(repr=False, compare=False)
-    help: str  # README's "meaning" column (Markdown)
-    default: object = None  # what a request leaving it out gets (None: not set)
-    default_text: str = ""  # README's "default" column where the value alone would mislead ("last (`11`)", "all")
-    choices: tuple[str, ...] = ()
-    interval: str = ""  # numbers: e.g. "[0, 1)"
-
-    def describe(self) -> dict[str, object]:
-        """The option as the describe API serves it (JSON)."""
-        out: dict[str, object] = {"name": self.name, "type": self.type, "help": self.help}  # no nulls: TorchServe drops them
-        if self.default is not None:
-            out["default"] = self.default
-        if self.default_text:
-            out["default_text"] = self.default_text
-        if self.choices:
-            out["choices"] = list(self.choices)
-        if self.interval:  # machine-readable bounds too: {"minimum": 0, "maximum": 1, "exclusive_maximum": true}
-            lo, hi, open_lo, open_hi = interval_bounds(self.interval)
-            out.update(
-                {"interval": self.interval, "minimum": lo, "maximum": hi, "exclusive_minimum": open_lo, "exclusive_maximum": open_hi}
-            )
-        return out
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """One array a method returns: its element type, axes, how each format carries it, and the option
-    that asks for it (an empty ``asked_by``: always returned)."""
-
-    name: str
-    dtype: str  # "float": float32, or float16 when the request says dtype=float16; else a numpy dtype: bool, int32, float32
-    axes: str  # README's shape, e.g. "[heads, H, W]"
-    help: str
-    asked_by: str = ""
-    json: str = "array"  # "array": nested lists; "packbits": {"shape", "encoding", "data"} (booleans, see masks.py)
-    npy: bool = False  # the one array a format=npy body carries
-    rgb: bool = False  # a colour image [3, ...] in [0, 1] to show as it is, not maps to colour (the viewer reads it)
-
-    def typed(self, array: np.ndarray, dtype: str) -> np.ndarray:
-        """The array in the element type the response carries (``dtype``: the request's float type)."""
-        return array.astype(dtype if self.dtype == "float" else self.dtype, copy=False)
-
-    def v2_datatype(self, dtype: str) -> str:
-        """The Open Inference Protocol datatype of this output."""
-        return V2_DATATYPES[dtype if self.dtype == "float" else self.dtype]
-
-    def describe(self) -> dict[str, object]:
-        out: dict[str, object] = {"name": self.name, "dtype": self.dtype, "axes": self.axes, "help": self.help}
-        if self.rgb:
-            out["rgb"] = True
-        return {**out, "asked_by": self.asked_by} if self.asked_by else out
-
-
-V2_DATATYPES = {"float32": "FP32", "float16": "FP16", "bool": "BOOL", "int32": "INT32"}
 
 
 @dataclass(frozen=True)
@@ -217,113 +116,3 @@ class Method(ABC):
             "outputs": [output.describe() for output in self.outputs],
             "needs": {"blocks": self.needs.blocks, "keeps": self.needs.keeps},
         }
-
-
-# ----------------------------------------------------------------------------- option parsers
-def text_of(name: str, value: bytes | bytearray) -> str:
-    try:
-        return bytes(value).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise OptionError(f"option {name} is not UTF-8 text") from e
-
-
-def parse_int(name: str, value: object) -> int:
-    if isinstance(value, bool):
-        raise OptionError(f"{name}={value!r} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
-    raise OptionError(f"{name}={value!r} is not an integer")
-
-
-def parse_positive_int(name: str, value: object) -> int:
-    n = parse_int(name, value)
-    if n < 1:
-        raise OptionError(f"{name}={n} must be a positive integer")
-    return n
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
-    except ValueError:
-        return math.nan
-
-
-def parse_positive_float(name: str, value: object) -> float:
-    x = _number(value)
-    if not (math.isfinite(x) and x > 0):
-        raise OptionError(f"{name}={value!r} must be a positive number, e.g. 0.5")
-    return x
-
-
-def interval_bounds(interval: str) -> tuple[float, float, bool, bool]:
-    """An interval written as "[0, 1)", "(0, 1]", ... -> (low, high, low excluded, high excluded)."""
-    match = _INTERVAL_RE.match(interval)
-    if not match:
-        raise ValueError(f"interval {interval!r} is not written as [a, b), (a, b], ...")
-    return float(match[2]), float(match[3]), match[1] == "(", match[4] == ")"
-
-
-def in_interval(x: float, interval: str) -> bool:
-    """Whether ``x`` lies in an interval written as "[0, 1)", "(0, 1]", ..."""
-    lo, hi, open_lo, open_hi = interval_bounds(interval)
-    return (x > lo if open_lo else x >= lo) and (x < hi if open_hi else x <= hi)
-
-
-def parse_fraction(name: str, value: object, interval: str) -> float:
-    x = _number(value)
-    if not (math.isfinite(x) and in_interval(x, interval)):
-        raise OptionError(f"{name}={value!r} must be a number in {interval}")
-    return x
-
-
-def parse_bool(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise OptionError(f"{name}={value!r} is not a boolean (true/false)")
-
-
-def parse_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise OptionError(f"{name}={value!r} is not one of {list(choices)}")
-    return text
-
-
-def parse_point(name: str, value: object) -> tuple[int, int]:
-    """A pixel ``x,y`` ("240,120" or [240, 120]), both non-negative integers."""
-    items = items_of(value)
-    if len(items) != 2:
-        raise OptionError(f"{name}={value!r} is not x,y: two pixel coordinates of the processed image, e.g. {name}=240,120")
-    x, y = (parse_int(name, item) for item in items)
-    if x < 0 or y < 0:
-        raise OptionError(f"{name}={value!r}: pixel coordinates are not negative, e.g. {name}=240,120")
-    return x, y
-
-
-def items_of(value: object) -> list[object]:
-    """The elements of a list option: "0,2" (text) or [0, 2] (JSON)."""
-    if isinstance(value, str):
-        return [s for s in value.split(",") if s.strip()]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def choice_option(name: str, choices: tuple[str, ...], default: str, help: str) -> OptionSpec:
-    """An option taking one of ``choices``."""
-    return OptionSpec(name, "string", lambda v, _: parse_choice(name, v, choices), help, default, choices=choices)
-
-
-def fraction_option(name: str, interval: str, help: str, default: float | None = None, default_text: str = "") -> OptionSpec:
-    """A number option in ``interval``, e.g. "[0, 1)"."""
-    return OptionSpec(name, "number", lambda v, _: parse_fraction(name, v, interval), help, default, default_text, interval=interval)
-
-
-def bool_option(name: str, help: str, default: bool = False) -> OptionSpec:
-    return OptionSpec(name, "boolean", lambda v, _: parse_bool(name, v), help, default)

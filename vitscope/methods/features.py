@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .base import OutputSpec, bool_option
+from ..vocab import OutputSpec, bool_option
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer

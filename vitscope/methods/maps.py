@@ -12,11 +12,11 @@ import torch
 
 from ..attention import upsample_nearest
 from ..masks import boxes_of, threshold_masks
-from .base import Method, OutputSpec
+from ..vocab import Options, OutputSpec
+from .base import Method
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
 
 MAPS = OutputSpec(
     "attention",

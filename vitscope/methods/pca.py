@@ -38,12 +38,12 @@ import torch
 from ..attention import upsample_nearest
 from ..errors import OptionError
 from ..masks import threshold_masks
-from .base import ForwardSpec, Method, ModelFacts, Needs, OptionSpec, OutputSpec, choice_option
+from ..vocab import ModelFacts, Options, OptionSpec, OutputSpec, choice_option
+from .base import ForwardSpec, Method, Needs
 from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, as_grid, features_output
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
 
 FOREGROUNDS: tuple[str, ...] = ("auto", "attention", "none")
 FITS: tuple[str, ...] = ("image", "joint")  # pca_fit; a response's pca_fit may also read "basis" (pca_basis given)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from ..model.rollout import HEAD_FUSIONS, cls_rollout
-from .base import ForwardSpec, Needs, choice_option, fraction_option
+from ..vocab import Options, choice_option, fraction_option
+from .base import ForwardSpec, Needs
 from .maps import MapMethod, split_rows
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
 
 
 class Rollout(MapMethod):

@@ -17,12 +17,12 @@ import torch
 
 from ..attention import upsample_nearest
 from ..errors import OptionError
-from .base import ForwardSpec, Method, Needs, OptionSpec, OutputSpec, parse_point
+from ..vocab import Options, OptionSpec, OutputSpec, parse_point
+from .base import ForwardSpec, Method, Needs
 from .features import FEATURE_GRID, FEATURES, FEATURES_OPTION, feature_grid, features_output, unit_features
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
-    from ..options import Options
 
 SIMILARITY = OutputSpec(
     "similarity",

@@ -1,6 +1,10 @@
 """State dicts in other libraries' layouts, renamed to the hub's (the official code's, ours): one
 table per source, each a pure function of the state dict and the model it is for.
 
+``from_hub``: a family's own checkpoints (its official code's, torch.hub's) where their names are not
+our network's: the family's key map in ``HUB_KEYS`` (docs/guides/model-family.md). DINO's, DINOv2's
+and DINOv3's names are ours: nothing to rename.
+
 ``from_hf``: Hugging Face transformers' ``Dinov2Model``, ``Dinov2WithRegistersModel`` and
 ``DINOv3ViTModel`` (``HF_KEYS``); their separate query/key/value projections are stacked into ``qkv``.
 
@@ -35,6 +39,11 @@ TIMM_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 SWIGLU_KEYS = ((r"\.mlp\.fc1\.", ".mlp.w12."), (r"\.mlp\.fc2\.", ".mlp.w3."))  # DINOv2 giant: timm's packed SwiGLU
+# A family's own checkpoint names -> ours, where they differ (its key map); each (pattern, replacement)
+# applied to every key in order. A family not here uses our names (DINO, DINOv2, DINOv3).
+HUB_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    # "family": ((r"^their\.name\.", "our.name."), ...),
+}
 
 
 def rename(state: Mapping[str, torch.Tensor], table: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
@@ -44,6 +53,11 @@ def rename(state: Mapping[str, torch.Tensor], table: tuple[tuple[str, str], ...]
             key = re.sub(pattern, replacement, key)
         out[key] = value
     return out
+
+
+def from_hub(state: Mapping[str, torch.Tensor], variant: Variant) -> dict[str, torch.Tensor]:
+    """A checkpoint in the key names of ``variant``'s family (``HUB_KEYS``) in ours. Pure."""
+    return rename(state, HUB_KEYS.get(variant.family, ()))
 
 
 def from_timm(state: Mapping[str, torch.Tensor], variant: Variant, reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, check_state_dict, filter_state_dict, read_checkpoint, sha256_of
-from .keymaps import SOURCES
+from .keymaps import SOURCES, from_hub
 from .variants import FAMILIES, VARIANT_NAME, Variant
 from .vit import VisionTransformer
 
@@ -76,6 +76,8 @@ def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = N
         raise CheckpointError(f"{path.name} carries no config: name its family and size with MODEL= (e.g. MODEL=dinov2_vitb14)")
     state = read_weights(path, checkpoint_key)
     layout = detect_layout(state, base)
+    if layout == HUB:
+        state = from_hub(state, base)  # the family's own key names, where they are not ours (keymaps.HUB_KEYS)
     variant = shaped_like(state, base, layout)
     variant = replace(variant, name=name or variant.name)
     state = to_hub_layout(state, variant, layout)

@@ -1,4 +1,7 @@
-"""The one table of model variants, official checkpoints and constants. Nothing here is re-typed elsewhere.
+"""The architecture table: each model family is one declared row of FAMILIES (the facts its models
+share, and its variants), with the constants of the network's input and the checks of a model's facts.
+Nothing here is re-typed elsewhere. The official checkpoints (URLs, licences, gating) are the catalogue's
+(``catalogue.py``): it reads this table; this table never reads it.
 
 Three families, each named as its torch.hub entry point:
 
@@ -9,12 +12,12 @@ Three families, each named as its torch.hub entry point:
   tokens, 4 storage tokens, a masked key bias, LayerScale; ViT-S+ with a SwiGLU FFN.
 
 The architecture facts come from the official code (facebookresearch/dino, dinov2 ``hub/backbones.py``
-and dinov3 ``hub/backbones.py``); tests freeze the resulting state_dict layouts.
+and dinov3 ``hub/backbones.py``); tests freeze the resulting state_dict layouts. Adding a
+family: docs/guides/model-family.md.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -22,66 +25,9 @@ from typing import Any
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Family:
-    """Facts shared by every model of one family."""
-
-    name: str  # dino, dinov2, dinov3
-    title: str
-    register_key: str  # state_dict name of the extra tokens after [CLS] ("" if the family has none)
-    register_title: str  # what the family calls them, for messages ("" if none)
-    mask_token: bool  # its checkpoints carry a (1, C) mask_token (masked-image training; unused at inference)
-    licence: str  # of the official weights: the describe API names it
-    licence_url: str
-    weights_url: str  # official download base
-    mean: tuple[float, float, float] = IMAGENET_MEAN  # preprocessing (LVD-1689M DINOv3 weights use ImageNet's too)
-    std: tuple[float, float, float] = IMAGENET_STD
-    gated: str = ""  # how to obtain weights that cannot be downloaded anonymously
-
-
-FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "dino",
-            "DINO",
-            "",
-            "",
-            False,
-            "Apache-2.0",
-            "https://github.com/facebookresearch/dino/blob/main/LICENSE",
-            "https://dl.fbaipublicfiles.com/dino",
-        ),
-        Family(
-            "dinov2",
-            "DINOv2",
-            "register_tokens",
-            "registers (DINOv2)",
-            True,
-            "Apache-2.0",
-            "https://github.com/facebookresearch/dinov2/blob/main/LICENSE",
-            "https://dl.fbaipublicfiles.com/dinov2",
-        ),
-        Family(
-            "dinov3",
-            "DINOv3",
-            "storage_tokens",
-            "storage tokens (DINOv3)",
-            True,
-            "DINOv3 License",
-            "https://github.com/facebookresearch/dinov3/blob/main/LICENSE.md",
-            "https://dl.fbaipublicfiles.com/dinov3",
-            gated=(
-                "DINOv3 weights are gated: request access with Meta's form at "
-                "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/ , download {filename} "
-                "with the link Meta emails you, then pass the file: make archive MODEL={model} WEIGHTS=path/to/{filename} "
-                "(or set $DINO_WEIGHTS_URL to a mirror that serves {folder}/{filename})"
-            ),
-        ),
-    )
-}
+# The FFNs the network builds, by ``Variant.ffn``: mlp (fc1/fc2), swiglu_fused (DINOv2 ViT-g: w12/w3), swiglu
+# (DINOv3 ViT-S+: w1/w2/w3). vit.py's FFN_MODULES holds their modules, in this order.
+FFNS: tuple[str, ...] = ("mlp", "swiglu_fused", "swiglu")
 
 
 @dataclass(frozen=True)
@@ -89,14 +35,14 @@ class Variant:
     """A concrete model: its architecture, tokens, position encoding and preprocessing."""
 
     name: str  # torch.hub name, e.g. dino_vits8, dinov2_vits14_reg, dinov3_vits16: archive and URL name
-    family: str  # key of FAMILIES
+    family: str  # key of FAMILIES: the row that declares it
     arch: str  # size class: vit_tiny, vit_small, vit_small_plus, vit_base, vit_large, vit_giant2
     patch_size: int
     embed_dim: int
     depth: int
     num_heads: int
     mlp_ratio: float = 4.0
-    ffn: str = "mlp"  # mlp (fc1/fc2), swiglu_fused (DINOv2: w12/w3) or swiglu (DINOv3: w1/w2/w3)
+    ffn: str = "mlp"  # one of FFNS
     eps: float = 1e-6  # LayerNorm epsilon
     layerscale_init: float | None = None  # LayerScale (ls1/ls2.gamma) and its init value; None: none
     num_registers: int = 0  # register (DINOv2) / storage (DINOv3) tokens after [CLS]
@@ -144,6 +90,25 @@ class Variant:
             d = int(hidden * 2 / 3)
             return d + (-d % 8)
         return hidden
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family, declared as one row of FAMILIES: the facts its models share, and its variants."""
+
+    name: str  # dino, dinov2, dinov3: every variant's ``family``
+    title: str
+    register_key: str = ""  # state_dict name of the extra tokens after [CLS] ("" if the family has none)
+    register_title: str = ""  # what the family calls them, for messages ("" if none)
+    mask_token: bool = False  # its checkpoints carry a (1, C) mask_token (masked-image training; unused at inference)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # preprocessing (LVD-1689M DINOv3 weights use ImageNet's too)
+    std: tuple[float, float, float] = IMAGENET_STD
+    variants: tuple[Variant, ...] = ()  # its models, in table order
+
+    def __post_init__(self) -> None:
+        strays = [v.name for v in self.variants if v.family != self.name]
+        if strays:
+            raise ValueError(f"family {self.name}: variants {strays} name another family")
 
 
 # DINO (v1) sizes: name -> (embed_dim, heads, hub letter); depth 12, patch 8 or 16.
@@ -216,14 +181,29 @@ def _dinov3(name: str) -> Variant:
     )
 
 
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        *(_dino(arch, patch) for arch in DINO_ARCHS for patch in DINO_PATCH_SIZES),
-        *(_dinov2(arch, registers) for registers in (False, True) for arch in V2_ARCHS),
-        *(_dinov3(name) for name in V3_MODELS),
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("dino", "DINO", variants=tuple(_dino(arch, patch) for arch in DINO_ARCHS for patch in DINO_PATCH_SIZES)),
+        Family(
+            "dinov2",
+            "DINOv2",
+            "register_tokens",
+            "registers (DINOv2)",
+            mask_token=True,
+            variants=tuple(_dinov2(arch, registers) for registers in (False, True) for arch in V2_ARCHS),
+        ),
+        Family(
+            "dinov3",
+            "DINOv3",
+            "storage_tokens",
+            "storage tokens (DINOv3)",
+            mask_token=True,
+            variants=tuple(_dinov3(name) for name in V3_MODELS),
+        ),
     )
 }
+VARIANTS: dict[str, Variant] = {v.name: v for family in FAMILIES.values() for v in family.variants}
 
 
 def get_variant(name: str, patch_size: int | None = None) -> Variant:
@@ -244,7 +224,6 @@ def get_variant(name: str, patch_size: int | None = None) -> Variant:
     raise ValueError(f"unknown model {name!r}; choose a hub name {sorted(VARIANTS)} or DINO's {sorted(DINO_ARCHS)} with PATCH=8|16")
 
 
-FFNS: tuple[str, ...] = ("mlp", "swiglu_fused", "swiglu")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name TorchServe and KServe accept in URLs
 
 
@@ -298,104 +277,3 @@ def resolve_layer(layer: int | None, depth: int) -> int:
 def all_variants() -> list[Variant]:
     """Every variant, in table order."""
     return list(VARIANTS.values())
-
-
-# Official checkpoints. DINO: https://github.com/facebookresearch/dino#pretrained-models ; DINOv2:
-# dinov2/hub/backbones.py (<base>/<model>/<model>[_reg4]_pretrain.pth); DINOv3: dinov3/hub/backbones.py.
-WEIGHTS_URL_ENV = "DINO_WEIGHTS_URL"  # overrides every family's base: a mirror or an air-gapped file server
-_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})$")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One official checkpoint. ``size``/``sha256`` are None where not published."""
-
-    name: str  # file name without .pth, e.g. dino_deitsmall8_300ep_pretrain, dinov2_vits14_reg4_pretrain
-    model: str  # key of VARIANTS
-    folder: str  # directory under the family's base URL
-    full: bool = False  # a training checkpoint (teacher/student), not a plain backbone
-    size: int | None = None
-    sha256: str | None = None
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.pth"
-
-    @property
-    def family(self) -> Family:
-        return FAMILIES[VARIANTS[self.model].family]
-
-    @property
-    def hash_prefix(self) -> str | None:
-        """The sha256 prefix in the file name (torch.hub's ``-<hash>.pth`` convention), if any."""
-        match = _HASH_SUFFIX.search(self.name)
-        return match.group(1) if match else None
-
-    def url(self, base: str | None = None) -> str:
-        """Download URL under ``base`` (default: $DINO_WEIGHTS_URL, else the family's public base)."""
-        base = base or os.environ.get(WEIGHTS_URL_ENV) or self.family.weights_url
-        return f"{base.rstrip('/')}/{self.folder}/{self.filename}"
-
-    def gated_message(self) -> str:
-        """How to obtain this checkpoint if it cannot be downloaded anonymously, else ''."""
-        template = self.family.gated
-        return template.format(filename=self.filename, model=self.model, folder=self.folder) if template else ""
-
-
-def _dino_pair(folder: str, model: str) -> tuple[Checkpoint, Checkpoint]:
-    return Checkpoint(folder, model, folder), Checkpoint(f"{folder}_full_checkpoint", model, folder, full=True)
-
-
-def _dinov2_checkpoint(model: str) -> Checkpoint:
-    base = model.removesuffix("_reg")
-    return Checkpoint(f"{base}_reg4_pretrain" if model.endswith("_reg") else f"{base}_pretrain", model, base)
-
-
-def _dinov3_checkpoint(model: str, hash_prefix: str) -> Checkpoint:
-    return Checkpoint(f"{model}_pretrain_lvd1689m-{hash_prefix}", model, model)
-
-
-CHECKPOINTS: dict[str, Checkpoint] = {
-    c.name: c
-    for c in (
-        *_dino_pair("dino_deitsmall16_pretrain", "dino_vits16"),
-        *_dino_pair("dino_deitsmall8_300ep_pretrain", "dino_vits8"),  # DINO's paper figures
-        *_dino_pair("dino_deitsmall8_pretrain", "dino_vits8"),
-        *_dino_pair("dino_vitbase16_pretrain", "dino_vitb16"),
-        *_dino_pair("dino_vitbase8_pretrain", "dino_vitb8"),
-        *(_dinov2_checkpoint(v.name) for v in VARIANTS.values() if v.family == "dinov2"),
-        _dinov3_checkpoint("dinov3_vits16", "08c60483"),
-        _dinov3_checkpoint("dinov3_vits16plus", "4057cbaa"),
-        _dinov3_checkpoint("dinov3_vitb16", "73cec8be"),
-        _dinov3_checkpoint("dinov3_vitl16", "8aa4cbdd"),
-    )
-}
-DEFAULT_CHECKPOINTS: dict[str, str] = {
-    "dino_vits16": "dino_deitsmall16_pretrain",
-    "dino_vits8": "dino_deitsmall8_300ep_pretrain",
-    "dino_vitb16": "dino_vitbase16_pretrain",
-    "dino_vitb8": "dino_vitbase8_pretrain",
-    **{c.model: c.name for c in CHECKPOINTS.values() if c.family.name != "dino"},
-}
-
-
-def get_checkpoint(variant: Variant, name: str | None = None) -> Checkpoint:
-    """The named checkpoint (checked against the variant) or the variant's default one."""
-    if name is None:
-        if variant.name not in DEFAULT_CHECKPOINTS:
-            raise ValueError(
-                f"no official weights for {variant.name}; available: {sorted(DEFAULT_CHECKPOINTS)}. "
-                "Use WEIGHTS=path/to/your.pth or WEIGHTS=random"
-            )
-        name = DEFAULT_CHECKPOINTS[variant.name]
-    if name not in CHECKPOINTS:
-        raise ValueError(f"unknown checkpoint {name!r}; choose one of {sorted(CHECKPOINTS)}")
-    checkpoint = CHECKPOINTS[name]
-    if checkpoint.model != variant.name:
-        raise ValueError(f"{name} is a {checkpoint.model} checkpoint, not {variant.name}")
-    return checkpoint
-
-
-def official_checkpoint(filename: str) -> Checkpoint | None:
-    """The official checkpoint a file name is, if it is one (to verify the hash in its name)."""
-    return next((c for c in CHECKPOINTS.values() if c.filename == filename), None)

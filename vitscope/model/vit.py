@@ -26,7 +26,7 @@ from torch import nn
 
 from .kernels import SDPA_ONLY, KernelPlan
 from .position import Rope, RopePositionEmbedding, apply_rope, resize_pos_embed
-from .variants import FAMILIES, Variant, resolve_layer
+from .variants import FAMILIES, FFNS, Variant, resolve_layer
 
 QKStore = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (scaled queries, transposed keys)
 
@@ -80,7 +80,8 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
-FFNS: dict[str, type[nn.Module]] = {"mlp": Mlp, "swiglu_fused": SwiGLUFused, "swiglu": SwiGLU}
+# The module of each FFN the variants table names (variants.FFNS: the names, in this order).
+FFN_MODULES: dict[str, type[nn.Module]] = dict(zip(FFNS, (Mlp, SwiGLUFused, SwiGLU), strict=True))
 
 
 class LayerScale(nn.Module):
@@ -190,7 +191,7 @@ class Block(nn.Module):
         scale = variant.layerscale_init
         self.ls1 = LayerScale(dim, scale) if scale is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=variant.eps)
-        self.mlp = FFNS[variant.ffn](dim, variant.ffn_hidden)
+        self.mlp = FFN_MODULES[variant.ffn](dim, variant.ffn_hidden)
         self.ls2 = LayerScale(dim, scale) if scale is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: Rope | None = None, explicit: bool = False, keep: QKStore | None = None) -> torch.Tensor:

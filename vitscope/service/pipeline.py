@@ -1,0 +1,241 @@
+"""The pipeline: a batch of image requests -> one result or error per image.
+
+``AttentionService.explain_together(groups)`` takes a batch of HTTP requests, each a group of
+``ImageRequest`` (image bytes + raw options, from any protocol codec), and returns, per image, an
+``AttentionResult`` or the ``RequestError`` it ended in (``explain(requests)``: each image alone). A bad
+image does not affect the others; images alike in size, forward pass and precision share one forward
+pass, across requests. In order:
+
+    prepare: options (with their method) -> decoded, resized, cropped image -> tensor   (options.py, image.py)
+    check:   the method checks a request's images together (e.g. a point)           (methods/)
+    admit:   over the cost budget -> 413; past the deadline -> 504                   (admission.py)
+    predict: tensors -> the method's tensors, batched                                 (methods/ -> model/)
+    describe: a request's tensors -> the method's arrays -> AttentionResults          (methods/, schema.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..attention import map_agreement, to_tensor
+from ..cost import CostModel
+from ..errors import RequestError
+from ..image import prepare_image
+from ..methods import METHODS, Method
+from ..methods.base import ForwardSpec
+from ..model.variants import FAMILIES, Variant
+from ..model.vit import VisionTransformer
+from ..options import FORMATS, RESPONSE_DTYPES, describe_options, parse
+from ..precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
+from ..protocols.base import Decoded
+from ..schema import AttentionResult, ImageRequest
+from ..vocab import DEFAULT_METHOD, ModelFacts
+from . import admission
+from .admission import Prepared
+from .config import ServiceConfig
+
+logger = logging.getLogger(__name__)
+
+
+class AttentionService:
+    """Image requests in, attention results out, for one model on one device.
+
+    ``precisions``: what each requested precision runs as; by default decided here, once, by
+    probing the device and the model (``precision.plan_precisions``). ``cost_budget_s``: the seconds
+    a request may be estimated to take (None: no admission control); the estimates come from
+    ``cost``, by default measured here on the model's first block (``cost.CostModel.measure``).
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        variant: Variant,
+        config: ServiceConfig,
+        device: torch.device | str = "cpu",
+        precisions: PrecisionPlan | None = None,
+        cost_budget_s: float | None = None,
+        cost: CostModel | None = None,
+    ) -> None:
+        self.variant = variant
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.facts = ModelFacts.of(self.model)  # what option parsing and the description read of it
+        self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
+        self.cost_budget_s = cost_budget_s
+        if cost is None and cost_budget_s is not None:
+            cost = CostModel.measure(self.model.blocks[0], variant.embed_dim, variant.num_heads, self.device)
+        self.cost = cost
+
+    def ingest(self, decoded: Decoded, received: float) -> Decoded:
+        """A request decoded by its codec, as it enters the service: its images with their deadline
+        (``admission.ingest``; the model's ``deadline_s`` when the request names none). Both engines call it."""
+        return admission.ingest(decoded, received, self.config.deadline_s or None)
+
+    def deadline(self, received: float, timeout_s: float | None = None, deadline: float | None = None) -> float | None:
+        """A request's deadline (unix time) from when it was received, the timeout it names (else this
+        model's ``deadline_s``, if any) and an absolute deadline it names; None: none."""
+        return admission.deadline(received, timeout_s, deadline, self.config.deadline_s or None)
+
+    def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:
+        """One result (or the request's own error) per image, each image on its own."""
+        return [result for (result,) in self.explain_together([[request] for request in requests])]
+
+    def explain_together(self, groups: Sequence[Sequence[ImageRequest]]) -> list[list[AttentionResult | RequestError]]:
+        """Per group (the images one HTTP request sent together), one result or error per image, in order.
+
+        Every image of every group shares the forward passes; a method may then treat a group's images
+        together (``Method.check_together``, ``arrays_together``: one PCA basis for several images,
+        similarity against a patch of the first image)."""
+        prepared: list[list[Prepared | RequestError]] = [[self._prepare(request) for request in group] for group in groups]
+        for items in prepared:
+            self._check_together(items)
+            admission.admit(items, self.cost, self.cost_budget_s, self.variant)
+            admission.drop_late(items)
+        good = [p for items in prepared for p in items if isinstance(p, Prepared)]
+        computed = dict(zip(map(id, good), self.predict(good), strict=True))
+        return [self._describe_together(items, computed) for items in prepared]
+
+    def _prepare(self, request: ImageRequest) -> Prepared | RequestError:
+        try:
+            return self.prepare(request)
+        except RequestError as e:
+            logger.info("request rejected (%d): %s", e.status, e)
+            return e
+
+    @staticmethod
+    def _by_method(items: Sequence[Prepared | RequestError]) -> dict[Method, list[int]]:
+        """The indices of a group's prepared images, by method, in order."""
+        methods: dict[Method, list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, Prepared):
+                methods.setdefault(item.method, []).append(i)
+        return methods
+
+    def _check_together(self, items: list[Prepared | RequestError]) -> None:
+        """Replace the images of one group that its method rejects, seen together, by their errors."""
+        for method, indices in self._by_method(items).items():
+            together = [(items[i].options, items[i].image.image_size) for i in indices]  # type: ignore[union-attr]
+            for i, error in zip(indices, method.check_together(together), strict=True):
+                if error is not None:
+                    logger.info("request rejected (%d): %s", error.status, error)
+                    items[i] = error
+
+    def _describe_together(
+        self, items: Sequence[Prepared | RequestError], computed: Mapping[int, tuple[dict[str, np.ndarray], float]]
+    ) -> list[AttentionResult | RequestError]:
+        described: dict[int, AttentionResult] = {}
+        for method, indices in self._by_method(items).items():
+            shares = [(items[i].options, computed[id(items[i])][0]) for i in indices]  # type: ignore[union-attr]
+            arrays = method.arrays_together(shares, self.variant.patch_size)
+            for i, own in zip(indices, arrays, strict=True):
+                item = items[i]
+                assert isinstance(item, Prepared)
+                described[i] = self.describe(item, own, computed[id(item)][1])
+        return [item if isinstance(item, RequestError) else described[i] for i, item in enumerate(items)]
+
+    def prepare(self, request: ImageRequest) -> Prepared:
+        """Parse the options, decode, resize and crop the image; ``RequestError`` if anything is wrong
+        (what the method checks of the processed image comes after, with the request's other images)."""
+        start = time.perf_counter()
+        method, options = parse(request.options, self.facts, self.config.defaults(request.accept_format))
+        image = prepare_image(
+            request.image,
+            patch_size=self.variant.patch_size,
+            max_pixels=self.config.max_pixels,
+            max_tokens=self.config.max_tokens,
+            short_side=options.short_side,
+            scale=options.scale,
+            size=options.size,
+        )
+        tensor = to_tensor(image.image, self.variant.mean, self.variant.std)  # (3, H, W)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        cost_s = 0.0
+        if self.cost is not None:
+            tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
+            cost_s = self.cost.estimate(tokens, method.cost_blocks(options))
+        return Prepared(tensor, image, options, method, self.precisions.resolve(options.precision), elapsed_ms, cost_s, request.deadline)
+
+    def predict(self, items: Sequence[Prepared]) -> list[tuple[dict[str, np.ndarray], float]]:
+        """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
+        part of; items alike in size, forward pass (``ForwardSpec``) and precision share one."""
+        groups: dict[tuple[tuple[int, ...], Method, ForwardSpec, str], list[int]] = {}
+        for i, item in enumerate(items):
+            spec = item.method.forward_spec(item.options)
+            groups.setdefault((tuple(item.tensor.shape), item.method, spec, item.precision), []).append(i)
+        if len(items) > 1:
+            logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
+        results: list[tuple[dict[str, np.ndarray], float]] = [({}, 0.0)] * len(items)
+        for (_, method, spec, precision), indices in groups.items():
+            start = time.perf_counter()
+            batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
+            with torch.inference_mode(), autocast(self.device, precision):
+                computed = method.compute(self.model, batch, spec)  # name -> (B, ...)
+            arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            for n, i in enumerate(indices):
+                results[i] = ({name: array[n] for name, array in arrays.items()}, elapsed_ms)
+        return results
+
+    def describe(self, item: Prepared, arrays: dict[str, np.ndarray], forward_ms: float) -> AttentionResult:
+        """The result of one item from the method's arrays for it (``Method.arrays``) and the metadata."""
+        p = self.variant.patch_size
+        options = item.options
+        method = item.method
+        h, w = (size // p for size in item.image.image_size)
+        return AttentionResult(
+            model=self.variant.name,
+            patch_size=p,
+            layer=options.layer,
+            num_heads=self.variant.num_heads,
+            heads=list(options.heads),
+            weights=self.config.weights,
+            input_size=list(item.image.input_size),
+            resized_size=list(item.image.resized_size),
+            image_size=list(item.image.image_size),
+            grid=[h, w],
+            upsampled=options.upsample,
+            precision=item.precision,
+            precision_requested=options.precision,
+            dtype=options.dtype,
+            layers=list(options.layers) if options.layers else None,
+            method=method.name if method.name != DEFAULT_METHOD else None,
+            method_fields=method.metadata(options, p),
+            mask=options.mask,
+            arrays=arrays,
+            outputs=method.outputs,
+            format=options.format,
+            stats={"preprocess_ms": item.preprocess_ms, "forward_ms": forward_ms, "tokens": float(h * w), "cost_s": item.cost_s},
+        )
+
+    def description(self) -> dict[str, object]:
+        """What this model serves, for the describe APIs (TorchServe's ``?customized=true``, KServe's
+        model metadata): the model's facts, the methods with the options each takes (the model's
+        defaults filled in) and their outputs, the formats and precisions."""
+        defaults = self.config.defaults()
+        family = FAMILIES[self.variant.family]
+        return {
+            "model": {
+                **self.facts.describe(),
+                "weights": self.config.weights,
+                **({"source": self.config.source} if self.config.source else {}),
+                "mean": list(self.variant.mean),
+                "std": list(self.variant.std),
+                "licence": family.licence,
+                "licence_url": family.licence_url,
+            },
+            "default_method": DEFAULT_METHOD,
+            "methods": [
+                {**method.describe(), "options": describe_options(method, defaults)} for method in METHODS.values()
+            ],  # all it takes
+            "formats": list(FORMATS),
+            "dtypes": list(RESPONSE_DTYPES),
+            "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},
+            "attention_kernel": self.model.kernels.summary(),
+            "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels, "cost_budget_s": self.cost_budget_s},
+        }
