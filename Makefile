@@ -1,4 +1,4 @@
-# Thin wrappers; README shows these exact commands. Logic lives in scripts/ and model/.
+# Thin wrappers; README and docs/ show these exact commands. Logic lives in scripts/ and vitscope/ (the model in vitscope/model/, so the .mar ships one package).
 SHELL   := /bin/bash
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
@@ -28,7 +28,7 @@ KSERVE_PORT ?=
 # With token auth on, TorchServe writes key_file.json here; predict sends its inference key.
 KEY      = $(shell test -f key_file.json && $(PY) -m scripts.serve key)
 
-.PHONY: install weights archive serve serve-kserve viewer stop predict render test browser lint bench kserve-bundle demo clean
+.PHONY: install weights archive serve serve-kserve viewer stop predict render test browser lint docs bench kserve-bundle demo clean
 
 install: $(STAMP)
 
@@ -85,6 +85,10 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The documentation site (mkdocs.yml: docs/ -> build/site/); --strict fails on any broken link, anchor or nav entry.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # About an hour on 2 cores with every section; BENCH_ARGS=--quick for 224/480 only, or --sections ... Writes bench/results/bench.{md,json,png}.
 bench: install

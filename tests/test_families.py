@@ -315,9 +315,9 @@ def test_chunked_dinov2_training_blocks_are_unchunked() -> None:
     torch.testing.assert_close(loaded.state_dict()["blocks.2.norm1.weight"], state["blocks.2.norm1.weight"])
 
 
-def test_readme_model_table_is_the_variants_table() -> None:
-    """Every model is in README's table, with the parameter count of the backbone built here."""
-    text = (REPO / "README.md").read_text()
+def test_docs_model_table_is_the_variants_table() -> None:
+    """Every model is in docs/models.md's table, with the parameter count of the backbone built here."""
+    text = (REPO / "docs" / "models.md").read_text()
     rows = re.findall(r"^\| (`[^|]+`) \| (DINO\w*) \| ([\d.]+) M \|", text, re.MULTILINE)
     listed = {name: (family, float(params)) for names, family, params in rows for name in re.findall(r"`(\w+)`", names)}
     assert sorted(listed) == sorted(VARIANTS)

@@ -22,9 +22,9 @@ from vitscope.options import DEFAULTS
 from vitscope.schema import response_fields
 
 
-def readme_field_table() -> list[str]:
-    """The field names of README's response table, in order (``a``, ``b`` rows give several)."""
-    text = (REPO / "README.md").read_text()
+def docs_field_table() -> list[str]:
+    """The field names of docs/api.md's response table, in order (``a``, ``b`` rows give several)."""
+    text = (REPO / "docs" / "api.md").read_text()
     table = text[text.index("| field | meaning |") :].split("\n\n")[0]
     names: list[str] = []
     for row in table.splitlines()[2:]:
@@ -32,8 +32,8 @@ def readme_field_table() -> list[str]:
     return names
 
 
-def test_readme_field_table_is_the_schema() -> None:
-    assert sorted(readme_field_table()) == sorted(response_fields())
+def test_docs_field_table_is_the_schema() -> None:
+    assert sorted(docs_field_table()) == sorted(response_fields())
 
 
 def test_client_reads_only_schema_fields() -> None:
@@ -121,23 +121,25 @@ def test_shipped_model_config_states_the_defaults() -> None:
         assert handler[name] == getattr(DEFAULTS, name), name
 
 
-def test_readme_layout_matches_the_tree() -> None:
-    """Every path README's layout table names exists, and every top-level folder of the tree is named."""
-    text = (REPO / "README.md").read_text()
+def test_docs_layout_matches_the_tree() -> None:
+    """Every path docs/architecture.md's layout table names exists, and every top-level folder of the tree is named."""
+    text = (REPO / "docs" / "architecture.md").read_text()
     table = text[text.index("| path | what |") :].split("\n\n")[0]
     named = [p for row in table.splitlines()[2:] for p in re.findall(r"`([^`]+)`", row.split("|")[1])]
     for path in named:
-        assert (REPO / path).exists(), f"README names {path}, which does not exist"
+        assert (REPO / path).exists(), f"docs/architecture.md names {path}, which does not exist"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     folders = {p.split("/")[0] for p in tracked if "/" in p and not p.startswith(".")}
     assert folders <= {p.rstrip("/").split("/")[0] for p in named}, folders - {p.split("/")[0] for p in named}
 
 
-def test_readme_tables_are_the_registrys() -> None:
-    """README's options and methods tables are what ``python -m scripts.docs`` makes of the registry."""
-    text = (REPO / "README.md").read_text()
-    assert "<!-- generated: options -->" in text and "<!-- generated: methods -->" in text
-    assert docs.render(text) == text, "README.md is out of date with the method registry: run python -m scripts.docs"
+def test_docs_tables_are_the_registrys() -> None:
+    """docs/api.md's options and docs/methods.md's methods tables are what ``python -m scripts.docs`` makes of the registry."""
+    api, methods = REPO / "docs" / "api.md", REPO / "docs" / "methods.md"
+    text, methods_text = api.read_text(), methods.read_text()
+    assert "<!-- generated: options -->" in text and "<!-- generated: methods -->" in methods_text
+    for page, page_text in ((api, text), (methods, methods_text)):
+        assert docs.render(page_text, page) == page_text, f"{page} is out of date with the method registry: run python -m scripts.docs"
     for name, spec in options.all_options().items():
         assert f"| `{name}` | {docs.default_cell(spec)} |" in text
 
