@@ -9,7 +9,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class PrivateServer:
     @property
     def key_file(self) -> Path:
         return self.root / KEY_FILE
+
+
+TorchServe = Callable[..., AbstractContextManager[PrivateServer]]  # private_torchserve, as the tests' fixture hands it over
 
 
 @contextlib.contextmanager

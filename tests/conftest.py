@@ -1,17 +1,20 @@
-"""Fixtures shared by the test modules: one real TorchServe for the whole session, and the markers.
+"""Fixtures shared by the test modules: one real TorchServe for the whole session, the fixtures that
+start a JVM or a browser, and the markers.
 
-``e2e``: tests that need a real TorchServe (Java 17): every test of the modules in ``E2E_MODULES``
-and every test using the session's ``served`` server. All others are ``unit``. Run one kind with
-``pytest -m unit`` or ``pytest -m e2e``.
+A test is marked by what it needs: ``e2e`` when it uses, directly or through another fixture, one of
+``E2E_FIXTURES`` (they start TorchServe's JVM or a browser); every other test is ``unit`` (in process,
+no Java). Run one kind with ``pytest -m unit`` or ``pytest -m e2e``.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,18 +22,46 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import backbone_state, full_checkpoint, save
 from testkit.handler import MODEL_NAME
-from testkit.torchserve import PrivateServer, private_torchserve
+from testkit.torchserve import PrivateServer, TorchServe, private_torchserve
 from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
-E2E_MODULES = ("test_e2e", "test_hardening", "test_kserve", "test_kserve_engine", "test_metrics", "test_viewer")
+E2E_FIXTURES = ("served", "torchserve", "browser")  # they start a JVM (TorchServe) or a browser
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else ""
-        e2e = module in E2E_MODULES or "served" in getattr(item, "fixturenames", ())
+        e2e = any(name in E2E_FIXTURES for name in getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def torchserve() -> TorchServe:
+    """Starts a private TorchServe (free ports, its own temp dir, always stopped): ``with
+    torchserve(store, name) as server``. Its tests are e2e."""
+    return private_torchserve
+
+
+@pytest.fixture(scope="session")
+def browser() -> Callable[[], Any]:
+    """Starts Debian's chromium, headless, driven by selenium (the caller quits it). Its tests are e2e;
+    they are skipped, saying what to install, where chromium or its driver is missing."""
+    missing = [package for package, program in (("chromium", "chromium"), ("chromium-driver", "chromedriver")) if not shutil.which(program)]
+    if missing:
+        pytest.skip(f"needs Debian's {' and '.join(missing)} (apt-get install chromium chromium-driver; make test does it as root)")
+
+    def start() -> Any:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium") or "chromium"
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+            options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+    return start
 
 
 @dataclass

@@ -17,7 +17,7 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import TINY, encode, random_rgb
 from testkit.handler import answer
-from testkit.torchserve import private_torchserve
+from testkit.torchserve import TorchServe
 from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
@@ -92,7 +92,7 @@ def test_the_budget_defaults_to_half_the_response_timeout() -> None:
     assert create_service({"model": TINY.name, "weights": "random"}, None).cost is None  # a library user: no admission
 
 
-def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path) -> None:
+def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, torchserve: TorchServe) -> None:
     """dino_vitb8 (random weights), a 1024x1024 rollout: 16,384 tokens, at max_tokens, valid. With a
     responseTimeout of 20 s TorchServe would kill the worker after 20 s of computing; the estimate
     refuses it at once, the worker keeps its pid, and the next request is answered."""
@@ -104,7 +104,7 @@ def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path) ->
     args = ["--model", variant.name, "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
     assert archive.main(args) == 0
     image = encode(random_rgb(1024, 1024, seed=2), "JPEG")
-    with private_torchserve(store, variant.name) as server:
+    with torchserve(store, variant.name) as server:
         management = server.props["management_address"]
 
         def pid() -> int:

@@ -26,7 +26,7 @@ from client.render_attention import AttentionClient, ClientError
 from scripts import REPO, archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
-from testkit.torchserve import private_torchserve
+from testkit.torchserve import TorchServe
 from vitscope.methods import METHODS
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
 from vitscope.vocab import DEFAULT_METHOD, ModelFacts
@@ -242,14 +242,14 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     assert "scripts.download" not in imported and not any(n.startswith(("scripts/", "tests/")) for n in names)
 
 
-def test_dinov2_with_registers_is_served(tmp_path: Path) -> None:
+def test_dinov2_with_registers_is_served(tmp_path: Path, torchserve: TorchServe) -> None:
     """README's DINOv2 walk-through: archive dinov2_vits14_reg (random weights), serve it, and curl a
     non-square image with registers=true (its own TorchServe: the model API is off by default)."""
     name, store = "dinov2_vits14_reg", tmp_path / "store"
     assert archive.main(["--model", name, "--weights", "random", "--export-path", str(store)]) == 0
     (tmp_path / "img.png").write_bytes(encode(random_rgb(300, 200, seed=9)))
     out = tmp_path / "out.json"
-    with private_torchserve(store, name) as server:
+    with torchserve(store, name) as server:
         command = ["curl", "-sS", "--fail-with-body", "-F", f"data=@{tmp_path / 'img.png'}", "-F", "registers=true", server.url(name)]
         subprocess.run([*command, "-o", str(out)], check=True, timeout=TIMEOUT)
     doc = orjson.loads(out.read_bytes())

@@ -133,7 +133,8 @@ PROTOCOL_USE = """
     from testkit.handler import answer
 
     model = build_model(TINY, backbone_state(seed=2))
-    service = AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="test", short_side=32), precisions=PrecisionPlan.fp32_only())
+    config = ServiceConfig(model=TINY.name, weights="test", short_side=32)
+    service = AttentionService(model, TINY, config, precisions=PrecisionPlan.fp32_only())
     b64 = base64.b64encode(encode(random_rgb(40, 56, seed=9))).decode()
     body = json.dumps({{"inputs": b64, "parameters": {{"layer": 5, "upsample": False}}}}).encode()
     assert route({{"body": body}})[0] is HF_ENDPOINT

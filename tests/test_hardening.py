@@ -25,7 +25,7 @@ from scripts import archive, serve
 from scripts.serve import ServeError
 from testkit.checkpoints import encode, random_rgb, smooth_rgb
 from testkit.handler import answer
-from testkit.torchserve import private_torchserve, write_private_config
+from testkit.torchserve import TorchServe, write_private_config
 
 from .conftest import NAME, REPO, Served
 
@@ -202,10 +202,10 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
-def test_killed_worker_is_restarted_and_only_in_flight_requests_fail(store: Path) -> None:
+def test_killed_worker_is_restarted_and_only_in_flight_requests_fail(store: Path, torchserve: TorchServe) -> None:
     image = encode(random_rgb(64, 64))
     probes = [Probe("valid", {"files": {"data": image}, "data": {"scale": "1"}}, 200)]
-    with private_torchserve(store, NAME) as server:
+    with torchserve(store, NAME) as server:
         management = server.props["management_address"]
         (pid,) = [w["pid"] for w in requests.get(f"{management}/models/{NAME}", timeout=10).json()[0]["workers"]]
         results = {}
@@ -240,10 +240,10 @@ def broken_archive(store: Path, tmp: Path) -> Path:
     return broken
 
 
-def test_model_that_fails_to_load_fails_fast_with_the_reason(store: Path, tmp_path: Path) -> None:
+def test_model_that_fails_to_load_fails_fast_with_the_reason(store: Path, tmp_path: Path, torchserve: TorchServe) -> None:
     broken = broken_archive(store, tmp_path)
     start = time.monotonic()
-    with pytest.raises(ServeError, match="max_tokens must be positive"), private_torchserve(broken, NAME, timeout=120):
+    with pytest.raises(ServeError, match="max_tokens must be positive"), torchserve(broken, NAME, timeout=120):
         pass
     assert time.monotonic() - start < 60
 
@@ -273,9 +273,9 @@ def test_make_serve_fails_instead_of_hanging(store: Path, tmp_path: Path, monkey
     assert "max_tokens must be positive" in caplog.text
 
 
-def test_production_config_requires_the_key(store: Path) -> None:
+def test_production_config_requires_the_key(store: Path, torchserve: TorchServe) -> None:
     image = encode(random_rgb(48, 48))
-    with private_torchserve(store, NAME, config=REPO / "config.production.properties") as server:
+    with torchserve(store, NAME, config=REPO / "config.production.properties") as server:
         url = server.url(NAME)
         refused = requests.post(url, data=image, timeout=TIMEOUT)
         wrong = requests.post(url, data=image, headers={"Authorization": "Bearer not-the-key"}, timeout=TIMEOUT)

@@ -15,7 +15,7 @@ import tritonclient.utils
 from scripts import KSERVE_TORCHSERVE_PORT, archive, kserve_bundle
 from scripts.serve import read_properties
 from testkit.checkpoints import encode, random_rgb
-from testkit.torchserve import PrivateServer, private_torchserve
+from testkit.torchserve import PrivateServer, TorchServe
 
 from .conftest import NAME, Served
 
@@ -102,10 +102,10 @@ def test_native_v1(kserve_server: PrivateServer) -> None:
 
 
 @pytest.mark.parametrize("envelope", ["kserve", "kservev2"])
-def test_torchserve_envelopes(bundle: Path, envelope: str) -> None:
+def test_torchserve_envelopes(bundle: Path, envelope: str, torchserve: TorchServe) -> None:
     """With TorchServe's own envelope (what KServe's controller asks for) the handler still answers."""
     extra = {"metrics_config": str(bundle / "config" / "metrics.yaml"), "service_envelope": envelope}
-    with private_torchserve(bundle / "model-store", NAME, config=bundle / "config" / "config.properties", extra=extra) as server:
+    with torchserve(bundle / "model-store", NAME, config=bundle / "config" / "config.properties", extra=extra) as server:
         base = server.props["inference_address"]
         if envelope == "kserve":
             body = {"instances": [{"data": B64, "scale": 1, "upsample": False}]}

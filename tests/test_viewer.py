@@ -12,9 +12,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
 from scripts.viewer import VIEWER_DIR, url_of
 from testkit.checkpoints import brightness_seeking_state, encode, save
-from testkit.torchserve import free_ports, private_torchserve
+from testkit.torchserve import TorchServe, free_ports
 from vitscope.masks import threshold_masks
 from vitscope.methods import METHODS
 from vitscope.model.variants import get_variant
@@ -36,14 +37,6 @@ SQUARE = (slice(160, 288), slice(256, 384))  # rows, columns of the bright squar
 TIMEOUT = 120
 
 
-def missing_browser() -> str | None:
-    """Why the browser tests cannot run here, naming the package to install, else None."""
-    missing = [package for package, program in (("chromium", "chromium"), ("chromium-driver", "chromedriver")) if not shutil.which(program)]
-    return (
-        f"needs Debian's {' and '.join(missing)} (apt-get install chromium chromium-driver; make test does it as root)" if missing else None
-    )
-
-
 @dataclass
 class Page:
     driver: object  # selenium WebDriver
@@ -52,13 +45,7 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[Page]:
-    reason = missing_browser()
-    if reason:
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
     handler = functools.partial(QuietHandler, directory=str(VIEWER_DIR))
     static = http.server.ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), handler)
     threading.Thread(target=static.serve_forever, daemon=True).start()
@@ -73,13 +60,8 @@ def page() -> Iterator[Page]:
             "cors_allowed_methods": "GET, POST, OPTIONS",
             "cors_allowed_headers": "Authorization, Content-Type",
         }
-        with private_torchserve(tmp / "store", MODEL.name, extra=cors) as server:
-            options = webdriver.ChromeOptions()
-            options.binary_location = shutil.which("chromium") or "chromium"
-            for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
-                options.add_argument(argument)
-            options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-            driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+        with torchserve(tmp / "store", MODEL.name, extra=cors) as server:
+            driver = browser()
             driver.set_script_timeout(TIMEOUT)
             inference, management = server.props["inference_address"], server.props["management_address"]
             yield Page(driver, f"{origin}/?server={inference}&management={management}", inference)
