@@ -171,7 +171,8 @@ def machine_line(stem: str, report: dict[str, Any]) -> str:
 
 def results_table(table: dict[str, Any]) -> list[str]:
     columns = table["columns"]
-    lines = [f"**{table['title']}**", "", "| " + " | ".join(c["name"] for c in columns) + " |", "|" + " --- |" * len(columns)]
+    header = "| " + " | ".join(cell_text(c["name"], "{}") for c in columns) + " |"
+    lines = [f"**{table['title']}**", "", header, "|" + " --- |" * len(columns)]
     for row in table["rows"]:
         lines.append("| " + " | ".join(cell_text(v, c["fmt"]) for v, c in zip(row, columns, strict=True)) + " |")
     for note in table.get("notes", []):

@@ -32,6 +32,9 @@ def test_site_builds_strict_without_warnings(tmp_path: Path) -> None:
     assert done.returncode == 0, output
     assert not [line for line in output.splitlines() if "WARNING" in line], output
     assert (tmp_path / "site" / "index.html").is_file()
+    for page in docs.pages():  # a table that did not render (a stray "|" in a cell) is left as a paragraph of pipes
+        html = (tmp_path / "site" / page.relative_to(docs.DOCS)).with_suffix(".html").read_text()
+        assert "<p>| " not in html, f"{page.relative_to(REPO)}: a Markdown table did not render"
     for result in docs.results_pages():  # the hook's pages: bench/results/*.md in the site
         assert (tmp_path / "site" / docs.SITE_RESULTS / result.with_suffix(".html").name).is_file(), result
 
