@@ -38,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "video_strip.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.path.insert(0, str(REPO / "client"))
-    from attention_video import VideoOptions, explain_video
-
+    sys.path.insert(0, str(REPO / "client"))  # the client's package, as installed (pip install ./client)
     from testkit.checkpoints import TINY, brightness_seeking_state
     from testkit.clips import H, write_clip
     from testkit.handler import client_requester
+    from vitscope_client import VideoOptions, explain_video
 
     model = build_model(TINY, brightness_seeking_state())
     service = AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="constructed"), precisions=PrecisionPlan.fp32_only())

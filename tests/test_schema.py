@@ -11,7 +11,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from client import render_attention as client
 from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
 from scripts.serve import read_properties
 from vitscope import image, options, protocols
@@ -20,6 +19,8 @@ from vitscope.methods import DEFAULT_METHOD, METHODS, all_outputs
 from vitscope.model.variants import DEFAULT_MODEL
 from vitscope.options import DEFAULTS
 from vitscope.schema import response_fields
+from vitscope_client import draw, response
+from vitscope_client import mirrors as client  # the client's copies of the server's maths and facts
 
 
 def docs_field_table() -> list[str]:
@@ -44,16 +45,47 @@ def test_client_protocol_constants_match_the_server() -> None:
     assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
     assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
-    assert tuple(METHODS) == client.METHODS and options.all_options()["head_fusion"].choices == client.HEAD_FUSIONS
+    assert set(draw.METHOD_VIEWS) <= set(METHODS)  # the client's own views are of the server's methods (any other: generic)
+    assert tuple(name for name in METHODS if name in draw.METHOD_VIEWS) == draw.METHODS  # and in the registry's order
+    assert options.all_options()["head_fusion"].choices == client.HEAD_FUSIONS
     assert set(client.SERVER_OPTIONS) <= set(options.option_names())
 
 
 def test_client_facts_match_the_server() -> None:
-    """The standalone client's copies of the server's names (it may not import the server)."""
-    assert tuple(output.name for output in all_outputs()) == client.ARRAY_FIELDS
+    """The standalone client's copies of the server's names (it may not import the server), and every
+    registered method's outputs drawn by it as the describe API declares them (dtype, axes, rgb), under
+    a method name it has no view for: a new method needs no client edit."""
+    assert set(client.ARRAY_FIELDS) <= {output.name for output in all_outputs()}  # the outputs it knows by name are the server's
     assert client.NPZ_META == protocols.NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
     assert client.TIMEOUT_HEADER.lower() == protocols.TIMEOUT_HEADER  # the client says how long it waits
-    assert client.DEFAULT_METHOD == DEFAULT_METHOD and set(client.METHOD_VIEWS) == set(METHODS)
+    assert client.DEFAULT_METHOD == DEFAULT_METHOD
+    p, (h, w) = 16, (32, 48)
+    sizes = {"H": h, "W": w, "H/p": h // p, "W/p": w // p}  # any other axis (maps, D, R): 2
+    rng = np.random.default_rng(3)
+
+    def sample(spec: dict) -> object:
+        """One output as a JSON answer carries it, shaped and typed as declared."""
+        shape = [int(a) if a.isdigit() else sizes.get(a, 2) for a in str(spec["axes"]).strip("[]").split(", ")]
+        if spec["dtype"] == "bool":
+            return encode_masks(rng.random(shape) > 0.5)
+        return (rng.integers(0, 8, shape) if spec["dtype"] == "int32" else rng.random(shape)).tolist()
+
+    for name, method in METHODS.items():
+        outputs = method.describe()["outputs"]
+        assert isinstance(outputs, list)
+        meta = {"model": "m", "patch_size": p, "layer": 0, "num_heads": 2, "heads": [0, 1], "weights": "w", "method": f"new_{name}"}
+        meta |= {"input_size": [h, w], "resized_size": [h, w], "image_size": [h, w], "grid": [h // p, w // p]}
+        assert set(meta) - {"method"} >= set(client.REQUIRED_KEYS)
+        arrays = {str(spec["name"]): sample(spec) for spec in outputs}
+        for output, value in arrays.items():  # found an array by its value, whatever its name
+            assert client.is_array_field(f"unheard_of_{output}", value), output
+        main = outputs[0]
+        for described in (outputs, None):  # with the server's description (explain), without (a saved answer)
+            att = response.parse_response({**meta, **arrays}, described).with_image(np.zeros((h, w, 3), np.uint8))
+            assert att.view.output == main["name"] and att.view.rgb == (described is not None and main.get("rgb") is True), name
+            assert att.meta == meta and set(att.arrays) == set(arrays) - {main["name"], "masks", "boxes", "registers"}, name
+            fig = att.figure(mask=0.6)
+            assert [ax for ax in fig.axes if ax.images] and fig.get_suptitle().startswith(f"m  new_{name} of layer 0"), name
 
 
 def test_client_decodes_the_server_masks() -> None:

@@ -1,4 +1,4 @@
-"""Attention videos (client/attention_video.py): synthetic clips written here with PyAV, explained by a
+"""Attention videos (client/vitscope_client/video.py): synthetic clips written here with PyAV, explained by a
 constructed model whose [CLS] seeks bright patches (in process through the real handler, and once
 through TorchServe), written in order, in constant memory; every bad input is one line and exit 1."""
 
@@ -12,13 +12,9 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import attention_video
 import av
 import numpy as np
 import pytest
-import render_attention
-from attention_video import VideoError, VideoOptions, explain_video
-from render_attention import ClientError, Response
 
 from testkit.checkpoints import TINY, brightness_seeking_state
 from testkit.clips import FPS, FRAMES, ROW, H, P, W, write_clip
@@ -26,6 +22,7 @@ from testkit.handler import client_requester
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig
+from vitscope_client import ClientError, Response, VideoError, VideoOptions, cli, explain_video, video
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +95,7 @@ def test_memory_stays_flat_on_a_long_clip(tmp_path: Path, service: AttentionServ
         write_clip(tmp_path / "long.mp4", 600, size=(32, 48), square=False),
     )
     options = VideoOptions(layer=0, short_side=32, in_flight=4)
-    (one,) = client_requester(service)([attention_video.jpeg(np.zeros((32, 48, 3), np.uint8))], options.fields())
+    (one,) = client_requester(service)([video.jpeg(np.zeros((32, 48, 3), np.uint8))], options.fields())
 
     def instant(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
         return [one]  # the model is not what is measured here
@@ -118,7 +115,7 @@ def test_pca_keeps_one_basis_and_a_run_resumes_where_it_stopped(tmp_path: Path, 
     base = client_requester(service)
     sent: list[dict] = []
 
-    def failing_from(frame: int) -> attention_video.Requester:
+    def failing_from(frame: int) -> video.Requester:
         def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list[Response]:
             sent.append(dict(fields))
             if len(sent) > frame + 1:  # +1: the first frame's basis request
@@ -187,7 +184,7 @@ def test_similarity_follows_a_point_of_the_first_frame(tmp_path: Path, service: 
     assert first[ROW, 0] == pytest.approx(1.0, abs=1e-2)  # the first frame's point is itself
 
 
-def failing(base: attention_video.Requester | None, calls: Container[int], error: ClientError) -> attention_video.Requester:
+def failing(base: video.Requester | None, calls: Container[int], error: ClientError) -> video.Requester:
     """A requester that raises ``error`` on the given calls (numbered from 1) and asks ``base`` otherwise;
     without ``base``, on every call."""
     count = 0
@@ -203,7 +200,7 @@ def failing(base: attention_video.Requester | None, calls: Container[int], error
 
 
 def test_a_failing_frame_is_retried_then_the_run_stops_naming_it(tmp_path: Path, service: AttentionService, monkeypatch) -> None:
-    monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(video, "RETRY_WAIT_S", 0.0)
     clip = write_clip(tmp_path / "square.mp4", frames=6)
     queue_full = ClientError("server answered HTTP 503: queue full", 503)
     flaky = failing(client_requester(service), {2, 3}, queue_full)  # frame 1 fails twice with 503, then passes
@@ -229,7 +226,7 @@ def test_the_requests_before_the_frames_are_retried_too(
 ) -> None:
     """The similarity point's geometry and the PCA basis are asked before any frame: retried alike, and
     named when they fail for good."""
-    monkeypatch.setattr(attention_video, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(video, "RETRY_WAIT_S", 0.0)
     clip = write_clip(tmp_path / "square.mp4", frames=4)
     queue_full = ClientError("server answered HTTP 503: queue full", 503)
     flaky = failing(client_requester(service), {1, 2}, queue_full)  # the first request fails twice with 503, then passes
@@ -296,13 +293,11 @@ BAD: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {  # what -> (ma
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
     make, extra, phrase = BAD[case]
-    video = make(tmp_path)
+    given = make(tmp_path)
     args = [a.format(d=tmp_path) for a in extra]
     out = ["--out", str(tmp_path / "out.mp4")] if "--out" not in args else []
     before = set(tmp_path.iterdir())
-    rc = render_attention.main(
-        ["--video", str(video), *out, *args, "--url", "http://127.0.0.1:9/predictions/x", "--maps", str(tmp_path / "m.npz")]
-    )
+    rc = cli.main(["--video", str(given), *out, *args, "--url", "http://127.0.0.1:9/predictions/x", "--maps", str(tmp_path / "m.npz")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith("error: ") and phrase in err[0], err
     assert set(tmp_path.iterdir()) == before  # no output video, no maps
@@ -312,7 +307,7 @@ def test_the_cli_through_torchserve(tmp_path: Path, served) -> None:
     """--video against a real TorchServe: 6 frames at 12 fps, maps on the patch grid."""
     clip = write_clip(tmp_path / "square.mp4", frames=6)
     args = ["--video", str(clip), "--out", str(tmp_path / "out.mp4"), "--maps", str(tmp_path / "maps.npz"), "--url", served.url]
-    assert render_attention.main([*args, "--short-side", str(H), "--layer", "0", "--in-flight", "3", "--mask", "0.6"]) == 0
+    assert cli.main([*args, "--short-side", str(H), "--layer", "0", "--in-flight", "3", "--mask", "0.6"]) == 0
     frames, rate = read_video(tmp_path / "out.mp4")
     assert (len(frames), rate) == (6, FPS)
     with np.load(tmp_path / "maps.npz") as saved:

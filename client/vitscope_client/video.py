@@ -4,7 +4,9 @@
         [--method attention|rollout|pca|similarity] [--layer L] [--head mean|N] [--point x,y]
         [--every N] [--max-frames N] [--short-side S] [--in-flight N] [--mask 0.6] [--resume]
 
-In a notebook: ``AttentionClient(...).explain_video("in.mp4", "out.mp4", method="pca")``.
+In a notebook: ``AttentionClient(...).explain_video("in.mp4", "out.mp4", method="pca")``. PyAV and
+tqdm, the client's ``video`` extra (``pip install 'vitscope-client[video]'``), are imported when a
+video is explained, not with the client: without them, ``MissingVideoExtra`` says what to install.
 
 Frames are decoded (PyAV), sent, drawn and encoded as they go: at most ``in_flight`` frames are held
 at once, whatever the video's length. ``in_flight`` requests overlap, so that the server can batch
@@ -30,6 +32,7 @@ partial is left under the output's name.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import logging
@@ -43,18 +46,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import av
 import numpy as np
-from av.video.stream import VideoStream
 from PIL import Image
-from render_attention import ClientError, Response, align, overlay, threshold_masks
-from tqdm import tqdm
 
-logger = logging.getLogger("render_attention")
+from .draw import overlay
+from .errors import ClientError
+from .mirrors import align, threshold_masks
+from .response import Response
 
-Requester = Callable[[Sequence[bytes], Mapping[str, str]], list["Response"]]  # images sent together -> their responses
+if TYPE_CHECKING:
+    import av
+    from av.video.stream import VideoStream
+
+logger = logging.getLogger(__name__)
+
+Requester = Callable[[Sequence[bytes], Mapping[str, str]], list[Response]]  # images sent together -> their responses
+VIDEO_EXTRA = "pip install 'vitscope-client[video]'"
 VIDEO_METHODS = ("attention", "rollout", "pca", "similarity")
 PCA_FITS = ("first", "sample")
 JPEG_QUALITY = 95  # frames travel as JPEG (as DINO's video_generation.py writes them)
@@ -67,6 +76,20 @@ GEOMETRY_KEYS = ("input_size", "resized_size", "image_size", "patch_size")  # wh
 
 class VideoError(ClientError):
     """A video that cannot be read, written or explained: one line, exit status 1."""
+
+
+class MissingVideoExtra(VideoError, ImportError):
+    """The client's ``video`` extra (PyAV, tqdm) is not installed: the message says how to install it."""
+
+
+def require_video_extra() -> None:
+    """PyAV and tqdm, the client's video extra, are imported on first use: ``MissingVideoExtra`` (a
+    ``ClientError`` and an ``ImportError``) says how to install them."""
+    for module in ("av", "tqdm"):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MissingVideoExtra(f"videos need PyAV and tqdm, the client's video extra: {VIDEO_EXTRA} ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,9 @@ class Source:
 
 def open_video(path: Path) -> Source:
     """The first video stream of ``path``, or ``VideoError`` saying why not."""
+    require_video_extra()
+    import av
+
     if not path.is_file():
         raise VideoError(f"{path}: no such file")
     try:
@@ -154,6 +180,8 @@ def open_video(path: Path) -> Source:
 
 def frames_of(source: Source, path: Path, options: VideoOptions) -> Iterator[tuple[int, np.ndarray]]:
     """(index among the selected frames, RGB (H, W, 3) uint8), decoded one at a time."""
+    import av  # open_video made sure it is there
+
     selected = 0
     try:
         for n, frame in enumerate(source.container.decode(source.stream)):
@@ -179,18 +207,23 @@ class Writer:
     removes the partial file."""
 
     def __init__(self, out: Path, fps: Fraction, size: tuple[int, int]) -> None:
+        require_video_extra()
+        import av
+
         self.out, self.partial = out, out.with_name(f"{out.stem}.partial{out.suffix}")
         try:
             self.container = av.open(str(self.partial), "w", format=container_format(out))
         except (av.error.FFmpegError, OSError, ValueError) as e:
             raise VideoError(f"cannot write {out}: {e}") from e
         codec = next(c for c in VIDEO_CODECS if c in av.codecs_available)
-        self.stream = cast(VideoStream, self.container.add_stream(codec, rate=fps))
+        self.stream = cast("VideoStream", self.container.add_stream(codec, rate=fps))
         self.stream.height, self.stream.width = size
         self.stream.pix_fmt = "yuv420p"
         self.size, self.count = size, 0
 
     def write(self, rgb: np.ndarray) -> None:
+        import av
+
         self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         self.count += 1
 
@@ -345,6 +378,9 @@ def explain_video(
     progress: bool = True,
 ) -> VideoSummary:
     """Explain every selected frame of ``video`` and write ``out`` (and ``maps``); see the module docstring."""
+    require_video_extra()  # before any work
+    from tqdm import tqdm
+
     video, out = Path(video), Path(out)
     container_format(out)
     check_writable(out)
