@@ -13,12 +13,15 @@ from PIL import Image
 
 from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
 from scripts.serve import read_properties
-from vitscope import image, options, protocols
+from vitscope import image, options
 from vitscope.masks import encode_masks, threshold_masks
-from vitscope.methods import DEFAULT_METHOD, METHODS, all_outputs
+from vitscope.methods import METHODS, all_outputs
 from vitscope.model.variants import DEFAULT_MODEL
 from vitscope.options import DEFAULTS
+from vitscope.protocols.base import CONTENT_TYPES, META_HEADER, TIMEOUT_HEADER
+from vitscope.protocols.plain import NPZ_META
 from vitscope.schema import response_fields
+from vitscope.vocab import DEFAULT_METHOD
 from vitscope_client import draw, response
 from vitscope_client import mirrors as client  # the client's copies of the server's maths and facts
 
@@ -42,8 +45,8 @@ def test_client_reads_only_schema_fields() -> None:
 
 
 def test_client_protocol_constants_match_the_server() -> None:
-    assert client.CONTENT_TYPES == options.CONTENT_TYPES and client.FORMATS == options.FORMATS
-    assert client.META_HEADER == options.META_HEADER and client.PRECISIONS == options.PRECISIONS
+    assert client.CONTENT_TYPES == CONTENT_TYPES and client.FORMATS == options.FORMATS
+    assert client.META_HEADER == META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
     assert set(draw.METHOD_VIEWS) <= set(METHODS)  # the client's own views are of the server's methods (any other: generic)
     assert tuple(name for name in METHODS if name in draw.METHOD_VIEWS) == draw.METHODS  # and in the registry's order
@@ -56,8 +59,8 @@ def test_client_facts_match_the_server() -> None:
     registered method's outputs drawn by it as the describe API declares them (dtype, axes, rgb), under
     a method name it has no view for: a new method needs no client edit."""
     assert set(client.ARRAY_FIELDS) <= {output.name for output in all_outputs()}  # the outputs it knows by name are the server's
-    assert client.NPZ_META == protocols.NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
-    assert client.TIMEOUT_HEADER.lower() == protocols.TIMEOUT_HEADER  # the client says how long it waits
+    assert client.NPZ_META == NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
+    assert client.TIMEOUT_HEADER.lower() == TIMEOUT_HEADER  # the client says how long it waits
     assert client.DEFAULT_METHOD == DEFAULT_METHOD
     p, (h, w) = 16, (32, 48)
     sizes = {"H": h, "W": w, "H/p": h // p, "W/p": w // p}  # any other axis (maps, D, R): 2
