@@ -30,9 +30,10 @@ import yaml
 from scripts import REPO
 from scripts.weights import DEFAULT_MODEL_ARG, WeightsError, add_model_arguments, cached_weights, default_cache_dir, verify_hash_in_name
 from vitscope import layout
+from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS
 from vitscope.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
 from vitscope.model.sources import default_name, load_checkpoint
-from vitscope.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, VARIANTS, Variant, get_variant, variant_to_mapping
+from vitscope.model.variants import VARIANTS, Variant, get_variant, variant_to_mapping
 from vitscope.service import ConfigError, ServiceConfig
 
 logger = logging.getLogger("archive")

@@ -5,7 +5,7 @@
     python -m scripts.weights fetch --checkpoint dino_vitbase16_pretrain_full_checkpoint --model dino_vitb16
     python -m scripts.weights list
 
-Each file is verified against the size/sha256 in ``vitscope.model.variants.CHECKPOINTS`` where
+Each file is verified against the size/sha256 in ``vitscope.model.catalogue.CHECKPOINTS`` where
 published, and against the sha256 prefix in its name where it has one (DINOv3); otherwise the sha256
 of the first verified download is recorded beside it (``<file>.sha256``) and checked on every later
 use. Every file must also load strictly into its model. DINOv3's weights are gated behind Meta's
@@ -22,20 +22,9 @@ from pathlib import Path
 
 from scripts import REPO
 from scripts.download import DownloadError, download, partial_path
+from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS, WEIGHTS_URL_ENV, Checkpoint, get_checkpoint, official_checkpoint
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
-from vitscope.model.variants import (
-    CHECKPOINTS,
-    DEFAULT_CHECKPOINTS,
-    DINO_ARCHS,
-    DINO_PATCH_SIZES,
-    VARIANTS,
-    WEIGHTS_URL_ENV,
-    Checkpoint,
-    Variant,
-    get_checkpoint,
-    get_variant,
-    official_checkpoint,
-)
+from vitscope.model.variants import DINO_ARCHS, DINO_PATCH_SIZES, VARIANTS, Variant, get_variant
 
 logger = logging.getLogger("weights")
 

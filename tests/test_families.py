@@ -13,6 +13,8 @@ import base64
 import io
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import orjson
@@ -24,10 +26,11 @@ from scripts import REPO
 from testkit.checkpoints import backbone_state, brightness_seeking_state, encode, tiny_replica
 from testkit.handler import answer
 from vitscope.errors import RequestError
+from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS, RELEASES, Release, get_checkpoint, licence_of
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from vitscope.model.position import RopePositionEmbedding, apply_rope
 from vitscope.model.rollout import cls_rollout, rollout_reference
-from vitscope.model.variants import CHECKPOINTS, DEFAULT_CHECKPOINTS, FAMILIES, VARIANTS, Variant, get_checkpoint, get_variant
+from vitscope.model.variants import FAMILIES, VARIANTS, Family, Variant, get_variant
 from vitscope.model.vit import VisionTransformer
 from vitscope.precision import PrecisionPlan
 from vitscope.schema import AttentionResult, ImageRequest
@@ -145,6 +148,24 @@ def test_official_names_and_files() -> None:
     assert "request access" in message and "WEIGHTS=path/to/dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in message
     assert get_variant("dinov2_vits14_reg", 14) is VARIANTS["dinov2_vits14_reg"]
     assert (VARIANTS["dinov2_vits14"].eps, VARIANTS["dinov3_vits16"].eps) == (1e-6, 1e-5)
+
+
+def test_the_architecture_table_is_apart_from_the_catalogue() -> None:
+    """The catalogue reads the architecture table, never the reverse; a row holds its own family's entries only."""
+    probe = "import sys, vitscope.model.variants; print(sorted(m for m in sys.modules if m.startswith('vitscope')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "vitscope.model.variants" in loaded and "vitscope.model.catalogue" not in loaded
+    assert list(VARIANTS) == [v.name for family in FAMILIES.values() for v in family.variants]
+    assert set(RELEASES) == set(FAMILIES) and set(CHECKPOINTS) == {c.name for r in RELEASES.values() for c in r.checkpoints}
+    with pytest.raises(ValueError, match=r"variants \['dino_vits8'\] name another family"):
+        Family("toy", "Toy", variants=(VARIANTS["dino_vits8"],))
+    with pytest.raises(ValueError, match=r"checkpoints \['dino_deitsmall8_pretrain'\] are of another family's models"):
+        Release("dinov2", "Apache-2.0", "", "", checkpoints=(CHECKPOINTS["dino_deitsmall8_pretrain"],))
+    assert licence_of("dinov3") == {
+        "licence": "DINOv3 License",
+        "licence_url": "https://github.com/facebookresearch/dinov3/blob/main/LICENSE.md",
+    }
+    assert licence_of("a_family_without_official_weights") == {}
 
 
 @pytest.fixture(scope="module", params=FAMILY_REPLICAS)

@@ -18,8 +18,8 @@ import yaml
 from scripts import archive, weights
 from scripts.download import DownloadError, download, partial_path
 from testkit.checkpoints import TINY, backbone_state, full_checkpoint, save, tiny_replica
-from vitscope.model import variants
-from vitscope.model.variants import Checkpoint
+from vitscope.model import catalogue, variants
+from vitscope.model.catalogue import Checkpoint
 
 TEST_CKPT = Checkpoint("dino_vittiny16_test", "dino_vitt16", "dino_vittiny16_test")
 TEST_FULL = Checkpoint("dino_vittiny16_test_full_checkpoint", "dino_vitt16", "dino_vittiny16_test", full=True)
@@ -88,10 +88,10 @@ def server() -> Iterator[FileServer]:
 @pytest.fixture
 def table(monkeypatch, server: FileServer, tmp_path_factory) -> dict[str, bytes]:
     """Register tiny checkpoints in the table, served by ``server`` under DINO's URL layout."""
-    monkeypatch.setitem(variants.CHECKPOINTS, TEST_CKPT.name, TEST_CKPT)
-    monkeypatch.setitem(variants.CHECKPOINTS, TEST_FULL.name, TEST_FULL)
-    monkeypatch.setitem(variants.DEFAULT_CHECKPOINTS, "dino_vitt16", TEST_CKPT.name)
-    monkeypatch.setenv(variants.WEIGHTS_URL_ENV, server.url + "/dino/")
+    monkeypatch.setitem(catalogue.CHECKPOINTS, TEST_CKPT.name, TEST_CKPT)
+    monkeypatch.setitem(catalogue.CHECKPOINTS, TEST_FULL.name, TEST_FULL)
+    monkeypatch.setitem(catalogue.DEFAULT_CHECKPOINTS, "dino_vitt16", TEST_CKPT.name)
+    monkeypatch.setenv(catalogue.WEIGHTS_URL_ENV, server.url + "/dino/")
     root = tmp_path_factory.mktemp("ckpt")
     blobs = {
         TEST_CKPT.name: save(backbone_state(seed=7), root / "a.pth").read_bytes(),
@@ -103,19 +103,19 @@ def table(monkeypatch, server: FileServer, tmp_path_factory) -> dict[str, bytes]
 
 
 def test_url_layout_and_override(monkeypatch) -> None:
-    monkeypatch.delenv(variants.WEIGHTS_URL_ENV, raising=False)
-    ckpt = variants.CHECKPOINTS["dino_deitsmall8_300ep_pretrain_full_checkpoint"]
+    monkeypatch.delenv(catalogue.WEIGHTS_URL_ENV, raising=False)
+    ckpt = catalogue.CHECKPOINTS["dino_deitsmall8_300ep_pretrain_full_checkpoint"]
     assert (
         ckpt.url()
         == "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
     )
-    monkeypatch.setenv(variants.WEIGHTS_URL_ENV, "http://mirror.local/dino")
+    monkeypatch.setenv(catalogue.WEIGHTS_URL_ENV, "http://mirror.local/dino")
     assert ckpt.url() == "http://mirror.local/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain_full_checkpoint.pth"
-    assert variants.get_checkpoint(variants.get_variant("vit_small", 8)).name == "dino_deitsmall8_300ep_pretrain"
+    assert catalogue.get_checkpoint(variants.get_variant("vit_small", 8)).name == "dino_deitsmall8_300ep_pretrain"
     with pytest.raises(ValueError, match="no official weights for dino_vitt8"):
-        variants.get_checkpoint(variants.get_variant("vit_tiny", 8))
+        catalogue.get_checkpoint(variants.get_variant("vit_tiny", 8))
     with pytest.raises(ValueError, match="is a dino_vitb16 checkpoint, not dino_vits16"):
-        variants.get_checkpoint(variants.get_variant("vit_small", 16), "dino_vitbase16_pretrain")
+        catalogue.get_checkpoint(variants.get_variant("vit_small", 16), "dino_vitbase16_pretrain")
 
 
 @pytest.mark.parametrize("checkpoint", [TEST_CKPT, TEST_FULL], ids=["backbone", "full"])
@@ -193,7 +193,7 @@ def test_refused_connection(monkeypatch, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    monkeypatch.setenv(variants.WEIGHTS_URL_ENV, f"http://127.0.0.1:{port}/dino")
+    monkeypatch.setenv(catalogue.WEIGHTS_URL_ENV, f"http://127.0.0.1:{port}/dino")
     with pytest.raises(weights.WeightsError, match=f"cannot connect to http://127.0.0.1:{port}/dino/"):
         weights.fetch(TINY, TEST_CKPT, tmp_path)
 
@@ -249,9 +249,9 @@ def test_dinov2_fetch_and_archive_from_the_local_mirror(server: FileServer, tmp_
     fetch/verify/archive path, with a small model in dinov2_vits14_reg's layout standing in for it."""
     replica = replace(tiny_replica("dinov2_vits14_reg"), name="dinov2_vits14_reg")
     monkeypatch.setitem(variants.VARIANTS, replica.name, replica)
-    checkpoint = variants.CHECKPOINTS["dinov2_vits14_reg4_pretrain"]
+    checkpoint = catalogue.CHECKPOINTS["dinov2_vits14_reg4_pretrain"]
     server.files["/mirror/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth"] = save(backbone_state(replica), tmp_path / "w.pth").read_bytes()
-    monkeypatch.setenv(variants.WEIGHTS_URL_ENV, server.url + "/mirror")
+    monkeypatch.setenv(catalogue.WEIGHTS_URL_ENV, server.url + "/mirror")
     cache, store = tmp_path / "cache", tmp_path / "store"
     assert weights.main(["fetch", "--model", "dinov2_vits14_reg", "--cache-dir", str(cache)]) == 0
     assert (cache / checkpoint.filename).is_file() and weights.record_path(cache / checkpoint.filename).is_file()
@@ -262,7 +262,7 @@ def test_dinov2_fetch_and_archive_from_the_local_mirror(server: FileServer, tmp_
 
 
 def test_dinov3_weights_are_gated(tmp_path: Path, monkeypatch, caplog) -> None:
-    monkeypatch.delenv(variants.WEIGHTS_URL_ENV, raising=False)
+    monkeypatch.delenv(catalogue.WEIGHTS_URL_ENV, raising=False)
     assert weights.main(["fetch", "--model", "dinov3_vits16", "--cache-dir", str(tmp_path)]) == 1
     assert "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/" in caplog.text
     assert "make archive MODEL=dinov3_vits16 WEIGHTS=path/to/dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in caplog.text
@@ -281,7 +281,7 @@ def test_hash_in_an_official_file_name_is_checked(tmp_path: Path, monkeypatch, c
     good = Checkpoint(f"dinov3_vits16_pretrain_lvd1689m-{prefix}", "dinov3_vits16", "dinov3_vits16")
     bad = Checkpoint("dinov3_vits16_pretrain_lvd1689m-00000000", "dinov3_vits16", "dinov3_vits16")
     for checkpoint in (good, bad):
-        monkeypatch.setitem(variants.CHECKPOINTS, checkpoint.name, checkpoint)
+        monkeypatch.setitem(catalogue.CHECKPOINTS, checkpoint.name, checkpoint)
         (tmp_path / checkpoint.filename).write_bytes(blob)
     store = tmp_path / "store"
     args = ["--model", "dinov3_vits16", "--export-path", str(store), "--weights"]
