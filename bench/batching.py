@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from bench.timing import timed
+from bench.section import Run
+from bench.tables import Column, Table, Target
+from bench.timing import Machine, timed
 from vitscope.errors import RequestError
 from vitscope.model.variants import get_variant
 from vitscope.schema import ImageRequest
@@ -65,3 +68,37 @@ def bench_batching(args: argparse.Namespace, weights: Path, image: bytes, precis
             rows.append(BatchFigures(precision, batch, seconds, batch / seconds, share))
             logger.info("  %s batch %d: %.1f images/s", precision, batch, batch / seconds)
     return rows
+
+
+def batching_table(rows: Sequence[BatchFigures], size: str) -> Table:
+    table = Table(
+        f"Batching in process ({size}, upsample=false; decode, resize, forward, maps; no encoding)",
+        (
+            Column("precision"),
+            Column("batch"),
+            Column("s per batch", "{:.3f}"),
+            Column("images/s", "{:.1f}"),
+            Column("forward share", "{:.0%}"),
+        ),
+    )
+    for r in rows:
+        table.add(r.precision, r.batch, r.seconds, r.images_per_s, r.forward_share)
+    return table
+
+
+class Batching:
+    key = "batching"
+    title = "images/s of the service in process by batch size, each native precision"
+
+    def measure(self, run: Run) -> list[BatchFigures]:
+        logger.info("batching: images/s by batch size, in process ...")
+        return bench_batching(run.args, run.weights, run.image, run.native)
+
+    def tables(self, figures: list[BatchFigures], args: argparse.Namespace, machine: Machine) -> list[Table]:
+        return [batching_table(figures, "480x480")]
+
+    def targets(self, figures: list[BatchFigures], args: argparse.Namespace, machine: Machine) -> list[Target]:
+        return []
+
+
+SECTION = Batching()

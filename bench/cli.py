@@ -18,59 +18,41 @@ import argparse
 import logging
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench.batching import bench_batching
-from bench.compiled import bench_compile
-from bench.overload import bench_overload
-from bench.plot import plot
-from bench.report import build_report, markdown, to_json
-from bench.servers import bench_cold_start, bench_engines, bench_served, bench_throughput
-from bench.timing import (
-    HF_ROW,
-    METHOD_PATHS,
-    PATHS,
-    Machine,
-    Result,
-    bench_encodings,
-    bench_families,
-    compare_maps,
-    measure,
-    measure_side_by_side,
-    parse_size,
-    probe_machine,
-)
-from bench.video import bench_video, parse_clip
-from scripts import REPO, archive
+from bench import batching, coldstart, compiled, encoding, engines, families, forward, methods, overload, served, throughput, video
+from bench.report import write_report
+from bench.section import Run, Section
+from bench.timing import HF_ROW, PATHS, parse_size, probe_machine
+from bench.video import parse_clip
+from scripts import REPO
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
-from vitscope.precision import AUTOCAST_DTYPES, FP32
 
 logger = logging.getLogger("bench")
+
+# The sections, in the order they run and the report shows them; each its own module (bench/section.py).
+SECTIONS: tuple[Section, ...] = (
+    forward.SECTION,
+    methods.SECTION,
+    families.SECTION,
+    encoding.SECTION,
+    batching.SECTION,
+    compiled.SECTION,
+    served.SECTION,
+    throughput.SECTION,
+    engines.SECTION,
+    coldstart.SECTION,
+    overload.SECTION,
+    video.SECTION,
+)
 
 SIZES: tuple[tuple[int, int], ...] = ((224, 224), (480, 480), (960, 960), (1080, 1920))
 QUICK_SIZES = SIZES[:2]
 METHOD_SIZES: tuple[tuple[int, int], ...] = ((480, 480), (1080, 1920))
-SIDE_BY_SIDE_MAX_TOKENS = 4000  # the methods' ratios are timed side by side up to 480x480 at patch 8 (minutes beyond)
-SECTIONS = (
-    "forward",
-    "methods",
-    "families",
-    "encoding",
-    "batching",
-    "compile",
-    "served",
-    "throughput",
-    "engines",
-    "coldstart",
-    "overload",
-    "video",
-)
 # The families section (fp32, last layer): our path vs the eager N x N path on today's models.
 FAMILY_ROWS: tuple[tuple[str, tuple[int, int]], ...] = (
     ("dinov2_vits14_reg", (518, 518)),
@@ -90,7 +72,8 @@ def parse_family_row(text: str) -> tuple[str, tuple[int, int]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = "sections (--sections), in the order they run:\n" + "\n".join(f"  {s.key:<11} {s.title}" for s in SECTIONS)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_small", help="hub name (dinov2_vits14_reg, ...) or DINO's vit_* with --patch")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="forward passes on (default: cuda if present)"
@@ -107,7 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
     parser.add_argument("--seed-budget-s", type=float, default=300.0, help="skip the seed path above this estimated time")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure (default: everything)")
+    keys = [s.key for s in SECTIONS]
+    parser.add_argument(
+        "--sections", nargs="+", choices=keys, default=keys, metavar="SECTION", help="what to measure (default: every section below)"
+    )
     parser.add_argument("--name", default="bench", help="results file stem: <out>/<name>.md, .json and .png")
     parser.add_argument("--throughput-requests", type=int, default=24, help="requests per throughput cell")
     parser.add_argument("--storm-clients", type=int, default=48, help="overload: clients posting back to back")
@@ -133,106 +119,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_report(args: argparse.Namespace, machine: Machine, found: dict[str, Any]) -> str:
-    """The report of the sections measured so far, to <out>/<name>.md, .json and .png: written after
-    each section, so that a run cut short (a time limit on a lent machine) keeps what it measured."""
-    report = build_report(args, machine, **found)
-    text = markdown(report)
-    (args.out / f"{args.name}.md").write_text(text)
-    (args.out / f"{args.name}.json").write_text(to_json(report))
-    if found.get("forward"):
-        plot(found["forward"], machine.peaks, args.out / f"{args.name}.png")
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     variant = get_variant(args.model, args.patch)
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = set(args.sections)
-    found: dict[str, Any] = {}  # build_report's keyword arguments, section by section
+    found: dict[str, Any] = {}  # each section's figures, by its key
+    text = ""
     with tempfile.TemporaryDirectory(prefix="dino-bench-") as tmp:
         workdir = Path(tmp)
         torch.manual_seed(0)
         weights = args.weights = workdir / "bench_random.pth"  # the worker configurations read args.weights
         torch.save(build_model(variant, None).state_dict(), weights)
         machine = probe_machine(torch.device(args.device), weights, variant)
-        save = partial(write_report, args, machine, found)
-        if "forward" in sections:
-            logger.info("forward passes (one process each) ...")
-            forward: list[Result] = []
-            for size in args.sizes:
-                for path in args.paths:
-                    forward.append(measure(path, size, args, workdir, forward, machine.speeds))
-            compare_maps(forward, workdir)
-            found["forward"] = forward
-            save()
-        if "families" in sections:
-            logger.info("families: DINOv2 with registers, DINOv3, fast vs eager N x N (one process each) ...")
-            found["families"] = bench_families(args, workdir)
-            save()
-        if "methods" in sections:
-            logger.info("methods: layers=all, rollout, naive rollout (one process each) ...")
-            methods: list[Result] = []
-            for size in args.method_sizes:
-                for path in METHOD_PATHS:
-                    methods.append(measure(path, size, args, workdir, methods, machine.speeds))
-                if (size[0] // args.patch) * (size[1] // args.patch) <= SIDE_BY_SIDE_MAX_TOKENS:
-                    measure_side_by_side(size, args, methods)
-            compare_maps(methods, workdir)
-            found["methods"] = methods
-            save()
-        if "encoding" in sections:
-            logger.info("encodings ...")
-            maps480 = workdir / "fp32_480x480.npy"
-            grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((variant.num_heads, 60, 60), dtype=np.float32)
-            found["encodings"] = bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), args.patch, args.repeats)
-            save()
-        image = IMAGE.read_bytes()
-        native = [p for p in AUTOCAST_DTYPES if p == FP32 or machine.speeds[p].fast]  # the precisions that run natively here
-        if "batching" in sections:
-            logger.info("batching: images/s by batch size, in process ...")
-            found["batching"] = bench_batching(args, weights, image, native)
-            save()
-        if "compile" in sections:
-            logger.info("torch.compile vs eager (one process each) ...")
-            found["compiled"] = bench_compile(args, weights, native)
-            save()
-        store = workdir / "store"
-        if {"served", "throughput", "engines", "coldstart", "overload", "video"} & sections and archive.main(
-            ["--model", args.model, "--weights", str(weights), "--export-path", str(store)]
-        ):
-            raise RuntimeError("archiving the benchmark model failed")
-        if "served" in sections:
-            logger.info("served latency through TorchServe (%d requests) ...", args.requests)
-            found["served"] = bench_served(args, weights, image, store)
-            save()
-        if "throughput" in sections:
-            logger.info("throughput: batch size x workers x concurrency ...")
-            found["throughput"] = bench_throughput(args, store / f"{variant.name}.mar", image, workdir)
-            save()
-        if "engines" in sections:
-            logger.info("engines: the same v2 requests through TorchServe and KServe's model server ...")
-            found["engines"] = bench_engines(args, store, image, workdir)
-            save()
-        if "coldstart" in sections:
-            logger.info("cold start: each engine from start to READY, then its first requests ...")
-            found["cold"] = bench_cold_start(args, store, image, workdir)
-            save()
-        if "overload" in sections:
-            logger.info(
-                "under load: %d clients x %g s, then %d mixed requests, on each engine ...",
-                args.storm_clients,
-                args.storm_seconds,
-                args.soak_requests,
-            )
-            found["overload"] = bench_overload(args, store, image, workdir)
-            save()
-        if "video" in sections:
-            logger.info("video: our client against the server vs DINO's video_generation.py loop in process ...")
-            found["videos"] = bench_video(args, store, workdir)
-    print(save())
+        run = Run(args, machine, workdir, IMAGE.read_bytes())
+        for section in SECTIONS:
+            if section.key in args.sections:
+                found[section.key] = section.measure(run)
+                text = write_report(args, machine, found, SECTIONS, section.key)
+    print(text)
     logger.info("wrote %s", args.out / f"{args.name}.md")
     return 0
 

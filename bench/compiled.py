@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -29,7 +29,9 @@ import torch
 import torch._dynamo.utils  # the counters of compiled graphs
 import torch._inductor.config
 
-from bench.timing import native_kernels, timed
+from bench.section import Run
+from bench.tables import Column, Skipped, Table, Target, size_name
+from bench.timing import Machine, native_kernels, timed
 from scripts import REPO
 from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from vitscope.model.variants import get_variant
@@ -39,6 +41,7 @@ from vitscope.precision import AUTOCAST_DTYPES, FP32, autocast
 logger = logging.getLogger("bench")
 
 SIZES: tuple[tuple[int, int], ...] = ((480, 480), (448, 640), (512, 384))  # the first is timed; the others are new sizes
+COMPILE_MIN_GAIN = 1.1  # torch.compile must make a request this much faster to be worth its compile time and risks
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,66 @@ def bench_compile(args: argparse.Namespace, weights: Path, precisions: list[str]
             data = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(CompileFigures(**{**data, "new_size_s": tuple(data["new_size_s"])}))
     return rows
+
+
+def compile_table(rows: Sequence[CompileFigures]) -> Table:
+    sizes = ", ".join(size_name(s) for s in SIZES[1:])
+    table = Table(
+        f"torch.compile(dynamic=True) of the last-layer forward pass vs eager ({size_name(SIZES[0])}, then new sizes {sizes})",
+        (
+            Column("precision"),
+            Column("mode"),
+            Column("compile s (first call)"),
+            Column("first call at a new size, s"),
+            Column("graphs"),
+            Column("eager s", "{:.3f}"),
+            Column("compiled s", "{:.3f}"),
+            Column("gain", "{:.2f}x"),
+            Column("requests to pay back"),
+            Column("max |diff|", "{:.1e}"),
+        ),
+    )
+    for r in rows:
+        if r.failed:
+            table.add(r.precision, r.mode, Skipped(f"failed ({r.failed})"), *[None] * 7)
+            continue
+        payback = f"{r.break_even_requests:.0f}" if r.break_even_requests != float("inf") else "never"
+        new_sizes = ", ".join(f"{s:.1f}" for s in r.new_size_s)
+        table.add(r.precision, r.mode, f"{r.compile_s:.1f}", new_sizes, r.graphs, r.eager_s, r.compiled_s, r.gain, payback, r.max_diff)
+    table.notes.append(compile_verdict(rows))
+    return table
+
+
+def compile_verdict(rows: Sequence[CompileFigures]) -> str:
+    """Adopt torch.compile only where it wins net of its costs: faster per request, and no recompile per image size."""
+    worth = [r for r in rows if not r.failed and r.gain >= COMPILE_MIN_GAIN and r.graphs <= 1]
+    if worth:
+        return "Verdict: worth serving compiled here: " + ", ".join(f"{r.precision} {r.mode} {r.gain:.2f}x" for r in worth) + "."
+    reasons = []
+    ran = [r for r in rows if not r.failed]
+    if ran and max(r.graphs for r in ran) > 1:
+        reasons.append(f"every new image size compiles again ({max(r.graphs for r in ran)} graphs for {len(SIZES)} sizes)")
+    if ran and max(r.gain for r in ran) < COMPILE_MIN_GAIN:
+        reasons.append(f"the best gain per request is {max(r.gain for r in ran):.2f}x (< {COMPILE_MIN_GAIN}x)")
+    return "Verdict: not adopted here: " + ("; ".join(reasons) or "compiling failed") + "."
+
+
+class Compiled:
+    key = "compile"
+    title = "torch.compile vs eager, net of compile and recompile time (one process each)"
+
+    def measure(self, run: Run) -> list[CompileFigures]:
+        logger.info("torch.compile vs eager (one process each) ...")
+        return bench_compile(run.args, run.weights, run.native)
+
+    def tables(self, figures: list[CompileFigures], args: argparse.Namespace, machine: Machine) -> list[Table]:
+        return [compile_table(figures)]
+
+    def targets(self, figures: list[CompileFigures], args: argparse.Namespace, machine: Machine) -> list[Target]:
+        return []
+
+
+SECTION = Compiled()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ import numpy as np
 import requests
 
 from bench.load import Probe, run_load
+from bench.section import Run
+from bench.tables import Column, Table, Target
+from bench.timing import Machine
 from scripts import background, serve_kserve
 from testkit.checkpoints import encode, random_rgb
 from testkit.torchserve import free_ports, private_torchserve
@@ -31,6 +35,14 @@ JSON = {"Content-Type": "application/json"}
 REFUSED = (503, 504)  # what overload may answer besides 200
 WARM_UP = 0.1  # share of the soak before its starting memory is read
 REFUSED_BACK_OFF = 0.25  # s a storm client waits after a refusal before it posts again, as a retrying client would
+TARGETS = {
+    "storm_unexpected": 0,  # answers other than 200/503/504 (and lost requests) under overload
+    "storm_refused_p99_s": 0.5,
+    "storm_accepted_p99_over_service": 10.0,
+    "storm_recovery_over_service": 2.0,
+    "soak_unexpected": 0,
+    "soak_rss_drift": 0.10,
+}
 
 
 @dataclass
@@ -231,3 +243,101 @@ def largest_admitted(url: str, name: str, management: str, quick: bool) -> str:
         side -= patch  # over the default deadline by its estimate: refused before any compute
     what = f"{side}x{side} ({(side // patch) ** 2} patch tokens; {budget}; within the cost budget: {low}x{low})"
     return what + f": HTTP {reply.status_code} in {elapsed:.1f} s"
+
+
+def overload_tables(overload: Overload) -> list[Table]:
+    storms = Table(
+        "Under load: clients posting a 480x480 request back to back (KServe v2 JSON, default options), one worker",
+        (
+            Column("engine"),
+            Column("clients x s"),
+            Column("service p50 s", "{:.2f}"),
+            Column("statuses"),
+            Column("refused p99 s", "{:.3f}"),
+            Column("accepted p50 s", "{:.1f}"),
+            Column("accepted p99 s", "{:.1f}"),
+            Column("accepted p99 / service", "{:.1f}"),
+            Column("after: one request s", "{:.2f}"),
+        ),
+    )
+    for r in overload.storms:
+        refused = percentile_of(r.refused, 99)
+        p50, p99 = percentile_of(r.accepted, 50), percentile_of(r.accepted, 99)
+        statuses = ", ".join(f"{status}: {n}" for status, n in sorted(r.statuses.items())) + (f", lost: {r.lost}" if r.lost else "")
+        ratio = p99 / r.service_p50 if p99 is not None else None
+        storms.add(r.engine, f"{r.clients} x {r.seconds:g}", r.service_p50, statuses, refused, p50, p99, ratio, r.recovery)
+    storms.notes.append(f"Largest request admitted at the defaults: {overload.largest}.")
+    soaks = Table(
+        "Soak: mixed requests (sizes, methods, formats, bad inputs) at concurrency 4",
+        (
+            Column("engine"),
+            Column("requests"),
+            Column("unexpected"),
+            Column("RSS after warm-up MB", "{:.0f}"),
+            Column("RSS end MB", "{:.0f}"),
+            Column("drift", "{:+.1%}"),
+        ),
+    )
+    for s in overload.soaks:
+        soaks.add(s.engine, s.sent, s.unexpected, s.rss_start_mb, s.rss_end_mb, s.drift)
+        soaks.notes += [f"{s.engine}: {failure}" for failure in s.failures]
+    return [storms, soaks]
+
+
+def percentile_of(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def overload_targets(overload: Overload) -> list[Target]:
+    targets = []
+    for r in overload.storms:
+        refused, accepted = percentile_of(r.refused, 99), percentile_of(r.accepted, 99)
+        targets.append(
+            Target(f"{r.engine}: answers other than 200/503/504 under load", r.unexpected, TARGETS["storm_unexpected"], False, "{:d}")
+        )
+        if refused is None:
+            targets.append(Target(f"{r.engine}: refused p99", None, TARGETS["storm_refused_p99_s"], False, na="nothing was refused"))
+        else:
+            targets.append(Target(f"{r.engine}: refused p99 s", refused, TARGETS["storm_refused_p99_s"], False, "{:.3f}"))
+        if accepted is not None:
+            ratio = accepted / r.service_p50
+            targets.append(
+                Target(f"{r.engine}: accepted p99 / service p50", ratio, TARGETS["storm_accepted_p99_over_service"], False, "{:.1f}")
+            )
+        targets.append(
+            Target(
+                f"{r.engine}: one request after the storm / service p50",
+                r.recovery / r.service_p50,
+                TARGETS["storm_recovery_over_service"],
+                False,
+                "{:.2f}",
+            )
+        )
+    for s in overload.soaks:
+        targets.append(Target(f"{s.engine}: soak, unexpected statuses", s.unexpected, TARGETS["soak_unexpected"], False, "{:d}"))
+        targets.append(Target(f"{s.engine}: soak, RSS drift after warm-up", s.drift, TARGETS["soak_rss_drift"], False, "{:+.1%}"))
+    return targets
+
+
+class OverloadSection:
+    key = "overload"
+    title = "a storm of clients on one worker, a soak of mixed requests, the largest request admitted, on each engine"
+
+    def measure(self, run: Run) -> Overload:
+        args = run.args
+        logger.info(
+            "under load: %d clients x %g s, then %d mixed requests, on each engine ...",
+            args.storm_clients,
+            args.storm_seconds,
+            args.soak_requests,
+        )
+        return bench_overload(args, run.store, run.image, run.workdir)
+
+    def tables(self, figures: Overload, args: argparse.Namespace, machine: Machine) -> list[Table]:
+        return overload_tables(figures)
+
+    def targets(self, figures: Overload, args: argparse.Namespace, machine: Machine) -> list[Target]:
+        return overload_targets(figures)
+
+
+SECTION = OverloadSection()

@@ -1,6 +1,7 @@
-"""What the benchmark times in-process: the forward paths (each configuration in its own worker
-process, so that its peak memory is its own), their FLOPs, the matmul peak, the response encodings,
-and the machine they ran on. Results are data (``Result``, ``Machine``); ``report.py`` writes them."""
+"""What the forward, methods and families sections time in-process: the forward paths (each
+configuration in its own worker process, so that its peak memory is its own), their FLOPs, the matmul
+peak, and the machine they ran on. Results are data (``Result``, ``Machine``); the sections' modules
+(``forward.py``, ``methods.py``, ``families.py``) write them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 
 from scripts import REPO
-from vitscope.attention import map_agreement, patch_attention, upsample_nearest
-from vitscope.methods import DEFAULT_METHOD, METHODS, ModelFacts
-from vitscope.methods.maps import MAPS
+from vitscope.attention import map_agreement, patch_attention
+from vitscope.methods import METHODS
 from vitscope.model.checkpoint import build_model, filter_state_dict, read_checkpoint
 from vitscope.model.kernels import SDPA_ONLY, KernelPlan, plan_kernels
 from vitscope.model.rollout import rollout_reference
@@ -33,8 +33,7 @@ from vitscope.model.variants import Variant, get_variant
 from vitscope.model.vit import VisionTransformer
 from vitscope.options import parse_options
 from vitscope.precision import AUTOCAST_DTYPES, FP32, PrecisionPlan, Speed, cpu_info, describe_device, plan_precisions, probe_speed
-from vitscope.protocols import encode_attention
-from vitscope.schema import AttentionResult
+from vitscope.vocab import ModelFacts
 
 logger = logging.getLogger("bench")
 
@@ -320,31 +319,7 @@ def compare_maps(results: list[Result], maps_dir: Path) -> None:
             r.agreement = f"min head corr vs fp32 = {corr:.5f}"
 
 
-def bench_families(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Result]]:
-    """``args.families``: each model (random weights in its official layout) at each size, the eager
-    N x N path (the seed's maths) and our fp32 path, each in its own process; the maps compared."""
-    rows: list[tuple[str, Result]] = []
-    for name in dict.fromkeys(model for model, _ in args.families):
-        hub = name.removeprefix(HF_ROW)
-        variant = get_variant(hub)
-        folder = workdir / name.replace(":", "_")
-        folder.mkdir()
-        weights = folder / ("hf" if name.startswith(HF_ROW) else "random.pth")
-        model_args = argparse.Namespace(**{**vars(args), "model": hub, "patch": variant.patch_size, "weights": weights})
-        torch.manual_seed(0)
-        if name.startswith(HF_ROW):
-            hugging_face_twin(variant).save_pretrained(weights)
-        else:
-            torch.save(build_model(variant, None).state_dict(), weights)
-        done: list[Result] = []
-        for model, size in args.families:
-            if model == name:
-                done += [measure(path, size, model_args, folder, done, {}) for path in ("seed", "fp32")]
-        compare_maps(done, folder)
-        rows += [(name, r) for r in done]
-    return rows
-
-
+# ----------------------------------------------------------------------------- the families section's Hugging Face rows
 HF_ROW = "hf:"  # a families row "hf:<hub name>": the same model made by transformers, loaded from its directory
 
 
@@ -361,53 +336,6 @@ def hugging_face_twin(variant: Variant) -> Any:
         config = transformers.Dinov2WithRegistersConfig(**shape, num_register_tokens=variant.num_registers)
         return transformers.Dinov2WithRegistersModel(config)
     return transformers.Dinov2Model(transformers.Dinov2Config(**shape))
-
-
-# ----------------------------------------------------------------------------- encodings
-@dataclass
-class Encoding:
-    format: str
-    seconds: float
-    mb: float
-
-
-def bench_encodings(maps: np.ndarray, patch: int, repeats: int) -> list[Encoding]:
-    """Time and size of each response encoding of the same maps (heads, H/p, W/p)."""
-    up = upsample_nearest(maps, patch)
-    heads, h, w = maps.shape
-    base = AttentionResult(
-        model="bench",
-        patch_size=patch,
-        layer=11,
-        num_heads=heads,
-        heads=list(range(heads)),
-        weights="random",
-        input_size=[h * patch, w * patch],
-        resized_size=[h * patch, w * patch],
-        image_size=[h * patch, w * patch],
-        grid=[h, w],
-        upsampled=True,
-        precision="fp32",
-        precision_requested="fp32",
-        dtype="float32",
-        arrays={MAPS.name: up},
-        outputs=METHODS[DEFAULT_METHOD].outputs,
-    )
-
-    def body(fmt: str, dtype: str, upsampled: bool = True) -> bytes:
-        result = replace(base, format=fmt, dtype=dtype, upsampled=upsampled, arrays={MAPS.name: up if upsampled else maps})
-        return encode_attention(result)[0]
-
-    cases: dict[str, Callable[[], bytes]] = {
-        "json.dumps(tolist()) [seed-style]": lambda: json.dumps({**base.metadata(), "attention": up.tolist()}).encode(),
-        "orjson, upsampled float32 [default]": lambda: body("json", "float32"),
-        "orjson, upsampled dtype=float16": lambda: body("json", "float16"),
-        "orjson, upsample=false": lambda: body("json", "float32", upsampled=False),
-        "npy, upsampled float32": lambda: body("npy", "float32"),
-        "npz, upsampled float16": lambda: body("npz", "float16"),
-        "npz, upsample=false float16": lambda: body("npz", "float16", upsampled=False),
-    }
-    return [Encoding(name, min(timed(fn, repeats)), len(fn()) / 1e6) for name, fn in cases.items()]
 
 
 # ----------------------------------------------------------------------------- the machine

@@ -5,7 +5,7 @@ DINO's loop (facebookresearch/dino ``video_generation.py``, re-implemented here,
 frame decoded, normalised at its native resolution (cropped to a multiple of the patch), one
 un-batched forward pass whose last block builds the full N x N attention
 (``get_last_selfattention``), the heads' maps upsampled to pixels and the frame written; frame by
-frame. Ours: ``client/attention_video.py`` against TorchServe (``in_flight`` requests overlapping).
+frame. Ours: the client's ``vitscope_client.video`` against TorchServe (``in_flight`` requests overlapping).
 Peak memory: the max RSS of each process (the DINO loop here; the TorchServe worker for ours).
 """
 
@@ -16,6 +16,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.section import Run
+from bench.tables import Cell, Column, Skipped, Table, Target
+from bench.timing import Machine
 from scripts import REPO
 from testkit.torchserve import private_torchserve
 from vitscope.attention import to_tensor
@@ -96,9 +100,9 @@ def dino_loop(clip: Path, out: Path, model_name: str, weights: Path, device: str
 
 def ours(clip: Path, out: Path, url: str, in_flight: int, short_side: int) -> float:
     """Our client against the server, at the clip's own resolution (as DINO's loop): frames/s."""
-    sys.path.insert(0, str(REPO / "client"))
-    from attention_video import VideoOptions, explain_video
-    from render_attention import AttentionClient
+    sys.path.insert(0, str(REPO / "client"))  # the client's package, where it is not installed
+    from vitscope_client import AttentionClient  # the client (and PyAV): only this section needs them
+    from vitscope_client.video import VideoOptions, explain_video
 
     client = AttentionClient(url, timeout=600)
     summary = explain_video(clip, out, client.request, VideoOptions(in_flight=in_flight, short_side=short_side), progress=False)
@@ -163,3 +167,41 @@ def parse_clip(text: str) -> tuple[tuple[int, int], float]:
     size, _, seconds = text.partition(":")
     h, w = size.lower().split("x")
     return (int(h), int(w)), float(seconds or 10)
+
+
+def video_table(rows: Sequence[VideoFigures], args: argparse.Namespace) -> Table:
+    table = Table(
+        f"Attention videos ({args.model}, fp32): our client against TorchServe ({args.video_in_flight} in flight) vs DINO's "
+        "video_generation.py loop in process",
+        (
+            Column("clip"),
+            Column("ours frames/s", "{:.2f}"),
+            Column("DINO loop frames/s", "{:.2f}"),
+            Column("speed-up", "{:.2f}x"),
+            Column("ours: worker peak RSS MB", "{:.0f}"),
+            Column("DINO loop: peak RSS MB", "{:.0f}"),
+        ),
+    )
+    for r in rows:
+        speedup = r.ours_fps / r.dino_fps if r.ours_fps and r.dino_fps else None
+        dino: Cell = r.dino_fps if r.dino_fps is not None else Skipped(r.dino_skipped)
+        table.add(r.clip, r.ours_fps, dino, speedup, r.ours_peak_mb, r.dino_peak_mb)
+    return table
+
+
+class Video:
+    key = "video"
+    title = "attention videos: our client against TorchServe vs DINO's video_generation.py loop in process (needs PyAV)"
+
+    def measure(self, run: Run) -> list[VideoFigures]:
+        logger.info("video: our client against the server vs DINO's video_generation.py loop in process ...")
+        return bench_video(run.args, run.store, run.workdir)
+
+    def tables(self, figures: list[VideoFigures], args: argparse.Namespace, machine: Machine) -> list[Table]:
+        return [video_table(figures, args)]
+
+    def targets(self, figures: list[VideoFigures], args: argparse.Namespace, machine: Machine) -> list[Target]:
+        return []
+
+
+SECTION = Video()

@@ -12,31 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli
+from bench import batching, cli
 from bench.batching import CPU_BATCHES
-from bench.compiled import CompileFigures
-from bench.report import (
-    Column,
-    Report,
-    Skipped,
-    Table,
-    Target,
-    build_report,
-    cell_text,
-    cold_start_table,
-    compile_table,
-    markdown,
-    table_markdown,
-    throughput_table,
-    video_table,
-)
-from bench.servers import ColdStart, Throughput
+from bench.cli import SECTIONS
+from bench.coldstart import ColdStart, cold_start_table
+from bench.compiled import CompileFigures, compile_table
+from bench.report import build_report, cell_text, markdown, section_of, table_markdown
+from bench.tables import Column, Report, Skipped, Table, Target
+from bench.throughput import Throughput, throughput_table
 from bench.timing import Machine, Result, forward_flops, run_configuration
-from bench.video import VideoFigures
+from bench.video import VideoFigures, video_table
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
 from vitscope.precision import PrecisionPlan, Speed, probe_speed
 
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 TINY_RUN = [
     *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),
     *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42", "hf:dinov2_vits14_reg:28x42"),
@@ -78,6 +68,40 @@ def test_tiny_run_reports_every_section_it_ran(tiny_run: tuple[dict, str, Path])
         assert rows[0] == [c["name"] for c in table["columns"]] and len(rows) == 2 + len(table["rows"])
         assert all(len(row) == len(table["columns"]) for row in table["rows"])
     assert (out / "tiny.png").stat().st_size > 1000
+
+
+def test_each_table_target_and_anchor_names_its_section(tiny_run: tuple[dict, str, Path]) -> None:
+    """One key per section: its --sections value is the "section" of its tables and targets in the JSON
+    and the anchor of its first heading in the Markdown, in the registry's order."""
+    data, text, _ = tiny_run
+    ran = ["forward", "methods", "families", "encoding", "batching", "engines"]
+    assert [t["section"] for t in data["tables"]] == ran
+    assert data["targets"] and {t["section"] for t in data["targets"]} <= {"forward", "methods"}
+    assert [line for line in text.splitlines() if line.startswith("<a id=")] == [f'<a id="{key}"></a>' for key in ran]
+    assert [section_of({"title": t["title"]}) for t in data["tables"]] == ran  # the titles of older results name the same keys
+
+
+def test_committed_results_name_the_sections_by_their_titles() -> None:
+    """bench/results/*.json written before the tables named their section: each table's section from its title."""
+    keys = {s.key for s in SECTIONS}
+    found = {path.stem: [section_of(t) for t in json.loads(path.read_text())["tables"]] for path in RESULTS.glob("*.json")}
+    assert found["bench"][:3] == ["forward", "methods", "encoding"] and found["video"] == ["coldstart", "video"]
+    assert found["overload"] == ["overload", "overload"] and {key for tables in found.values() for key in tables} == keys
+    with pytest.raises(ValueError, match="no section of the benchmark writes a table titled 'Latency'"):
+        section_of({"title": "Latency"})
+
+
+def test_the_cli_runs_and_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = [s.key for s in SECTIONS]
+    assert len(set(keys)) == len(keys) and keys[0] == "forward"
+    assert cli.parse_args([]).sections == keys  # everything, in the registry's order
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    listed = capsys.readouterr().out.split("sections (--sections), in the order they run:\n")[1].splitlines()
+    assert [line.split()[0] for line in listed] == keys
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--sections", "compiled"])  # one name per section: the old report's keyword is not one
+    assert "invalid choice: 'compiled'" in capsys.readouterr().err
 
 
 def test_a_configuration_runs_in_a_process_of_its_own(tmp_path: Path) -> None:
@@ -162,8 +186,8 @@ def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path: Path, monkeypa
         raise RuntimeError("cut short")
 
     monkeypatch.setattr(cli, "probe_machine", lambda *_: emulating_machine())
-    monkeypatch.setattr(cli, "bench_batching", fails)
-    argv = ["--model", "vit_tiny", "--patch", "16", "--repeats", "1", "--device", "cpu", "--sections", "encoding", "batching"]
+    monkeypatch.setattr(batching, "bench_batching", fails)
+    argv = ["--model", "vit_tiny", "--patch", "8", "--repeats", "1", "--device", "cpu", "--sections", "encoding", "batching"]
     with pytest.raises(RuntimeError, match="cut short"):
         cli.main([*argv, "--out", str(tmp_path), "--name", "cut"])
     tables = markdown_tables((tmp_path / "cut.md").read_text())
@@ -174,7 +198,10 @@ def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path: Path, monkeypa
 
 def test_batching_figures_are_derived_from_the_batch_times(tiny_run: tuple[dict, str, Path]) -> None:
     rows = rows_of(tiny_run[0], "Batching")
-    assert [(r["precision"], r["batch"]) for r in rows] == [("fp32", b) for b in CPU_BATCHES]  # fp32 runs everywhere
+    forward = {r["path"]: r for r in rows_of(tiny_run[0], "Forward")}
+    native = [p for p in ("fp32", "bf16", "fp16") if not isinstance(forward[p]["min s"], dict)]  # timed, not skipped, in this run
+    assert native[0] == "fp32"
+    assert [(r["precision"], r["batch"]) for r in rows] == [(p, b) for p in native for b in CPU_BATCHES]  # fp32 runs everywhere
     for r in rows:
         assert r["images/s"] == pytest.approx(r["batch"] / r["s per batch"])
         assert 0 < r["forward share"] <= 1
@@ -225,7 +252,7 @@ def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:
         Result("fp16", (480, 480), 3600, skipped=reason),
     ]
     args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
-    report = build_report(args, machine, results)
+    report = build_report(args, machine, {"forward": results}, SECTIONS)
     targets = {t.what: t for t in report.targets}
     assert targets["fp32 path vs seed at 480x480"].value == pytest.approx(3.0) and targets["fp32 path vs seed at 480x480"].met is False
     for what in ("bf16 path vs seed at 480x480", "bf16 path at 480x480, fraction of the bf16 matmul peak"):
@@ -257,7 +284,7 @@ def test_bf16_over_fp32_is_judged_only_on_amx(flags: frozenset[str], device: str
         Result("bf16", (480, 480), 3600, times=[0.8], gflops=375),
     ]
     args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
-    targets = {t.what: t for t in build_report(args, machine, results).targets}
+    targets = {t.what: t for t in build_report(args, machine, {"forward": results}, SECTIONS).targets}
     amx = targets["bf16 path vs fp32 at 480x480 on a CPU with AMX"]
     if judged:
         assert amx.value == pytest.approx(2.5) and amx.met is False
@@ -321,7 +348,7 @@ def test_overload_figures_are_derived_from_what_the_clients_saw() -> None:
     lost = Storm("B", 4, 10.0, 2.0, Counter({200: 1, 500: 1}), accepted=[4.0], refused=[], lost=1, recovery=9.0)
     overload = Overload([calm, lost], [Soak("A", 100, 0, 500.0, 540.0)], "1024x1024: HTTP 200 in 50.0 s")
     args = argparse.Namespace(model="dino_vits8", patch=8, throughput_requests=0, requests=0)
-    report = build_report(args, emulating_machine(), overload=overload)
+    report = build_report(args, emulating_machine(), {"overload": overload}, SECTIONS)
     storms, soaks = report.tables
     assert storms.rows[0][3] == "200: 3, 503: 2" and storms.rows[1][3] == "200: 1, 500: 1, lost: 1"
     assert storms.rows[0][5] == pytest.approx(10.0) and storms.rows[0][7] == pytest.approx(np.percentile([2.0, 10.0, 30.0], 99) / 2.0)
