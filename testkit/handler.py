@@ -94,9 +94,11 @@ def answer(
 
 
 def client_requester(service: AttentionService) -> Callable[[Sequence[bytes], Mapping[str, str]], list]:
-    """The video client's requester (``attention_video.Requester``), answered by the real handler in
+    """The video client's requester (``vitscope_client.video.Requester``), answered by the real handler in
     process: one image as a multipart row, several as a JSON ``images`` group; errors as the client's."""
-    from render_attention import META_HEADER, ClientError, decode_body, parse_response  # the client's modules (pythonpath)
+    from vitscope_client.errors import ClientError  # the client package (client/ on the path, or installed)
+    from vitscope_client.mirrors import META_HEADER
+    from vitscope_client.response import decode_body, parse_response
 
     def request(images: Sequence[bytes], fields: Mapping[str, str]) -> list:
         if len(images) == 1:

@@ -27,19 +27,27 @@ _INTERVAL_RE = re.compile(r"^([\[(])\s*([-\d.]+)\s*,\s*([-\d.]+)\s*([\])])$")
 class _Architecture(Protocol):
     """What ``ModelFacts.of`` reads of a model's variant (``model.variants.Variant``)."""
 
-    name: str
-    family: str
-    patch_size: int
-    num_heads: int
-    embed_dim: int
-    num_registers: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def patch_size(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def num_registers(self) -> int: ...
 
 
 class _Model(Protocol):
     """What ``ModelFacts.of`` reads of a model (``model.vit.VisionTransformer``)."""
 
-    variant: _Architecture
-    depth: int
+    @property
+    def variant(self) -> _Architecture: ...
+    @property
+    def depth(self) -> int: ...
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from ..errors import RequestError
 from ..image import prepare_image
 from ..methods import METHODS, Method
 from ..methods.base import ForwardSpec
-from ..model.variants import FAMILIES, Variant
+from ..model.catalogue import licence_of
+from ..model.variants import Variant
 from ..model.vit import VisionTransformer
 from ..options import FORMATS, RESPONSE_DTYPES, describe_options, parse
 from ..precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
@@ -218,7 +219,6 @@ class AttentionService:
         model metadata): the model's facts, the methods with the options each takes (the model's
         defaults filled in) and their outputs, the formats and precisions."""
         defaults = self.config.defaults()
-        family = FAMILIES[self.variant.family]
         return {
             "model": {
                 **self.facts.describe(),
@@ -226,8 +226,7 @@ class AttentionService:
                 **({"source": self.config.source} if self.config.source else {}),
                 "mean": list(self.variant.mean),
                 "std": list(self.variant.std),
-                "licence": family.licence,
-                "licence_url": family.licence_url,
+                **licence_of(self.variant.family),
             },
             "default_method": DEFAULT_METHOD,
             "methods": [
