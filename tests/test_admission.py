@@ -18,12 +18,12 @@ from scripts import REPO, archive
 from testkit.checkpoints import TINY, encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import TorchServe
+from tests.support.services import tiny_service
 from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
-from vitscope.precision import PrecisionPlan
 from vitscope.schema import AttentionResult, ImageRequest
-from vitscope.service import ADMISSION_SHARE, AttentionService, ServiceConfig, create_service
+from vitscope.service import ADMISSION_SHARE, AttentionService, create_service
 
 PNG = encode(random_rgb(64, 96, seed=1))
 
@@ -41,10 +41,8 @@ def test_the_cost_model_is_measured_on_the_block_and_inverts() -> None:
 
 
 def service_with_budget(budget: float) -> AttentionService:
-    torch.manual_seed(0)
-    config = ServiceConfig(model=TINY.name, weights="test", short_side=64)
     cost = CostModel(per_token=1e-4, per_pair=1e-6)  # fixed constants: the test is about the rule, not this machine
-    return AttentionService(build_model(TINY, None), TINY, config, precisions=PrecisionPlan.fp32_only(), cost_budget_s=budget, cost=cost)
+    return tiny_service(short_side=64, cost_budget_s=budget, cost=cost)
 
 
 def test_a_request_over_the_budget_gets_413_saying_how_to_come_within() -> None:

@@ -22,7 +22,6 @@ import pytest
 import requests
 import yaml
 
-from client.render_attention import AttentionClient, ClientError
 from scripts import REPO, archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
@@ -30,6 +29,7 @@ from testkit.torchserve import TorchServe
 from vitscope.methods import METHODS
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
 from vitscope.vocab import DEFAULT_METHOD, ModelFacts
+from vitscope_client import AttentionClient, ClientError
 
 from .conftest import NAME, Served
 

@@ -12,12 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testkit.checkpoints import TINY, encode
+from testkit.checkpoints import encode
+from tests.support.services import tiny_service
 from vitscope.errors import RequestError
-from vitscope.model.checkpoint import build_model
 from vitscope.options import option_names
 from vitscope.protocols import PLAIN
-from vitscope.service import AttentionService, Prepared, ServiceConfig
+from vitscope.service import AttentionService, Prepared
 
 # FUZZ_EXAMPLES=5000 make test for a longer run
 # Corrupt inputs make PIL warn (e.g. "Corrupt EXIF data"); the property is about exceptions.
@@ -42,9 +42,7 @@ options = st.dictionaries(st.sampled_from([*option_names(), "bogus", "data"]), v
 
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
-    torch.manual_seed(0)
-    config = ServiceConfig(model="dino_vitt16", weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
-    return AttentionService(build_model(TINY, None), TINY, config)
+    return tiny_service(weights="random", short_side=32, max_tokens=64, max_pixels=200_000)
 
 
 @st.composite

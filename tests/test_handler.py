@@ -17,11 +17,10 @@ import torch
 from handler.vitscope_handler import AttentionHandler
 from testkit.checkpoints import TINY, backbone_state, encode, save, smooth_rgb
 from testkit.handler import answer, handler_for, mock_context, reply_of
+from tests.support.services import tiny_service
 from vitscope.methods import METHODS
-from vitscope.model.checkpoint import build_model
-from vitscope.precision import PrecisionPlan
 from vitscope.protocols import KSERVE_V1, KSERVE_V2, PLAIN, V1_ENVELOPE, V2_ENVELOPE, route
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
 
 PNG = encode(smooth_rgb(48, 64))
 B64 = base64.b64encode(PNG).decode()
@@ -33,8 +32,7 @@ def uniform() -> AttentionService:
     state = backbone_state(seed=3)
     state["blocks.11.attn.qkv.weight"][: TINY.embed_dim] = 0
     state["blocks.11.attn.qkv.bias"][: TINY.embed_dim] = 0
-    config = ServiceConfig(model="dino_vitt16", weights="pinned.pth@sha256:0", short_side=32)
-    return AttentionService(build_model(TINY, state), TINY, config, precisions=PrecisionPlan.fp32_only())
+    return tiny_service(TINY, state, weights="pinned.pth@sha256:0", short_side=32)
 
 
 # Made by the code before the request path was split into codecs (commit 880fd4d), same inputs; re-pinned

@@ -14,15 +14,15 @@ import orjson
 import pytest
 import torch
 
-from client.render_attention import decode_masks
 from scripts import REPO
 from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope.masks import boxes_of, encode_masks, largest_component_box, threshold_masks
 from vitscope.model.checkpoint import build_model
 from vitscope.model.rollout import GPU_SCORE_BYTES, HEAD_FUSIONS, ROW_CHUNK, cls_rollout, rollout_reference, row_chunk
-from vitscope.precision import PrecisionPlan
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
+from vitscope_client.mirrors import decode_masks
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,7 @@ def tiny() -> torch.nn.Module:
 
 
 def service_of(model: torch.nn.Module) -> AttentionService:
-    config = ServiceConfig(model="dino_vitt16", weights="test", short_side=64)
-    return AttentionService(model, TINY, config, precisions=PrecisionPlan.fp32_only())
+    return tiny_service(model=model, short_side=64)
 
 
 def doc(reply) -> dict:

@@ -12,28 +12,23 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-import torch
 import yaml
 
 from kserve_engine.model import AttentionModel, EngineError
 from scripts import REPO, archive
-from testkit.checkpoints import TINY, encode, random_rgb
+from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import TorchServe
+from tests.support.services import tiny_service
 from vitscope.cost import CostModel
 from vitscope.methods import METHODS
-from vitscope.model.checkpoint import build_model
-from vitscope.precision import PrecisionPlan
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
 
 PNG = encode(random_rgb(64, 96, seed=1))
 
 
 def service_of(deadline_s: float = 0.0, cost: CostModel | None = None) -> AttentionService:
-    torch.manual_seed(0)
-    config = ServiceConfig(model=TINY.name, weights="test", short_side=64, deadline_s=deadline_s)
-    budget = 1e9 if cost is not None else None
-    return AttentionService(build_model(TINY, None), TINY, config, precisions=PrecisionPlan.fp32_only(), cost_budget_s=budget, cost=cost)
+    return tiny_service(short_side=64, deadline_s=deadline_s, cost_budget_s=1e9 if cost is not None else None, cost=cost)
 
 
 def count_forward_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -11,25 +11,22 @@ import orjson
 import pytest
 import torch
 
-from client import render_attention as client
 from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope.attention import to_tensor
 from vitscope.image import prepare_image
 from vitscope.methods.pca import auto_foreground, principal_components
-from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
 from vitscope.model.vit import VisionTransformer
-from vitscope.precision import PrecisionPlan
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
+from vitscope_client import cli, draw, mirrors, response
 
 PNG = encode(random_rgb(64, 96, seed=7))
 
 
 def service_of(variant: Variant, state: dict[str, torch.Tensor] | None = None, short_side: int = 64) -> AttentionService:
-    torch.manual_seed(0)
-    config = ServiceConfig(model=variant.name, weights="test", short_side=short_side)
-    return AttentionService(build_model(variant, state), variant, config, precisions=PrecisionPlan.fp32_only())
+    return tiny_service(variant, state, short_side=short_side)
 
 
 def reference_features(model: VisionTransformer, data: bytes, short_side: int) -> np.ndarray:
@@ -82,7 +79,7 @@ def test_auto_foreground_is_the_object_and_two_textures_get_two_colours() -> Non
     service = service_of(TINY, brightness_seeking_state(), short_side=96)
     data = bright_square()
     auto = pca_of(service, data, layer="0")
-    foreground = client.decode_masks(auto["foreground_mask"])
+    foreground = mirrors.decode_masks(auto["foreground_mask"])
     expected = np.zeros((6, 6), bool)
     expected[2:4, 2:4] = True
     np.testing.assert_array_equal(foreground, expected)  # the square touches no border: it is the object
@@ -102,7 +99,7 @@ def test_auto_foreground_is_the_object_and_two_textures_get_two_colours() -> Non
 def test_foreground_from_attention() -> None:
     service = service_of(TINY, brightness_seeking_state(), short_side=96)
     doc = pca_of(service, bright_square(), layer="0", foreground="attention", mask="0.9")
-    foreground = client.decode_masks(doc["foreground_mask"])
+    foreground = mirrors.decode_masks(doc["foreground_mask"])
     assert foreground[2:4, 2:4].all() and doc["mask"] == 0.9  # block 0's [CLS] seeks the bright patches
 
 
@@ -258,18 +255,18 @@ def test_client_draws_the_colours_and_the_foreground(fmt: str, tmp_path) -> None
     service = service_of(TINY, brightness_seeking_state(), short_side=96)
     data = bright_square()
     (reply,) = answer(service, [{"data": data, "method": "pca", "layer": "0", "upsample": "false", "format": fmt}])
-    result = client.parse_response(client.decode_body(reply.body, reply.content_type)).with_image(data)
+    result = response.parse_response(response.decode_body(reply.body, reply.content_type)).with_image(data)
     assert result.grid.shape == (3, 6, 6) and result.arrays["foreground_mask"].shape == (6, 6)
     assert result.arrays["pca_basis"].shape == (5, TINY.embed_dim) and "pca" not in result.meta
     assert result.title.startswith("dino_vitt16  PCA colours of layer 0's features (foreground auto, fitted on this image)")
     figure = result.figure()
     assert [ax.get_title() for ax in figure.axes] == ["image 96x96", "PCA colours", "over image"]
     assert sum(len(ax.collections) for ax in figure.axes) >= 2  # the foreground outline on the colours and over the image
-    colours = client.colours_of(result)
+    colours = draw.colours_of(result)
     assert colours.shape == (96, 96, 3) and colours[:32].max() == 0 and colours[32:64, 32:64].max() > 0  # black ground
     saved = tmp_path / ("answer." + fmt)
     saved.write_bytes(reply.body)
     image = tmp_path / "square.png"
     image.write_bytes(data)
-    assert client.main(["--from-file", str(saved), "--image", str(image), "--out", str(tmp_path), "--save-heads"]) == 0
+    assert cli.main(["--from-file", str(saved), "--image", str(image), "--out", str(tmp_path), "--save-heads"]) == 0
     assert (tmp_path / "square_attention.png").is_file() and (tmp_path / "square" / "pca.png").is_file()

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from testkit.checkpoints import encode, random_rgb, tiny_replica
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
-from vitscope.precision import PrecisionPlan
 from vitscope.schema import ImageRequest
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
 
 timm = pytest.importorskip("timm", reason="timm is pinned in requirements.txt: make install")
 from timm.models import eva, vision_transformer  # noqa: E402 (after the importorskip)
@@ -53,8 +53,7 @@ def replicas(name: str) -> tuple[AttentionService, torch.nn.Module, Variant]:
     reference = timm.create_model(timm_name, pretrained=False, num_classes=0, **shape)
     converted = module.checkpoint_filter_fn(dict(state), reference)  # a copy: timm's filter edits the dict it is given
     reference.load_state_dict(converted, strict=True)
-    config = ServiceConfig(model=variant.name, weights="test", short_side=size)
-    service = AttentionService(build_model(variant, state), variant, config, precisions=PrecisionPlan.fp32_only())
+    service = tiny_service(variant, state, short_side=size)
     return service, reference.eval(), variant
 
 

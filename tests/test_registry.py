@@ -18,15 +18,14 @@ import torch
 from scripts import REPO, docs
 from testkit.checkpoints import TINY, backbone_state, encode, random_rgb
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
 from vitscope.image import prepare_image
 from vitscope.methods import METHODS, Method
-from vitscope.model.checkpoint import build_model
 from vitscope.options import option_names, parse_options
-from vitscope.precision import PrecisionPlan
 from vitscope.schema import SCHEMA_FIELDS
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
 from vitscope.vocab import ModelFacts
 
 PNG = encode(random_rgb(40, 56, seed=9))
@@ -50,8 +49,7 @@ def head_mean(monkeypatch: pytest.MonkeyPatch) -> Method:
 
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
-    config = ServiceConfig(model=TINY.name, weights="test", short_side=32)
-    return AttentionService(build_model(TINY, backbone_state(seed=2)), TINY, config, precisions=PrecisionPlan.fp32_only())
+    return tiny_service(TINY, backbone_state(seed=2), short_side=32)
 
 
 def test_registered_method_is_parsed_and_validated(head_mean: Method, service: AttentionService) -> None:

@@ -13,26 +13,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from client import render_attention as client
 from testkit.checkpoints import TINY, backbone_state, brightness_seeking_state, encode, random_rgb, tiny_replica
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope.attention import to_tensor
 from vitscope.image import prepare_image
-from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
 from vitscope.model.vit import VisionTransformer
-from vitscope.precision import PrecisionPlan
 from vitscope.schema import ImageRequest
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
+from vitscope_client import cli, response
 
 PNG = encode(random_rgb(48, 80, seed=4))  # short_side 48: 48x80, a 3x5 grid at patch 16
 
 
 def service_of(variant: Variant, state: dict[str, torch.Tensor] | None = None) -> AttentionService:
-    torch.manual_seed(0)
-    model = build_model(variant, state)
-    config = ServiceConfig(model=variant.name, weights="test", short_side=48 if variant.patch_size == 16 else 56)
-    return AttentionService(model, variant, config, precisions=PrecisionPlan.fp32_only())
+    return tiny_service(variant, state, short_side=48 if variant.patch_size == 16 else 56)
 
 
 def reference_similarity(model: VisionTransformer, data: bytes, layer: int, point: tuple[int, int], short_side: int) -> np.ndarray:
@@ -183,13 +179,13 @@ def test_client_draws_the_similarity_with_its_point(fmt: str, tmp_path) -> None:
     image[:, 48:] = 225
     data = encode(image)
     (reply,) = answer(service, [{"data": data, "method": "similarity", "point": "70,20", "upsample": "false", "format": fmt}])
-    doc = client.decode_body(reply.body, reply.content_type, reply.headers.get("X-Attention-Meta"))
-    result = client.parse_response(doc).with_image(data)
+    doc = response.decode_body(reply.body, reply.content_type, reply.headers.get("X-Attention-Meta"))
+    result = response.parse_response(doc).with_image(data)
     assert result.grid.shape == (1, 3, 6) and result.meta["patch"] == [1, 4] and "similarity" not in result.meta
     assert result.title.startswith("dino_vitt16  similarity to patch (1, 4) at x=70, y=20, layer 11")
     figure = result.figure(mask=0.6)  # masks are not drawn on signed similarity maps
     markers = [line for ax in figure.axes for line in ax.lines if line.get_marker() == "P"]
     assert [tuple(m.get_xydata()[0]) for m in markers] == [(70.0, 20.0)] * 3
     assert not [ax for ax in figure.axes if ax.get_title().endswith("of mass")]
-    args = client.parse_args(["img.png", "--method", "similarity", "--point", "70,20"])
-    assert client.option_fields(args) == {"upsample": "false", "method": "similarity", "point": "70,20"}
+    args = cli.parse_args(["img.png", "--method", "similarity", "--point", "70,20"])
+    assert cli.option_fields(args) == {"upsample": "false", "method": "similarity", "point": "70,20"}
