@@ -469,11 +469,12 @@ def test_a_method_the_client_has_no_view_for_is_drawn_from_its_outputs(dark_squa
     np.testing.assert_array_equal(axes[1].images[0].get_array(), draw.colours_of(att))
 
     asked: list[str] = []  # AttentionClient.explain: the description comes from the server, asked once
-    monkeypatch.setattr(
-        api.AttentionClient,
-        "describe",
-        lambda self: asked.append("describe") or {"methods": [{"name": "colour_pca", "outputs": described}]},
-    )
+
+    def describe(self: api.AttentionClient) -> dict:
+        asked.append("describe")
+        return {"methods": [{"name": "colour_pca", "outputs": described}]}
+
+    monkeypatch.setattr(api.AttentionClient, "describe", describe)
     monkeypatch.setattr(api, "post_image", lambda *args: dict(made_up_rgb))
     remote = api.AttentionClient("http://127.0.0.1:9")
     assert remote.outputs_of("pca") is None and remote.outputs_of(None) is None and not asked  # its own views: no question
