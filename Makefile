@@ -3,7 +3,7 @@ SHELL   := /bin/bash
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-# A hub name (dino_vits8, dinov2_vits14_reg, dinov3_vits16, ...: README's model table), or DINO's
+# A hub name (dino_vits8, dinov2_vits14_reg, dinov3_vits16, ...: docs/models.md's table), or DINO's
 # vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8). Empty: vit_small, or what WEIGHTS' config.json says.
 MODEL   ?=
 PATCH   ?=

@@ -8,7 +8,7 @@ serve_kserve   make serve-kserve: the same archive on KServe's model server (kse
 viewer         make viewer: the static browser viewer on loopback
 background     start/stop of the background servers (pid files, readiness)
 kserve_bundle  make kserve-bundle: KServe's storage layout for its TorchServe runtime
-docs           README's tables generated from the method registry
+docs           the docs' tables generated from the method registry and bench/results
 install_browser.sh  make browser: Debian's chromium + chromium-driver for the viewer's tests
 """
 

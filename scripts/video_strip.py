@@ -1,4 +1,4 @@
-"""The README's video frame strip (docs/video_strip.png): a synthetic clip of a bright square moving
+"""The docs' video frame strip (docs/video_strip.png): a synthetic clip of a bright square moving
 right, explained frame by frame by a CONSTRUCTED model (its block-0 [CLS] seeks bright patches; no
 trained weights), through the real handler in process and the video client, six frames of the
 output shown side by side and labelled as such.

@@ -1,4 +1,4 @@
-"""Synthetic video clips for the video tests and the README's frame strip."""
+"""Synthetic video clips for the video tests and the docs' frame strip (docs/client.md)."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def test_raw_body_forms(served: Served, tmp_path: Path) -> None:
     data = encode(random_rgb(150, 110, seed=1), "JPEG", quality=92)
     (tmp_path / "img.jpg").write_bytes(data)
     out = tmp_path / "out.json"
-    # the README's curl form, verbatim
+    # README's curl form, verbatim
     subprocess.run(
         ["curl", "-sS", "--fail-with-body", "-T", str(tmp_path / "img.jpg"), served.url, "-o", str(out)], check=True, timeout=TIMEOUT
     )
@@ -243,7 +243,7 @@ def test_random_weights_archive(tmp_path: Path) -> None:
 
 
 def test_dinov2_with_registers_is_served(tmp_path: Path, torchserve: TorchServe) -> None:
-    """README's DINOv2 walk-through: archive dinov2_vits14_reg (random weights), serve it, and curl a
+    """docs/models.md's DINOv2 walk-through: archive dinov2_vits14_reg (random weights), serve it, and curl a
     non-square image with registers=true (its own TorchServe: the model API is off by default)."""
     name, store = "dinov2_vits14_reg", tmp_path / "store"
     assert archive.main(["--model", name, "--weights", "random", "--export-path", str(store)]) == 0

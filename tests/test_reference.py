@@ -6,7 +6,7 @@ conversion. Tiny replicas of the official layouts (random weights, LayerScale se
 
 Images are at the checkpoint's own position grid (518 px at patch 14 for DINOv2, any size for
 DINOv3's RoPE): there timm and the hub agree by construction. Off that grid, timm resizes DINOv2's
-positions without the hub's 0.1 offset (README, "Features": the hub's own code is what we follow).
+positions without the hub's 0.1 offset (docs/models.md: the hub's own code is what we follow).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """DINO's threshold masks on the patch grid, their largest connected components as boxes, and the
-compact encoding masks travel in (numpy only). The client (``client/render_attention.py``) and the
+compact encoding masks travel in (numpy only). The client (``client/vitscope_client/mirrors.py``) and the
 viewer (``viewer/js/maps.js``) compute the same masks; tests compare the three element by element.
 
 A mask of a map keeps the highest patches that together hold a fraction ``t`` of the map's mass,

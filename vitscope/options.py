@@ -106,7 +106,7 @@ def _heads(value: object, facts: ModelFacts) -> tuple[int, ...]:
     return tuple(heads)
 
 
-# In the order of README's table; ``method``'s choices and the methods' own options come from the registry.
+# In the order of docs/api.md's table; ``method``'s choices and the methods' own options come from the registry.
 REQUEST_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("layer", "integer", _layer, "block whose `[CLS]` attention is returned; `0..11`, or `-1` for the last", None, "last (`11`)"),
     OptionSpec(
@@ -182,7 +182,7 @@ def shared_options() -> tuple[OptionSpec, ...]:
 
 
 def all_options() -> dict[str, OptionSpec]:
-    """Every option a request may give, in README's order: the shared ones, each method's own after ``method``."""
+    """Every option a request may give, in docs/api.md's order: the shared ones, each method's own after ``method``."""
     return {spec.name: spec for spec in (*REQUEST_OPTIONS, method_option(), *method_options(), *MAP_OPTIONS)}
 
 
@@ -237,7 +237,7 @@ def parse(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEF
 
 
 def _check_combination(given: list[str], parsed: Mapping[str, Any], method: Method, fmt: str, facts: ModelFacts) -> None:
-    """Options that make no sense together: 400 naming them and why. ``given``: the options a request gave, in README's order."""
+    """Options that make no sense together: 400 naming them and why. ``given``: the options a request gave, in docs/api.md's order."""
     if "layers" in given and "layer" in given:
         raise OptionError("give layer=N (one block) or layers=all / layers=0,5,11 (several), not both")
     for name, why in method.excludes.items():

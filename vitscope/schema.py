@@ -4,7 +4,7 @@
 ``AttentionResult``: one image's arrays and the metadata to interpret them. Its metadata fields, in
 order, then the method's own fields, are the response schema of every protocol (JSON keys, the .npy
 header, npz ``meta``, KServe parameters); the arrays are the method's declared outputs (``methods/``).
-``response_fields()`` is every field a response may hold: README's field table and the client are
+``response_fields()`` is every field a response may hold: docs/api.md's field table and the client are
 checked against it.
 """
 

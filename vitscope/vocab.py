@@ -85,14 +85,14 @@ Parser = Callable[[object, ModelFacts], Any]
 @dataclass(frozen=True)
 class OptionSpec:
     """One request option: how it is parsed (``parse`` raises ``OptionError`` with the 400 message),
-    its default, and how README and the describe API present it."""
+    its default, and how the docs and the describe API present it."""
 
     name: str
     type: str  # boolean, integer, number, string, size (HxW), blocks (indices or "all"), heads (indices)
     parse: Parser = field(repr=False, compare=False)
-    help: str  # README's "meaning" column (Markdown)
+    help: str  # the docs' "meaning" column (Markdown)
     default: object = None  # what a request leaving it out gets (None: not set)
-    default_text: str = ""  # README's "default" column where the value alone would mislead ("last (`11`)", "all")
+    default_text: str = ""  # the docs' "default" column where the value alone would mislead ("last (`11`)", "all")
     choices: tuple[str, ...] = ()
     interval: str = ""  # numbers: e.g. "[0, 1)"
 
@@ -120,7 +120,7 @@ class OutputSpec:
 
     name: str
     dtype: str  # "float": float32, or float16 when the request says dtype=float16; else a numpy dtype: bool, int32, float32
-    axes: str  # README's shape, e.g. "[heads, H, W]"
+    axes: str  # the docs' shape, e.g. "[heads, H, W]"
     help: str
     asked_by: str = ""
     json: str = "array"  # "array": nested lists; "packbits": {"shape", "encoding", "data"} (booleans, see masks.py)

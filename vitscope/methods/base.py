@@ -1,7 +1,7 @@
 """What a method declares: its options, its outputs, what it needs of the forward pass, its compute.
 
 A *method* is one way of looking at the model (``attention``, ``rollout``, ...). Everything else
-(option parsing, the service, the codecs, the describe API, README's tables, the client and the
+(option parsing, the service, the codecs, the describe API, the docs' tables, the client and the
 viewer) reads these declarations instead of naming methods, so a new method is one module plus one
 line in ``methods/__init__.py``.
 
@@ -50,7 +50,7 @@ class Method(ABC):
     """A way of looking at the model. Subclasses set the class attributes and ``compute``."""
 
     name: str  # the value of the ``method`` option
-    summary: str  # one line for README and the describe API
+    summary: str  # one line for the docs and the describe API
     options: tuple[OptionSpec, ...] = ()  # its own options (400 for any other method)
     excludes: ClassVar[Mapping[str, str]] = {}  # shared options it refuses -> the 400 message saying why
     requires: ClassVar[Mapping[str, str]] = {}  # options a request must give with it -> the 400 message saying how
