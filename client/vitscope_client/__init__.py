@@ -4,7 +4,8 @@ with matplotlib, from a notebook or the ``render-attention`` command. It needs n
     api       AttentionClient (explain, explain_many, describe, explain_video), the HTTP calls, ClientError
     response  the parsed answer: Response, Responses; decoding JSON, .npy and .npz answers
     mirrors   the client's copies of the server's maths and facts (masks, image alignment, protocol constants)
-    draw      the matplotlib figures, and how each method's outputs are drawn
+    views     how each method's outputs are drawn (MethodView, METHOD_VIEWS, generic_view), as data
+    draw      the matplotlib figures of a parsed answer, as its view says
     cli       the command line (``render-attention``, ``python client/render_attention.py``)
     video     videos frame by frame (VideoOptions, explain_video); PyAV and tqdm, the ``video`` extra,
               are imported only when a video is explained: ``pip install 'vitscope-client[video]'``

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .draw import METHOD_VIEWS
 from .errors import ClientError
 from .mirrors import DEFAULT_METHOD, DEFAULT_MODEL, META_HEADER, TIMEOUT_HEADER
 from .response import ImageLike, OutputDescription, Response, Responses, decode_body, image_bytes, parse_response
+from .views import METHOD_VIEWS
 
 if TYPE_CHECKING:
     from .video import VideoSummary

@@ -33,10 +33,11 @@ from pathlib import Path
 import matplotlib
 
 from .api import DEFAULT_HOST, DEFAULT_KEY_FILE, MANAGEMENT_PORT, AttentionClient, auth_headers, request_attention, request_many
-from .draw import METHODS, save_heads
+from .draw import save_heads
 from .errors import ClientError
 from .mirrors import DEFAULT_MODEL, FORMATS, HEAD_FUSIONS, PRECISIONS, SERVER_OPTIONS, TIMEOUT_HEADER
 from .response import OutputDescription, Responses, decode_body, image_bytes, parse_response
+from .views import METHODS
 
 
 def option_fields(args: argparse.Namespace) -> dict[str, str]:

@@ -1,17 +1,17 @@
-"""The client's matplotlib figures, and how it draws each method's maps.
+"""The client's matplotlib figures of a parsed answer, drawn as its method's view (``views``) says.
 
-``METHOD_VIEWS`` holds the views of the methods the client draws in a way of their own (titles,
-masks, colours); any other method is drawn from its declared outputs (``generic_view``): its main
-output's float maps, leading axes flattened to panels, or its colour image ``[3, H, W]`` (an output
-the server describes with ``rgb: true``), with the ``point`` an answer carries marked.
+A method with a view of its own (``METHOD_VIEWS``) is drawn in its way (titles, masks, colours); any
+other is drawn from its declared outputs (``generic_view``): its main output's float maps, leading
+axes flattened to panels, or its colour image ``[3, H, W]`` (an output the server describes with
+``rgb: true``), with the ``point`` an answer carries marked. The figures take any ``Drawable``
+(``response.Response`` is one): this module does not import ``response``, which imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import matplotlib
 import numpy as np
@@ -21,10 +21,10 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
 
 from .errors import ClientError
-from .mirrors import DEFAULT_METHOD, threshold_masks
-
-if TYPE_CHECKING:
-    from .response import Response
+from .mirrors import threshold_masks
+from .views import METHOD_VIEWS as METHOD_VIEWS  # re-exported: callers read the views from draw too
+from .views import METHODS as METHODS
+from .views import MethodView
 
 OVERLAY_ALPHA = 0.6
 PANEL_INCHES = 2.6  # width of one map
@@ -33,85 +33,30 @@ COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
 
 
-def heads_headline(meta: dict) -> str:
-    layers = f"layers {meta['layers']}" if meta.get("layers") else f"layer {meta['layer']}"
-    heads = meta["heads"] if len(meta["heads"]) < meta.get("num_heads", 0) else "all"
-    return f"{layers}  heads {heads}"
+class Drawable(Protocol):
+    """What a figure is drawn from: a parsed answer (``response.Response``, which draws itself with
+    these functions; this module does not import it back)."""
 
-
-def rollout_headline(meta: dict) -> str:
-    return f"rollout through layer {meta['layer']} ({meta['head_fusion']} of heads, discard {meta['discard_ratio']:g})"
-
-
-def pca_headline(meta: dict) -> str:
-    source = "the basis sent" if meta.get("pca_fit") == "basis" else "this image"
-    return f"PCA colours of layer {meta['layer']}'s features (foreground {meta['foreground']}, fitted on {source})"
-
-
-def similarity_headline(meta: dict) -> str:
-    (x, y), (row, col) = meta["point"], meta["patch"]
-    return f"similarity to patch ({row}, {col}) at x={x}, y={y}, layer {meta['layer']}"
-
-
-def other_headline(meta: dict) -> str:
-    return f"{meta.get('method')} of layer {meta['layer']}"
-
-
-@dataclass(frozen=True)
-class MethodView:
-    """How the client draws one method's maps. ``METHOD_VIEWS`` is the one place the client knows
-    methods by name; any other method gets the view ``generic_view`` makes of its main output."""
-
-    headline: Callable[[dict], str]  # what the figure's title says after the model name
-    fused: bool  # one map per layer (the heads fused, or no heads at all), else one map per head
-    output: str = "attention"  # the response's array that holds the maps
-    fused_title: str = "{method} through layer {layer}"  # the one map's panel title (fused; rgb: the colours' title)
-    masks: bool = True  # DINO's masks make sense of its maps (a share of the mass: not for signed maps)
-    rgb: bool = False  # its output is one colour image [3, H, W] in [0, 1], not maps to colour
-    mean_title: str = "head mean"  # the summary of a layer's several maps
-    panels: tuple[str, ...] = ()  # the names of a layer's maps when they are not heads (``generic_view``)
-
-    def map_names(self, meta: dict) -> list[str]:
-        """One name per map of a layer: "head 0", ..., or the method's name for a fused map (R, G, B: three)."""
-        if self.rgb:
-            return ["red", "green", "blue"]
-        if self.panels:
-            return list(self.panels)
-        return [str(meta.get("method"))] if self.fused else [f"head {h}" for h in meta["heads"]]
-
-    def map_titles(self, meta: dict) -> list[str]:
-        """Panel titles of a layer's maps."""
-        return [self.fused_title.format(**meta)] if self.fused else self.map_names(meta)
-
-
-METHOD_VIEWS: dict[str, MethodView] = {
-    DEFAULT_METHOD: MethodView(heads_headline, fused=False),
-    "rollout": MethodView(rollout_headline, fused=True),
-    "similarity": MethodView(similarity_headline, fused=True, output="similarity", fused_title="cosine similarity", masks=False),
-    "pca": MethodView(pca_headline, fused=True, output="pca", fused_title="PCA colours", masks=False, rgb=True),
-}
-METHODS = tuple(METHOD_VIEWS)  # the methods with a view of their own (--method takes any the server describes)
-OTHER_METHOD = MethodView(other_headline, fused=False)
-
-
-def view_of(meta: dict) -> MethodView:
-    """The view of the method ``meta`` names (``OTHER_METHOD`` for one the client has no view for)."""
-    return METHOD_VIEWS.get(meta.get("method") or DEFAULT_METHOD, OTHER_METHOD)
-
-
-def generic_view(output: str, maps: np.ndarray, layers: bool = False, rgb: bool = False) -> MethodView:
-    """The view of a method the client has none for, from its main output ``output`` (``maps``: the
-    array, on the patch grid or in pixels; ``layers``: its first axis is the layers of ``layers=``):
-    a colour image when the output is one (``rgb``), else one map, or numbered maps of its leading axes
-    flattened (DINO's masks with ``--mask`` only for maps with no negative values)."""
-    if rgb:
-        return MethodView(other_headline, fused=True, output=output, fused_title=output, masks=False, rgb=True)
-    lead = maps.shape[1 if layers else 0 : -2]
-    masks = bool(maps.size) and float(np.nanmin(maps)) >= 0
-    if int(np.prod(lead, dtype=np.int64)) == 1:
-        return MethodView(other_headline, fused=True, output=output, fused_title=output, masks=masks)
-    panels = tuple(f"{output} {','.join(map(str, index))}" for index in np.ndindex(*lead))
-    return MethodView(other_headline, fused=False, output=output, masks=masks, mean_title="mean", panels=panels)
+    @property
+    def meta(self) -> dict: ...
+    @property
+    def pixels(self) -> np.ndarray: ...
+    @property
+    def image(self) -> np.ndarray | None: ...
+    @property
+    def masks(self) -> np.ndarray | None: ...
+    @property
+    def boxes(self) -> np.ndarray | None: ...
+    @property
+    def registers(self) -> np.ndarray | None: ...
+    @property
+    def arrays(self) -> dict[str, np.ndarray]: ...
+    @property
+    def view(self) -> MethodView: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]: ...
 
 
 def normalize(a: np.ndarray) -> np.ndarray:
@@ -134,7 +79,7 @@ def overlay(
     return np.clip(np.rint(blended * 255), 0, 255).astype(np.uint8)
 
 
-def figure_layout(att: Response, mask: float | None) -> tuple[int, int]:
+def figure_layout(att: Drawable, mask: float | None) -> tuple[int, int]:
     """(rows, cols): a summary row (image, mean, overlay), then the maps: one row per layer of a
     ``layers=`` answer (a column per head), else the heads wrapped at MAX_COLS and, with masks,
     as many mask rows."""
@@ -157,7 +102,7 @@ def figure_size(rows: int, cols: int, aspect: float) -> tuple[float, float]:
     return width, rows * (PANEL_INCHES * aspect + TITLE_INCHES) + TITLE_INCHES  # + the suptitle
 
 
-def map_titles(att: Response, label: str, count: int, row: int = 0) -> list[str]:
+def map_titles(att: Drawable, label: str, count: int, row: int = 0) -> list[str]:
     """Panel titles of one row of maps; with the server's ``registers``, each map's share on them."""
     prefix = f"{label} " if att.meta.get("layers") else ""
     titles = [prefix + title for title in att.view.map_titles(att.meta)[:count]]
@@ -191,7 +136,7 @@ def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
 
 
-def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int) -> Figure:
+def render_figure(image: np.ndarray, att: Drawable, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int) -> Figure:
     """The whole picture for one image; returns a matplotlib Figure.
 
     Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``
@@ -250,12 +195,12 @@ def render_figure(image: np.ndarray, att: Response, *, cmap: str, shared_scale: 
     return fig
 
 
-def colours_of(att: Response) -> np.ndarray:
+def colours_of(att: Drawable) -> np.ndarray:
     """A colour output (3, H, W) in [0, 1], in pixels, as an (H, W, 3) uint8 image."""
     return np.clip(np.rint(att.pixels.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
 
 
-def render_colours(image: np.ndarray, att: Response, dpi: int) -> Figure:
+def render_colours(image: np.ndarray, att: Drawable, dpi: int) -> Figure:
     """A colour method's picture (PCA): the image, the colours, the colours over the image, with the
     outline of the patches they were fitted on (``foreground_mask``) when the response holds it, and
     the ``point`` it names."""
@@ -282,7 +227,7 @@ def render_colours(image: np.ndarray, att: Response, dpi: int) -> Figure:
     return fig
 
 
-def render_many(items: Sequence[Response], *, cmap: str, dpi: int) -> Figure:
+def render_many(items: Sequence[Drawable], *, cmap: str, dpi: int) -> Figure:
     """Images sent together, one row each: the image, the method's map (colours as they are, other
     maps on one scale shared by all rows, the similarity's point marked on the first), over the image."""
     if any(att.image is None for att in items):
@@ -330,7 +275,7 @@ def fit_height(fig: Figure, rows: int, passes: int = 2) -> None:
         fig.set_size_inches(width, height * (1 - rows * spare))
 
 
-def save_heads(out_dir: Path, image: np.ndarray, att: Response, cmap: str, mask: float | None) -> None:
+def save_heads(out_dir: Path, image: np.ndarray, att: Drawable, cmap: str, mask: float | None) -> None:
     """DINO-style per-map files: attn-head{j}.png (attn-layer{b}-head{j}.png for layers, rollout.png),
     mask_th{t}_head{j}.png with the server's masks or the client's (``mask``), plus the image and the overlay."""
     import matplotlib.image as mpimg

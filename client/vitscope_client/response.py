@@ -15,9 +15,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .draw import METHOD_VIEWS, MethodView, generic_view, render_figure, render_many, view_of
+from .draw import render_figure, render_many
 from .errors import ClientError
 from .mirrors import CONTENT_TYPES, DEFAULT_METHOD, META_HEADER, NPZ_META, REQUIRED_KEYS, aligned_image, decode_masks, is_array_field
+from .views import METHOD_VIEWS, MethodView, generic_view, view_of
 
 ImageLike = str | Path | bytes | Image.Image | np.ndarray
 OutputDescription = Mapping[str, object]  # one of a method's outputs as the describe API serves it: name, dtype, axes, rgb, ...
