@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from bench.tables import Table, Target
 from bench.timing import Machine
-from scripts import archive
 from vitscope.precision import AUTOCAST_DTYPES, FP32
 
 
@@ -38,6 +37,8 @@ class Run:
     @cached_property
     def store(self) -> Path:
         """A model store holding the benchmark model's .mar: archived once, for the first section that serves it."""
+        from scripts import archive  # only the served sections archive (not the worker processes that import a section)
+
         store = self.workdir / "store"
         if archive.main(["--model", self.args.model, "--weights", str(self.weights), "--export-path", str(store)]):
             raise RuntimeError("archiving the benchmark model failed")

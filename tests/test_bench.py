@@ -91,7 +91,7 @@ def test_committed_results_name_the_sections_by_their_titles() -> None:
         section_of({"title": "Latency"})
 
 
-def test_the_cli_runs_and_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_takes_and_lists_the_registrys_keys(capsys: pytest.CaptureFixture[str]) -> None:
     keys = [s.key for s in SECTIONS]
     assert len(set(keys)) == len(keys) and keys[0] == "forward"
     assert cli.parse_args([]).sections == keys  # everything, in the registry's order
