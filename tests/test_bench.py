@@ -22,6 +22,7 @@ from bench.tables import Column, Report, Skipped, Table, Target
 from bench.throughput import Throughput, throughput_table
 from bench.timing import Machine, Result, forward_flops, run_configuration
 from bench.video import VideoFigures, video_table
+from testkit.torchserve import TorchServe
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
 from vitscope.precision import PrecisionPlan, Speed, probe_speed
@@ -47,7 +48,9 @@ def markdown_tables(text: str) -> dict[str, list[list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path]:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, torchserve: TorchServe) -> tuple[dict, str, Path]:
+    """The tiny configuration, every section it names; its engines section starts TorchServe (the
+    ``torchserve`` fixture: these tests are e2e)."""
     out = tmp_path_factory.mktemp("bench")
     assert cli.main([*TINY_RUN, "--out", str(out), "--name", "tiny"]) == 0
     return json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text(), out
