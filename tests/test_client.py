@@ -28,7 +28,7 @@ from vitscope.methods import METHODS
 from vitscope.model.checkpoint import build_model
 from vitscope.precision import PrecisionPlan
 from vitscope.service import AttentionService, ServiceConfig, create_service
-from vitscope_client import api, cli, draw, mirrors, response
+from vitscope_client import api, cli, draw, mirrors, response, views
 
 from .conftest import Served
 
@@ -436,7 +436,7 @@ def test_a_method_the_client_has_no_view_for_is_drawn_from_its_outputs(dark_squa
     with the point it carries; the CLI draws a saved answer of it, and an .npy answer of it decodes."""
     image_path, json_path, _ = dark_square
     doc = orjson.loads(json_path.read_bytes())
-    assert "head_mean" not in draw.METHOD_VIEWS and "colour_pca" not in draw.METHOD_VIEWS
+    assert "head_mean" not in views.METHOD_VIEWS and "colour_pca" not in views.METHOD_VIEWS
     heads = np.asarray(doc.pop("attention"), np.float32)  # (3, h, w)
     made_up = {**doc, "method": "head_mean", "reduce": "max", "head_mean_maps": np.stack([heads, heads**2]).tolist()}  # [2, 3, h, w]
     att = response.parse_response(made_up).with_image(image_path)

@@ -218,7 +218,7 @@ def test_random_weights_archive(tmp_path: Path) -> None:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
     assert config["handler"] == {**config["handler"], "model": "dino_vitt16", "weights": "random"}
-    assert {"vitscope_handler.py", "vitscope/service.py", "vitscope/model/vit.py"} <= names
+    assert {"vitscope_handler.py", "vitscope/service/pipeline.py", "vitscope/model/vit.py"} <= names
     assert not any(n.endswith(".pth") for n in names)
     # the archive ships only what the worker imports: unpacked alone, loading and serving imports every module
     root = tmp_path / "model_dir"

@@ -22,8 +22,8 @@ from vitscope.protocols.base import CONTENT_TYPES, META_HEADER, TIMEOUT_HEADER
 from vitscope.protocols.plain import NPZ_META
 from vitscope.schema import response_fields
 from vitscope.vocab import DEFAULT_METHOD
-from vitscope_client import draw, response
 from vitscope_client import mirrors as client  # the client's copies of the server's maths and facts
+from vitscope_client import response, views
 
 
 def docs_field_table() -> list[str]:
@@ -48,8 +48,8 @@ def test_client_protocol_constants_match_the_server() -> None:
     assert client.CONTENT_TYPES == CONTENT_TYPES and client.FORMATS == options.FORMATS
     assert client.META_HEADER == META_HEADER and client.PRECISIONS == options.PRECISIONS
     assert client.BACKGROUND == image.BACKGROUND and client.RESAMPLE == image.RESAMPLE
-    assert set(draw.METHOD_VIEWS) <= set(METHODS)  # the client's own views are of the server's methods (any other: generic)
-    assert tuple(name for name in METHODS if name in draw.METHOD_VIEWS) == draw.METHODS  # and in the registry's order
+    assert set(views.METHOD_VIEWS) <= set(METHODS)  # the client's own views are of the server's methods (any other: generic)
+    assert tuple(name for name in METHODS if name in views.METHOD_VIEWS) == views.METHODS  # and in the registry's order
     assert options.all_options()["head_fusion"].choices == client.HEAD_FUSIONS
     assert set(client.SERVER_OPTIONS) <= set(options.option_names())
 

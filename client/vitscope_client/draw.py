@@ -22,8 +22,6 @@ from matplotlib.patches import Rectangle
 
 from .errors import ClientError
 from .mirrors import threshold_masks
-from .views import METHOD_VIEWS as METHOD_VIEWS  # re-exported: callers read the views from draw too
-from .views import METHODS as METHODS
 from .views import MethodView
 
 OVERLAY_ALPHA = 0.6
