@@ -22,12 +22,11 @@ from PIL import Image
 from scripts import REPO
 from testkit.checkpoints import brightness_seeking_state, encode, random_rgb, save, smooth_rgb, tiny_replica
 from testkit.handler import answer
+from tests.support.services import tiny_service
 from vitscope import options
 from vitscope.image import prepare_image
 from vitscope.methods import METHODS
-from vitscope.model.checkpoint import build_model
-from vitscope.precision import PrecisionPlan
-from vitscope.service import AttentionService, ServiceConfig, create_service
+from vitscope.service import create_service
 from vitscope_client import api, cli, draw, mirrors, response, views
 
 from .conftest import Served
@@ -294,9 +293,7 @@ def test_registers_in_the_titles(tmp_path: Path) -> None:
     """A DINOv2 _reg response with registers=true: the client reads them and titles each head with
     its share on the registers; the patch grid is on multiples of 14 and aligns with the image."""
     variant = tiny_replica("dinov2_vits14_reg")
-    service = AttentionService(
-        build_model(variant, None), variant, ServiceConfig(model=variant.name, weights="t"), "cpu", PrecisionPlan.fp32_only()
-    )
+    service = tiny_service(variant, weights="t")
     data = encode(smooth_rgb(100, 150))
     (reply,) = answer(service, [{"data": data, "registers": "true", "upsample": "false"}])
     att = response.parse_response(orjson.loads(reply.body)).with_image(data)
@@ -312,9 +309,7 @@ def test_registers_survive_every_format_the_client_reads(fmt: str, tmp_path: Pat
     """The arrays an answer carries (here attention, masks, boxes, registers) reach the client whole,
     whether it asked for JSON or npz or reads a saved .npz (--from-file)."""
     variant = tiny_replica("dinov2_vits14_reg")
-    service = AttentionService(
-        build_model(variant, None), variant, ServiceConfig(model=variant.name, weights="t"), "cpu", PrecisionPlan.fp32_only()
-    )
+    service = tiny_service(variant, weights="t")
     data = encode(smooth_rgb(56, 84))
     options = {"registers": "true", "upsample": "false", "layers": "0,2", "mask": "0.6", "boxes": "true"}
     (reference,) = answer(service, [{"data": data, **options}])
@@ -488,9 +483,7 @@ def test_every_method_the_server_registers_is_drawn_without_a_view(tmp_path: Pat
     client has no view for: drawn from the outputs the server describes, its metadata and arrays split
     as the server sent them."""
     variant = tiny_replica("dinov2_vits14_reg")
-    service = AttentionService(
-        build_model(variant, None), variant, ServiceConfig(model=variant.name, weights="t"), "cpu", PrecisionPlan.fp32_only()
-    )
+    service = tiny_service(variant, weights="t")
     data = encode(smooth_rgb(56, 84))
     given = {"boolean": "true", "number": "0.6", "point": "8,8"}  # a value of each type the options asking for outputs take
     every_option = options.all_options()

@@ -19,16 +19,16 @@ import pytest
 from testkit.checkpoints import TINY, brightness_seeking_state
 from testkit.clips import FPS, FRAMES, ROW, H, P, W, write_clip
 from testkit.handler import client_requester
+from tests.support.services import tiny_service
 from vitscope.model.checkpoint import build_model
-from vitscope.precision import PrecisionPlan
-from vitscope.service import AttentionService, ServiceConfig
+from vitscope.service import AttentionService
 from vitscope_client import ClientError, Response, VideoError, VideoOptions, cli, explain_video, video
 
 
 @pytest.fixture(scope="module")
 def service() -> AttentionService:
     model = build_model(TINY, brightness_seeking_state())
-    return AttentionService(model, TINY, ServiceConfig(model=TINY.name, weights="test"), precisions=PrecisionPlan.fp32_only())
+    return tiny_service(model=model)
 
 
 OPTIONS = VideoOptions(layer=0, short_side=H, mask=0.5)
