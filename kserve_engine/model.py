@@ -107,7 +107,7 @@ ADMITTED_COST = Histogram(
 class EngineSettings:
     """What the engine reads of an unpacked model (its model-config.yaml and manifest)."""
 
-    handler: dict[str, object]  # the handler settings (vitscope/service.py ServiceConfig)
+    handler: dict[str, object]  # the handler settings (vitscope/service/config.py ServiceConfig)
     weights: Path | None  # None: a random-weights archive
     version: str  # the archive's, as TorchServe reports it
     response_timeout_s: float  # responseTimeout, as TorchServe reads it: the cost budget derives from it
@@ -162,13 +162,13 @@ class AttentionModel(Model):
     async def preprocess(self, payload: InferRequest | Mapping[str, object], headers: dict[str, str] | None = None) -> Pending:
         received = time.time()
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
-        codec: Codec = KSERVE_V2 if isinstance(payload, InferRequest) else KSERVE_V1
         try:
             if isinstance(payload, InferRequest):  # KServe decoded it (binary inputs split into elements): taken as it is
                 outputs = [(o.name, o.parameters) for o in payload.request_outputs or ()]
+                codec: Codec = KSERVE_V2
                 decoded = KSERVE_V2.decode_request(payload.inputs, payload.parameters, outputs, payload.id)
             else:
-                decoded = KSERVE_V1.decode_document(payload)
+                codec, decoded = KSERVE_V1, KSERVE_V1.decode_document(payload)
             return Pending(codec, self.service.ingest(decoded.timed(lowered), received))
         except RequestError as e:
             raise self.refuse(e) from e

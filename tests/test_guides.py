@@ -4,70 +4,13 @@ package by exactly what the guide names."""
 
 from __future__ import annotations
 
-import filecmp
 import re
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 from scripts import REPO
+from tests.support.guides import changes, code_blocks, package_copy, run_fresh
 
 GUIDES = REPO / "docs" / "guides"
-
-
-def python_blocks(guide: Path) -> list[str]:
-    """The guide's ```python blocks, in order."""
-    return re.findall(r"```python\n(.*?)```", guide.read_text(), re.DOTALL)
-
-
-def package_copy(tmp_path: Path) -> Path:
-    """A copy of vitscope/ under ``tmp_path`` (to be put first on the path of a fresh interpreter)."""
-    shutil.copytree(REPO / "vitscope", tmp_path / "vitscope", ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path / "vitscope"
-
-
-def changes(copy: Path) -> tuple[list[str], dict[str, list[str]]]:
-    """(files the copy adds, changed file -> the lines it adds) against vitscope/; ``AssertionError`` if
-    the copy removes anything."""
-
-    def walk(cmp: filecmp.dircmp[str], prefix: str = "") -> tuple[list[str], list[str]]:
-        assert not [n for n in cmp.left_only if n != "__pycache__"], f"the copy lacks {cmp.left_only}"
-        added = [prefix + name for name in cmp.right_only if name != "__pycache__"]
-        changed = [prefix + name for name in cmp.diff_files]
-        for name, sub in cmp.subdirs.items():
-            if name != "__pycache__":
-                more_added, more_changed = walk(sub, f"{prefix}{name}/")
-                added += more_added
-                changed += more_changed
-        return added, changed
-
-    added, changed = walk(filecmp.dircmp(REPO / "vitscope", copy))
-    lines: dict[str, list[str]] = {}
-    for name in changed:
-        before, after = (REPO / "vitscope" / name).read_text().splitlines(), (copy / name).read_text().splitlines()
-        new = list(after)
-        for line in before:
-            assert line in new, f"{name}: the guide removes {line!r}"
-            new.remove(line)
-        lines[name] = new
-    return sorted(added), lines
-
-
-def run_fresh(tmp_path: Path, script: str) -> str:
-    """``script`` in a fresh interpreter that imports vitscope from ``tmp_path`` (the rest from the repo)."""
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={"PYTHONPATH": f"{tmp_path}:{REPO}:{REPO / 'client'}", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"},
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    return run.stdout
 
 
 METHOD_USE = """
@@ -105,7 +48,7 @@ def test_the_method_guide_is_its_module_and_one_registry_line(tmp_path: Path) ->
     """docs/guides/method.md: the module saved as methods/head_mean.py, its line added to MODULES;
     nothing else changes, and the method answers in a fresh interpreter."""
     guide = GUIDES / "method.md"
-    module, registry_line = python_blocks(guide)
+    module, registry_line = code_blocks(guide, "python")
     copy = package_copy(tmp_path)
     (copy / "methods" / "head_mean.py").write_text(module)
     init = copy / "methods" / "__init__.py"
@@ -113,8 +56,10 @@ def test_the_method_guide_is_its_module_and_one_registry_line(tmp_path: Path) ->
     last = re.search(r"MODULES: tuple\[str, \.\.\.\] = \((.*?)\n\)", text, re.DOTALL)
     assert last, "methods/__init__.py has no MODULES tuple"
     init.write_text(text[: last.end() - 2] + "\n" + registry_line.rstrip("\n") + text[last.end() - 2 :])
-    added, lines = changes(copy)
-    assert added == ["methods/head_mean.py"] and lines == {"methods/__init__.py": [registry_line.rstrip("\n")]}
+    changed = changes(copy)
+    assert changed.added_files == ["methods/head_mean.py"] and not changed.missing_files
+    assert changed.added_lines == {"methods/__init__.py": [registry_line.rstrip("\n")]}
+    assert changed.removed_lines == {"methods/__init__.py": []}
     for named in ("vitscope/methods/head_mean.py", "vitscope/methods/__init__.py", "tests/test_head_mean.py"):
         assert f"`{named}`" in guide.read_text(), f"the guide does not name {named}"
     assert "ok" in run_fresh(tmp_path, METHOD_USE.format(copy=str(copy)))
@@ -157,7 +102,7 @@ def test_the_protocol_guide_is_its_module_and_two_lines(tmp_path: Path) -> None:
     """docs/guides/protocol.md: the codec saved as protocols/hf_endpoint.py, its import and its place
     in CODECS; nothing else changes, and it answers through the handler in a fresh interpreter."""
     guide = GUIDES / "protocol.md"
-    module, import_line, codecs_line = python_blocks(guide)
+    module, import_line, codecs_line = code_blocks(guide, "python")
     copy = package_copy(tmp_path)
     (copy / "protocols" / "hf_endpoint.py").write_text(module)
     init = copy / "protocols" / "__init__.py"
@@ -167,9 +112,10 @@ def test_the_protocol_guide_is_its_module_and_two_lines(tmp_path: Path) -> None:
     assert codecs, "protocols/__init__.py has no CODECS list"
     text = text[: codecs.end() - 2] + "\n" + codecs_line.rstrip("\n") + text[codecs.end() - 2 :]
     init.write_text(text.replace(last_import, last_import + "\n" + import_line.rstrip("\n")))
-    added, lines = changes(copy)
-    assert added == ["protocols/hf_endpoint.py"]
-    assert lines == {"protocols/__init__.py": [import_line.rstrip("\n"), codecs_line.rstrip("\n")]}
+    changed = changes(copy)
+    assert changed.added_files == ["protocols/hf_endpoint.py"] and not changed.missing_files
+    assert changed.added_lines == {"protocols/__init__.py": [import_line.rstrip("\n"), codecs_line.rstrip("\n")]}
+    assert changed.removed_lines == {"protocols/__init__.py": []}
     for named in ("vitscope/protocols/hf_endpoint.py", "vitscope/protocols/__init__.py", "tests/test_hf_endpoint.py"):
         assert f"`{named}`" in guide.read_text(), f"the guide does not name {named}"
     assert "ok" in run_fresh(tmp_path, PROTOCOL_USE.format(copy=str(copy)))

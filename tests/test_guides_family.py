@@ -4,21 +4,16 @@ key names strictly, runs it and serves one request. The guide must name every fi
 
 from __future__ import annotations
 
-import filecmp
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from scripts import REPO
+from tests.support.guides import PACKAGE, changes, code_blocks, package_copy, run_fresh
 
 GUIDE = REPO / "docs" / "guides" / "model-family.md"
-PACKAGE = REPO / "vitscope"
 
 # ToyViT's checkpoint names made from ours: written here, apart from the guide's key map (their inverse),
 # so that the test states the layout the guide's table describes.
@@ -116,10 +111,6 @@ print("toyvit served")
 """
 
 
-def diff_blocks(text: str) -> list[str]:
-    return re.findall(r"^```diff\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
-
-
 def apply_patch(block: str, root: Path) -> str:
     """Apply one of the guide's patches under ``root``; return the file it changes. Each hunk's
     unmarked and ``-`` lines must occur exactly once, from the start of a line; they become its
@@ -154,23 +145,12 @@ def apply_patch(block: str, root: Path) -> str:
     return name
 
 
-def changed_files(original: Path, copy: Path) -> list[str]:
-    """Files of ``copy`` (a copy of the package ``original``) that differ from it, relative to its parent."""
-    changed = []
-    for path in sorted(copy.rglob("*.py")):
-        twin = original / path.relative_to(copy)
-        if not twin.is_file() or not filecmp.cmp(path, twin, shallow=False):
-            changed.append(path.relative_to(copy.parent).as_posix())
-    assert len(list(copy.rglob("*.py"))) == len(list(original.rglob("*.py")))
-    return changed
-
-
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A copy of the package with the guide's patches applied, and the files they touched, in order."""
     root = tmp_path_factory.mktemp("guide")
-    shutil.copytree(PACKAGE, root / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    blocks = diff_blocks(GUIDE.read_text())
+    package_copy(root)
+    blocks = code_blocks(GUIDE, "diff")
     assert blocks, f"{GUIDE} has no ```diff blocks"
     touched = [apply_patch(block, root) for block in blocks]
     return root, touched
@@ -179,7 +159,9 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 def test_guide_names_every_file_its_example_touches(applied: tuple[Path, list[str]]) -> None:
     root, touched = applied
     assert touched == ["vitscope/model/variants.py", "vitscope/model/keymaps.py", "vitscope/model/catalogue.py"]
-    assert changed_files(PACKAGE, root / PACKAGE.name) == sorted(touched)
+    changed = changes(root / PACKAGE.name)
+    assert not changed.added_files and not changed.missing_files  # the copy has the package's files, no more
+    assert sorted(f"{PACKAGE.name}/{name}" for name in changed.added_lines) == sorted(touched)
     text = GUIDE.read_text()
     section = text.split("## The files, in order", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\d+\. `([^`]+)`", section, re.MULTILINE)
@@ -191,14 +173,4 @@ def test_guide_names_every_file_its_example_touches(applied: tuple[Path, list[st
 
 def test_guide_example_family_loads_and_serves(applied: tuple[Path, list[str]]) -> None:
     root, _ = applied
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DINO_WEIGHTS_URL")}
-    done = subprocess.run(
-        [sys.executable, "-c", EXERCISE, json.dumps(TOYVIT_NAMES)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip().endswith("toyvit served")
+    assert run_fresh(root, EXERCISE, json.dumps(TOYVIT_NAMES)).strip().endswith("toyvit served")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import types
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from scripts import REPO, docs
 from testkit.checkpoints import TINY, backbone_state, encode, random_rgb
 from testkit.handler import answer
+from tests.support.guides import code_blocks
 from tests.support.services import tiny_service
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
@@ -33,10 +33,9 @@ PNG = encode(random_rgb(40, 56, seed=9))
 
 def guide_method() -> Method:
     """The module docs/guides/method.md shows, executed."""
-    code = re.search(r"```python\n(.*?)```", (REPO / "docs" / "guides" / "method.md").read_text(), re.DOTALL)
-    assert code, "the method guide has no python block"
+    code, _registry_line = code_blocks(REPO / "docs" / "guides" / "method.md", "python")
     module = types.ModuleType("head_mean")
-    exec(compile(code[1], "docs/guides/method.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/guides/method.md", "exec"), module.__dict__)
     return module.METHOD
 
 

@@ -58,10 +58,10 @@ def deadline(received: float, timeout_s: float | None, at: float | None, default
     return min(candidates) if candidates else None
 
 
-def drop_late(items: list[Prepared | RequestError], now: float | None = None) -> None:
+def drop_late(items: list[Prepared | RequestError]) -> None:
     """Images whose deadline has passed, or would pass before their estimated forward pass ends, get
     504 and are not computed."""
-    now = time.time() if now is None else now
+    now = time.time()
     for i, item in enumerate(items):
         if not isinstance(item, Prepared) or item.deadline is None:
             continue
