@@ -88,7 +88,8 @@ class Encodings:
         logger.info("encodings ...")
         maps480 = run.workdir / "fp32_480x480.npy"  # the forward section's maps, where it ran at 480x480
         heads = get_variant(run.args.model, run.args.patch).num_heads
-        grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((heads, 60, 60), dtype=np.float32)
+        side = 480 // run.args.patch  # the patch grid of 480x480 maps, as the title says
+        grid = np.load(maps480) if maps480.exists() else np.random.default_rng(0).random((heads, side, side), dtype=np.float32)
         return bench_encodings(np.ascontiguousarray(grid, dtype=np.float32), run.args.patch, run.args.repeats)
 
     def tables(self, figures: list[Encoding], args: argparse.Namespace, machine: Machine) -> list[Table]:

@@ -80,11 +80,13 @@ def served() -> Iterator[Served]:
     with tempfile.TemporaryDirectory(prefix="dino-e2e-") as tmp:
         store = Path(tmp) / "store"
         checkpoint = save(full_checkpoint(backbone_state(seed=5)), Path(tmp) / "tiny16_full.pth")
-        # batchSize 4 (the default is 1 on CPUs): TorchServe's batching is part of what is tested
+        # batchSize 4 (the default is 1 on CPUs): TorchServe's batching is part of what is tested; it
+        # batches what has queued (test_e2e queues requests behind a slow one), so the tests' mostly
+        # one-at-a-time requests need not each wait 50 ms for a batch that never fills
         config = yaml.safe_load((REPO / "model-config.yaml").read_text())
         # jobQueueSize 16: these tests run up to 8 clients at once and expect every answer (the queue's
         # bound, 503 past it, is tested on servers of their own in test_overload.py)
-        config.update(batchSize=4, maxBatchDelay=50, jobQueueSize=16)
+        config.update(batchSize=4, maxBatchDelay=5, jobQueueSize=16)
         # One attention kernel in every process that serves this archive (TorchServe's worker, the KServe
         # engine, in process): the tests compare their answers to the last bit, and each process would
         # otherwise measure its own choice under the test suite's load.

@@ -12,8 +12,6 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from scripts import REPO
 from vitscope.methods import MODULES
 
@@ -195,10 +193,3 @@ def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     failures = {name: error for name, error in json.loads(run.stdout.splitlines()[-1]).items() if error}
     assert set(json.loads(run.stdout.splitlines()[-1])) == set(names)
     assert not failures, "\n".join(f"{name}:\n{error}" for name, error in failures.items())
-
-
-@pytest.mark.parametrize("name", ["vitscope.service", "vitscope.methods.pca", "vitscope.options"])
-def test_a_module_imports_first_in_its_own_interpreter(name: str) -> None:
-    """The same without the fork, for the modules a cycle would hit first: a subprocess each."""
-    run = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
-    assert run.returncode == 0, run.stderr[-4000:]
