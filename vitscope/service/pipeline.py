@@ -79,8 +79,7 @@ class AttentionService:
         return admission.ingest(decoded, received, self.config.deadline_s or None)
 
     def deadline(self, received: float, timeout_s: float | None = None, deadline: float | None = None) -> float | None:
-        """A request's deadline (unix time) from when it was received, the timeout it names (else this
-        model's ``deadline_s``, if any) and an absolute deadline it names; None: none."""
+        """``admission.deadline`` with this model's ``deadline_s`` (if any) as the default timeout."""
         return admission.deadline(received, timeout_s, deadline, self.config.deadline_s or None)
 
     def explain(self, requests: Sequence[ImageRequest]) -> list[AttentionResult | RequestError]:
