@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
 # A hub name (dino_vits8, dinov2_vits14_reg, dinov3_vits16, ...: docs/models.md's table), or DINO's
-# vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8). Empty: vit_small, or what WEIGHTS' config.json says.
+# vit_tiny|vit_small|vit_base with PATCH=8|16 (default 8), or timm:<model name> / open_clip:<config> (docs/models.md). Empty: vit_small, or what WEIGHTS' config.json says.
 MODEL   ?=
 PATCH   ?=
 MODEL_ARGS = $(if $(MODEL),--model $(MODEL)) $(if $(PATCH),--patch $(PATCH))
@@ -13,6 +13,9 @@ WEIGHTS ?=
 # Where `make weights` caches the official checkpoints (git-ignored).
 WEIGHTS_DIR ?= weights
 CHECKPOINT ?=
+# A head's class names (one per line, or a JSON list) and a text tower's tokenizer folder, where the checkpoint lacks them.
+LABELS  ?=
+TOKENIZER ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
 RENDER_ARGS ?= --mask 0.6
@@ -46,7 +49,7 @@ weights: install
 	$(PY) -m scripts.weights fetch $(MODEL_ARGS) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 archive: install
-	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(filter command line,$(origin NAME)),--name $(NAME))
+	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(filter command line,$(origin NAME)),--name $(NAME)) $(if $(LABELS),--labels "$(LABELS)") $(if $(TOKENIZER),--tokenizer "$(TOKENIZER)")
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)

@@ -76,10 +76,12 @@ class AttentionHandler:
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
-        weights = layout.weights_in(Path(properties["model_dir"]), context.manifest)
+        model_dir = Path(properties["model_dir"])
+        weights = layout.weights_in(model_dir, context.manifest)
         config = context.model_yaml_config or {}
         timeout = config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)  # past it, TorchServe kills this worker
-        self.service = create_service(config.get("handler", {}), weights, select_device(properties.get("gpu_id")), float(timeout))
+        device = select_device(properties.get("gpu_id"))
+        self.service = create_service(config.get("handler", {}), weights, device, float(timeout), model_dir)
         self.initialized = True
 
     def handle(self, data: list[Any], context: Any) -> list[object]:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = unpack_model_dir(args.model_dir)
         settings = load_settings(folder)
-        service = create_service(settings.handler, settings.weights, select_device(args.gpu_id), settings.response_timeout_s)
+        service = create_service(settings.handler, settings.weights, select_device(args.gpu_id), settings.response_timeout_s, folder)
     except (FileNotFoundError, ConfigError, ValueError) as e:
         logger.error("%s", e)
         return 2

@@ -16,6 +16,7 @@ and nothing is written to the export path.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import subprocess
@@ -33,10 +34,12 @@ from vitscope import layout
 from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS
 from vitscope.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
 from vitscope.model.sources import default_name, load_checkpoint
+from vitscope.model.tokenizer import TokenizerError, load_tokenizer
 from vitscope.model.variants import VARIANTS, Variant, get_variant, variant_to_mapping
 from vitscope.service import ConfigError, ServiceConfig
 
 logger = logging.getLogger("archive")
+IMAGENET_CLASSES = 1000
 
 PACKAGE = REPO / "vitscope"  # the core: everything the worker imports, nothing else
 HANDLER = REPO / "handler" / "vitscope_handler.py"
@@ -45,7 +48,7 @@ MODEL_CONFIG = REPO / layout.MODEL_CONFIG  # the shipped settings, the template 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    add_model_arguments(parser, specs=True)
     parser.add_argument(
         "--weights", default="", help=f"checkpoint path, or '{RANDOM_WEIGHTS}'; default: the cached official weights (make weights)"
     )
@@ -59,6 +62,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--name", default=None, help="the served name (model_store/<name>.mar, /predictions/<name>); default: the model's hub name"
     )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="class names of the model's head: a text file with one per line, or a JSON list (default: the checkpoint's id2label, "
+        "or ImageNet's for a 1000-class head)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="folder with the text tower's tokenizer files (tokenizer.json, or vocab.json + merges.txt); default: the Hugging Face "
+        "directory's own, or open_clip's BPE vocabulary for CLIP",
+    )
     return parser.parse_args(argv)
 
 
@@ -70,6 +87,8 @@ class Staged:
     tag: str  # "file@sha256:<prefix>" or "random": every response's ``weights``
     variant: Variant  # the model that serves them (``architecture:`` where it is not a hub variant as is)
     source: str = ""  # what they were read from: "huggingface dinov2 (model.safetensors)", ...
+    labels: tuple[str, ...] = ()  # the head's class names (``handler: labels``)
+    tokenizer: tuple[Path, ...] = ()  # the text tower's tokenizer files, archived into TOKENIZER_DIR
 
 
 def handler_config(config_path: Path, staged: Staged) -> dict:
@@ -80,10 +99,14 @@ def handler_config(config_path: Path, staged: Staged) -> dict:
     handler = {**config.get("handler", {}), "model": variant.name, "weights": staged.tag}
     if staged.source:
         handler["source"] = staged.source
+    if staged.labels:
+        handler["labels"] = list(staged.labels)
+    if staged.tokenizer:
+        handler["tokenizer"] = layout.TOKENIZER_DIR
     if VARIANTS.get(variant.name) != variant:  # derived from the checkpoint, or renamed: the worker cannot look it up
         handler["architecture"] = variant_to_mapping(variant)
     config["handler"] = handler
-    ServiceConfig.from_mapping(handler)  # fail here, not in the worker
+    ServiceConfig.from_mapping(handler).check_heads(variant)  # fail here, not in the worker
     return config
 
 
@@ -111,19 +134,94 @@ def stage_weights(args: argparse.Namespace, base: Variant | None, stage: Path) -
         if base is None:
             raise CheckpointError("WEIGHTS=random needs MODEL= (the architecture to initialise)")
         logger.warning("archiving %s with RANDOM weights: attention maps will be noise", name)
-        return Staged(None, RANDOM_WEIGHTS, replace(base, name=name))
+        variant = replace(base, name=name)
+        return Staged(None, RANDOM_WEIGHTS, variant, "", head_labels(args, variant, ()), tokenizer_files(args, variant))
     if base is not None and Path(args.weights).is_dir() and args.model:
         logger.warning("MODEL=%s ignored: %s/config.json describes the model", args.model, args.weights)
     loaded = load_checkpoint(args.weights, base, name, args.checkpoint_key)
     verify_hash_in_name(loaded.file, loaded.sha256)
     path = stage / layout.WEIGHTS_FILE
+    labels, tokenizer = head_labels(args, loaded.variant, loaded.labels), tokenizer_files(args, loaded.variant)
     torch.save(loaded.state, path)
-    return Staged(path, weights_tag(loaded.file, loaded.sha256), loaded.variant, loaded.source)
+    return Staged(path, weights_tag(loaded.file, loaded.sha256), loaded.variant, loaded.source, labels, tokenizer)
+
+
+def head_labels(args: argparse.Namespace, variant: Variant, own: tuple[str, ...]) -> tuple[str, ...]:
+    """The class names of the model's head: LABELS=, else the checkpoint's own (id2label), else ImageNet's
+    for a 1000-class head (timm's list); () for a model without a head. ``CheckpointError`` if they disagree with it."""
+    if args.labels is None and not variant.num_classes:
+        return ()
+    if args.labels is not None:
+        if not variant.num_classes:
+            raise CheckpointError(f"LABELS={args.labels} given, but {variant.name} has no classifier head (its checkpoint holds none)")
+        labels = read_labels(args.labels)
+    elif own:
+        labels = own
+    elif variant.num_classes == IMAGENET_CLASSES:
+        from timm.data import ImageNetInfo  # archive time only: the worker reads the archived names
+
+        info = ImageNetInfo()
+        labels = tuple(info.index_to_description(i) for i in range(IMAGENET_CLASSES))
+    else:
+        logger.warning("%s: no class names for its %d classes (LABELS= names them): 'class <i>'", variant.name, variant.num_classes)
+        return ()
+    if len(labels) != variant.num_classes:
+        raise CheckpointError(f"{len(labels)} labels for a head of {variant.num_classes} classes: give one name per class, in order")
+    return labels
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Class names from a file: a JSON list, or one per line (blank lines at the end ignored)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read LABELS={path}: {e}") from e
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"LABELS={path} is not a JSON list of names: {e}") from e
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CheckpointError(f"LABELS={path} must be a JSON list of strings")
+        return tuple(value)
+    return tuple(text.rstrip("\n").split("\n"))
+
+
+def tokenizer_files(args: argparse.Namespace, variant: Variant) -> tuple[Path, ...]:
+    """The tokenizer files a text tower needs, checked by loading them (``CheckpointError`` when there are none):
+    TOKENIZER=, else those of the Hugging Face directory, else open_clip's BPE vocabulary (CLIP)."""
+    if variant.text is None:
+        if args.tokenizer is not None:
+            raise CheckpointError(f"TOKENIZER={args.tokenizer} given, but {variant.name} has no text tower")
+        return ()
+    folder = args.tokenizer or (Path(args.weights) if args.weights and Path(args.weights).is_dir() else None)
+    if folder is None and variant.text.tokenizer == "clip":
+        folder = open_clip_vocabulary()
+    if folder is None:
+        raise CheckpointError(
+            f"{variant.name} has a text tower but no tokenizer files: give TOKENIZER=<folder with tokenizer.json> (transformers' "
+            "save_pretrained of its tokenizer writes one)"
+        )
+    text = variant.text
+    try:
+        tokenizer = load_tokenizer(folder, text.tokenizer, text.context_length, canonicalize=text.canonicalize)
+    except TokenizerError as e:
+        raise CheckpointError(f"{variant.name}'s text tower: {e}") from e
+    return tuple(folder / name for name in tokenizer.files)
+
+
+def open_clip_vocabulary() -> Path:
+    """The folder of open_clip's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, in its wheel)."""
+    try:
+        import open_clip  # archive time only
+    except ImportError as e:
+        raise CheckpointError("CLIP's tokenizer comes from open_clip's wheel: pip install open_clip_torch (or give TOKENIZER=)") from e
+    return Path(open_clip.__file__).parent
 
 
 # Modules of the package used only while archiving (other libraries' checkpoints are converted to the
 # hub layout here): the worker never imports them, so the .mar does not ship them.
-ARCHIVE_TIME_MODULES = ("keymaps.py", "sources.py")
+ARCHIVE_TIME_MODULES = ("keymaps.py", "sources.py", "towers.py")
 
 
 def archive(args: argparse.Namespace, base: Variant | None) -> Path:
@@ -136,6 +234,10 @@ def archive(args: argparse.Namespace, base: Variant | None) -> Path:
         shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=ignored)
         staged = stage_weights(args, base, stage)
         variant = staged.variant
+        if staged.tokenizer:
+            (stage / "extra" / layout.TOKENIZER_DIR).mkdir()
+            for file in staged.tokenizer:
+                shutil.copy2(file, stage / "extra" / layout.TOKENIZER_DIR / file.name)
         config_path = stage / layout.MODEL_CONFIG
         config_path.write_text(yaml.safe_dump(handler_config(args.config, staged), sort_keys=False))
         args.export_path.mkdir(parents=True, exist_ok=True)

@@ -125,14 +125,35 @@ def progress_bar(done: int, total: int | None) -> None:
 DEFAULT_MODEL_ARG = "vit_small"  # MODEL= when none is given (with PATCH=8: dino_vits8, DEFAULT_MODEL)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model (a hub name, or DINO's vit_tiny/small/base with --patch 8|16; default ``DEFAULT_MODEL_ARG``) and --patch."""
-    parser.add_argument(
-        "--model",
-        default=None,
-        choices=sorted(VARIANTS) + sorted(DINO_ARCHS),
-        help=f"hub name, or DINO's size with --patch (default {DEFAULT_MODEL_ARG})",
+LIBRARY_SPECS = ("timm:", "open_clip:")  # --model timm:<model name> / open_clip:<config>: the library describes the model
+
+
+def model_name(value: str) -> str:
+    """A --model value of the archiver: a hub name, DINO's size, or a library spec (``LIBRARY_SPECS``)."""
+    if value in VARIANTS or value in DINO_ARCHS or (value.startswith(LIBRARY_SPECS) and value.split(":", 1)[1]):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a hub name {sorted(VARIANTS)}, DINO's {sorted(DINO_ARCHS)}, or timm:<model name> / open_clip:<config>"
     )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, specs: bool = False) -> None:
+    """--model (a hub name, or DINO's vit_tiny/small/base with --patch 8|16; default ``DEFAULT_MODEL_ARG``;
+    with ``specs``, also timm:<model name> and open_clip:<config>) and --patch."""
+    if specs:
+        parser.add_argument(
+            "--model",
+            default=None,
+            type=model_name,
+            help=f"hub name, DINO's size with --patch (default {DEFAULT_MODEL_ARG}), timm:<model name> or open_clip:<config>",
+        )
+    else:
+        parser.add_argument(
+            "--model",
+            default=None,
+            choices=sorted(VARIANTS) + sorted(DINO_ARCHS),
+            help=f"hub name, or DINO's size with --patch (default {DEFAULT_MODEL_ARG})",
+        )
     parser.add_argument("--patch", type=int, default=None, choices=DINO_PATCH_SIZES, help="DINO's patch size (default 8) for --model vit_*")
 
 

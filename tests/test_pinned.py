@@ -104,11 +104,13 @@ def fake_forward(service: AttentionService, monkeypatch: pytest.MonkeyPatch) -> 
     def tokens(x: torch.Tensor) -> int:
         return model.num_prefix_tokens + (x.shape[-2] // p) * (x.shape[-1] // p)
 
-    def cls_layers(x: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    def cls_layers(x: torch.Tensor, layers: list[int], query: str | None = None) -> torch.Tensor:
         rows = fake_rows(x, len(layers) * model.num_heads, tokens(x), sum(layers) + 1)
         return rows.reshape(x.shape[0], len(layers), model.num_heads, -1)  # (B, layers, heads, 1 + N)
 
-    def rollout(model_: object, x: torch.Tensor, layer: int, head_fusion: str, discard_ratio: float) -> torch.Tensor:
+    def rollout(
+        model_: object, x: torch.Tensor, layer: int, head_fusion: str, discard_ratio: float, query: str | None = None
+    ) -> torch.Tensor:
         salt = 100 + layer + 10 * ["mean", "max", "min"].index(head_fusion) + int(discard_ratio * 1000)
         return fake_rows(x, 1, tokens(x), salt)[:, 0]  # (B, 1 + N)
 

@@ -85,7 +85,9 @@ def test_batch_mixed_sizes_and_bad_requests(service: AttentionService) -> None:
 def test_same_size_same_layer_share_one_forward(service: AttentionService, monkeypatch) -> None:
     calls: list[tuple[int, ...]] = []
     original = service.model.get_cls_attention_layers
-    monkeypatch.setattr(service.model, "get_cls_attention_layers", lambda x, layers: calls.append(tuple(x.shape)) or original(x, layers))
+    monkeypatch.setattr(
+        service.model, "get_cls_attention_layers", lambda x, layers, query=None: calls.append(tuple(x.shape)) or original(x, layers, query)
+    )
     data = [encode(random_rgb(64, 64, seed=s)) for s in range(3)]
     answer(service, [{"body": data[0]}, {"body": data[1]}, {"data": data[2], "layer": "2"}])
     assert sorted(calls) == [(1, 3, 64, 64), (2, 3, 64, 64)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 MODEL_CONFIG = "model-config.yaml"  # the handler's settings and TorchServe's worker/batch settings
 WEIGHTS_FILE = "dino_backbone.pth"  # the filtered state_dict (the manifest's serializedFile); absent for random weights
+TOKENIZER_DIR = "tokenizer"  # a text tower's tokenizer files (model/tokenizer.py), for CLIP and SigLIP archives
 MANIFEST = "MAR-INF/MANIFEST.json"  # torch-model-archiver's manifest: model name, version, serializedFile
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0  # s: TorchServe's responseTimeout when model-config.yaml sets none
 DEFAULT_JOB_QUEUE_SIZE = 100  # TorchServe's job_queue_size when model-config.yaml sets no jobQueueSize

@@ -37,6 +37,8 @@ FORMATS: tuple[str, ...] = ("json", "npy", "npz")  # response encodings (protoco
 RESPONSE_DTYPES: tuple[str, ...] = ("float32", "float16")  # element types of the returned maps (the dtype option)
 MAX_SCALE = 100.0  # larger factors are typos; big results are caught by max_tokens anyway
 GEOMETRY: tuple[str, ...] = ("short_side", "scale", "size")  # how to resize: at most one of them
+DEFAULT_TOP_K = 5  # predictions a model with a head (or a request with labels) gets unless it says top_k
+MAX_LABELS, MAX_LABEL_CHARS = 1000, 300  # zero-shot texts per request, characters per text
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X\u00d7]\s*(\d+)\s*$")
 
 
@@ -106,6 +108,46 @@ def _heads(value: object, facts: ModelFacts) -> tuple[int, ...]:
     return tuple(heads)
 
 
+def _query(value: object, facts: ModelFacts) -> str:
+    query = text_of("query", value) if isinstance(value, (bytes, bytearray)) else value
+    if query not in facts.queries:
+        raise OptionError(
+            f"query={value!r}: {facts.name} pools by {' or '.join(facts.queries)}; query=distillation is for DeiT's distilled "
+            "models (their second token)"
+        )
+    return str(query)
+
+
+def _top_k(value: object, facts: ModelFacts) -> int:
+    k = parse_int("top_k", value)
+    if k < 0:
+        raise OptionError(f"top_k={k}: give a number of classes >= 1 (0: no predictions)")
+    return k
+
+
+def _labels(value: object, facts: ModelFacts) -> tuple[str, ...]:
+    if not facts.text:
+        raise OptionError(
+            f"labels= scores texts with a text tower (CLIP, SigLIP); {facts.name} has none"
+            + (f": its predictions are its head's {facts.num_classes} classes (top_k=)" if facts.num_classes else "")
+        )
+    if isinstance(value, str):
+        items: list[object] = list(value.split("|"))
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise OptionError(f"labels={value!r}: give a JSON list of texts, or texts separated by '|' in a form field")
+    labels = tuple(item.strip() if isinstance(item, str) else item for item in items)
+    bad = [label for label in labels if not isinstance(label, str) or not label or len(label) > MAX_LABEL_CHARS]
+    if bad or not labels or len(labels) > MAX_LABELS:
+        raise OptionError(
+            f"labels: give 1..{MAX_LABELS} non-empty texts of at most {MAX_LABEL_CHARS} characters each (got {len(labels)}"
+            + (f"; bad: {bad[:3]!r}" if bad else "")
+            + ")"
+        )
+    return labels  # type: ignore[return-value]
+
+
 # In the order of docs/api.md's table; ``method``'s choices and the methods' own options come from the registry.
 REQUEST_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("layer", "integer", _layer, "block whose `[CLS]` attention is returned; `0..11`, or `-1` for the last", None, "last (`11`)"),
@@ -153,6 +195,28 @@ REQUEST_OPTIONS: tuple[OptionSpec, ...] = (
         _layers,
         "several blocks in one forward pass: `all` or e.g. `0,5,11`; `attention` is then `[layers, heads, H, W]` "
         "([Methods](#methods-layers-rollout-masks))",
+    ),
+    OptionSpec(
+        "query",
+        "string",
+        _query,
+        "the token whose attention the maps are of: the one the model pools by (`cls`; SigLIP's `probe`), or DeiT's `distillation` token",
+        None,
+        "the model's",
+    ),
+    OptionSpec(
+        "top_k",
+        "integer",
+        _top_k,
+        "`predictions`: the top classes of the model's head, or of `labels`, with their probabilities; `0`: none",
+        None,
+        f"`{DEFAULT_TOP_K}` (all labels, at most that)",
+    ),
+    OptionSpec(
+        "labels",
+        "strings",
+        _labels,
+        "CLIP/SigLIP: texts to score the image against (zero-shot): a JSON list, or in a form field texts separated by the pipe character",
     ),
 )
 MAP_OPTIONS: tuple[OptionSpec, ...] = (  # what is done with the maps a method returns
@@ -232,8 +296,27 @@ def parse(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEF
         mask=parsed.get("mask"),
         boxes=parsed.get("boxes", False),
         registers=parsed.get("registers", False),
+        query=parsed.get("query"),
+        top_k=_checked_top_k(parsed, facts),
+        labels=parsed.get("labels"),
     )
     return Parsed(method, options)
+
+
+def _checked_top_k(parsed: Mapping[str, Any], facts: ModelFacts) -> int:
+    """The predictions a request gets: ``top_k`` within the classes it can be of (the labels given, else the head's)."""
+    classes = len(parsed["labels"]) if "labels" in parsed else facts.num_classes
+    if "top_k" not in parsed:
+        return min(DEFAULT_TOP_K, classes)
+    k = int(parsed["top_k"])
+    if k > classes:
+        if not classes:
+            raise OptionError(
+                f"top_k={k}: {facts.name} has no classifier head"
+                + ("; give labels= to score texts (zero-shot)" if facts.text else " and no text tower: it answers no predictions")
+            )
+        raise OptionError(f"top_k={k} is out of range: 0..{classes} ({'the labels given' if 'labels' in parsed else 'its head'})")
+    return k
 
 
 def _check_combination(given: list[str], parsed: Mapping[str, Any], method: Method, fmt: str, facts: ModelFacts) -> None:

@@ -54,6 +54,9 @@ class AttentionResult:
     method: str | None = field(default=None, metadata=OPTIONAL)  # any method but the default
     method_fields: dict[str, object] = field(default_factory=dict, metadata=NOT_IN_SCHEMA)  # how it ran, after ``method``
     mask: float | None = field(default=None, metadata=OPTIONAL)  # threshold t of the masks
+    query: str | None = field(default=None, metadata=OPTIONAL)  # the token the maps are of, when the request named one
+    # The top classes (of the head, or of the request's labels), most probable first: {index, label, probability}
+    predictions: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_SCHEMA)  # output name -> array
     outputs: tuple[OutputSpec, ...] = field(default=(), repr=False, metadata=NOT_IN_SCHEMA)  # the method's, in order
     format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz

@@ -39,6 +39,12 @@ class _Architecture(Protocol):
     def embed_dim(self) -> int: ...
     @property
     def num_registers(self) -> int: ...
+    @property
+    def queries(self) -> tuple[str, ...]: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def text(self) -> object | None: ...
 
 
 class _Model(Protocol):
@@ -61,11 +67,25 @@ class ModelFacts:
     num_heads: int
     embed_dim: int
     num_registers: int
+    queries: tuple[str, ...] = ("cls",)  # the queries its maps can be of, the one it pools by first
+    num_classes: int = 0  # its classifier head's classes (0: none)
+    text: bool = False  # a text tower: zero-shot ``labels=``
 
     @classmethod
     def of(cls, model: _Model) -> ModelFacts:
         v = model.variant
-        return cls(v.name, v.family, v.patch_size, model.depth, v.num_heads, v.embed_dim, v.num_registers)
+        return cls(
+            v.name,
+            v.family,
+            v.patch_size,
+            model.depth,
+            v.num_heads,
+            v.embed_dim,
+            v.num_registers,
+            v.queries,
+            v.num_classes,
+            v.text is not None,
+        )
 
     def describe(self) -> dict[str, object]:
         return {
@@ -76,6 +96,9 @@ class ModelFacts:
             "heads": self.num_heads,
             "embed_dim": self.embed_dim,
             "registers": self.num_registers,
+            "queries": list(self.queries),
+            "classes": self.num_classes,
+            "text_tower": self.text,
         }
 
 
@@ -161,6 +184,9 @@ class Options:
     mask: float | None = None  # DINO's threshold masks keeping this fraction of each map's mass
     boxes: bool = False  # with mask: each mask's largest 8-connected component as [x0, y0, x1, y1]
     registers: bool = False  # also the maps' entries for the register/storage tokens (DINOv2 _reg, DINOv3)
+    query: str | None = None  # the token whose attention the maps are of (None: the one the model pools by)
+    top_k: int = 0  # predictions: the top classes (of the head, or of ``labels``); 0: none
+    labels: tuple[str, ...] | None = None  # zero-shot texts (CLIP, SigLIP), scored against the image
 
     def param(self, name: str) -> Any:
         """The value of one of the method's own options."""

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .errors import ClientError
-from .mirrors import DEFAULT_METHOD, DEFAULT_MODEL, META_HEADER, TIMEOUT_HEADER
+from .mirrors import DEFAULT_METHOD, DEFAULT_MODEL, META_HEADER, TIMEOUT_HEADER, form_value
 from .response import ImageLike, OutputDescription, Response, Responses, decode_body, image_bytes, parse_response
 from .views import METHOD_VIEWS
 
@@ -104,7 +104,7 @@ class AttentionClient:
         """Ask for the attention over ``image`` (path, bytes, PIL image or uint8 array); ``options`` as
         the server's (layer=5, heads="0,2", short_side=320, precision="auto", ...)."""
         data, name = image_bytes(image)
-        fields = {"upsample": "false", **{k: str(v) for k, v in options.items() if v is not None}}
+        fields = {"upsample": "false", **{k: form_value(k, v) for k, v in options.items() if v is not None}}
         doc = post_image(self.url, data, name, fields, self.timeout, self.headers)
         return parse_response(doc, self.outputs_of(options.get("method"))).with_image(data)
 

@@ -186,6 +186,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="any other server option, e.g. a method's own (repeatable; --describe lists them)",
     )
     parser.add_argument("--point", help="method=similarity: x,y, a pixel of the processed image (its image_size frame)")
+    parser.add_argument("--query", help="the token the maps are of: cls, distillation (DeiT's distilled models) or probe (SigLIP)")
+    parser.add_argument("--top-k", dest="top_k", type=int, help="predictions: the top classes (0: none; default: the server's, 5)")
+    parser.add_argument("--labels", help="CLIP/SigLIP: texts to score the image against, separated by '|' (zero-shot)")
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--cmap", default="inferno")
     parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")

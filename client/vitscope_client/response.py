@@ -48,8 +48,17 @@ class Response:
         return self.drawn_as or view_of(self.meta)
 
     @property
+    def predictions(self) -> list[dict]:
+        """The server's ``predictions`` (a head's classes, or CLIP/SigLIP scores of ``labels``): each
+        ``{"index", "label", "probability"}``, most probable first; [] when it sent none."""
+        value = self.meta.get("predictions") or []
+        return json.loads(value) if isinstance(value, str) else list(value)  # KServe v2 parameters carry it as JSON text
+
+    @property
     def title(self) -> str:
-        return f"{self.meta['model']}  {self.view.headline(self.meta)}  weights: {self.meta['weights']}"
+        top = self.predictions[:1]
+        said = f"  {top[0]['label']} {top[0]['probability']:.0%}" if top else ""
+        return f"{self.meta['model']}  {self.view.headline(self.meta)}{said}  weights: {self.meta['weights']}"
 
     @property
     def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:

@@ -9,6 +9,7 @@ from vitscope.cost import CostModel
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import Variant
 from vitscope.precision import PrecisionPlan
+from vitscope.predictions import Predictor
 from vitscope.service import AttentionService, ServiceConfig
 
 
@@ -20,6 +21,7 @@ def tiny_service(
     weights: str = "test",
     cost_budget_s: float | None = None,
     cost: CostModel | None = None,
+    predictor: Predictor | None = None,
     **settings: object,
 ) -> AttentionService:
     """An ``AttentionService`` over ``variant`` built from ``state`` (None: random weights, seeded 0) or
@@ -29,4 +31,6 @@ def tiny_service(
         torch.manual_seed(0)
         model = build_model(variant, state)
     config = ServiceConfig.from_mapping({"model": variant.name, "weights": weights, **settings})
-    return AttentionService(model, variant, config, precisions=PrecisionPlan.fp32_only(), cost_budget_s=cost_budget_s, cost=cost)
+    return AttentionService(
+        model, variant, config, precisions=PrecisionPlan.fp32_only(), cost_budget_s=cost_budget_s, cost=cost, predictor=predictor
+    )

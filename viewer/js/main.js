@@ -134,8 +134,38 @@ async function describe() {
     $("layer").value = $("layer").max;
   }
   buildMethodOptions();
+  buildModelOptions();
   showValues();
   return problem;
+}
+
+/** Controls for what this model has beyond maps, from its description: the query it pools by (where
+ * it has a choice, DeiT's distillation token), predictions (a head, or a text tower's labels). */
+function buildModelOptions() {
+  const model = state.description.model ?? {};
+  const shared = currentMethod().options ?? [];
+  const wanted = [
+    (model.queries ?? []).length > 1 && "query",
+    (model.classes > 0 || model.text_tower) && "top_k",
+    model.text_tower && "labels",
+  ];
+  const controls = shared.filter((o) => wanted.includes(o.name)).flatMap((o) =>
+    optionControl(o.name === "query" ? { ...o, choices: model.queries } : o),
+  );
+  $("model-options").replaceChildren(...controls);
+}
+
+/** The answer's predictions, most probable first, as text. */
+function showPredictions(doc) {
+  const list = $("predictions");
+  const items = (doc.predictions ?? []).map((p) => {
+    const item = document.createElement("li");
+    item.textContent = `${p.label}: ${(100 * p.probability).toFixed(1)}%`;
+    item.dataset.index = String(p.index);
+    return item;
+  });
+  list.replaceChildren(...items);
+  list.hidden = items.length === 0;
 }
 
 function currentMethod() {
@@ -194,7 +224,7 @@ function optionControl(option) {
 function methodFields() {
   const method = currentMethod();
   const fields = method.name === state.description.default_method ? {} : { method: method.name };
-  for (const input of $("method-options").querySelectorAll("[data-option]")) {
+  for (const input of document.querySelectorAll("#method-options [data-option], #model-options [data-option]")) {
     const value = input.type === "checkbox" ? String(input.checked) : input.value.trim();
     if (value !== "") fields[input.dataset.option] = value; // an empty field is an option left out
   }
@@ -233,6 +263,7 @@ async function request() {
     $("error").hidden = true;
     $("save-png").disabled = $("save-json").disabled = false;
     buildGallery();
+    showPredictions(doc);
     redraw(true);
   } catch (error) {
     if (error.name !== "AbortError" && id === state.requestId) showError(error.message);

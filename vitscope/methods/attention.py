@@ -18,14 +18,14 @@ if TYPE_CHECKING:
 
 class Attention(MapMethod):
     name = "attention"
-    summary = "the `[CLS]` attention of a block, per head (of several blocks with `layers`)"
-    needs = Needs(blocks="0..layer (the deepest of layers)", keeps="the [CLS] query's row of each block asked for")
+    summary = "the attention of the pooling query (`[CLS]`) in a block, per head (of several blocks with `layers`)"
+    needs = Needs(blocks="0..layer (the deepest of layers)", keeps="the pooling query's row of each block asked for")
 
     def forward_spec(self, options: Options) -> ForwardSpec:
-        return ForwardSpec(self.name, options.layers or (options.layer,))  # heads are chosen afterwards: requests share it
+        return ForwardSpec(self.name, options.layers or (options.layer,), query=options.query)  # heads are chosen afterwards
 
     def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
-        rows = model.get_cls_attention_layers(batch, list(spec.layers))  # (B, layers, heads, 1 + N)
+        rows = model.get_cls_attention_layers(batch, list(spec.layers), spec.query)  # (B, layers, heads, N)
         return split_rows(model, rows, *batch.shape[-2:])
 
     def select(self, options: Options, grid: np.ndarray, registers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

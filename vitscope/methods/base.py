@@ -41,6 +41,7 @@ class ForwardSpec:
     method: str
     layers: tuple[int, ...]  # the blocks whose outputs are read
     params: tuple[tuple[str, object], ...] = ()  # the method's own options that change the forward pass
+    query: str | None = None  # the token whose attention rows it reads (None: the one the model pools by)
 
     def param(self, name: str) -> Any:
         return dict(self.params)[name]

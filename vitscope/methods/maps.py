@@ -41,12 +41,12 @@ GRID, REGISTER_ROWS = "grid", "register_rows"
 
 
 def split_rows(model: VisionTransformer, rows: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-    """[CLS] rows over all tokens (B, layers, maps, 1 + R + N) -> the patch grid (B, layers, maps, H/p, W/p)
-    and the register entries (B, layers, maps, R), float32. [CLS]->[CLS] is dropped, so a map sums to
-    the mass the patches get (<= 1)."""
-    p, prefix = model.patch_size, model.num_prefix_tokens
+    """The query's rows over all tokens (B, layers, maps, P + R + n) -> the patch grid (B, layers, maps, H/p, W/p)
+    and the register entries (B, layers, maps, R), float32. The class tokens' entries ([CLS], DeiT's
+    distillation token) are dropped, so a map sums to the mass the patches get (<= 1)."""
+    p, prefix, classes = model.patch_size, model.num_prefix_tokens, model.variant.num_class_tokens
     grid = rows[..., prefix:].reshape(*rows.shape[:3], height // p, width // p).float()  # (B, layers, maps, H/p, W/p)
-    return {GRID: grid, REGISTER_ROWS: rows[..., 1:prefix].float()}  # registers: (B, layers, maps, R)
+    return {GRID: grid, REGISTER_ROWS: rows[..., classes:prefix].float()}  # registers: (B, layers, maps, R)
 
 
 class MapMethod(Method):

@@ -196,12 +196,12 @@ class PCAColours(Method):
     needs = Needs(blocks="0..layer", keeps="the patch tokens of block layer, normed, and its [CLS] row")
 
     def forward_spec(self, options: Options) -> ForwardSpec:
-        return ForwardSpec(self.name, (options.layer,))  # the foreground and the basis come afterwards: requests share it
+        return ForwardSpec(self.name, (options.layer,), query=options.query)  # the foreground and the basis come afterwards
 
     def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
         B, _, H, W = batch.shape
         p = model.patch_size
-        tokens, rows = model.get_features_and_cls_attention(batch, spec.layers[0])  # (B, n, D), (B, heads, N)
+        tokens, rows = model.get_features_and_cls_attention(batch, spec.layers[0], query=spec.query)  # (B, n, D), (B, heads, N)
         assert rows is not None
         grid = as_grid(tokens, batch, p)  # (B, D, h, w)
         cls_mean = rows[..., model.num_prefix_tokens :].float().mean(dim=1).reshape(B, H // p, W // p)  # (B, h, w)

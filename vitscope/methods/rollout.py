@@ -34,10 +34,10 @@ class Rollout(MapMethod):
     cost_factor = 2.0  # its second pass over every block's attention: 1.5-1.9x a last-layer request measured; admission errs high
 
     def forward_spec(self, options: Options) -> ForwardSpec:
-        return ForwardSpec(self.name, (options.layer,), options.params)
+        return ForwardSpec(self.name, (options.layer,), options.params, options.query)
 
     def compute(self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec) -> dict[str, torch.Tensor]:
-        row = cls_rollout(model, batch, spec.layers[0], spec.param("head_fusion"), spec.param("discard_ratio"))  # (B, 1 + N)
+        row = cls_rollout(model, batch, spec.layers[0], spec.param("head_fusion"), spec.param("discard_ratio"), query=spec.query)  # (B, N)
         return split_rows(model, row[:, None, None], *batch.shape[-2:])  # one layer, one map
 
 

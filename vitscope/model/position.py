@@ -16,19 +16,20 @@ from torch import nn
 Rope = tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (patches, head_dim), float32
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int, offset: float, antialias: bool) -> torch.Tensor:
-    """A stored (1, 1 + g*g, C) position embedding for a (grid_h, grid_w) patch grid: (1, 1 + grid_h*grid_w, C).
+def resize_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int, offset: float, antialias: bool, prefix: int = 1) -> torch.Tensor:
+    """A stored (1, prefix + g*g, C) position embedding for a (grid_h, grid_w) patch grid: (1, prefix + grid_h*grid_w, C).
 
-    Bicubic, in float32, as DINO and DINOv2: with ``offset`` > 0 the resize is given as the scale
+    ``prefix``: the positions of the tokens before the patches ([CLS]; DeiT's distillation token; none
+    for SigLIP), kept as they are. Bicubic, in float32, as DINO and DINOv2: with ``offset`` > 0 the resize is given as the scale
     factors (grid + offset) / g (the kernels then sample at those scales, DINO's historical
     work-around), otherwise as the exact size; ``antialias`` as the DINOv2 register models.
     The stored grid is returned as it is when the image's grid is that grid.
     """
-    g = math.isqrt(pos_embed.shape[1] - 1)
+    g = math.isqrt(pos_embed.shape[1] - prefix)
     if (grid_h, grid_w) == (g, g):
         return pos_embed
     dim = pos_embed.shape[-1]
-    cls_pos, patch_pos = pos_embed[:, :1].float(), pos_embed[:, 1:].float()  # (1, 1, C), (1, g*g, C)
+    cls_pos, patch_pos = pos_embed[:, :prefix].float(), pos_embed[:, prefix:].float()  # (1, prefix, C), (1, g*g, C)
     patch_pos = patch_pos.reshape(1, g, g, dim).permute(0, 3, 1, 2)  # (1, C, g, g)
     if offset:
         scale = ((grid_h + offset) / g, (grid_w + offset) / g)

@@ -9,12 +9,15 @@ over all N tokens ([CLS] first, then any register/storage tokens, then the patch
    each row (one query's distribution) loses the same share whatever the other rows hold;
 3. add the identity and renormalise every row to sum 1: Â_b = (F_b + I) / rowsum(F_b + I);
 
-then R = Â_L ... Â_1 Â_0, and the result is the [CLS] row of R: e_0^T R, (N,), raw (not rescaled).
+then R = Â_L ... Â_1 Â_0, and the result is the pooling query's row of R: e_q^T R, (N,), raw (not
+rescaled), with q = 0 for [CLS] and 1 for DeiT's distillation token. SigLIP pools by a probe that
+attends over block L's output tokens: its row, the heads fused as above and renormalised (no
+identity: the probe is not a token), takes the place of e_q^T, and R then runs through blocks 0..L.
 
 ``cls_rollout`` computes e_0^T R top-down, v <- v Â_b, from the queries and keys each block used
 in one forward pass (kept, O(N) per block); each Â_b is rebuilt ``chunk`` query rows at a time, so no
 N x N matrix (nor any (heads, N, N) tensor) ever exists: memory grows linearly in N. In the top
-block only the [CLS] row is rebuilt (v = e_0 there). ``rollout_reference``
+block only the query's row is rebuilt (v = e_q there). ``rollout_reference``
 is the naive full-matrix product (O(N^2) memory, O(N^3) time) the tests and the benchmark compare with.
 """
 
@@ -24,8 +27,9 @@ from typing import cast
 
 import torch
 
+from .layers import Block, QKStore
 from .variants import resolve_layer
-from .vit import Block, QKStore, VisionTransformer
+from .vit import VisionTransformer
 
 HEAD_FUSIONS: tuple[str, ...] = ("mean", "max", "min")
 
@@ -81,6 +85,12 @@ def propagate_rows(
     return (weight.unsqueeze(1) @ fused).squeeze(1)
 
 
+def probe_row(model: VisionTransformer, tokens: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """SigLIP's probe over a block's output tokens (B, N, C), the heads fused, rows summing to 1: (B, N)."""
+    fused = fuse_heads(model.probe_attention(tokens)[:, :, None], head_fusion)[:, 0].float()  # (B, N)
+    return fused / fused.sum(dim=-1, keepdim=True)
+
+
 @torch.inference_mode()
 def cls_rollout(
     model: VisionTransformer,
@@ -89,26 +99,36 @@ def cls_rollout(
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     chunk: int | None = None,
+    query: str | None = None,
 ) -> torch.Tensor:
-    """e_0^T Â_layer ... Â_0 for a batch of images: (B, 3, H, W) -> (B, 1 + N), float32.
+    """e_q^T Â_layer ... Â_0 for a batch of images, q the pooling query: (B, 3, H, W) -> (B, N), float32.
 
-    The forward pass (blocks 0..layer-1) runs as usual (fused SDPA, any autocast precision); the
-    rollout itself is computed in float32. ``chunk``: query rows rebuilt at a time (default ``row_chunk``).
+    The forward pass (blocks 0..layer-1; SigLIP: 0..layer) runs as usual (fused SDPA, any autocast
+    precision); the rollout itself is computed in float32. ``chunk``: query rows rebuilt at a time
+    (default ``row_chunk``). ``query``: as ``VisionTransformer.query_index`` (None: the model's own).
     """
     layer = resolve_layer(layer, model.depth)
+    index = model.query_index(query)
     blocks = cast(list[Block], model.blocks)
     tokens, rope = model.prepare_tokens(x)
     kept: QKStore = []  # per block below ``layer``: the queries and keys its forward used, O(N) each
     for blk in blocks[:layer]:
         tokens = blk(tokens, rope, keep=kept)
     top = blocks[layer]
-    q, k = top.attn.queries_keys(top.norm1(tokens), rope)  # the top block never runs forward: project here
-    kept.append((q.contiguous(), k.transpose(-2, -1).contiguous()))
     B, N, _ = tokens.shape
-    chunk = chunk or row_chunk(x.device, B, q.shape[1], N)
     v = torch.zeros(B, N, dtype=torch.float32, device=x.device)  # (B, N)
-    v[:, 0] = 1.0  # e_0: the [CLS] token
-    live = 1  # rows of v that may be non-zero: the [CLS] row in the top block, then all
+    if index is None:  # SigLIP: the probe over block ``layer``'s output, then every row of every block
+        tokens = top(tokens, rope, keep=kept)
+        v, live = probe_row(model, tokens, head_fusion), N
+        model.finish(tokens, layer + 1, rope)
+    else:  # the top block never runs forward: project here; only the query's row of it is needed
+        q, k = top.attn.queries_keys(top.norm1(tokens), rope)
+        kept.append((q.contiguous(), k.transpose(-2, -1).contiguous()))
+        v[:, index], live = 1.0, index + 1  # e_q; rows of v that may be non-zero: 0..q in the top block, then all
+        if model.recording:
+            tokens = top(tokens, rope)
+            model.finish(tokens, layer + 1, rope)
+    chunk = chunk or row_chunk(x.device, B, model.num_heads, N)
     while kept:  # blocks layer, layer - 1, ..., 0
         q, k_t = (t.float() for t in kept.pop())  # (B, heads, N, d), (B, heads, d, N)
         with torch.autocast(x.device.type, enabled=False):
@@ -121,20 +141,28 @@ def cls_rollout(
 
 @torch.inference_mode()
 def rollout_reference(
-    model: VisionTransformer, x: torch.Tensor, layer: int | None = None, head_fusion: str = "mean", discard_ratio: float = 0.0
+    model: VisionTransformer,
+    x: torch.Tensor,
+    layer: int | None = None,
+    head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+    query: str | None = None,
 ) -> torch.Tensor:
     """The naive rollout (as jacobgil/vit-explain, with the definition above): every N x N matrix of
-    blocks 0..layer, explicitly multiplied. (B, 3, H, W) -> (B, 1 + N). O(N^2) memory, O(N^3) time."""
+    blocks 0..layer, explicitly multiplied. (B, 3, H, W) -> (B, N). O(N^2) memory, O(N^3) time."""
     layer = resolve_layer(layer, model.depth)
+    index = model.query_index(query)
     blocks = cast(list[Block], model.blocks)
     tokens, rope = model.prepare_tokens(x)
     B, N, _ = tokens.shape
     eye = torch.eye(N, device=x.device)
     product = eye.expand(B, N, N)  # (B, N, N)
-    for index, blk in enumerate(blocks[: layer + 1]):
+    for b, blk in enumerate(blocks[: layer + 1]):
         weights, _ = blk.attn.explicit_weights(blk.norm1(tokens), rope)  # (B, heads, N, N)
         fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + eye  # (B, N, N)
-        product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_index ... Â_0
-        if index < layer:
+        product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_b ... Â_0
+        if b < layer or index is None:
             tokens = blk(tokens, rope, explicit=True)
-    return product[:, 0]
+    if index is None:
+        return (probe_row(model, tokens, head_fusion)[:, None] @ product)[:, 0]
+    return product[:, index]

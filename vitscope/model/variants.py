@@ -3,13 +3,19 @@ share, and its variants), with the constants of the network's input and the chec
 Nothing here is re-typed elsewhere. The official checkpoints (URLs, licences, gating) are the catalogue's
 (``catalogue.py``): it reads this table; this table never reads it.
 
-Three families, each named as its torch.hub entry point:
+Three self-supervised families with official weights, each named as its torch.hub entry point:
 
 * DINO (Caron et al. 2021): ``dino_vits8`` ... learned position embedding on a 224/p grid.
 * DINOv2 (Oquab et al. 2023): ``dinov2_vits14`` ... LayerScale, a 518/14 = 37x37 position grid,
   ViT-g with a SwiGLU FFN; ``_reg`` variants add 4 register tokens (Darcet et al. 2024).
 * DINOv3 (Simeoni et al. 2025): ``dinov3_vits16`` ... no position embedding but RoPE on the patch
   tokens, 4 storage tokens, a masked key bias, LayerScale; ViT-S+ with a SwiGLU FFN.
+
+Three families whose checkpoints are the user's (no row of variants: a checkpoint's own config, or
+the library's, describes each model, ``sources.py``): supervised ``vit`` classifiers (ViT, DeiT with
+its distillation token), ``clip`` (a ViT image tower with a projection and a causal text tower) and
+``siglip`` (no [CLS]: an attention-pool probe, a sigmoid with a bias). timm's ``VisionTransformer``
+flags (``class_token``, ``pre_norm``, ``global_pool``, ...) are the model: ``Variant``'s fields below.
 
 The architecture facts come from the official code (facebookresearch/dino, dinov2 ``hub/backbones.py``
 and dinov3 ``hub/backbones.py``); tests freeze the resulting state_dict layouts. Adding a
@@ -28,6 +34,49 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # The FFNs the network builds, by ``Variant.ffn``: mlp (fc1/fc2), swiglu_fused (DINOv2 ViT-g: w12/w3), swiglu
 # (DINOv3 ViT-S+: w1/w2/w3). vit.py's FFN_MODULES holds their modules, in this order.
 FFNS: tuple[str, ...] = ("mlp", "swiglu_fused", "swiglu")
+# The MLPs' activations: exact GELU (DINO, ViT), OpenAI CLIP's quick_gelu x * sigmoid(1.702 x), SigLIP's tanh GELU.
+ACTS: tuple[str, ...] = ("gelu", "quick_gelu", "gelu_tanh")
+# How a model pools an image into one vector, which is also the query its maps are of (``queries``):
+# "token": the normed [CLS] token; "map": SigLIP's attention-pool probe over the last block's tokens.
+POOLS: tuple[str, ...] = ("token", "map")
+# What a classifier head reads: "token" the pooled token; "token_mean" [CLS] with the patches' mean (DINOv2's).
+HEAD_INPUTS: tuple[str, ...] = ("token", "token_mean")
+# The queries maps can be of, by name: the [CLS] token, DeiT's distillation token, SigLIP's probe.
+CLS, DISTILLATION, PROBE = "cls", "distillation", "probe"
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP's and timm's augreg ViTs' mean and std
+
+
+@dataclass(frozen=True)
+class TextVariant:
+    """A text tower (CLIP, SigLIP): token and position embeddings, pre-norm blocks, a final norm,
+    the pooled token projected into the image embedding's space."""
+
+    vocab_size: int
+    context_length: int
+    embed_dim: int  # the tower's width
+    depth: int
+    num_heads: int
+    proj_dim: int  # the joint embedding's size
+    mlp_ratio: float = 4.0
+    act: str = "gelu"
+    eps: float = 1e-5
+    causal: bool = True  # CLIP's causal mask; SigLIP's tower sees every token
+    pool: str = "eot"  # "eot": the first end-of-text token (CLIP); "last": the last position (SigLIP)
+    eot_token_id: int = 49407  # CLIP's <|endoftext|>
+    proj_bias: bool = False  # SigLIP's projection has a bias
+    tokenizer: str = "clip"  # the tokenizer its ids come from (model/tokenizer.py): clip or json
+    canonicalize: bool = False  # SigLIP's text cleaning (lower case, no punctuation) before tokenizing
+
+    # The block's facts a text tower shares with every image tower (vit.Block reads them).
+    ffn = "mlp"
+    layerscale_init = None
+    mask_k_bias = False
+
+    @property
+    def ffn_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
 
 
 @dataclass(frozen=True)
@@ -55,6 +104,18 @@ class Variant:
     ffn_hidden_dim: int = 0  # the FFN's hidden width as its config states it; 0: from mlp_ratio as the official code
     image_mean: tuple[float, float, float] | None = None  # preprocessing of its preprocessor config
     image_std: tuple[float, float, float] | None = None
+    # timm's VisionTransformer flags, for the supervised ViT/DeiT, CLIP and SigLIP families:
+    class_token: bool = True  # a [CLS] token first (SigLIP has none)
+    distill_token: bool = False  # DeiT's distillation token after [CLS], with its own head (head_dist)
+    pre_norm: bool = False  # CLIP: a LayerNorm (norm_pre) over the tokens before the blocks
+    patch_bias: bool = True  # CLIP's patch projection has no bias
+    act: str = "gelu"  # the MLPs' activation: one of ACTS
+    pool: str = "token"  # one of POOLS
+    num_classes: int = 0  # a classifier head (head, and head_dist with a distillation token); 0: none
+    head_input: str = "token"  # one of HEAD_INPUTS
+    proj_dim: int = 0  # CLIP's image projection into the joint space (proj, no bias); 0: none
+    text: TextVariant | None = None  # a text tower (CLIP, SigLIP), with logit_scale
+    logit_bias: bool = False  # SigLIP's learned bias on the scaled cosines
 
     @property
     def pretrain_grid(self) -> int:
@@ -62,9 +123,26 @@ class Variant:
         return self.pretrain_img_size // self.patch_size
 
     @property
+    def num_class_tokens(self) -> int:
+        """The tokens before the registers, each with a learned position: [CLS] and DeiT's distillation token."""
+        return int(self.class_token) + int(self.distill_token)
+
+    @property
     def num_prefix_tokens(self) -> int:
-        """Tokens before the patches: [CLS] and the registers."""
-        return 1 + self.num_registers
+        """Tokens before the patches: [CLS], the distillation token, the registers."""
+        return self.num_class_tokens + self.num_registers
+
+    @property
+    def queries(self) -> tuple[str, ...]:
+        """The queries its maps can be of, the one it pools by first (``query=``)."""
+        if self.pool == "map":
+            return (PROBE,)
+        return (CLS, DISTILLATION) if self.distill_token else (CLS,)
+
+    @property
+    def embed_size(self) -> int:
+        """The size of the image embedding: the projection's, else the pooled token's."""
+        return self.proj_dim or self.embed_dim
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -201,6 +279,10 @@ FAMILIES: dict[str, Family] = {
             mask_token=True,
             variants=tuple(_dinov3(name) for name in V3_MODELS),
         ),
+        # The user's checkpoints, described by their own config or library (sources.py):
+        Family("vit", "ViT / DeiT (supervised)", "reg_token", "registers"),
+        Family("clip", "CLIP", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+        Family("siglip", "SigLIP", mean=HALF, std=HALF),
     )
 }
 VARIANTS: dict[str, Variant] = {v.name: v for family in FAMILIES.values() for v in family.variants}
@@ -228,9 +310,33 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a model name 
 
 
 def variant_to_mapping(variant: Variant) -> dict[str, object]:
-    """A variant as plain values (lists for tuples): what an archive records of a model built from
-    its checkpoint (``architecture:`` in its model-config.yaml)."""
-    return {f.name: list(v) if isinstance(v := getattr(variant, f.name), tuple) else v for f in fields(Variant)}
+    """A variant as plain values (lists for tuples, a mapping for its text tower): what an archive
+    records of a model built from its checkpoint (``architecture:`` in its model-config.yaml)."""
+    out: dict[str, object] = {}
+    for f in fields(Variant):
+        value = getattr(variant, f.name)
+        if isinstance(value, TextVariant):
+            value = {t.name: getattr(value, t.name) for t in fields(TextVariant)}
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def text_from_mapping(values: object) -> TextVariant:
+    """A text tower's fields, checked: ``ValueError`` naming what is wrong."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"architecture: text must be a mapping of a text tower's fields, not {values!r}")
+    known = {f.name: f for f in fields(TextVariant)}
+    unknown = sorted(set(values) - set(known))
+    missing = sorted(name for name, f in known.items() if f.default is MISSING and name not in values)
+    if unknown or missing:
+        raise ValueError(f"architecture: text: unknown fields {unknown}, missing fields {missing}")
+    checked: dict[str, Any] = {
+        k: float(v) if isinstance(known[k].default, float) and isinstance(v, int) else v for k, v in values.items()
+    }
+    text = TextVariant(**checked)
+    if text.act not in ACTS or text.pool not in ("eot", "last"):
+        raise ValueError(f"architecture: text: act {text.act!r} (one of {list(ACTS)}) or pool {text.pool!r} (eot or last)")
+    return text
 
 
 def variant_from_mapping(values: Mapping[str, object]) -> Variant:
@@ -243,7 +349,9 @@ def variant_from_mapping(values: Mapping[str, object]) -> Variant:
     checked: dict[str, Any] = {}
     for name, value in values.items():
         default = known[name].default
-        if name in ("image_mean", "image_std") and value is not None:
+        if name == "text" and value is not None:
+            value = text_from_mapping(value)
+        elif name in ("image_mean", "image_std") and value is not None:
             if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(c, (int, float)) for c in value)):
                 raise ValueError(f"architecture: {name} must be three numbers, not {value!r}")
             value = tuple(float(c) for c in value)
@@ -253,8 +361,11 @@ def variant_from_mapping(values: Mapping[str, object]) -> Variant:
     variant = Variant(**checked)
     if variant.family not in FAMILIES:
         raise ValueError(f"architecture: family {variant.family!r} is not one of {sorted(FAMILIES)}")
-    if variant.ffn not in FFNS:
-        raise ValueError(f"architecture: ffn {variant.ffn!r} is not one of {list(FFNS)}")
+    for name, allowed in (("ffn", FFNS), ("act", ACTS), ("pool", POOLS), ("head_input", HEAD_INPUTS)):
+        if getattr(variant, name) not in allowed:
+            raise ValueError(f"architecture: {name} {getattr(variant, name)!r} is not one of {list(allowed)}")
+    if variant.pool == "map" and (variant.class_token or variant.distill_token):
+        raise ValueError("architecture: pool 'map' (an attention-pool probe) is for models without [CLS] (SigLIP)")
     if not VARIANT_NAME.match(variant.name):
         raise ValueError(f"architecture: name {variant.name!r} must be letters, digits, '_', '-' or '.' (a URL path segment)")
     for name in ("patch_size", "embed_dim", "depth", "num_heads", "pretrain_img_size"):

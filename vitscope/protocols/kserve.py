@@ -158,6 +158,15 @@ class KServeV1Codec(Codec):
         return Reply(int(HTTPStatus.OK), body, headers=precision_header(good), stats=merged_stats(good))
 
 
+def v2_parameter(value: object) -> object:
+    """A metadata value as a v2 parameter (a scalar): lists of scalars joined by ",", other nested values as JSON."""
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) for v in value):
+        return ",".join(map(str, value))
+    if isinstance(value, (list, dict)):
+        return json_bytes(value).decode()
+    return value
+
+
 class KServeV2Codec(Codec):
     """KServe v2 / Open Inference Protocol: every element of every BYTES input is one base64 image.
 
@@ -229,8 +238,9 @@ class KServeV2Codec(Codec):
     @staticmethod
     def outputs(suffix: str, result: AttentionResult) -> list[dict[str, object]]:
         """v2 output tensors of one image, one per array in the method's output order; the first (main)
-        one carries the metadata as its parameters (v2 parameters are scalars: lists become "a,b")."""
-        params = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in result.metadata().items()}
+        one carries the metadata as its parameters (v2 parameters are scalars: lists of numbers become
+        "a,b", anything else nested, e.g. ``predictions``, a JSON string)."""
+        params = {k: v2_parameter(v) for k, v in result.metadata().items()}
         outputs: list[dict[str, object]] = []
         for spec, array in result.sent():
             data = spec.typed(array, result.dtype)

@@ -43,6 +43,9 @@ class ServiceConfig:
     # fine-tune, a renamed or resized hub model): the Variant's fields, and what the weights came from.
     architecture: Variant | None = None
     source: str = ""  # e.g. "huggingface dinov2 (model.safetensors)", "timm (x.safetensors)", "hub (x.pth)"
+    # A classifier head's class names, one per class (archived from id2label, LABELS= or ImageNet's); () : "class <i>"
+    labels: tuple[str, ...] = ()
+    tokenizer: str = ""  # the archive's folder of tokenizer files for a text tower (CLIP, SigLIP); "": none
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, object]) -> ServiceConfig:
@@ -55,6 +58,11 @@ class ServiceConfig:
         for name, value in settings.items():
             if name == "architecture":
                 checked[name] = parse_architecture(value)
+                continue
+            if name == "labels":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(label, str) for label in value):
+                    raise ConfigError(f"handler setting labels must be a list of class names, not {type(value).__name__}")
+                checked[name] = tuple(value)
                 continue
             expected = type(getattr(cls, name))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -74,6 +82,13 @@ class ServiceConfig:
             if getattr(config, name) not in choices:
                 raise ConfigError(f"handler setting {name}={getattr(config, name)!r} must be one of {list(choices)}")
         return config
+
+    def check_heads(self, variant: Variant) -> None:
+        """The labels and the tokenizer agree with the model's head and text tower (``ConfigError`` if not)."""
+        if self.labels and len(self.labels) != variant.num_classes:
+            raise ConfigError(f"handler setting labels has {len(self.labels)} names for a head of {variant.num_classes} classes")
+        if variant.text is not None and not self.tokenizer:
+            raise ConfigError(f"{variant.name} has a text tower but no tokenizer: archive its tokenizer files (make archive)")
 
     @property
     def variant(self) -> Variant:

@@ -12,7 +12,9 @@ from PIL import Image
 
 from ..model.checkpoint import RANDOM_WEIGHTS, build_model, filter_state_dict, read_checkpoint, weights_tag
 from ..model.kernels import plan_kernels
+from ..model.tokenizer import load_tokenizer
 from ..precision import AUTOCAST_DTYPES, PRECISIONS
+from ..predictions import Predictor
 from .admission import ADMISSION_SHARE
 from .config import ConfigError, ServiceConfig
 from .pipeline import AttentionService
@@ -34,12 +36,15 @@ def create_service(
     weights_path: str | Path | None,
     device: torch.device | str = "cpu",
     response_timeout_s: float | None = None,
+    model_dir: str | Path | None = None,
 ) -> AttentionService:
     """Build the service from handler settings and the archived weights (``None`` for random weights).
     ``response_timeout_s``: the model server's per-request timeout; requests estimated over
-    ``cost_budget_s`` (by default ``ADMISSION_SHARE`` of it) are refused with 413."""
+    ``cost_budget_s`` (by default ``ADMISSION_SHARE`` of it) are refused with 413. ``model_dir``: the
+    unpacked archive (its tokenizer files; default: the weights' folder)."""
     config = ServiceConfig.from_mapping(settings)
     variant = config.variant
+    config.check_heads(variant)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     # PIL's own decompression-bomb guard, set explicitly to our limit (it errors above twice this);
@@ -59,7 +64,12 @@ def create_service(
             config = replace(config, weights=weights_tag(weights_path))
     logger.info("loaded %s (%s) on %s", variant.name, config.weights, device)
     budget = config.cost_budget_s or (ADMISSION_SHARE * response_timeout_s if response_timeout_s else None)
-    service = AttentionService(model, variant, config, device, cost_budget_s=budget)
+    tokenizer = None
+    if variant.text is not None:
+        folder = Path(model_dir or (Path(weights_path).parent if weights_path else ".")) / config.tokenizer
+        tokenizer = load_tokenizer(folder, variant.text.tokenizer, variant.text.context_length, canonicalize=variant.text.canonicalize)
+    predictor = Predictor(model, config.labels, tokenizer)
+    service = AttentionService(model, variant, config, device, cost_budget_s=budget, predictor=predictor)
     dtypes = dict.fromkeys(AUTOCAST_DTYPES[service.precisions.resolve(name)] for name in PRECISIONS)  # what runs here
     if config.attention_kernel == "auto":
         service.model.use_kernels(plan_kernels(service.device, list(dtypes), variant.num_heads, variant.embed_dim // variant.num_heads))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from ..model.variants import Variant
 from ..model.vit import VisionTransformer
 from ..options import FORMATS, RESPONSE_DTYPES, describe_options, parse
 from ..precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
+from ..predictions import Predictor
 from ..protocols.base import Decoded
 from ..schema import AttentionResult, ImageRequest
 from ..vocab import DEFAULT_METHOD, ModelFacts
@@ -41,6 +43,14 @@ from .admission import Prepared
 from .config import ServiceConfig
 
 logger = logging.getLogger(__name__)
+
+
+class Computed(NamedTuple):
+    """One image's share of a forward pass: the method's tensors, the pass's milliseconds, its predictions."""
+
+    arrays: dict[str, np.ndarray]
+    forward_ms: float
+    predictions: list[dict[str, object]] | None = None
 
 
 class AttentionService:
@@ -61,12 +71,14 @@ class AttentionService:
         precisions: PrecisionPlan | None = None,
         cost_budget_s: float | None = None,
         cost: CostModel | None = None,
+        predictor: Predictor | None = None,
     ) -> None:
         self.variant = variant
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.facts = ModelFacts.of(self.model)  # what option parsing and the description read of it
+        self.predictor = predictor or Predictor(self.model)  # its head's classes, its text tower's tokenizer
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
         self.cost_budget_s = cost_budget_s
         if cost is None and cost_budget_s is not None:
@@ -127,16 +139,16 @@ class AttentionService:
                     items[i] = error
 
     def _describe_together(
-        self, items: Sequence[Prepared | RequestError], computed: Mapping[int, tuple[dict[str, np.ndarray], float]]
+        self, items: Sequence[Prepared | RequestError], computed: Mapping[int, Computed]
     ) -> list[AttentionResult | RequestError]:
         described: dict[int, AttentionResult] = {}
         for method, indices in self._by_method(items).items():
-            shares = [(items[i].options, computed[id(items[i])][0]) for i in indices]  # type: ignore[union-attr]
+            shares = [(items[i].options, computed[id(items[i])].arrays) for i in indices]  # type: ignore[union-attr]
             arrays = method.arrays_together(shares, self.variant.patch_size)
             for i, own in zip(indices, arrays, strict=True):
                 item = items[i]
                 assert isinstance(item, Prepared)
-                described[i] = self.describe(item, own, computed[id(item)][1])
+                described[i] = self.describe(item, own, computed[id(item)])
         return [item if isinstance(item, RequestError) else described[i] for i, item in enumerate(items)]
 
     def prepare(self, request: ImageRequest) -> Prepared:
@@ -161,29 +173,35 @@ class AttentionService:
             cost_s = self.cost.estimate(tokens, method.cost_blocks(options))
         return Prepared(tensor, image, options, method, self.precisions.resolve(options.precision), elapsed_ms, cost_s, request.deadline)
 
-    def predict(self, items: Sequence[Prepared]) -> list[tuple[dict[str, np.ndarray], float]]:
+    def predict(self, items: Sequence[Prepared]) -> list[Computed]:
         """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
-        part of; items alike in size, forward pass (``ForwardSpec``) and precision share one."""
+        part of and its predictions (None: not asked); items alike in size, forward pass (``ForwardSpec``)
+        and precision share one, which also gives the predictions (``VisionTransformer.recording_final``)."""
         groups: dict[tuple[tuple[int, ...], Method, ForwardSpec, str], list[int]] = {}
         for i, item in enumerate(items):
             spec = item.method.forward_spec(item.options)
             groups.setdefault((tuple(item.tensor.shape), item.method, spec, item.precision), []).append(i)
         if len(items) > 1:
             logger.info("batch of %d images in %d forward pass(es)", len(items), len(groups))
-        results: list[tuple[dict[str, np.ndarray], float]] = [({}, 0.0)] * len(items)
+        results: list[Computed] = [Computed({}, 0.0)] * len(items)
         for (_, method, spec, precision), indices in groups.items():
             start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
-            with torch.inference_mode(), autocast(self.device, precision):
+            wanted = [self.predictor.wanted(items[i].options) for i in indices]
+            with torch.inference_mode(), autocast(self.device, precision), self.model.recording_final(any(wanted)) as final:
                 computed = method.compute(self.model, batch, spec)  # name -> (B, ...)
+                if any(wanted) and not final:  # a method whose pass does not record the last block's tokens
+                    final.append(self.model.final_tokens(batch))
             arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
             elapsed_ms = (time.perf_counter() - start) * 1000
             for n, i in enumerate(indices):
-                results[i] = ({name: array[n] for name, array in arrays.items()}, elapsed_ms)
+                predictions = self.predictor.predict(final[0][n : n + 1], items[i].options) if wanted[n] else None
+                results[i] = Computed({name: array[n] for name, array in arrays.items()}, elapsed_ms, predictions)
         return results
 
-    def describe(self, item: Prepared, arrays: dict[str, np.ndarray], forward_ms: float) -> AttentionResult:
+    def describe(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> AttentionResult:
         """The result of one item from the method's arrays for it (``Method.arrays``) and the metadata."""
+        forward_ms = computed.forward_ms
         p = self.variant.patch_size
         options = item.options
         method = item.method
@@ -207,6 +225,8 @@ class AttentionService:
             method=method.name if method.name != DEFAULT_METHOD else None,
             method_fields=method.metadata(options, p),
             mask=options.mask,
+            query=options.query,
+            predictions=computed.predictions,
             arrays=arrays,
             outputs=method.outputs,
             format=options.format,
