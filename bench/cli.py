@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from bench import batching, coldstart, compiled, encoding, engines, families, forward, methods, overload, served, throughput, video
+from bench import batching, coldstart, compiled, encoding, engines, families, forward, methods, overload, served, throughput, towers, video
 from bench.report import write_report
 from bench.section import Run, Section
 from bench.timing import HF_ROW, PATHS, parse_size, probe_machine
@@ -39,6 +39,7 @@ SECTIONS: tuple[Section, ...] = (
     forward.SECTION,
     methods.SECTION,
     families.SECTION,
+    towers.SECTION,
     encoding.SECTION,
     batching.SECTION,
     compiled.SECTION,

@@ -18,9 +18,11 @@ from bench.cli import SECTIONS
 from bench.coldstart import ColdStart, cold_start_table
 from bench.compiled import CompileFigures, compile_table
 from bench.report import build_report, cell_text, markdown, section_of, table_markdown
+from bench.section import Run
 from bench.tables import Column, Report, Skipped, Table, Target
 from bench.throughput import Throughput, throughput_table
 from bench.timing import Machine, Result, forward_flops, run_configuration
+from bench.towers import TOWERS, Shape, Towers
 from bench.video import VideoFigures, video_table
 from testkit.torchserve import TorchServe
 from vitscope.model.checkpoint import build_model
@@ -242,6 +244,40 @@ def test_video_figures_are_derived_from_the_measured_rates() -> None:
     table = video_table(rows, argparse.Namespace(model="dino_vits16", video_in_flight=4))
     assert table.rows[0][3] == pytest.approx(4.0) and table.rows[1][3] is None
     assert isinstance(table.rows[1][2], Skipped) and "76 GB" in table.rows[1][2].reason
+
+
+def test_towers_rows_and_ratios_are_derived_from_the_measured_times(tmp_path: Path) -> None:
+    """The towers section at a tiny size (ours and the libraries' models from configs, the stored grid
+    and a resized one): a row per family and library per size, positive times, the ratios of them."""
+    tiny = Shape(32, 2, 2, patch_size=16, num_classes=10, proj_dim=16, image_size=32)
+    section = Towers(sizes=((32, 32), (48, 64)), small=tiny, base=tiny)
+    machine = emulating_machine()
+    run = Run(argparse.Namespace(repeats=2, device="cpu"), machine, tmp_path, b"")
+    figures = section.measure(run)
+    (table,) = section.tables(figures, run.args, machine)
+    rows = [dict(zip([c.name for c in table.columns], row, strict=True)) for row in table.rows]
+    sizes = ("32x32", "48x64")
+    expected = [(t.family, lib.name, size) for t in TOWERS for size in sizes for lib in t.libraries]
+    assert [(r["family"], r["library"], r["size"]) for r in rows] == [(f"{f} (32/2/2/16)", lib, size) for f, lib, size in expected]
+    assert {t.family for t in TOWERS} == {"ViT classifier", "DeiT distilled", "CLIP image tower", "SigLIP image tower"}
+    for r in rows:
+        a, b, c, d = (
+            r[name]
+            for name in ("(a) library s", "(b) library, output_attentions s", "(c) ours, served request s", "(d) ours, pooled forward s")
+        )
+        assert a > 0 and c > 0 and d > 0 and r["tokens"] == (2 * 2 if r["size"] == "32x32" else 3 * 4)
+        assert r["(c)/(a)"] == pytest.approx(c / a)
+        if r["library"].startswith("timm"):  # timm returns no attentions
+            assert b is None and r["(b)/(c): ours faster than output_attentions"] is None
+        else:
+            assert b > 0 and r["(b)/(c): ours faster than output_attentions"] == pytest.approx(b / c)
+    assert all(len(times) == 2 for row in figures for times in row.times.values())
+    assert table.notes[-1] == f"Measured on: {machine.description}." and "random weights" in table.notes[1]
+    targets = section.targets(figures, run.args, machine)
+    assert len(targets) == len(rows)
+    for target, r in zip(targets, rows, strict=True):
+        assert target.value == pytest.approx(r["(c)/(a)"]) and target.met is (target.value <= 1.0)
+        assert ("meets" if target.met else "MISSES") in target.line()
 
 
 def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:
