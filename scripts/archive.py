@@ -33,7 +33,7 @@ from scripts.weights import DEFAULT_MODEL_ARG, WeightsError, add_model_arguments
 from vitscope import layout
 from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS
 from vitscope.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
-from vitscope.model.sources import default_name, load_checkpoint
+from vitscope.model.sources import base_from_spec, default_name, load_checkpoint
 from vitscope.model.tokenizer import TokenizerError, load_tokenizer
 from vitscope.model.variants import VARIANTS, Variant, get_variant, variant_to_mapping
 from vitscope.service import ConfigError, ServiceConfig
@@ -111,11 +111,13 @@ def handler_config(config_path: Path, staged: Staged) -> dict:
 
 
 def base_variant(args: argparse.Namespace) -> Variant | None:
-    """The hub variant MODEL= names; None for a Hugging Face directory given without MODEL= (its
-    config.json says); DINO's vit_small/8 when neither says."""
+    """The model MODEL= names: a hub variant, or what timm / open_clip say of ``timm:<name>`` /
+    ``open_clip:<config>``; None for a Hugging Face directory given without MODEL= (its config.json
+    says); DINO's vit_small/8 when neither says."""
     if args.model is None and args.weights and Path(args.weights).is_dir():
         return None
-    return get_variant(args.model or DEFAULT_MODEL_ARG, args.patch)
+    spec = base_from_spec(args.model or "", args.name)
+    return spec if spec is not None else get_variant(args.model or DEFAULT_MODEL_ARG, args.patch)
 
 
 def served_name(args: argparse.Namespace, base: Variant | None) -> str:

@@ -16,15 +16,21 @@ from torch import nn
 from .variants import FAMILIES, Variant
 from .vit import VisionTransformer
 
-# Keys of DINO's training checkpoints that may hold the backbone, in order of preference.
-CHECKPOINT_KEYS: tuple[str, ...] = ("teacher", "student")
+# Keys of training checkpoints that may hold the model, in order of preference: DINO's teacher and
+# student, then DeiT's (and many trainers') ``model``, timm's and open_clip's ``state_dict``.
+CHECKPOINT_KEYS: tuple[str, ...] = ("teacher", "student", "model", "state_dict")
 # Wrappers around the backbone, stripped in this order: DistributedDataParallel, a flattened teacher,
 # a training framework's model, DINO's MultiCropWrapper, transformers' base models in their
 # ...ForImageClassification (base_model_prefix).
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "teacher.", "model.", "backbone.", "dinov2_with_registers.", "dinov2.")
-# Heads the backbone does not use: DINO's projection head (and timm's classifier), transformers'
-# classifier, DINOv2/v3 training heads. Dropped with one log line naming them.
-HEAD_PREFIXES: tuple[str, ...] = ("head.", "classifier.", "dino_head.", "ibot_head.")
+# Classifier heads: timm's and ours (``head``, DeiT's ``head_dist``), transformers' ``classifier``. Kept for
+# a model with a head (``filter_state_dict(heads=...)``), dropped with one log line naming them otherwise.
+HEAD_PREFIXES: tuple[str, ...] = ("head.", "head_dist.", "classifier.")
+# A classifier's linear heads in our layout: what an archive of a model with a head holds.
+LINEAR_HEADS: frozenset[str] = frozenset(f"{head}.{part}" for head in ("head", "head_dist") for part in ("weight", "bias"))
+# DINO's and DINOv2/v3's training heads (projection heads, not classifiers): always dropped. DINO's
+# MultiCropWrapper also names its projection head ``head.`` (head.mlp.*, head.last_layer.*).
+TRAINING_HEAD_PREFIXES: tuple[str, ...] = ("dino_head.", "ibot_head.")
 # DINOv2's training code groups blocks for FSDP (block_chunks): blocks.<chunk>.<index>. -> blocks.<index>.
 CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
 RANDOM_WEIGHTS = "random"
@@ -54,13 +60,18 @@ def read_checkpoint(path: str | Path) -> Mapping[str, object]:
     return obj
 
 
-def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
-    """Backbone state_dict from any DINO layout; pure (the input is not modified).
+def filter_state_dict(
+    checkpoint: Mapping[str, object], checkpoint_key: str | None = None, heads: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """The model's state_dict from any DINO, timm or training layout; pure (the input is not modified).
 
-    Accepts a plain backbone state_dict (the hub checkpoints of all three families, or another
-    library's: ``sources.py`` renames those), or a full training checkpoint whose ``checkpoint_key``
-    (default: ``teacher``, else ``student``) holds one. Strips ``WRAPPER_PREFIXES``, un-chunks
-    DINOv2's ``blocks.<chunk>.<i>.`` and drops the heads (``HEAD_PREFIXES``), logging their names.
+    Accepts a plain state_dict (the hub checkpoints of all three families, or another library's:
+    ``sources.py`` renames those), or a training checkpoint whose ``checkpoint_key`` (default: the
+    first of ``CHECKPOINT_KEYS`` that holds one) does. Strips ``WRAPPER_PREFIXES``, un-chunks DINOv2's
+    ``blocks.<chunk>.<i>.`` and drops DINO's training heads (``TRAINING_HEAD_PREFIXES``). The classifier
+    heads (``HEAD_PREFIXES``): ``heads=True`` keeps them (a model with a head), ``False`` drops them (a
+    backbone), ``None`` keeps only our linear ``head``/``head_dist`` (``LINEAR_HEADS``: an archived
+    classifier's) and drops the rest (DINO's projection head ``head.mlp.*``). Dropped names are logged.
     """
     keys = (checkpoint_key,) if checkpoint_key else CHECKPOINT_KEYS
     state = next((checkpoint[k] for k in keys if isinstance(checkpoint.get(k), Mapping)), None)
@@ -75,7 +86,7 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
     for key, value in state.items():
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
-        if key.startswith(HEAD_PREFIXES):
+        if key.startswith(TRAINING_HEAD_PREFIXES) or (key.startswith(HEAD_PREFIXES) and not _keeps_head(key, heads)):
             dropped.append(key)
             continue
         key = CHUNKED_BLOCK.sub(r"blocks.\1.", key)
@@ -83,8 +94,13 @@ def filter_state_dict(checkpoint: Mapping[str, object], checkpoint_key: str | No
             raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor; is this a state_dict?")
         out[key] = value
     if dropped:
-        logger.info("dropped %d head tensor(s) the backbone does not use: %s", len(dropped), ", ".join(dropped))
+        logger.info("dropped %d head tensor(s) the model does not use: %s", len(dropped), ", ".join(dropped))
     return out
+
+
+def _keeps_head(key: str, heads: bool | None) -> bool:
+    """Whether ``filter_state_dict`` keeps the classifier-head tensor ``key`` (see there)."""
+    return key in LINEAR_HEADS if heads is None else heads
 
 
 def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
@@ -123,7 +139,8 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
             f"  shape mismatches ({len(shapes)}): {shapes}\n"
-            "Pick the MODEL the checkpoint was trained with (e.g. MODEL=dinov2_vits14_reg), or another checkpoint."
+            "Pick the MODEL the checkpoint was trained with (e.g. MODEL=dinov2_vits14_reg, MODEL=timm:<model name>, "
+            "MODEL=open_clip:<config>), fix its config.json, or use another checkpoint."
         )
 
 

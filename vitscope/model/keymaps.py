@@ -19,6 +19,11 @@ and ``vit_*_dinov3`` / ``vit_*_dinov3_qkvb`` (``timm.models.eva``) models, as ``
   a zero key bias and the hub's ``bias_mask``; a model without them (timm's plain ``vit_*_dinov3``)
   has zero biases. The RoPE periods are the model's own (a function of its base and width).
 * ``mask_token`` (the masked-image-modelling token, unused at inference) is zeros where timm drops it.
+
+The image and text towers of ``towers.py``: transformers' ViT/DeiT (``HF_VIT_KEYS``) and CLIP/SigLIP
+(``HF_CLIP_VISION_KEYS``, ``HF_CLIP_TEXT_KEYS``), open_clip's (``OPENCLIP_VISION_KEYS``,
+``OPENCLIP_TEXT_KEYS``); ``stack_qkv``, ``split_in_proj`` and ``as_token`` put their separate or
+packed projections and unbatched tokens in our shapes.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ HF_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
         (r"^encoder\.layer\.(\d+)\.mlp\.weights_out\.", r"blocks.\1.mlp.w3."),
         (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),  # norm1, norm2, mlp.fc1, mlp.fc2
         (r"^layernorm\.", "norm."),
+        (r"^classifier\.", "head."),  # Dinov2[WithRegisters]ForImageClassification's head (sources.load_hf_directory)
     ),
     "dinov3": (
         (r"^embeddings\.cls_token$", "cls_token"),
@@ -160,3 +166,139 @@ SOURCES: dict[str, Callable[[Mapping[str, torch.Tensor], Variant, Mapping[str, t
     "timm": from_timm,
     "huggingface": from_hf,
 }
+
+
+# ----------------------------------------------------------------------------- image and text towers
+# transformers' ViT and DeiT (ViTModel, ViTForImageClassification, DeiTModel, DeiTForImageClassification,
+# DeiTForImageClassificationWithTeacher), base-model prefix (``vit.``, ``deit.``) stripped: the names
+# save_pretrained writes (``encoder.layer.i.attention.attention.query``, ``intermediate.dense``,
+# ``output.dense``) and those transformers 5 holds in memory (``layers.i.attention.q_proj``, ``mlp.fc1``).
+# q, k and v become ``blocks.i.attn.{q,k,v}``, stacked into qkv by ``stack_qkv``.
+HF_VIT_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.", r"blocks.\1."),
+    (r"\.attention\.(?:attention\.query|q_proj)\.", ".attn.q."),
+    (r"\.attention\.(?:attention\.key|k_proj)\.", ".attn.k."),
+    (r"\.attention\.(?:attention\.value|v_proj)\.", ".attn.v."),
+    (r"\.attention\.(?:output\.dense|o_proj)\.", ".attn.proj."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"^(blocks\.\d+)\.intermediate\.dense\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^(?:classifier|cls_classifier)\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
+)
+# The encoder layers of transformers' CLIP and SigLIP towers (both in memory and saved).
+HF_ENCODER_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.layers\.(\d+)\.", r"blocks.\1."),
+    (r"\.self_attn\.(q|k|v)_proj\.", r".attn.\1."),
+    (r"\.self_attn\.out_proj\.", ".attn.proj."),
+    (r"\.layer_norm1\.", ".norm1."),
+    (r"\.layer_norm2\.", ".norm2."),
+)  # mlp.fc1, mlp.fc2: ours
+# transformers' CLIP / SigLIP image tower (``vision_model.`` stripped), with SigLIP's attention-pool head:
+# its nn.MultiheadAttention's packed in_proj is split into q and kv by ``split_in_proj``.
+HF_CLIP_VISION_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.class_embedding$", "cls_token"),  # (C,): reshaped to (1, 1, C)
+    (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
+    (r"^embeddings\.position_embedding\.weight$", "pos_embed"),  # (N, C): reshaped to (1, N, C)
+    (r"^pre_layrnorm\.", "norm_pre."),  # sic: transformers' name
+    (r"^post_layernorm\.", "norm."),
+    (r"^head\.probe$", "attn_pool.latent"),
+    (r"^head\.attention\.in_proj_(weight|bias)$", r"attn_pool.in_proj.\1"),
+    (r"^head\.attention\.out_proj\.", "attn_pool.proj."),
+    (r"^head\.layernorm\.", "attn_pool.norm."),
+    (r"^head\.mlp\.", "attn_pool.mlp."),
+    *HF_ENCODER_KEYS,
+)
+# transformers' CLIP / SigLIP text tower (``text_model.`` stripped; ``text.`` is prepended after).
+HF_CLIP_TEXT_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.token_embedding\.", "token_embedding."),
+    (r"^embeddings\.position_embedding\.weight$", "pos_embed"),
+    (r"^final_layer_norm\.", "norm."),
+    (r"^head\.", "proj."),  # SigLIP's projection (with a bias)
+    *HF_ENCODER_KEYS,
+)
+# open_clip's residual attention blocks (nn.MultiheadAttention: in_proj is q, k, v stacked as our qkv).
+OPENCLIP_BLOCK_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^transformer\.resblocks\.(\d+)\.", r"blocks.\1."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.attn\.in_proj_weight$", ".attn.qkv.weight"),
+    (r"\.attn\.in_proj_bias$", ".attn.qkv.bias"),
+    (r"\.attn\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.c_fc\.", ".mlp.fc1."),
+    (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+    (r"\.ls_([12])\.gamma$", r".ls\1.gamma"),
+)
+# open_clip's own image tower (``visual.`` stripped; a timm trunk, ``visual.trunk.``, is timm's = ours).
+OPENCLIP_VISION_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^class_embedding$", "cls_token"),  # (C,): reshaped to (1, 1, C)
+    (r"^positional_embedding$", "pos_embed"),  # (N, C): reshaped to (1, N, C)
+    (r"^conv1\.", "patch_embed.proj."),
+    (r"^ln_pre\.", "norm_pre."),
+    (r"^ln_post\.", "norm."),
+    (r"^proj$", "proj.weight"),  # (C, D), x @ proj: transposed to a Linear's (D, C)
+    *OPENCLIP_BLOCK_KEYS,
+)
+# open_clip's text tower (CLIP: top-level keys; CustomTextCLIP, SigLIP: under ``text.``, stripped).
+OPENCLIP_TEXT_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^positional_embedding$", "pos_embed"),
+    (r"^ln_final\.", "norm."),
+    (r"^text_projection$", "proj.weight"),  # (W, D), x @ text_projection: transposed to a Linear's (D, W)
+    (r"^text_projection\.", "proj."),  # a Linear (proj_bias: SigLIP)
+    *OPENCLIP_BLOCK_KEYS,
+)  # token_embedding: ours
+
+
+def stack_qkv(state: Mapping[str, torch.Tensor], prefix: str, depth: int, zero_bias: int = 0) -> dict[str, torch.Tensor]:
+    """``{prefix}blocks.i.attn.{q,k,v}.{weight,bias}`` stacked into ``attn.qkv`` (q, k, v: our order).
+    ``zero_bias``: the width of the zero biases of a model whose config leaves them out (0: none added).
+    A block missing any of q, k, v is left as it is (the strict check names the keys). Pure."""
+    out = dict(state)
+    for i in range(depth):
+        attn = f"{prefix}blocks.{i}.attn."
+        for part in ("weight", "bias"):
+            names = [f"{attn}{n}.{part}" for n in "qkv"]
+            if all(name in out for name in names):
+                out[f"{attn}qkv.{part}"] = torch.cat([out.pop(name) for name in names])
+            elif part == "bias" and zero_bias and not any(name in out for name in names):
+                out[f"{attn}qkv.bias"] = torch.zeros(3 * zero_bias)
+    return out
+
+
+def split_in_proj(state: Mapping[str, torch.Tensor], prefix: str = "attn_pool.") -> dict[str, torch.Tensor]:
+    """An nn.MultiheadAttention's packed ``in_proj`` (3C, C) under ``prefix`` -> our probe's ``q`` (rows
+    0:C) and ``kv`` (rows C:3C, keys then values), as timm's AttentionPoolLatent. Pure."""
+    out = dict(state)
+    for part in ("weight", "bias"):
+        packed = out.pop(f"{prefix}in_proj.{part}", None)
+        if packed is not None:
+            dim = packed.shape[0] // 3
+            out[f"{prefix}q.{part}"], out[f"{prefix}kv.{part}"] = packed[:dim], packed[dim:]
+    return out
+
+
+def as_token(state: Mapping[str, torch.Tensor], *names: str) -> dict[str, torch.Tensor]:
+    """Vectors (C,) and (N, C) stored without a batch dimension (CLIP's class embedding, position
+    embeddings) as ours, (1, 1, C) and (1, N, C); 0-d ``logit_scale``/``logit_bias`` from (1,). Pure."""
+    out = dict(state)
+    for name in names:
+        value = out.get(name)
+        if value is None:
+            continue
+        if name.startswith("logit_"):
+            out[name] = value.reshape(()) if value.numel() == 1 else value
+        elif value.ndim == 1:
+            out[name] = value.reshape(1, 1, -1)
+        elif value.ndim == 2:
+            out[name] = value[None]
+    return out
+
+
+def with_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + key: value for key, value in state.items()}

@@ -5,12 +5,16 @@ Supported (``load_checkpoint``):
 
 * a Hugging Face model directory: ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``),
   as ``save_pretrained`` writes ``Dinov2Model``, ``Dinov2WithRegistersModel`` or ``DINOv3ViTModel``
-  (or their ``...ForImageClassification``): the architecture is built from ``config.json`` and the
-  mean/std from ``preprocessor_config.json`` where present;
+  (``Dinov2[WithRegisters]ForImageClassification`` keeps its classifier: [CLS] with the patches' mean),
+  or the ViT / DeiT / CLIP / SigLIP models of ``towers.HF_TOWERS``: the architecture is built from
+  ``config.json``, the mean/std from ``preprocessor_config.json`` where present, the class names
+  from ``id2label``;
 * a ``.safetensors`` file (read without pickle), or a ``.pth``/``.pt`` file (``weights_only``), in
   the hub's, timm's or transformers' key layout, plain or as a training checkpoint
   (``teacher``/``student``, ``module.``/``backbone.``/``model.`` prefixes, heads): ``MODEL=`` names the
-  family and size; the patch size and the position grid are read from the tensors.
+  family and size; the patch size and the position grid are read from the tensors;
+* for ``MODEL=timm:<model name>`` or ``MODEL=open_clip:<config>`` (``base_from_spec``), a timm or
+  open_clip state dict, converted by ``towers.py``.
 
 The position-embedding resize follows each source's own code: the hub's for hub checkpoints, timm's
 (``resample_abs_pos_embed``: bicubic to the exact size, antialiased) for timm's, and transformers'
@@ -31,6 +35,8 @@ import torch
 
 from .checkpoint import CheckpointError, check_state_dict, filter_state_dict, read_checkpoint, sha256_of
 from .keymaps import SOURCES, from_hub
+from .towers import HF_TOWERS, SIZE_CLASSES, hf_classes, hf_labels, hf_tower, is_tower, number, square, tower_state
+from .towers import base_from_spec as base_from_spec  # the archiver's MODEL=timm:<name> / open_clip:<config>
 from .variants import FAMILIES, VARIANT_NAME, Variant
 from .vit import VisionTransformer
 
@@ -46,7 +52,6 @@ HF_REQUIRED: dict[str, dict[str, object]] = {
     "dinov2": {"qkv_bias": True, "num_channels": 3},
     "dinov3": {"query_bias": True, "key_bias": False, "value_bias": True, "proj_bias": True, "mlp_bias": True, "num_channels": 3},
 }
-SIZE_CLASSES = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
 HUB, TIMM, HUGGINGFACE = "hub", "timm", "huggingface"
 
 
@@ -59,12 +64,14 @@ class Loaded:
     source: str  # what it was: "huggingface dinov2_with_registers (model.safetensors)", "timm (x.safetensors)", ...
     file: Path  # the weights file read (its name and hash tag every response)
     sha256: str
+    labels: tuple[str, ...] = ()  # the head's class names the checkpoint carries (transformers' id2label); () if none
 
 
 def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = None, checkpoint_key: str | None = None) -> Loaded:
     """Read ``path`` (a Hugging Face directory, a .safetensors or a .pth/.pt file) for serving as
-    ``name``. ``base``: the hub variant ``MODEL=`` names, needed unless the checkpoint carries its
-    config. ``CheckpointError`` says what is wrong and how to fix it; nothing is written."""
+    ``name``. ``base``: the variant ``MODEL=`` names (a hub name's, or ``base_from_spec``'s for
+    ``timm:``/``open_clip:``), needed unless the checkpoint carries its config. ``CheckpointError``
+    says what is wrong and how to fix it; nothing is written."""
     path = Path(path)
     if name is not None and not VARIANT_NAME.match(name):
         raise CheckpointError(f"NAME={name!r} must be letters, digits, '_', '-' or '.' (it is the URL /predictions/<NAME>)")
@@ -74,7 +81,12 @@ def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = N
         raise CheckpointError(f"{path} does not exist; WEIGHTS= takes a Hugging Face model directory, a .safetensors or a .pth/.pt file")
     if base is None:
         raise CheckpointError(f"{path.name} carries no config: name its family and size with MODEL= (e.g. MODEL=dinov2_vitb14)")
-    state = read_weights(path, checkpoint_key)
+    if is_tower(base):  # timm's or open_clip's
+        state, variant, library = tower_state(read_weights(path, checkpoint_key, heads=True), base)
+        variant = replace(variant, name=name or variant.name)
+        check_state_dict(VisionTransformer(variant), state)
+        return Loaded(state, variant, f"{library} ({path.name})", path, sha256_of(path))
+    state = read_weights(path, checkpoint_key, heads=bool(base.num_classes))
     layout = detect_layout(state, base)
     if layout == HUB:
         state = from_hub(state, base)  # the family's own key names, where they are not ours (keymaps.HUB_KEYS)
@@ -85,16 +97,17 @@ def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = N
 
 
 # ----------------------------------------------------------------------------- reading files
-def read_weights(path: Path, checkpoint_key: str | None = None) -> dict[str, torch.Tensor]:
-    """The backbone tensors of a .safetensors (no pickle) or .pth/.pt/.bin file (``weights_only``):
-    training-checkpoint entries and wrapper prefixes resolved, heads dropped (``filter_state_dict``)."""
+def read_weights(path: Path, checkpoint_key: str | None = None, heads: bool | None = False) -> dict[str, torch.Tensor]:
+    """The model's tensors of a .safetensors (no pickle) or .pth/.pt/.bin file (``weights_only``):
+    training-checkpoint entries and wrapper prefixes resolved, classifier heads kept or dropped by
+    ``heads`` (``filter_state_dict``; DINO's training heads always dropped)."""
     if path.suffix == ".safetensors":
-        return filter_state_dict(read_safetensors(path), checkpoint_key)
+        return filter_state_dict(read_safetensors(path), checkpoint_key, heads)
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise CheckpointError(
             f"{path.name}: unknown checkpoint format {path.suffix!r}; use .safetensors, .pth, .pt or a Hugging Face directory"
         )
-    return filter_state_dict(read_checkpoint(path), checkpoint_key)
+    return filter_state_dict(read_checkpoint(path), checkpoint_key, heads)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -120,9 +133,30 @@ def load_hf_directory(folder: Path, name: str | None) -> Loaded:
         )
     config = read_json(config_path)
     preprocessor = read_json(folder / HF_PREPROCESSOR) if (folder / HF_PREPROCESSOR).is_file() else {}
+    source = f"huggingface {config.get('model_type')} ({weights.name})"
+    if config.get("model_type") in HF_TOWERS:  # ViT, DeiT, CLIP, SigLIP (towers.py)
+        tower = hf_tower(config, preprocessor, read_weights(weights, heads=True), name or default_name(folder))
+        check_state_dict(VisionTransformer(tower.variant), tower.state)
+        return Loaded(tower.state, tower.variant, source, weights, sha256_of(weights), tower.labels)
     variant = variant_from_hf_config(config, name or default_name(folder), preprocessor)
-    state = to_hub_layout(read_weights(weights), variant, HUGGINGFACE)
-    return Loaded(state, variant, f"huggingface {config['model_type']} ({weights.name})", weights, sha256_of(weights))
+    state = read_weights(weights, heads=True)
+    classes = dinov2_classes(config, state)
+    if classes:  # transformers' Dinov2[WithRegisters]ForImageClassification: classifier(cat([CLS], mean of the patches))
+        variant = replace(variant, num_classes=classes, head_input="token_mean")
+    else:
+        state = filter_state_dict(state, heads=False)
+    state = to_hub_layout(state, variant, HUGGINGFACE)
+    return Loaded(state, variant, source, weights, sha256_of(weights), hf_labels(config, classes))
+
+
+def dinov2_classes(config: Mapping[str, object], state: Mapping[str, torch.Tensor]) -> int:
+    """The classes of a DINOv2 classifier's head: per ``architectures`` (...ForImageClassification), else
+    per the tensors (a ``classifier``); 0 for a backbone."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures:
+        return hf_classes(config) if str(architectures[0]).endswith("ForImageClassification") else 0
+    head = state.get("classifier.weight")
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.ndim == 2 else 0
 
 
 def read_json(path: Path) -> dict[str, object]:
@@ -140,33 +174,13 @@ def default_name(folder: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", folder.resolve().name).strip("._-") or "model"
 
 
-def number(config: Mapping[str, object], key: str, default: float | None = None) -> float:
-    """A numeric config value (``default`` when absent; required when there is none)."""
-    value = config.get(key, default)
-    if value is None:
-        raise CheckpointError(f"config.json lacks {key}: hidden_size, num_hidden_layers and num_attention_heads are needed")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise CheckpointError(f"config.json: {key}={value!r} is not a number")
-    return float(value)
-
-
-def square(config: Mapping[str, object], key: str) -> int:
-    """An int config value, or a [h, w] list with h == w (our position grids and patches are square)."""
-    value = config.get(key)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
-        value = value[0]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise CheckpointError(f"config.json: {key}={config.get(key)!r} is not supported (a positive int, square)")
-    return value
-
-
 def variant_from_hf_config(config: Mapping[str, object], name: str, preprocessor: Mapping[str, object] | None = None) -> Variant:
     """Our ``Variant`` for a transformers DINOv2 / DINOv2-with-registers / DINOv3 config."""
     model_type = config.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise CheckpointError(
             f"config.json describes model_type={model_type!r} (architectures {config.get('architectures')}), "
-            f"not a DINO-family ViT; supported: {sorted(HF_MODEL_TYPES)}"
+            f"not a ViT read here; supported model types: {sorted([*HF_MODEL_TYPES, *HF_TOWERS])}"
         )
     family = HF_MODEL_TYPES[str(model_type)]
     for key, wanted in HF_REQUIRED[family].items():

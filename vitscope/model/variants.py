@@ -39,8 +39,10 @@ ACTS: tuple[str, ...] = ("gelu", "quick_gelu", "gelu_tanh")
 # How a model pools an image into one vector, which is also the query its maps are of (``queries``):
 # "token": the normed [CLS] token; "map": SigLIP's attention-pool probe over the last block's tokens.
 POOLS: tuple[str, ...] = ("token", "map")
-# What a classifier head reads: "token" the pooled token; "token_mean" [CLS] with the patches' mean (DINOv2's).
-HEAD_INPUTS: tuple[str, ...] = ("token", "token_mean")
+# What a classifier head reads: "token" the pooled token (with a distillation token: head and head_dist averaged);
+# "token_mean" [CLS] with the patches' mean (DINOv2's); "cls" [CLS] alone, a distillation token's output
+# unused (transformers' DeiTForImageClassification).
+HEAD_INPUTS: tuple[str, ...] = ("token", "token_mean", "cls")
 # The queries maps can be of, by name: the [CLS] token, DeiT's distillation token, SigLIP's probe.
 CLS, DISTILLATION, PROBE = "cls", "distillation", "probe"
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -330,9 +332,7 @@ def text_from_mapping(values: object) -> TextVariant:
     missing = sorted(name for name, f in known.items() if f.default is MISSING and name not in values)
     if unknown or missing:
         raise ValueError(f"architecture: text: unknown fields {unknown}, missing fields {missing}")
-    checked: dict[str, Any] = {
-        k: float(v) if isinstance(known[k].default, float) and isinstance(v, int) else v for k, v in values.items()
-    }
+    checked: dict[str, Any] = {k: float(v) if isinstance(known[k].default, float) and isinstance(v, int) else v for k, v in values.items()}
     text = TextVariant(**checked)
     if text.act not in ACTS or text.pool not in ("eot", "last"):
         raise ValueError(f"architecture: text: act {text.act!r} (one of {list(ACTS)}) or pool {text.pool!r} (eot or last)")

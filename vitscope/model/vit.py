@@ -75,7 +75,7 @@ class VisionTransformer(nn.Module):
         self.head_dist: nn.Linear | None = None
         if variant.num_classes:
             self.head = nn.Linear(dim * (2 if variant.head_input == "token_mean" else 1), variant.num_classes)
-            self.head_dist = nn.Linear(dim, variant.num_classes) if variant.distill_token else None
+            self.head_dist = nn.Linear(dim, variant.num_classes) if variant.distill_token and variant.head_input == "token" else None
         self.proj = nn.Linear(dim, variant.proj_dim, bias=False) if variant.proj_dim else None
         self.text: TextTransformer | None = None
         if variant.text is not None:
