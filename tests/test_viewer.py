@@ -59,6 +59,7 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
             "cors_allowed_origin": origin,
             "cors_allowed_methods": "GET, POST, OPTIONS",
             "cors_allowed_headers": "Authorization, Content-Type",
+            "enable_model_api": "true",  # a test registers a second model (a distilled DeiT) beside it
         }
         with torchserve(tmp / "store", MODEL.name, extra=cors) as server:
             driver = browser()
@@ -400,3 +401,43 @@ def test_pca_colours_view(page: Page, tmp_path: Path) -> None:
     assert len(driver.find_elements("css selector", "#gallery button")) == 1
     assert driver.find_element("id", "mask-area").text == "Mask: off."
     assert console_errors(driver) == []
+
+
+def test_predictions_and_a_distilled_models_query_come_from_its_description(page: Page, tmp_path: Path) -> None:
+    """A distilled DeiT registered beside the DINO model: choosing it builds its query and top_k
+    controls from its description, and its answer's predictions are listed, most probable first, as
+    the server sent them (both queries: the same predictions, other maps)."""
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    name = "deit_viewer"
+    store = tmp_path / "store"
+    args = ["--model", "timm:deit_small_distilled_patch16_224", "--weights", "random", "--name", name, "--export-path", str(store)]
+    assert archive.main(args) == 0
+    management = page.url.split("management=")[1]
+    registered = requests.post(
+        f"{management}/models",
+        params={"url": (store / f"{name}.mar").as_uri(), "initial_workers": 1, "synchronous": "true"},
+        timeout=TIMEOUT,
+    )
+    assert registered.status_code == 200, registered.text
+    try:
+        driver = open_viewer(page)
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "document.getElementById('model').value = arguments[0];"
+            "window.viewer.describe().then(() => done());",
+            name,
+        )
+        query = Select(driver.find_element("id", "query"))
+        assert [o.text for o in query.options] == ["cls", "distillation"]
+        assert driver.find_element("id", "top-k").get_attribute("type") == "number"
+        assert driver.find_elements("css selector", "#labels") == []  # no text tower: no labels control
+        driver.find_element("id", "top-k").send_keys("3")
+        upload(driver, bright_square_png(tmp_path / "square.png"))
+        WebDriverWait(driver, TIMEOUT).until(lambda d: d.find_element("id", "predictions").is_displayed())
+        shown = [item.text for item in driver.find_elements("css selector", "#predictions li")]
+        sent = driver.execute_script("return window.viewer.state.doc.predictions")
+        assert len(shown) == 3 and shown == [f"{p['label']}: {100 * p['probability']:.1f}%" for p in sent]
+        assert console_errors(driver) == []
+    finally:
+        requests.delete(f"{management}/models/{name}", timeout=TIMEOUT)
