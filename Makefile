@@ -13,8 +13,10 @@ WEIGHTS ?=
 # Where `make weights` caches the official checkpoints (git-ignored).
 WEIGHTS_DIR ?= weights
 CHECKPOINT ?=
-# A head's class names (one per line, or a JSON list) and a text tower's tokenizer folder, where the checkpoint lacks them.
+# A head's class names (one per line, or a JSON list) and a text tower's tokenizer folder, where the checkpoint lacks them;
+# DINOv2's official linear-classifier head file (dinov2_vits14_linear4_head.pth) for a DINOv2 backbone.
 LABELS  ?=
+HEAD    ?=
 TOKENIZER ?=
 IMG     ?= data/samples/astronaut.jpg
 OUT     ?= out/$(basename $(notdir $(IMG))).json
@@ -49,7 +51,7 @@ weights: install
 	$(PY) -m scripts.weights fetch $(MODEL_ARGS) --cache-dir $(WEIGHTS_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 archive: install
-	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(filter command line,$(origin NAME)),--name $(NAME)) $(if $(LABELS),--labels "$(LABELS)") $(if $(TOKENIZER),--tokenizer "$(TOKENIZER)")
+	$(PY) -m scripts.archive $(MODEL_ARGS) --weights "$(WEIGHTS)" --cache-dir $(WEIGHTS_DIR) --export-path model_store $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(filter command line,$(origin NAME)),--name $(NAME)) $(if $(LABELS),--labels "$(LABELS)") $(if $(HEAD),--head "$(HEAD)") $(if $(TOKENIZER),--tokenizer "$(TOKENIZER)")
 
 serve: install
 	$(PY) -m scripts.serve start --model-name $(NAME) --config $(CONFIG)

@@ -70,6 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or ImageNet's for a 1000-class head)",
     )
     parser.add_argument(
+        "--head",
+        type=Path,
+        default=None,
+        help="DINOv2's official linear-classifier head (dinov2_vits14_linear4_head.pth, ...) for a DINOv2 backbone: "
+        "served as the hub's dinov2_vit*14_lc",
+    )
+    parser.add_argument(
         "--tokenizer",
         type=Path,
         default=None,
@@ -135,12 +142,14 @@ def stage_weights(args: argparse.Namespace, base: Variant | None, stage: Path) -
     if args.weights == RANDOM_WEIGHTS:
         if base is None:
             raise CheckpointError("WEIGHTS=random needs MODEL= (the architecture to initialise)")
+        if args.head is not None:
+            raise CheckpointError("HEAD= joins DINOv2's linear head to a backbone: give the backbone as WEIGHTS=, not random")
         logger.warning("archiving %s with RANDOM weights: attention maps will be noise", name)
         variant = replace(base, name=name)
         return Staged(None, RANDOM_WEIGHTS, variant, "", head_labels(args, variant, ()), tokenizer_files(args, variant))
     if base is not None and Path(args.weights).is_dir() and args.model:
         logger.warning("MODEL=%s ignored: %s/config.json describes the model", args.model, args.weights)
-    loaded = load_checkpoint(args.weights, base, name, args.checkpoint_key)
+    loaded = load_checkpoint(args.weights, base, name, args.checkpoint_key, args.head)
     verify_hash_in_name(loaded.file, loaded.sha256)
     path = stage / layout.WEIGHTS_FILE
     labels, tokenizer = head_labels(args, loaded.variant, loaded.labels), tokenizer_files(args, loaded.variant)

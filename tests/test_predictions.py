@@ -18,10 +18,11 @@ from PIL import Image
 
 from tests.support.services import tiny_service
 from vitscope.errors import RequestError
-from vitscope.model.checkpoint import build_model
+from vitscope.model.checkpoint import CheckpointError, build_model
 from vitscope.model.rollout import cls_rollout, rollout_reference
 from vitscope.model.tokenizer import ClipTokenizer
-from vitscope.model.variants import TextVariant, Variant
+from vitscope.model.sources import load_checkpoint
+from vitscope.model.variants import VARIANTS, TextVariant, Variant
 from vitscope.predictions import TEXT_CACHE_SIZE, Predictor
 from vitscope.protocols import KSERVE_V1, KSERVE_V2
 from vitscope.protocols.base import ServerInfo
@@ -228,3 +229,48 @@ def test_the_description_names_the_queries_classes_and_text_tower() -> None:
     assert service_of(SIGLIP).description()["model"]["queries"] == ["probe"]
     names = {o["name"] for o in service_of(CLIP).description()["methods"][0]["options"]}
     assert {"query", "top_k", "labels"} <= names
+
+
+TINY_V2 = replace(VARIANTS["dinov2_vits14"], name="tiny_dinov2", embed_dim=32, depth=5, num_heads=2)
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+def test_dinov2s_official_linear_heads_read_the_last_blocks_cls_and_the_patch_mean(layers: int, tmp_path: Path) -> None:
+    """The hub's dinov2_vit*14_lc: a {weight, bias} head over [CLS] (of the last 1 or 4 blocks) and the
+    patches' mean, joined to the backbone at archive time; every method's pass records what it reads."""
+    torch.manual_seed(0)
+    backbone = build_model(TINY_V2, None).state_dict()
+    head = {"weight": torch.randn(1000, (1 + layers) * 32), "bias": torch.randn(1000)}
+    torch.save(backbone, tmp_path / "backbone.pth")
+    torch.save(head, tmp_path / "head.pth")
+    loaded = load_checkpoint(tmp_path / "backbone.pth", TINY_V2, head=tmp_path / "head.pth")
+    assert (loaded.variant.num_classes, loaded.variant.head_input) == (1000, "token_mean" if layers == 1 else "cls4_mean")
+    model = build_model(loaded.variant, loaded.state)
+    service = tiny_service(loaded.variant, model=model, short_side=42)
+    image = png(42, 56)
+    x = tensor_of(service, image)
+    with torch.inference_mode():  # the official wrapper's input, from the reference (explicit) path
+        tokens, rope = model.prepare_tokens(x)
+        outputs = []
+        for blk in model.blocks:
+            tokens = blk(tokens, rope, explicit=True)
+            outputs.append(model.norm(tokens))
+        classes = [o[:, 0] for o in outputs[-layers:]]
+        linear_input = torch.cat([*classes, outputs[-1][:, 1:].mean(dim=1)], dim=-1)
+        expected = (linear_input @ head["weight"].T + head["bias"]).softmax(-1)[0]
+    top = torch.argsort(expected, descending=True)[:5].tolist()
+    for options in ({}, {"layer": 0}, {"layer": 3}, {"layers": "1,4"}, {"method": "rollout"}, {"method": "pca"}):
+        predictions = explain(service, options, image).predictions
+        assert [p["index"] for p in predictions] == top, options
+        assert np.allclose([p["probability"] for p in predictions], expected[top].numpy(), atol=1e-6), options
+
+
+def test_a_linear_head_must_fit_a_dinov2_backbone(tmp_path: Path) -> None:
+    torch.save(build_model(TINY_V2, None).state_dict(), tmp_path / "backbone.pth")
+    for head, message in (
+        ({"weight": torch.randn(1000, 3 * 32), "bias": torch.randn(1000)}, "2C \\(layers=1\\) or 5C"),
+        ({"weight": torch.randn(1000, 64)}, "holds weight and bias"),
+    ):
+        torch.save(head, tmp_path / "head.pth")
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / "backbone.pth", TINY_V2, head=tmp_path / "head.pth")

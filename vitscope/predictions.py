@@ -74,19 +74,20 @@ class Predictor:
             self._texts.popitem(last=False)
         return embeddings
 
-    def probabilities(self, normed: torch.Tensor, options: Options) -> tuple[torch.Tensor, tuple[str, ...]]:
-        """One image's last-block tokens (1, N, C) -> its probabilities over the classes (K,) and their names."""
-        model = self.model
+    def probabilities(self, head: Sequence[torch.Tensor], options: Options) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """One image's ``head_tokens`` (its last block's normed tokens (1, N, C), and what else its head
+        reads) -> its probabilities over the classes (K,) and their names."""
+        model, normed = self.model, head[0]
         if options.labels:
             image = model.embed_image(model.pool(normed))  # (1, D)
             scores = model.zero_shot(image, self.text_embeddings(options.labels))[0]  # (T,)
             return (scores.sigmoid() if model.variant.logit_bias else scores.softmax(dim=-1)), options.labels
-        return model.logits(normed).float().softmax(dim=-1)[0], self.labels
+        return model.logits(*head).float().softmax(dim=-1)[0], self.labels
 
-    def predict(self, normed: torch.Tensor, options: Options) -> list[dict[str, object]]:
-        """The ``top_k`` classes of one image (normed tokens (1, N, C)), most probable first; ties by index."""
-        with torch.inference_mode(), torch.autocast(normed.device.type, enabled=False):
-            probabilities, names = self.probabilities(normed.float(), options)
+    def predict(self, head: Sequence[torch.Tensor], options: Options) -> list[dict[str, object]]:
+        """The ``top_k`` classes of one image (its ``head_tokens``), most probable first; ties by index."""
+        with torch.inference_mode(), torch.autocast(head[0].device.type, enabled=False):
+            probabilities, names = self.probabilities([t.float() for t in head], options)
         p = probabilities.cpu().numpy()  # (K,)
         order = np.lexsort((np.arange(p.shape[0]), -p))[: options.top_k]  # by probability, then index
         return [Prediction(int(i), names[i], float(p[i])).describe() for i in order]

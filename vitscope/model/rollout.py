@@ -112,13 +112,15 @@ def cls_rollout(
     blocks = cast(list[Block], model.blocks)
     tokens, rope = model.prepare_tokens(x)
     kept: QKStore = []  # per block below ``layer``: the queries and keys its forward used, O(N) each
-    for blk in blocks[:layer]:
+    for i, blk in enumerate(blocks[:layer]):
         tokens = blk(tokens, rope, keep=kept)
+        model.note(i, tokens)
     top = blocks[layer]
     B, N, _ = tokens.shape
     v = torch.zeros(B, N, dtype=torch.float32, device=x.device)  # (B, N)
     if index is None:  # SigLIP: the probe over block ``layer``'s output, then every row of every block
         tokens = top(tokens, rope, keep=kept)
+        model.note(layer, tokens)
         v, live = probe_row(model, tokens, head_fusion), N
         model.finish(tokens, layer + 1, rope)
     else:  # the top block never runs forward: project here; only the query's row of it is needed
@@ -127,6 +129,7 @@ def cls_rollout(
         v[:, index], live = 1.0, index + 1  # e_q; rows of v that may be non-zero: 0..q in the top block, then all
         if model.recording:
             tokens = top(tokens, rope)
+            model.note(layer, tokens)
             model.finish(tokens, layer + 1, rope)
     chunk = chunk or row_chunk(x.device, B, model.num_heads, N)
     while kept:  # blocks layer, layer - 1, ..., 0

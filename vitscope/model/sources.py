@@ -37,7 +37,7 @@ from .checkpoint import CheckpointError, check_state_dict, filter_state_dict, re
 from .keymaps import SOURCES, from_hub
 from .towers import HF_TOWERS, SIZE_CLASSES, hf_classes, hf_labels, hf_tower, is_tower, number, square, tower_state
 from .towers import base_from_spec as base_from_spec  # the archiver's MODEL=timm:<name> / open_clip:<config>
-from .variants import FAMILIES, VARIANT_NAME, Variant
+from .variants import FAMILIES, HEAD_BLOCKS, VARIANT_NAME, Variant
 from .vit import VisionTransformer
 
 logger = logging.getLogger(__name__)
@@ -67,11 +67,14 @@ class Loaded:
     labels: tuple[str, ...] = ()  # the head's class names the checkpoint carries (transformers' id2label); () if none
 
 
-def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = None, checkpoint_key: str | None = None) -> Loaded:
+def load_checkpoint(
+    path: str | Path, base: Variant | None, name: str | None = None, checkpoint_key: str | None = None, head: str | Path | None = None
+) -> Loaded:
     """Read ``path`` (a Hugging Face directory, a .safetensors or a .pth/.pt file) for serving as
     ``name``. ``base``: the variant ``MODEL=`` names (a hub name's, or ``base_from_spec``'s for
-    ``timm:``/``open_clip:``), needed unless the checkpoint carries its config. ``CheckpointError``
-    says what is wrong and how to fix it; nothing is written."""
+    ``timm:``/``open_clip:``), needed unless the checkpoint carries its config. ``head``: DINOv2's
+    official linear-classifier head file (``dinov2_vits14_linear4_head.pth``, ...), joined to a hub
+    backbone. ``CheckpointError`` says what is wrong and how to fix it; nothing is written."""
     path = Path(path)
     if name is not None and not VARIANT_NAME.match(name):
         raise CheckpointError(f"NAME={name!r} must be letters, digits, '_', '-' or '.' (it is the URL /predictions/<NAME>)")
@@ -87,6 +90,8 @@ def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = N
         check_state_dict(VisionTransformer(variant), state)
         return Loaded(state, variant, f"{library} ({path.name})", path, sha256_of(path))
     state = read_weights(path, checkpoint_key, heads=bool(base.num_classes))
+    if head is not None or LINEAR_HEAD + "weight" in state:
+        state, base = with_linear_head(state, base, read_weights(Path(head)) if head is not None else None)
     layout = detect_layout(state, base)
     if layout == HUB:
         state = from_hub(state, base)  # the family's own key names, where they are not ours (keymaps.HUB_KEYS)
@@ -94,6 +99,32 @@ def load_checkpoint(path: str | Path, base: Variant | None, name: str | None = N
     variant = replace(variant, name=name or variant.name)
     state = to_hub_layout(state, variant, layout)
     return Loaded(state, variant, f"{layout} ({path.name})", path, sha256_of(path))
+
+
+LINEAR_HEAD = "linear_head."  # DINOv2's hub classifiers (dinov2_vit*14_lc): the backbone's keys, then these
+
+
+def with_linear_head(
+    state: dict[str, torch.Tensor], base: Variant, head: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor], Variant]:
+    """DINOv2's official linear classifier: its head (``head``, a ``{weight, bias}`` file; else the
+    ``linear_head.*`` entries of ``state``) as our ``head``, 1000 ImageNet classes over the [CLS] of
+    the last 1 or 4 blocks and the patches' mean, the count read from its shape (hub ``layers=1|4``). Pure."""
+    if base.family != "dinov2":
+        raise CheckpointError(f"a linear_head (DINOv2's hub classifiers) on {base.name}: it is for DINOv2 backbones (MODEL=dinov2_vit*14)")
+    state = dict(state)
+    if head is None:
+        head = {key.removeprefix(LINEAR_HEAD): state.pop(key) for key in [k for k in state if k.startswith(LINEAR_HEAD)]}
+    weight, bias = head.get("weight"), head.get("bias")
+    if weight is None or bias is None or weight.ndim != 2 or set(head) != {"weight", "bias"}:
+        raise CheckpointError(f"a DINOv2 linear head holds weight and bias (classes, (1 + layers) * C); this one holds {sorted(head)}")
+    layers = weight.shape[1] // base.embed_dim - 1
+    if layers not in (1, HEAD_BLOCKS) or weight.shape[1] % base.embed_dim:
+        raise CheckpointError(
+            f"the linear head reads {weight.shape[1]} features: {base.name} (C={base.embed_dim}) heads read 2C (layers=1) or 5C (layers=4)"
+        )
+    state["head.weight"], state["head.bias"] = weight, bias
+    return state, replace(base, num_classes=int(weight.shape[0]), head_input="token_mean" if layers == 1 else "cls4_mean")
 
 
 # ----------------------------------------------------------------------------- reading files

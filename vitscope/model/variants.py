@@ -42,7 +42,9 @@ POOLS: tuple[str, ...] = ("token", "map")
 # What a classifier head reads: "token" the pooled token (with a distillation token: head and head_dist averaged);
 # "token_mean" [CLS] with the patches' mean (DINOv2's); "cls" [CLS] alone, a distillation token's output
 # unused (transformers' DeiTForImageClassification).
-HEAD_INPUTS: tuple[str, ...] = ("token", "token_mean", "cls")
+# "cls4_mean": the [CLS] of each of the last 4 blocks with the last one's patch mean (DINOv2's linear4 heads).
+HEAD_INPUTS: tuple[str, ...] = ("token", "token_mean", "cls", "cls4_mean")
+HEAD_BLOCKS = 4  # the blocks a cls4_mean head reads the [CLS] of
 # The queries maps can be of, by name: the [CLS] token, DeiT's distillation token, SigLIP's probe.
 CLS, DISTILLATION, PROBE = "cls", "distillation", "probe"
 OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

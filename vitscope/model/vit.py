@@ -38,7 +38,7 @@ from .kernels import KernelPlan
 from .layers import AttentionPool, Block, PatchEmbed
 from .position import Rope, RopePositionEmbedding, resize_pos_embed
 from .text import TextTransformer
-from .variants import CLS, FAMILIES, PROBE, Variant, resolve_layer
+from .variants import CLS, FAMILIES, HEAD_BLOCKS, PROBE, Variant, resolve_layer
 
 
 class VisionTransformer(nn.Module):
@@ -74,7 +74,8 @@ class VisionTransformer(nn.Module):
         self.head: nn.Linear | None = None
         self.head_dist: nn.Linear | None = None
         if variant.num_classes:
-            self.head = nn.Linear(dim * (2 if variant.head_input == "token_mean" else 1), variant.num_classes)
+            inputs = {"token_mean": 2, "cls4_mean": 1 + HEAD_BLOCKS}.get(variant.head_input, 1)  # features of C each
+            self.head = nn.Linear(dim * inputs, variant.num_classes)
             self.head_dist = nn.Linear(dim, variant.num_classes) if variant.distill_token and variant.head_input == "token" else None
         self.proj = nn.Linear(dim, variant.proj_dim, bias=False) if variant.proj_dim else None
         self.text: TextTransformer | None = None
@@ -88,6 +89,7 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(parameter, std=0.02)
         self.apply(_init_weights)
         self._final: list[torch.Tensor] | None = None  # set by ``recording_final`` for one call
+        self._earlier: dict[int, torch.Tensor] = {}  # while recording: block index -> its normed [CLS] (cls4_mean heads)
 
     @property
     def depth(self) -> int:
@@ -149,14 +151,20 @@ class VisionTransformer(nn.Module):
         """The last block's normed tokens (B, N, C) -> the pooled image (B, C): [CLS], or SigLIP's probe."""
         return self.attn_pool(normed) if self.attn_pool is not None else normed[:, 0]
 
-    def logits(self, normed: torch.Tensor) -> torch.Tensor:
+    def logits(self, normed: torch.Tensor, earlier: torch.Tensor | None = None) -> torch.Tensor:
         """The classifier's logits from the last block's normed tokens (B, N, C): (B, classes). DeiT's
-        distilled models average the [CLS] and distillation heads, as timm and transformers do at inference."""
+        distilled models average the [CLS] and distillation heads, as timm and transformers do at inference.
+        ``earlier``: a cls4_mean head's normed [CLS] of the 3 blocks before the last (B, 3, C)."""
         if self.head is None:
             raise ValueError(f"{self.variant.name} has no classifier head")
         v = self.variant
+        mean = normed[:, v.num_prefix_tokens :].mean(dim=1)  # (B, C): the patches' mean
         if v.head_input == "token_mean":  # DINOv2's linear classifier: [CLS] with the patches' mean
-            return self.head(torch.cat((normed[:, 0], normed[:, v.num_prefix_tokens :].mean(dim=1)), dim=-1))
+            return self.head(torch.cat((normed[:, 0], mean), dim=-1))
+        if v.head_input == "cls4_mean":  # DINOv2's linear4: the last 4 blocks' [CLS], then the mean
+            if earlier is None:
+                raise ValueError(f"{v.name}'s head reads the [CLS] of its last {HEAD_BLOCKS} blocks: give earlier")
+            return self.head(torch.cat((*earlier.unbind(1), normed[:, 0], mean), dim=-1))
         logits = self.head(self.pool(normed))
         if self.head_dist is not None:
             logits = (logits + self.head_dist(normed[:, 1])) / 2
@@ -173,17 +181,31 @@ class VisionTransformer(nn.Module):
         scores = cosines * self.logit_scale.float().exp()
         return scores + self.logit_bias.float() if self.variant.logit_bias else scores
 
+    def head_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the predictions read, from a full pass: the last block's normed tokens (B, N, C), and for a
+        cls4_mean head the normed [CLS] of the 3 blocks before it (B, 3, C)."""
+        with self.recording_final() as final:
+            tokens, rope = self.prepare_tokens(x)
+            self.finish(tokens, 0, rope)
+        return final
+
     @contextmanager
     def recording_final(self, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
         """Within it, the layered passes below (``get_cls_attention_layers``, ``get_features_and_cls_attention``,
-        rollout) also run the blocks after the ones they need, once, and append the last block's normed
-        tokens (B, N, C) to the list it yields: the predictions come from the same forward pass."""
+        rollout) also run the blocks after the ones they need, once, and append what the predictions read
+        (``head_tokens``) to the list it yields: the predictions come from the same forward pass."""
         final: list[torch.Tensor] = []
         self._final = final if enabled else None
+        self._earlier = {}
         try:
             yield final
         finally:
-            self._final = None
+            self._final, self._earlier = None, {}
+
+    def note(self, index: int, tokens: torch.Tensor) -> None:
+        """While recording for a cls4_mean head: keep the normed [CLS] of block ``index``'s output ``tokens``."""
+        if self.recording and self.variant.head_input == "cls4_mean" and self.depth - HEAD_BLOCKS <= index < self.depth - 1:
+            self._earlier[index] = self.norm(tokens[:, 0])  # (B, C)
 
     @property
     def recording(self) -> bool:
@@ -194,9 +216,16 @@ class VisionTransformer(nn.Module):
         """While ``recording_final``: run blocks ``ran..`` on ``tokens`` (the output of the first ``ran``) and record the result."""
         if self._final is None or self._final:
             return
-        for blk in cast(list[Block], self.blocks)[ran:]:
+        for index, blk in enumerate(cast(list[Block], self.blocks)[ran:], start=ran):
             tokens = blk(tokens, rope)
+            self.note(index, tokens)
         self._final.append(self.norm(tokens))
+        if self.variant.head_input == "cls4_mean":
+            wanted = range(self.depth - HEAD_BLOCKS, self.depth - 1)
+            if any(i not in self._earlier for i in wanted):  # a pass that did not note them: predictions run their own
+                self._final.clear()
+                return
+            self._final.append(torch.stack([self._earlier[i] for i in wanted], dim=1))  # (B, 3, C)
 
     def use_kernels(self, plan: KernelPlan) -> None:
         """Run every block's attention with the kernels ``plan`` chose (``kernels.plan_kernels``)."""
@@ -240,11 +269,13 @@ class VisionTransformer(nn.Module):
                 rows[i] = blk.cls_attention(tokens, rope, index=index)  # (B, heads, N)
             if i < deepest or index is None:
                 tokens = blk(tokens, rope)
+                self.note(i, tokens)
             if index is None and i in wanted:
                 rows[i] = self.probe_attention(tokens)  # (B, heads, N)
         if self.recording:
             if index is not None:  # block ``deepest`` has not run: run it for the rest
                 tokens = blocks[deepest](tokens, rope)
+                self.note(deepest, tokens)
             self.finish(tokens, deepest + 1, rope)
         return torch.stack([rows[resolve_layer(layer, self.depth)] for layer in layers], dim=1)
 
@@ -263,10 +294,12 @@ class VisionTransformer(nn.Module):
         index = self.query_index(query)
         tokens, rope = self.prepare_tokens(x)
         blocks = cast(list[Block], self.blocks)
-        for blk in blocks[:layer]:
+        for i, blk in enumerate(blocks[:layer]):
             tokens = blk(tokens, rope)
+            self.note(i, tokens)
         rows = blocks[layer].cls_attention(tokens, rope, index=index) if with_attention and index is not None else None
         tokens = blocks[layer](tokens, rope)
+        self.note(layer, tokens)
         if with_attention and index is None:
             rows = self.probe_attention(tokens)  # (B, heads, N)
         self.finish(tokens, layer + 1, rope)

@@ -190,12 +190,12 @@ class AttentionService:
             wanted = [self.predictor.wanted(items[i].options) for i in indices]
             with torch.inference_mode(), autocast(self.device, precision), self.model.recording_final(any(wanted)) as final:
                 computed = method.compute(self.model, batch, spec)  # name -> (B, ...)
-                if any(wanted) and not final:  # a method whose pass does not record the last block's tokens
-                    final.append(self.model.final_tokens(batch))
+                if any(wanted) and not final:  # a method whose pass does not record what the head reads
+                    final.extend(self.model.head_tokens(batch))
             arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
             elapsed_ms = (time.perf_counter() - start) * 1000
             for n, i in enumerate(indices):
-                predictions = self.predictor.predict(final[0][n : n + 1], items[i].options) if wanted[n] else None
+                predictions = self.predictor.predict([t[n : n + 1] for t in final], items[i].options) if wanted[n] else None
                 results[i] = Computed({name: array[n] for name, array in arrays.items()}, elapsed_ms, predictions)
         return results
 
