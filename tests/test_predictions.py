@@ -20,8 +20,8 @@ from tests.support.services import tiny_service
 from vitscope.errors import RequestError
 from vitscope.model.checkpoint import CheckpointError, build_model
 from vitscope.model.rollout import cls_rollout, rollout_reference
-from vitscope.model.tokenizer import ClipTokenizer
 from vitscope.model.sources import load_checkpoint
+from vitscope.model.tokenizer import ClipTokenizer
 from vitscope.model.variants import VARIANTS, TextVariant, Variant
 from vitscope.predictions import TEXT_CACHE_SIZE, Predictor
 from vitscope.protocols import KSERVE_V1, KSERVE_V2
