@@ -16,6 +16,7 @@ import yaml
 
 from scripts import archive
 from testkit.checkpoints import encode, random_rgb
+from tests.support.tokenizers import write_hf_clip_tokenizer
 from vitscope.errors import RequestError
 from vitscope.schema import ImageRequest
 from vitscope.service import create_service
@@ -84,6 +85,16 @@ def test_a_dinov2_classifier_fine_tune_answers_with_its_predictions(tmp_path: Pa
     assert {p["label"]: round(p["probability"], 5) for p in result.predictions} == {
         labels[i]: round(float(expected[i]), 5) for i in range(3)
     }
+
+
+def test_a_clip_directorys_own_tokenizer_files_are_archived(tmp_path: Path) -> None:
+    folder = write_hf_clip_tokenizer(write_clip_dir(tmp_path / "clip"))
+    rc, store = archived(tmp_path, "--weights", str(folder), "--name", "clip_dir")
+    assert rc == 0
+    names = zipfile.ZipFile(store / "clip_dir.mar").namelist()
+    assert {"tokenizer/vocab.json", "tokenizer/merges.txt"} <= set(names)
+    service, _ = serve_from(store / "clip_dir.mar", tmp_path)
+    assert [p["label"] for p in explain(service, labels=["x"], short_side=32).predictions] == ["x"]
 
 
 def write_clip_dir(folder: Path) -> Path:

@@ -172,8 +172,8 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> 
     log = served.log_dir / "model_log.log"
     batches_before = log.read_text().count("batch of")
 
-    def send(i: int) -> requests.Response:
-        return requests.post(served.url, data=payloads[i]["data"], timeout=TIMEOUT)
+    def send(i: int) -> requests.Response:  # the patch grid: the answers are compared, not their upsampling
+        return requests.post(served.url, files={"data": payloads[i]["data"]}, data={"upsample": "false"}, timeout=TIMEOUT)
 
     with ThreadPoolExecutor(len(payloads) + 1) as pool:
         slow = pool.submit(
@@ -184,7 +184,7 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> 
         assert slow.result().status_code == 200
     assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
     for payload, reply in zip(payloads[:4], replies[:4], strict=True):
-        expected = in_process(served, {"body": payload["data"]})
+        expected = in_process(served, {"data": payload["data"], "upsample": "false"})
         assert reply.json()["image_size"] == expected["image_size"]
         np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
     assert log.read_text().count("batch of") > batches_before  # TorchServe really handed over a batch

@@ -156,7 +156,7 @@ def test_bad_input_corpus(served: Served) -> None:
                 problems.append(f"{case.name}: message {reply.text[:200]!r} lacks {case.message!r}")
         elif case.status != 200 and case.message:
             problems.append(f"{case.name}: not a JSON error: {reply.headers.get('Content-Type')} {reply.text[:100]}")
-        after = requests.post(served.url, data=good, timeout=TIMEOUT)
+        after = requests.post(served.url, files={"data": good}, data={"scale": "1"}, timeout=TIMEOUT)  # small: the probe is for liveness
         if after.status_code != 200:
             problems.append(f"after {case.name}: valid request got HTTP {after.status_code}")
     assert not problems, "\n".join(problems)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.support.services import tiny_service
 from vitscope.errors import RequestError
+from vitscope.methods import METHODS
 from vitscope.model.checkpoint import CheckpointError, build_model
 from vitscope.model.rollout import cls_rollout, rollout_reference
 from vitscope.model.sources import load_checkpoint
@@ -274,3 +275,16 @@ def test_a_linear_head_must_fit_a_dinov2_backbone(tmp_path: Path) -> None:
         torch.save(head, tmp_path / "head.pth")
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / "backbone.pth", TINY_V2, head=tmp_path / "head.pth")
+
+
+@pytest.mark.parametrize("variant", [CLASSIFIER, DISTILLED, CLIP, SIGLIP], ids=lambda v: v.name)
+def test_every_method_answers_for_every_family(variant: Variant) -> None:
+    """docs/models.md's families x methods table: each registered method serves each family, its maps
+    over the patch grid (the class tokens and registers left out)."""
+    service = service_of(variant)
+    needs = {"similarity": {"point": "3,3"}}
+    for name in METHODS:
+        result = explain(service, {"method": name, "upsample": "false", **needs.get(name, {})})
+        main = result.arrays[result.outputs[0].name]
+        assert main.shape[-2:] == (5, 7), (name, main.shape)
+        assert np.isfinite(main).all(), name

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.support.tokenizers import write_hf_clip_tokenizer
 from vitscope.model.tokenizer import (
     HF_MERGES,
     HF_VOCAB,
@@ -86,15 +87,8 @@ def clip() -> ClipTokenizer:
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face CLIP folder's vocab.json and merges.txt, written from open_clip's .gz with
-    open_clip's byte table (the layout of openai/clip-vit-*'s files), and the .gz itself."""
-    folder = tmp_path_factory.mktemp("clip")
-    with gzip.open(open_clip_tokenizer.default_bpe()) as f:
-        merges = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    symbols = list(open_clip_tokenizer.bytes_to_unicode().values())
-    tokens = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges), "<|startoftext|>", "<|endoftext|>"]
-    (folder / HF_VOCAB).write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / HF_MERGES).write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    """A Hugging Face CLIP folder's vocab.json and merges.txt (``write_hf_clip_tokenizer``), and the .gz itself."""
+    folder = write_hf_clip_tokenizer(tmp_path_factory.mktemp("clip"))
     shutil.copy(open_clip_tokenizer.default_bpe(), folder / OPENCLIP_BPE)
     return folder
 
