@@ -35,6 +35,7 @@ from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS
 from vitscope.model.checkpoint import RANDOM_WEIGHTS, CheckpointError, weights_tag
 from vitscope.model.sources import base_from_spec, default_name, load_checkpoint
 from vitscope.model.tokenizer import TokenizerError, load_tokenizer
+from vitscope.model.towers import open_clip_bpe
 from vitscope.model.variants import VARIANTS, Variant, get_variant, variant_to_mapping
 from vitscope.service import ConfigError, ServiceConfig
 
@@ -169,8 +170,10 @@ def head_labels(args: argparse.Namespace, variant: Variant, own: tuple[str, ...]
     elif own:
         labels = own
     elif variant.num_classes == IMAGENET_CLASSES:
-        from timm.data import ImageNetInfo  # archive time only: the worker reads the archived names
-
+        try:
+            from timm.data import ImageNetInfo  # archive time only: the worker reads the archived names
+        except ImportError as e:
+            raise CheckpointError("ImageNet's class names come from timm: pip install timm, or name the classes with LABELS=") from e
         info = ImageNetInfo()
         labels = tuple(info.index_to_description(i) for i in range(IMAGENET_CLASSES))
     else:
@@ -195,7 +198,7 @@ def read_labels(path: Path) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise CheckpointError(f"LABELS={path} must be a JSON list of strings")
         return tuple(value)
-    return tuple(text.rstrip("\n").split("\n"))
+    return tuple(text.rstrip("\r\n").splitlines())
 
 
 def tokenizer_files(args: argparse.Namespace, variant: Variant) -> tuple[Path, ...]:
@@ -207,7 +210,7 @@ def tokenizer_files(args: argparse.Namespace, variant: Variant) -> tuple[Path, .
         return ()
     folder = args.tokenizer or (Path(args.weights) if args.weights and Path(args.weights).is_dir() else None)
     if folder is None and variant.text.tokenizer == "clip":
-        folder = open_clip_vocabulary()
+        folder = open_clip_bpe().parent  # the BPE vocabulary in open_clip's wheel
     if folder is None:
         raise CheckpointError(
             f"{variant.name} has a text tower but no tokenizer files: give TOKENIZER=<folder with tokenizer.json> (transformers' "
@@ -219,15 +222,6 @@ def tokenizer_files(args: argparse.Namespace, variant: Variant) -> tuple[Path, .
     except TokenizerError as e:
         raise CheckpointError(f"{variant.name}'s text tower: {e}") from e
     return tuple(folder / name for name in tokenizer.files)
-
-
-def open_clip_vocabulary() -> Path:
-    """The folder of open_clip's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, in its wheel)."""
-    try:
-        import open_clip  # archive time only
-    except ImportError as e:
-        raise CheckpointError("CLIP's tokenizer comes from open_clip's wheel: pip install open_clip_torch (or give TOKENIZER=)") from e
-    return Path(open_clip.__file__).parent
 
 
 # Modules of the package used only while archiving (other libraries' checkpoints are converted to the

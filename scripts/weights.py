@@ -24,6 +24,7 @@ from scripts import REPO
 from scripts.download import DownloadError, download, partial_path
 from vitscope.model.catalogue import CHECKPOINTS, DEFAULT_CHECKPOINTS, WEIGHTS_URL_ENV, Checkpoint, get_checkpoint, official_checkpoint
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict, read_checkpoint, sha256_of
+from vitscope.model.towers import OPEN_CLIP_SPEC, TIMM_SPEC
 from vitscope.model.variants import DINO_ARCHS, DINO_PATCH_SIZES, VARIANTS, Variant, get_variant
 
 logger = logging.getLogger("weights")
@@ -125,7 +126,7 @@ def progress_bar(done: int, total: int | None) -> None:
 DEFAULT_MODEL_ARG = "vit_small"  # MODEL= when none is given (with PATCH=8: dino_vits8, DEFAULT_MODEL)
 
 
-LIBRARY_SPECS = ("timm:", "open_clip:")  # --model timm:<model name> / open_clip:<config>: the library describes the model
+LIBRARY_SPECS = (TIMM_SPEC, OPEN_CLIP_SPEC)  # --model timm:<model name> / open_clip:<config>: the library describes the model
 
 
 def model_name(value: str) -> str:

@@ -118,6 +118,7 @@ def vit_dir(folder: Path, **config: object) -> Path:
         ("label_count", "2 labels for a head of 3 classes"),
         ("labels_without_head", "has no classifier head"),
         ("tokenizer_without_text", "has no text tower"),
+        ("head_on_a_directory", "HEAD= joins DINOv2's official linear head to a DINOv2 backbone file"),
     ],
 )
 def test_bad_input_exits_non_zero_with_nothing_written(case: str, message: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -141,8 +142,11 @@ def test_bad_input_exits_non_zero_with_nothing_written(case: str, message: str, 
     elif case == "labels_without_head":
         (tmp_path / "labels.txt").write_text("a\nb\n")
         args = ["--model", "dinov2_vits14", "--weights", "random", "--labels", str(tmp_path / "labels.txt")]
-    else:
+    elif case == "tokenizer_without_text":
         args = ["--model", "timm:vit_small_patch16_224", "--weights", "random", "--tokenizer", str(tmp_path)]
+    else:
+        torch.save({"weight": torch.zeros(1000, 64), "bias": torch.zeros(1000)}, tmp_path / "head.pth")
+        args = ["--weights", str(vit_dir(tmp_path / "vit", num_labels=3)), "--head", str(tmp_path / "head.pth")]
     with caplog.at_level(logging.ERROR):
         rc, store = archived(tmp_path, *args)
     assert rc != 0

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tests.support.services import tiny_service
+from vitscope.cost import CostModel
 from vitscope.errors import RequestError
 from vitscope.methods import METHODS
 from vitscope.model.checkpoint import CheckpointError, build_model
@@ -107,15 +108,14 @@ def test_a_distilled_deit_averages_its_two_heads_and_maps_either_token() -> None
         assert model.head_dist is not None and model.head is not None
         expected = ((model.head(normed[:, 0]) + model.head_dist(normed[:, 1])) / 2).softmax(-1)[0]
         for query, row in (("cls", 0), ("distillation", 1)):
-            reference = model.get_cls_attention(x, 1, explicit=True, query=query)  # (1, heads, N)
-            assert torch.allclose(
-                reference, model.blocks[1].attn.explicit_weights(model.blocks[1].norm1(layer_input(model, x, 1)))[0][:, :, row]
-            )
+            weights, _ = model.blocks[1].attn.explicit_weights(model.blocks[1].norm1(layer_input(model, x, 1)))  # (1, heads, N, N)
+            reference = weights[:, :, row]  # the query token's row of block 1's full softmax
             result = explain(service, {"layer": 1, "query": query, "upsample": "false"})
             assert result.query == query
             assert np.allclose(result.arrays["attention"], reference[0, :, 2:].reshape(4, 5, 7).numpy(), atol=1e-6)
-            fast = cls_rollout(model, x, 2, query=query)
-            assert torch.allclose(fast, rollout_reference(model, x, 2, query=query), atol=1e-6)
+            for fusion, discard in (("mean", 0.0), ("max", 0.5), ("min", 0.3)):
+                fast = cls_rollout(model, x, 2, fusion, discard, query=query)
+                assert torch.allclose(fast, rollout_reference(model, x, 2, fusion, discard, query=query), atol=1e-6)
     assert np.allclose([p["probability"] for p in explain(service, {"top_k": 7}).predictions], np.sort(expected.numpy())[::-1], atol=1e-6)
 
 
@@ -137,8 +137,9 @@ def test_siglip_maps_are_its_probe_over_each_blocks_tokens() -> None:
             result = explain(service, {"layer": layer, "upsample": "false"})
             assert np.allclose(result.arrays["attention"], probe[0].reshape(4, 5, 7).numpy(), atol=1e-6)
         assert torch.allclose(model.attn_pool(model.final_tokens(x)), model(x))
-        for fusion in ("mean", "max"):
-            assert torch.allclose(cls_rollout(model, x, 1, fusion), rollout_reference(model, x, 1, fusion), atol=1e-6)
+        for fusion, discard in (("mean", 0.0), ("max", 0.0), ("mean", 0.5)):
+            fast, reference = cls_rollout(model, x, 1, fusion, discard), rollout_reference(model, x, 1, fusion, discard)
+            assert torch.allclose(fast, reference, atol=1e-6)
     result = explain(service, {"method": "rollout", "layer": 2, "upsample": "false"})
     assert result.arrays["attention"].shape == (1, 5, 7) and abs(float(result.arrays["attention"].sum()) - 1) < 1e-5  # no class token
 
@@ -159,6 +160,7 @@ def test_zero_shot_scores_are_the_scaled_cosines_softmax_or_sigmoid(variant: Var
     got = {p["index"]: p["probability"] for p in result.predictions}
     assert [p["label"] for p in result.predictions] == [labels[i] for i in got]
     assert np.allclose([got[i] for i in range(3)], expected.numpy(), atol=1e-6)
+    assert explain(service, {"labels": json.dumps(labels)}).predictions == result.predictions  # a JSON list in a form field
     form = explain(service, {"labels": "a photo of a cat | a dog|a red car", "top_k": "2"})
     assert [(p["index"], p["label"]) for p in form.predictions] == [(p["index"], p["label"]) for p in result.predictions][:2]
 
@@ -185,9 +187,13 @@ def test_text_embeddings_are_computed_once_per_prompt_and_the_cache_is_bounded(m
         (CLASSIFIER, {"top_k": -1}, "top_k=-1"),
         (CLASSIFIER, {"query": "distillation"}, "pools by cls"),
         (CLIP, {"top_k": 3}, "give labels= to score texts"),
-        (CLIP, {"labels": ["a", ""]}, "non-empty texts"),
+        (CLIP, {"labels": ["a", ""]}, "non-empty UTF-8 texts"),
         (CLIP, {"labels": ["a", "b"], "top_k": 3}, r"0..2 \(the labels given\)"),
         (SIGLIP, {"query": "cls"}, "pools by probe"),
+        (CLIP, {"labels": ["a", "\ud800"]}, "UTF-8 texts"),
+        (CLIP, {"labels": ["a cat", "a dog", "a cat"]}, "each text once"),
+        (CLIP, {"labels": '["a", '}, "read as a JSON list"),
+        (CLIP, {"labels": ["a"], "method": "similarity", "point": "1,1", "query": "cls"}, "query does not apply to method=similarity"),
     ],
 )
 def test_each_bad_option_is_a_400_naming_it(variant: Variant, options: dict, message: str) -> None:
@@ -288,3 +294,48 @@ def test_every_method_answers_for_every_family(variant: Variant) -> None:
         main = result.arrays[result.outputs[0].name]
         assert main.shape[-2:] == (5, 7), (name, main.shape)
         assert np.isfinite(main).all(), name
+    model, x = service.model, tensor_of(service, png())
+    with torch.inference_mode():
+        rows = model.get_cls_attention(x, None, explicit=True)[0, :, variant.num_prefix_tokens :]  # (heads, patches)
+    served = explain(service, {"upsample": "false"}).arrays["attention"]  # the pooling query's maps, the reference's
+    assert np.allclose(served, rows.reshape(4, 5, 7).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("variant", "options"),
+    [
+        (CLASSIFIER, {}),
+        (CLASSIFIER, {"layer": 0}),
+        (CLASSIFIER, {"layers": "0,1"}),
+        (CLASSIFIER, {"method": "rollout", "layer": 1}),
+        (CLASSIFIER, {"method": "pca"}),
+        (CLASSIFIER, {"method": "similarity", "point": "3,3"}),
+        (DISTILLED, {"method": "rollout", "query": "distillation"}),
+        (SIGLIP, {"labels": ["a"], "layer": 1}),
+        (SIGLIP, {"labels": ["a"], "method": "rollout"}),
+    ],
+)
+def test_predictions_come_from_the_methods_own_pass_each_block_once(variant: Variant, options: dict) -> None:
+    """With predictions asked for, every block runs once per request: the head reads the method's own
+    pass, no second one (``VisionTransformer.recording_final``)."""
+    service = service_of(variant)
+    calls: list[int] = []
+    hooks = [blk.register_forward_hook(lambda *_, i=i: calls.append(i)) for i, blk in enumerate(service.model.blocks)]
+    try:
+        result = explain(service, {"top_k": 1, **options})
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert result.predictions and sorted(calls) == list(range(variant.depth)), calls
+
+
+def test_the_cost_counts_the_heads_blocks_and_the_uncached_texts() -> None:
+    service = service_of(CLIP)
+    service.cost = CostModel(per_token=1e-6, per_pair=1e-9)
+    request = ImageRequest(png(), {"layer": 0, "labels": ["a cat", "a dog"]})
+    without = service.prepare(ImageRequest(png(), {"layer": 0})).cost_s
+    first = service.prepare(request).cost_s
+    assert first > without > 0
+    assert service.prepare(request).blocks == 3  # block 0, then the 2 after it for the head
+    explain(service, {"labels": ["a cat", "a dog"]})  # now cached
+    assert service.prepare(request).cost_s < first

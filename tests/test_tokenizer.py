@@ -314,7 +314,7 @@ def test_load_tokenizer_picks_by_kind_and_files(tmp_path: Path, hf_folder: Path,
         ((HF_VOCAB, "config.json"), "clip", "it holds config.json, vocab.json; vocab.json and merges.txt are read together"),
         ((TOKENIZER_JSON,), "clip", "it holds tokenizer.json; it has tokenizer.json, which the json kind reads"),
         ((HF_VOCAB, HF_MERGES), "json", "which the clip kind reads"),
-        (("spiece.model", "tokenizer_config.json"), "json", "a SentencePiece model is not read"),
+        (("spiece.model", "tokenizer_config.json"), "json", "is not read: give TOKENIZER= a folder with its fast"),
     ],
 )
 def test_load_tokenizer_says_what_is_missing(tmp_path: Path, files: tuple[str, ...], kind: str, message: str) -> None:

@@ -23,7 +23,8 @@ from torch import nn
 
 from vitscope.model.checkpoint import CheckpointError, build_model, check_state_dict
 from vitscope.model.sources import Loaded, base_from_spec, load_checkpoint
-from vitscope.model.towers import OPENCLIP_BPE, open_clip_bpe, tower_state
+from vitscope.model.tokenizer import OPENCLIP_BPE
+from vitscope.model.towers import open_clip_bpe, tower_state
 from vitscope.model.variants import Variant, variant_from_mapping, variant_to_mapping
 from vitscope.model.vit import VisionTransformer
 

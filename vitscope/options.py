@@ -8,7 +8,9 @@ method from there, never from the registry by name again. The vocabulary these a
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -39,6 +41,7 @@ MAX_SCALE = 100.0  # larger factors are typos; big results are caught by max_tok
 GEOMETRY: tuple[str, ...] = ("short_side", "scale", "size")  # how to resize: at most one of them
 DEFAULT_TOP_K = 5  # predictions a model with a head (or a request with labels) gets unless it says top_k
 MAX_LABELS, MAX_LABEL_CHARS = 1000, 300  # zero-shot texts per request, characters per text
+LABEL_SEPARATOR = "|"  # between the texts of ``labels`` in a form field (the client's mirror: tests/test_schema.py)
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[x,X\u00d7]\s*(\d+)\s*$")
 
 
@@ -109,13 +112,12 @@ def _heads(value: object, facts: ModelFacts) -> tuple[int, ...]:
 
 
 def _query(value: object, facts: ModelFacts) -> str:
-    query = text_of("query", value) if isinstance(value, (bytes, bytearray)) else value
-    if query not in facts.queries:
+    if value not in facts.queries:
         raise OptionError(
-            f"query={value!r}: {facts.name} pools by {' or '.join(facts.queries)}; query=distillation is for DeiT's distilled "
-            "models (their second token)"
+            f"query={str(value)[:40]!r}: {facts.name} pools by {' or '.join(facts.queries)}; query=distillation is for DeiT's "
+            "distilled models (their second token)"
         )
-    return str(query)
+    return str(value)
 
 
 def _top_k(value: object, facts: ModelFacts) -> int:
@@ -131,21 +133,41 @@ def _labels(value: object, facts: ModelFacts) -> tuple[str, ...]:
             f"labels= scores texts with a text tower (CLIP, SigLIP); {facts.name} has none"
             + (f": its predictions are its head's {facts.num_classes} classes (top_k=)" if facts.num_classes else "")
         )
+    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list sent as a form field
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise OptionError(f"labels: a form field starting with '[' is read as a JSON list of texts, and this one is not ({e})") from e
     if isinstance(value, str):
-        items: list[object] = list(value.split("|"))
+        items: list[object] = list(value.split(LABEL_SEPARATOR))
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise OptionError(f"labels={value!r}: give a JSON list of texts, or texts separated by '|' in a form field")
+        raise OptionError(f"labels: give a JSON list of texts, or texts separated by '{LABEL_SEPARATOR}' in a form field")
     labels = tuple(item.strip() if isinstance(item, str) else item for item in items)
-    bad = [label for label in labels if not isinstance(label, str) or not label or len(label) > MAX_LABEL_CHARS]
+    bad = [repr(label)[:40] for label in labels if not _is_label(label)]
     if bad or not labels or len(labels) > MAX_LABELS:
         raise OptionError(
-            f"labels: give 1..{MAX_LABELS} non-empty texts of at most {MAX_LABEL_CHARS} characters each (got {len(labels)}"
-            + (f"; bad: {bad[:3]!r}" if bad else "")
+            f"labels: give 1..{MAX_LABELS} non-empty UTF-8 texts of at most {MAX_LABEL_CHARS} characters each (got {len(labels)}"
+            + (f"; bad: {', '.join(bad[:3])}" if bad else "")
             + ")"
         )
-    return labels  # type: ignore[return-value]
+    texts = tuple(str(label) for label in labels)  # all texts (checked above)
+    repeated = sorted(text for text, count in Counter(texts).items() if count > 1)
+    if repeated:
+        raise OptionError(f"labels: each text once (a softmax would split its share between the copies); repeated: {repeated[:3]}")
+    return texts
+
+
+def _is_label(label: object) -> bool:
+    """A non-empty text of at most MAX_LABEL_CHARS characters that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(label, str) or not label or len(label) > MAX_LABEL_CHARS:
+        return False
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # In the order of docs/api.md's table; ``method``'s choices and the methods' own options come from the registry.

@@ -23,10 +23,12 @@ import torch
 from .vocab import Options
 
 if TYPE_CHECKING:
+    from .cost import CostModel
     from .model.tokenizer import Tokenizer
     from .model.vit import VisionTransformer
 
 TEXT_CACHE_SIZE = 4096  # prompts whose embeddings a worker keeps (a ViT-B/16 CLIP's are 2 KiB each)
+TEXT_CHUNK = 64  # prompts through the text tower at a time
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,13 @@ class Predictor:
         text = self.model.text
         if text is None or self.tokenizer is None:
             raise ValueError(f"{self.model.variant.name} has no text tower or no tokenizer")
-        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
-        if missing:
-            device = self.model.patch_embed.proj.weight.device
+        missing = self.uncached(texts)
+        device = self.model.patch_embed.proj.weight.device
+        for start in range(0, len(missing), TEXT_CHUNK):
+            chunk = missing[start : start + TEXT_CHUNK]
             with torch.autocast(device.type, enabled=False):
-                embedded = text(self.tokenizer.encode(missing).to(device)).float()  # (M, D)
-            for prompt, row in zip(missing, embedded, strict=True):
+                embedded = text(self.tokenizer.encode(chunk).to(device)).float()  # (chunk, D)
+            for prompt, row in zip(chunk, embedded, strict=True):
                 self._texts[prompt] = row
         embeddings = torch.stack([self._texts[t] for t in texts])  # (T, D)
         for prompt in texts:
@@ -73,6 +76,18 @@ class Predictor:
         while len(self._texts) > TEXT_CACHE_SIZE:
             self._texts.popitem(last=False)
         return embeddings
+
+    def uncached(self, texts: Sequence[str]) -> list[str]:
+        """The texts whose embeddings this worker has not kept, in order, once each."""
+        return list(dict.fromkeys(t for t in texts if t not in self._texts))
+
+    def text_cost_s(self, options: Options, cost: CostModel) -> float:
+        """The estimated seconds of the text tower for a request's uncached ``labels``: each text costs
+        its tower's blocks over its context (priced as image blocks: errs high, the text towers are narrower)."""
+        text = self.model.variant.text
+        if not options.labels or text is None:
+            return 0.0
+        return len(self.uncached(options.labels)) * cost.estimate(text.context_length, text.depth)
 
     def probabilities(self, head: Sequence[torch.Tensor], options: Options) -> tuple[torch.Tensor, tuple[str, ...]]:
         """One image's ``head_tokens`` (its last block's normed tokens (1, N, C), and what else its head

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,16 +32,16 @@ HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
 METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes", "registers", "point", "query", "top_k", "labels")
-LABEL_SEPARATOR = "|"  # between the texts of ``labels`` in a form field
 SERVER_OPTIONS = MAP_OPTIONS + METHOD_OPTIONS
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white
 
 
 def form_value(name: str, value: object) -> str:
-    """An option's value as a multipart form field: ``labels`` joined by ``LABEL_SEPARATOR``, other lists by ","."""
+    """An option's value as a multipart form field: a list of ``labels`` as a JSON list (a text may hold
+    any character), other lists joined by ","."""
     if isinstance(value, (list, tuple)):
-        return (LABEL_SEPARATOR if name == "labels" else ",").join(str(v) for v in value)
+        return json.dumps([str(v) for v in value]) if name == "labels" else ",".join(str(v) for v in value)
     return str(value)
 
 

@@ -50,7 +50,7 @@ class Similarity(Method):
     }
     excludes: ClassVar[Mapping[str, str]] = {
         name: f"{name} does not apply to method=similarity: it returns one map of feature similarity"
-        for name in ("heads", "layers", "mask", "boxes", "registers")
+        for name in ("heads", "layers", "mask", "boxes", "registers", "query")
     }
     outputs = (SIMILARITY, FEATURES)
     fields = ("point", "patch")

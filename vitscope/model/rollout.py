@@ -1,12 +1,13 @@
 """Attention rollout (Abnar & Zuidema, 2020), exact and in memory linear in the number of tokens.
 
 Definition, per block b = 0..L (L: the requested layer), with A_b the (heads, N, N) softmax attention
-over all N tokens ([CLS] first, then any register/storage tokens, then the patches):
+over all N tokens (the P class tokens first: [CLS], DeiT's distillation token, none for SigLIP;
+then any register/storage tokens, then the patches):
 
 1. fuse the heads: F_b = mean, max or min over heads (``head_fusion``), (N, N);
-2. discard (``discard_ratio`` r in [0, 1)): in every row i of F_b, the k = floor(r * (N - 1))
-   smallest entries among the columns j >= 1 are set to 0. The [CLS] column is never discarded, and
-   each row (one query's distribution) loses the same share whatever the other rows hold;
+2. discard (``discard_ratio`` r in [0, 1)): in every row i of F_b, the k = floor(r * (N - P))
+   smallest entries among the columns j >= P are set to 0. The class tokens' columns are never
+   discarded, and each row (one query's distribution) loses the same share whatever the others hold;
 3. add the identity and renormalise every row to sum 1: Â_b = (F_b + I) / rowsum(F_b + I);
 
 then R = Â_L ... Â_1 Â_0, and the result is the pooling query's row of R: e_q^T R, (N,), raw (not
@@ -14,7 +15,7 @@ rescaled), with q = 0 for [CLS] and 1 for DeiT's distillation token. SigLIP pool
 attends over block L's output tokens: its row, the heads fused as above and renormalised (no
 identity: the probe is not a token), takes the place of e_q^T, and R then runs through blocks 0..L.
 
-``cls_rollout`` computes e_0^T R top-down, v <- v Â_b, from the queries and keys each block used
+``cls_rollout`` computes e_q^T R top-down, v <- v Â_b, from the queries and keys each block used
 in one forward pass (kept, O(N) per block); each Â_b is rebuilt ``chunk`` query rows at a time, so no
 N x N matrix (nor any (heads, N, N) tensor) ever exists: memory grows linearly in N. In the top
 block only the query's row is rebuilt (v = e_q there). ``rollout_reference``
@@ -57,20 +58,21 @@ def fuse_heads(weights: torch.Tensor, head_fusion: str) -> torch.Tensor:
     raise ValueError(f"unknown head_fusion {head_fusion!r}; choose one of {list(HEAD_FUSIONS)}")
 
 
-def discard_weakest(fused: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Zero the floor(ratio * (N - 1)) smallest entries of every row among columns 1..N-1, in place: (B, rows, N)."""
-    count = int(ratio * (fused.shape[-1] - 1))
+def discard_weakest(fused: torch.Tensor, ratio: float, keep: int = 1) -> torch.Tensor:
+    """Zero the floor(ratio * (N - keep)) smallest entries of every row among columns keep..N-1, in
+    place: (B, rows, N). ``keep``: the class tokens' columns, never touched (1: [CLS]; DeiT 2; SigLIP 0)."""
+    count = int(ratio * (fused.shape[-1] - keep))
     if count > 0:
-        patches = fused[..., 1:]  # a view: the [CLS] column 0 is never touched
+        patches = fused[..., keep:]  # a view: the class tokens' columns are never touched
         patches.scatter_(-1, patches.topk(count, dim=-1, largest=False).indices, 0.0)
     return fused
 
 
 def propagate_rows(
-    v: torch.Tensor, q: torch.Tensor, k_t: torch.Tensor, rows: slice, head_fusion: str, discard_ratio: float
+    v: torch.Tensor, q: torch.Tensor, k_t: torch.Tensor, rows: slice, head_fusion: str, discard_ratio: float, keep: int = 1
 ) -> torch.Tensor:
     """v[:, rows] @ Â[rows] for one block: its rows ``rows`` rebuilt from the scaled queries (B, heads, N, d)
-    and the transposed keys (B, heads, d, N); v (B, N) -> (B, N)."""
+    and the transposed keys (B, heads, d, N); v (B, N) -> (B, N). ``keep``: as ``discard_weakest``."""
     weights = (q[:, :, rows] @ k_t).softmax(dim=-1)  # (B, heads, rows, N)
     weight = v[:, rows]  # (B, rows)
     if head_fusion == "mean" and discard_ratio == 0:
@@ -79,7 +81,7 @@ def propagate_rows(
         out = (weight[:, None, None] / (2 * weights.shape[1]) @ weights).sum(dim=1).squeeze(1)  # (B, N)
         out[:, rows] += weight / 2
         return out
-    fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio)  # (B, rows, N)
+    fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio, keep)  # (B, rows, N)
     fused.diagonal(offset=rows.start, dim1=-2, dim2=-1).add_(1.0)  # + I: entry (i, start + i)
     fused /= fused.sum(dim=-1, keepdim=True)
     return (weight.unsqueeze(1) @ fused).squeeze(1)
@@ -137,7 +139,8 @@ def cls_rollout(
         with torch.autocast(x.device.type, enabled=False):
             out = torch.zeros_like(v)
             for start in range(0, live, chunk):
-                out += propagate_rows(v, q, k_t, slice(start, min(start + chunk, live)), head_fusion, discard_ratio)
+                rows = slice(start, min(start + chunk, live))
+                out += propagate_rows(v, q, k_t, rows, head_fusion, discard_ratio, model.variant.num_class_tokens)
         v, live = out, N
     return v
 
@@ -162,7 +165,7 @@ def rollout_reference(
     product = eye.expand(B, N, N)  # (B, N, N)
     for b, blk in enumerate(blocks[: layer + 1]):
         weights, _ = blk.attn.explicit_weights(blk.norm1(tokens), rope)  # (B, heads, N, N)
-        fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio) + eye  # (B, N, N)
+        fused = discard_weakest(fuse_heads(weights, head_fusion), discard_ratio, model.variant.num_class_tokens) + eye  # (B, N, N)
         product = (fused / fused.sum(dim=-1, keepdim=True)) @ product  # Â_b ... Â_0
         if b < layer or index is None:
             tokens = blk(tokens, rope, explicit=True)

@@ -35,7 +35,7 @@ import torch
 
 from .checkpoint import CheckpointError, check_state_dict, filter_state_dict, read_checkpoint, sha256_of
 from .keymaps import SOURCES, from_hub
-from .towers import HF_TOWERS, SIZE_CLASSES, hf_classes, hf_labels, hf_tower, is_tower, number, square, tower_state
+from .towers import HF_TOWERS, SIZE_CLASSES, hf_classes, hf_labels, hf_tower, is_tower, number, square, tower_state, url_safe_name
 from .towers import base_from_spec as base_from_spec  # the archiver's MODEL=timm:<name> / open_clip:<config>
 from .variants import FAMILIES, HEAD_BLOCKS, VARIANT_NAME, Variant
 from .vit import VisionTransformer
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 HF_CONFIG = "config.json"
 HF_PREPROCESSOR = "preprocessor_config.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+# transformers' SigLIP tokenizer lower-cases and strips punctuation before its SentencePiece model
+# (``canonicalize_text``): our json tokenizer does the same (``canonicalize``); SigLIP 2's Gemma tokenizer does not.
+SIGLIP_TOKENIZER = "SiglipTokenizer"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what save_pretrained writes, preferred first
 # config.json's model_type -> our family; anything else is not a DINO-family ViT.
 HF_MODEL_TYPES = {"dinov2": "dinov2", "dinov2_with_registers": "dinov2", "dinov3_vit": "dinov3"}
@@ -78,6 +82,8 @@ def load_checkpoint(
     path = Path(path)
     if name is not None and not VARIANT_NAME.match(name):
         raise CheckpointError(f"NAME={name!r} must be letters, digits, '_', '-' or '.' (it is the URL /predictions/<NAME>)")
+    if head is not None and (path.is_dir() or (base is not None and is_tower(base))):
+        raise CheckpointError("HEAD= joins DINOv2's official linear head to a DINOv2 backbone file (MODEL=dinov2_vit*14 WEIGHTS=<.pth>)")
     if path.is_dir():
         return load_hf_directory(path, name)
     if not path.is_file():
@@ -167,8 +173,13 @@ def load_hf_directory(folder: Path, name: str | None) -> Loaded:
     source = f"huggingface {config.get('model_type')} ({weights.name})"
     if config.get("model_type") in HF_TOWERS:  # ViT, DeiT, CLIP, SigLIP (towers.py)
         tower = hf_tower(config, preprocessor, read_weights(weights, heads=True), name or default_name(folder))
-        check_state_dict(VisionTransformer(tower.variant), tower.state)
-        return Loaded(tower.state, tower.variant, source, weights, sha256_of(weights), tower.labels)
+        variant = tower.variant
+        if variant.text is not None and variant.family == "siglip":  # SiglipTokenizer's cleaning, Gemma's (SigLIP 2) none
+            tokenizer = read_json(folder / HF_TOKENIZER_CONFIG) if (folder / HF_TOKENIZER_CONFIG).is_file() else {}
+            cleaning = tokenizer.get("tokenizer_class", SIGLIP_TOKENIZER) == SIGLIP_TOKENIZER
+            variant = replace(variant, text=replace(variant.text, canonicalize=cleaning))
+        check_state_dict(VisionTransformer(variant), tower.state)
+        return Loaded(tower.state, variant, source, weights, sha256_of(weights), tower.labels)
     variant = variant_from_hf_config(config, name or default_name(folder), preprocessor)
     state = read_weights(weights, heads=True)
     classes = dinov2_classes(config, state)
@@ -202,7 +213,7 @@ def read_json(path: Path) -> dict[str, object]:
 
 def default_name(folder: Path) -> str:
     """The served name of a directory when NAME= is not given: its name, made URL-safe."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", folder.resolve().name).strip("._-") or "model"
+    return url_safe_name(folder.resolve().name)
 
 
 def variant_from_hf_config(config: Mapping[str, object], name: str, preprocessor: Mapping[str, object] | None = None) -> Variant:

@@ -317,7 +317,10 @@ def load_tokenizer(folder: Path, kind: str, context_length: int, **kw: Any) -> T
     elif kind == "json" and {HF_VOCAB, HF_MERGES, OPENCLIP_BPE} & set(present):
         hint = "; it has CLIP's BPE files, which the clip kind reads"
     elif "spiece.model" in present or "sentencepiece.bpe.model" in present:
-        hint = "; a SentencePiece model is not read: save the tokenizer with transformers (save_pretrained writes tokenizer.json)"
+        hint = (
+            "; a SentencePiece model (SiglipTokenizer's spiece.model) is not read: give TOKENIZER= a folder with its fast "
+            "tokenizer's tokenizer.json (transformers' convert_slow_tokenizer writes one)"
+        )
     elif (HF_VOCAB in present) != (HF_MERGES in present):
         hint = f"; {HF_VOCAB} and {HF_MERGES} are read together"
     raise TokenizerError(

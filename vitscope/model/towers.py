@@ -46,13 +46,13 @@ from .keymaps import (
     stack_qkv,
     with_prefix,
 )
+from .tokenizer import OPENCLIP_BPE
 from .variants import FAMILIES, TextVariant, Variant
 
 logger = logging.getLogger(__name__)
 
 SIZE_CLASSES: dict[int, str] = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
-TIMM, OPEN_CLIP = "timm:", "open_clip:"  # the MODEL= prefixes of a library's model (``base_from_spec``)
-OPENCLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE vocabulary, in open_clip's wheel
+TIMM_SPEC, OPEN_CLIP_SPEC = "timm:", "open_clip:"  # the MODEL= prefixes of a library's model (``base_from_spec``)
 
 # model_type -> the architectures read (config.json's ``architectures``; without it, the tensors say).
 HF_TOWERS: dict[str, tuple[str, ...]] = {
@@ -156,7 +156,7 @@ def triple(values: object) -> tuple[float, float, float] | None:
     return None
 
 
-def served_name(spec: str) -> str:
+def url_safe_name(spec: str) -> str:
     """A library's model name made URL-safe (a Variant's default name)."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", spec).strip("._-")[:64] or "model"
 
@@ -190,9 +190,12 @@ def hf_labels(config: Mapping[str, object], classes: int) -> tuple[str, ...]:
     if not classes or not isinstance(id2label, Mapping) or len(id2label) != classes:
         return ()
     try:
-        labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+        indices = sorted(id2label, key=int)
     except (TypeError, ValueError):
         return ()
+    if [int(k) for k in indices] != list(range(classes)):
+        raise CheckpointError(f"config.json: id2label's keys must be the classes 0..{classes - 1}; they are {indices[:5]}...")
+    labels = tuple(str(id2label[k]) for k in indices)
     return () if all(re.fullmatch(r"LABEL_\d+", label) for label in labels) else labels
 
 
@@ -371,7 +374,7 @@ def timm_variant(model_name: str, name: str | None = None, **kwargs: Any) -> Var
     try:
         import timm
     except ImportError as e:
-        raise CheckpointError(f"MODEL={TIMM}{model_name} needs timm at archive time: pip install timm") from e
+        raise CheckpointError(f"MODEL={TIMM_SPEC}{model_name} needs timm at archive time: pip install timm") from e
     if not timm.is_model(model_name):
         close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; close names: {close}" if close else ""
@@ -381,7 +384,7 @@ def timm_variant(model_name: str, name: str | None = None, **kwargs: Any) -> Var
             model = timm.create_model(model_name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         raise CheckpointError(f"timm cannot build {model_name!r} with {kwargs}: {e}") from e
-    return variant_from_timm_model(model, name or served_name(model_name), model_name)
+    return variant_from_timm_model(model, name or url_safe_name(model_name), model_name)
 
 
 def variant_from_timm_model(module: nn.Module, name: str, model_name: str = "") -> Variant:
@@ -392,7 +395,7 @@ def variant_from_timm_model(module: nn.Module, name: str, model_name: str = "") 
     from timm.models.vision_transformer import Attention, Block
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    label = f"{TIMM}{model_name or type(module).__name__}"
+    label = f"{TIMM_SPEC}{model_name or type(module).__name__}"
     if not isinstance(module, TimmViT):
         raise CheckpointError(
             f"{label} is timm's {type(module).__name__}, not its VisionTransformer (vision_transformer.py, deit.py): not read here "
@@ -541,10 +544,10 @@ def open_clip_variant(config_name: str, name: str | None = None) -> Variant:
     try:
         import open_clip
     except ImportError as e:
-        raise CheckpointError(f"MODEL={OPEN_CLIP}{config_name} needs open_clip at archive time: pip install open_clip_torch") from e
+        raise CheckpointError(f"MODEL={OPEN_CLIP_SPEC}{config_name} needs open_clip at archive time: pip install open_clip_torch") from e
     if config_name.startswith("hf-hub:"):
         raise CheckpointError(
-            f"MODEL={OPEN_CLIP}{config_name}: archiving reads no network; download the repository's open_clip_config.json "
+            f"MODEL={OPEN_CLIP_SPEC}{config_name}: archiving reads no network; download the repository's open_clip_config.json "
             "and give MODEL=open_clip:local-dir:<its folder>"
         )
     try:
@@ -555,7 +558,7 @@ def open_clip_variant(config_name: str, name: str | None = None) -> Variant:
         close = difflib.get_close_matches(config_name, open_clip.list_models(), n=5, cutoff=0.5)
         hint = f"; close names: {close}" if close else ""
         raise CheckpointError(f"open_clip has no model config {config_name!r}{hint} (open_clip.list_models() lists them)")
-    return variant_from_open_clip_config(config, name or served_name(config_name.removeprefix("local-dir:")))
+    return variant_from_open_clip_config(config, name or url_safe_name(config_name.removeprefix("local-dir:")))
 
 
 # open_clip options that change the network away from what we compute, by tower config key
@@ -721,10 +724,10 @@ def open_clip_bpe() -> Path:
 def base_from_spec(model: str, name: str | None = None) -> Variant | None:
     """The Variant a library spec names: ``timm:<model name>`` or ``open_clip:<config>``; None for
     anything else (hub names: ``variants.get_variant``). ``name``: the served name (default: the spec's)."""
-    if model.startswith(TIMM):
-        return timm_variant(model.removeprefix(TIMM), name)
-    if model.startswith(OPEN_CLIP):
-        return open_clip_variant(model.removeprefix(OPEN_CLIP), name)
+    if model.startswith(TIMM_SPEC):
+        return timm_variant(model.removeprefix(TIMM_SPEC), name)
+    if model.startswith(OPEN_CLIP_SPEC):
+        return open_clip_variant(model.removeprefix(OPEN_CLIP_SPEC), name)
     return None
 
 

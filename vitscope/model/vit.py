@@ -17,7 +17,8 @@ Attention path, decided once here:
   and token count by measurement at load (``kernels.py``: fused SDPA, or query-chunked matmuls where
   they were measured faster; no N x N tensor either way; SDPA until a plan is set, ``use_kernels``);
 * the requested block computes only the query's row of attention, (B, heads, N);
-* blocks after it never run.
+* blocks after it never run, unless the request wants predictions (``recording_final``): then they
+  run once, in the same pass, for the head.
 ``explicit=True`` switches every block to the reference maths, an explicit N x N softmax as DINO's
 ``get_last_selfattention`` (and the seed article) compute it: tests check the two paths agree and
 the benchmark times both.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -39,6 +42,24 @@ from .layers import AttentionPool, Block, PatchEmbed
 from .position import Rope, RopePositionEmbedding, resize_pos_embed
 from .text import TextTransformer
 from .variants import CLS, FAMILIES, HEAD_BLOCKS, PROBE, Variant, resolve_layer
+
+
+@dataclass
+class Recording:
+    """What one recorded pass keeps for the predictions (``VisionTransformer.recording_final``)."""
+
+    model: VisionTransformer
+    final: list[torch.Tensor] = field(default_factory=list)  # ``head_tokens``, once the last block has run
+    earlier: dict[int, torch.Tensor] = field(default_factory=dict)  # block index -> its normed [CLS] (cls4_mean heads)
+
+    def note(self, index: int, tokens: torch.Tensor) -> None:
+        """Keep block ``index``'s normed [CLS] if a cls4_mean head reads it."""
+        model = self.model
+        if model.variant.head_input == "cls4_mean" and model.depth - HEAD_BLOCKS <= index < model.depth - 1:
+            self.earlier[index] = model.norm(tokens[:, 0])  # (B, C)
+
+
+RECORDING: ContextVar[Recording | None] = ContextVar("vitscope_recording", default=None)
 
 
 class VisionTransformer(nn.Module):
@@ -88,8 +109,6 @@ class VisionTransformer(nn.Module):
             if isinstance(parameter := getattr(self, name, None) if name else None, nn.Parameter):
                 nn.init.trunc_normal_(parameter, std=0.02)
         self.apply(_init_weights)
-        self._final: list[torch.Tensor] | None = None  # set by ``recording_final`` for one call
-        self._earlier: dict[int, torch.Tensor] = {}  # while recording: block index -> its normed [CLS] (cls4_mean heads)
 
     @property
     def depth(self) -> int:
@@ -182,50 +201,62 @@ class VisionTransformer(nn.Module):
         return scores + self.logit_bias.float() if self.variant.logit_bias else scores
 
     def head_tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """What the predictions read, from a full pass: the last block's normed tokens (B, N, C), and for a
-        cls4_mean head the normed [CLS] of the 3 blocks before it (B, 3, C)."""
-        with self.recording_final() as final:
-            tokens, rope = self.prepare_tokens(x)
-            self.finish(tokens, 0, rope)
-        return final
+        """What the predictions read, from a pass of its own: the last block's normed tokens (B, N, C), and
+        for a cls4_mean head the normed [CLS] of the 3 blocks before it (B, 3, C)."""
+        recording = Recording(self)
+        tokens, rope = self.prepare_tokens(x)
+        self._run_rest(recording, tokens, 0, rope)
+        return recording.final
 
     @contextmanager
     def recording_final(self, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
         """Within it, the layered passes below (``get_cls_attention_layers``, ``get_features_and_cls_attention``,
         rollout) also run the blocks after the ones they need, once, and append what the predictions read
-        (``head_tokens``) to the list it yields: the predictions come from the same forward pass."""
-        final: list[torch.Tensor] = []
-        self._final = final if enabled else None
-        self._earlier = {}
+        (``head_tokens``) to the list it yields: the predictions come from the same forward pass. The
+        recording belongs to the calling context (a ``ContextVar``): passes in other threads or tasks
+        never see it; it does not nest."""
+        if self._recording() is not None:
+            raise RuntimeError("recording_final does not nest: one pass records at a time")
+        recording = Recording(self)
+        token = RECORDING.set(recording if enabled else None)
         try:
-            yield final
+            yield recording.final
         finally:
-            self._final, self._earlier = None, {}
+            RECORDING.reset(token)
 
-    def note(self, index: int, tokens: torch.Tensor) -> None:
-        """While recording for a cls4_mean head: keep the normed [CLS] of block ``index``'s output ``tokens``."""
-        if self.recording and self.variant.head_input == "cls4_mean" and self.depth - HEAD_BLOCKS <= index < self.depth - 1:
-            self._earlier[index] = self.norm(tokens[:, 0])  # (B, C)
+    def _recording(self) -> Recording | None:
+        recording = RECORDING.get()
+        return recording if recording is not None and recording.model is self else None
 
     @property
     def recording(self) -> bool:
-        """Whether a ``recording_final`` wants the last block's tokens of the pass now running."""
-        return self._final is not None and not self._final
+        """Whether a ``recording_final`` wants what the predictions read from the pass now running."""
+        recording = self._recording()
+        return recording is not None and not recording.final
+
+    def note(self, index: int, tokens: torch.Tensor) -> None:
+        """While recording for a cls4_mean head: keep the normed [CLS] of block ``index``'s output ``tokens``."""
+        recording = self._recording()
+        if recording is not None and not recording.final:
+            recording.note(index, tokens)
 
     def finish(self, tokens: torch.Tensor, ran: int, rope: Rope | None) -> None:
         """While ``recording_final``: run blocks ``ran..`` on ``tokens`` (the output of the first ``ran``) and record the result."""
-        if self._final is None or self._final:
-            return
+        recording = self._recording()
+        if recording is not None and not recording.final:
+            self._run_rest(recording, tokens, ran, rope)
+
+    def _run_rest(self, recording: Recording, tokens: torch.Tensor, ran: int, rope: Rope | None) -> None:
         for index, blk in enumerate(cast(list[Block], self.blocks)[ran:], start=ran):
             tokens = blk(tokens, rope)
-            self.note(index, tokens)
-        self._final.append(self.norm(tokens))
+            recording.note(index, tokens)
+        recording.final.append(self.norm(tokens))
         if self.variant.head_input == "cls4_mean":
             wanted = range(self.depth - HEAD_BLOCKS, self.depth - 1)
-            if any(i not in self._earlier for i in wanted):  # a pass that did not note them: predictions run their own
-                self._final.clear()
+            if any(i not in recording.earlier for i in wanted):  # a pass that did not note them: predictions run their own
+                recording.final.clear()
                 return
-            self._final.append(torch.stack([self._earlier[i] for i in wanted], dim=1))  # (B, 3, C)
+            recording.final.append(torch.stack([recording.earlier[i] for i in wanted], dim=1))  # (B, 3, C)
 
     def use_kernels(self, plan: KernelPlan) -> None:
         """Run every block's attention with the kernels ``plan`` chose (``kernels.plan_kernels``)."""

@@ -39,8 +39,9 @@ class Prepared:
     method: Method  # the method the options name
     precision: str  # what runs: options.precision resolved by the service's PrecisionPlan
     preprocess_ms: float
-    cost_s: float = 0.0  # the estimated seconds of its forward pass (0: no cost model)
+    cost_s: float = 0.0  # the estimated seconds of its forward pass and predictions (0: no cost model)
     deadline: float | None = None  # unix time; see ImageRequest
+    blocks: float = 0.0  # the block-equivalents its pass runs (the method's, and the head's rest), for the 413 message
 
 
 def ingest(decoded: Decoded, received: float, default_timeout_s: float | None = None) -> Decoded:
@@ -93,7 +94,7 @@ def over_budget(items: Sequence[Prepared], total: float, cost: CostModel, budget
     """The 413 message: the estimate, the budget, and how to come within it."""
     largest = max(items, key=lambda item: item.cost_s)
     method = largest.method
-    blocks = method.cost_blocks(largest.options)
+    blocks = largest.blocks or method.cost_blocks(largest.options)
     h, w = largest.image.image_size
     p, prefix = variant.patch_size, variant.num_prefix_tokens
     fits = max(cost.tokens_within(budget_s / len(items), blocks) - prefix, 1)  # patch tokens

@@ -167,11 +167,14 @@ class AttentionService:
         )
         tensor = to_tensor(image.image, self.variant.mean, self.variant.std)  # (3, H, W)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        cost_s = 0.0
+        cost_s, blocks = 0.0, method.cost_blocks(options)
+        if self.predictor.wanted(options):  # the head reads the last block: the blocks after the method's run too
+            blocks += self.variant.depth - 1 - options.layer
         if self.cost is not None:
             tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
-            cost_s = self.cost.estimate(tokens, method.cost_blocks(options))
-        return Prepared(tensor, image, options, method, self.precisions.resolve(options.precision), elapsed_ms, cost_s, request.deadline)
+            cost_s = self.cost.estimate(tokens, blocks) + self.predictor.text_cost_s(options, self.cost)
+        precision = self.precisions.resolve(options.precision)
+        return Prepared(tensor, image, options, method, precision, elapsed_ms, cost_s, request.deadline, blocks)
 
     def predict(self, items: Sequence[Prepared]) -> list[Computed]:
         """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
