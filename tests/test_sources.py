@@ -25,6 +25,7 @@ from bench.timing import hugging_face_twin
 from scripts import archive
 from testkit.checkpoints import encode, random_rgb, tiny_replica
 from testkit.torchserve import private_torchserve
+from tests.support.references import timm_attention
 from vitscope import layout
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
 from vitscope.model.sources import default_name, detect_layout, load_checkpoint, variant_from_hf_config
@@ -160,24 +161,6 @@ TIMM_MODELS = {  # our hub name -> timm's model (random weights made by timm)
 }
 
 
-def timm_attention(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The [CLS] rows of every block's attention (B, blocks, heads, N), recovered from timm's own
-    forward pass: its attention modules switched to their explicit softmax path, whose dropout
-    (identity at inference) receives the attention probabilities."""
-    rows: list[torch.Tensor] = []
-    hooks = []
-    for block in model.blocks:
-        block.attn.fused_attn = False
-        hooks.append(block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: rows.append(out[:, :, 0])))
-    try:
-        with torch.inference_mode():
-            model.forward_features(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return torch.stack(rows, dim=1)
-
-
 @pytest.mark.parametrize("name", list(TIMM_MODELS))
 def test_a_timm_file_gives_timms_attention(tmp_path: Path, name: str) -> None:
     base = tiny_replica(name)
@@ -191,7 +174,7 @@ def test_a_timm_file_gives_timms_attention(tmp_path: Path, name: str) -> None:
     assert loaded.variant.pretrain_img_size == 6 * p or base.rope_base  # the grid read from the tensors (RoPE: none)
     for h, w in ((6 * p, 6 * p), (5 * p, 9 * p)):
         x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h + w))
-        torch.testing.assert_close(ours(loaded.state, loaded.variant, x), timm_attention(reference, x), **TOL)
+        torch.testing.assert_close(ours(loaded.state, loaded.variant, x), timm_attention(reference, x)[..., 0, :], **TOL)
 
 
 def test_a_training_checkpoint_with_prefixes_and_heads(tmp_path: Path) -> None:

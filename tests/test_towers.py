@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.support.references import captured, timm_attention
 from vitscope.model.checkpoint import CheckpointError, build_model, check_state_dict
 from vitscope.model.sources import Loaded, base_from_spec, load_checkpoint
 from vitscope.model.tokenizer import OPENCLIP_BPE
@@ -335,23 +336,6 @@ class _quiet:
         logging.getLogger("timm").setLevel(logging.NOTSET)
 
 
-def timm_attention(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """Every block's full softmax attention (B, blocks, heads, N, N) from timm's own forward pass: its
-    explicit path (fused attention off), whose dropout (identity at inference) receives the weights."""
-    found: list[torch.Tensor] = []
-    hooks = []
-    for block in model.blocks:
-        block.attn.fused_attn = False
-        hooks.append(block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: found.append(out)))
-    try:
-        with torch.inference_mode():
-            model.forward_features(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return torch.stack(found, dim=1)
-
-
 def timm_probe(model: Any, x: torch.Tensor) -> torch.Tensor:
     """timm's attention pool's probe over the final normed tokens, recomputed from ``attn_pool``'s own
     projections as its explicit path does: (B, heads, N)."""
@@ -488,22 +472,13 @@ def open_clip_rows(model: Any, x: torch.Tensor) -> torch.Tensor:
     """The [CLS] rows of every residual block of open_clip's image tower (B, blocks, heads, N): each
     block's nn.MultiheadAttention re-run on its normed input with need_weights (its forward passes
     need_weights=False)."""
-    found: list[torch.Tensor] = []
+    blocks = {id(block.ln_1): block for block in model.visual.transformer.resblocks}
 
-    def capture(block: Any) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: object, normed: torch.Tensor) -> None:
-            found.append(block.attn(normed, normed, normed, need_weights=True, average_attn_weights=False)[1][:, :, 0])
+    def rows(norm: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+        attn = blocks[id(norm)].attn
+        return attn(normed, normed, normed, need_weights=True, average_attn_weights=False)[1][:, :, 0]
 
-        return hook
-
-    hooks = [block.ln_1.register_forward_hook(capture(block)) for block in model.visual.transformer.resblocks]
-    try:
-        with torch.inference_mode():
-            model.encode_image(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return torch.stack(found, dim=1)
+    return captured(lambda: model.encode_image(x), (block.ln_1 for block in blocks.values()), rows)
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
