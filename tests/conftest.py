@@ -22,11 +22,11 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import backbone_state, full_checkpoint, save
 from testkit.handler import MODEL_NAME
-from testkit.torchserve import PrivateServer, TorchServe, private_torchserve
+from testkit.torchserve import ModelApiServer, PrivateServer, TorchServe, model_api_torchserve, private_torchserve
 from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
-E2E_FIXTURES = ("served", "torchserve", "browser")  # they start a JVM (TorchServe) or a browser
+E2E_FIXTURES = ("served", "torchserve", "model_api", "browser")  # they start a JVM (TorchServe) or a browser
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,6 +40,16 @@ def torchserve() -> TorchServe:
     """Starts a private TorchServe (free ports, its own temp dir, always stopped): ``with
     torchserve(store, name) as server``. Its tests are e2e."""
     return private_torchserve
+
+
+@pytest.fixture(scope="session")
+def model_api() -> Iterator[ModelApiServer]:
+    """One TorchServe for the session with the model-registration API on and no model of its own
+    (config.properties otherwise): a test that only needs its archive served by a TorchServe
+    registers it (``with model_api.register(store / f"{name}.mar") as name``, unregistered after)
+    instead of starting a JVM of its own. Its tests are e2e."""
+    with model_api_torchserve() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import TINY, encode, random_rgb
 from testkit.handler import answer
-from testkit.torchserve import TorchServe
+from testkit.torchserve import ModelApiServer
 from tests.support.services import tiny_service
 from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
 from vitscope.model.checkpoint import build_model
@@ -90,7 +90,7 @@ def test_the_budget_defaults_to_half_the_response_timeout() -> None:
     assert create_service({"model": TINY.name, "weights": "random"}, None).cost is None  # a library user: no admission
 
 
-def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, torchserve: TorchServe) -> None:
+def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, model_api: ModelApiServer) -> None:
     """dino_vitb8 (random weights), a 1024x1024 rollout: 16,384 tokens, at max_tokens, valid. With a
     responseTimeout of 20 s TorchServe would kill the worker after 20 s of computing; the estimate
     refuses it at once, the worker keeps its pid, and the next request is answered."""
@@ -102,8 +102,8 @@ def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, to
     args = ["--model", variant.name, "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
     assert archive.main(args) == 0
     image = encode(random_rgb(1024, 1024, seed=2), "JPEG")
-    with torchserve(store, variant.name) as server:
-        management = server.props["management_address"]
+    with model_api.register(store / f"{variant.name}.mar"):  # its model-config.yaml (responseTimeout 20) applies
+        management = model_api.props["management_address"]
 
         def pid() -> int:
             return requests.get(f"{management}/models/{variant.name}", timeout=30).json()[0]["workers"][0]["pid"]
@@ -111,11 +111,12 @@ def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, to
         before = pid()
         start = time.monotonic()
         huge = {"short_side": "1024", "method": "rollout"}
-        reply = requests.post(server.url(variant.name), files={"data": image}, data=huge, timeout=120)
+        reply = requests.post(model_api.url(variant.name), files={"data": image}, data=huge, timeout=120)
         elapsed = time.monotonic() - start
         assert reply.status_code == 413, reply.text
         error = reply.json()["error"]
         assert "over its budget of 10 s per request" in error and "use a patch-16 model (4x fewer tokens)" in error and elapsed < 10
-        small = requests.post(server.url(variant.name), files={"data": image}, data={"short_side": "224", "upsample": "false"}, timeout=120)
+        small_request = {"short_side": "224", "upsample": "false"}
+        small = requests.post(model_api.url(variant.name), files={"data": image}, data=small_request, timeout=120)
         assert small.status_code == 200, small.text
         assert pid() == before

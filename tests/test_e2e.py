@@ -25,7 +25,7 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
-from testkit.torchserve import TorchServe
+from testkit.torchserve import ModelApiServer
 from vitscope.methods import METHODS
 from vitscope.model.variants import IMAGENET_MEAN, IMAGENET_STD
 from vitscope.vocab import DEFAULT_METHOD, ModelFacts
@@ -155,7 +155,7 @@ def test_bad_request_gets_400_and_the_worker_keeps_serving(served: Served, kwarg
     assert bad.status_code == 400, bad.text[:300]
     assert bad.headers["Content-Type"].startswith("application/json")
     assert message in bad.json()["error"]
-    good = requests.post(served.url, data=encode(random_rgb(40, 40)), timeout=TIMEOUT)
+    good = requests.post(served.url, files={"data": encode(random_rgb(40, 40))}, data={"scale": "1"}, timeout=TIMEOUT)  # small: liveness
     assert good.status_code == 200
     assert worker_pids(served) == pids  # no worker restart
 
@@ -172,19 +172,25 @@ def test_concurrent_mixed_requests_each_get_their_own_answer(served: Served) -> 
     log = served.log_dir / "model_log.log"
     batches_before = log.read_text().count("batch of")
 
-    def send(i: int) -> requests.Response:  # the patch grid: the answers are compared, not their upsampling
-        return requests.post(served.url, files={"data": payloads[i]["data"]}, data={"upsample": "false"}, timeout=TIMEOUT)
+    small = {"scale": "1", "upsample": "false"}  # the sizes as sent (grids 4x4, 3x6, 4x4, 5x2), the patch grid: compared, not upsampled
+
+    def send(i: int) -> requests.Response:
+        return requests.post(served.url, files={"data": payloads[i]["data"]}, data=small, timeout=TIMEOUT)
 
     with ThreadPoolExecutor(len(payloads) + 1) as pool:
-        slow = pool.submit(
-            requests.post, served.url, files={"data": encode(random_rgb(64, 64))}, data={"short_side": "1024"}, timeout=TIMEOUT
+        slow = pool.submit(  # slow in its forward pass (4,096 tokens), not in encoding 1024x1024 upsampled maps as JSON
+            requests.post,
+            served.url,
+            files={"data": encode(random_rgb(64, 64))},
+            data={"short_side": "1024", "upsample": "false"},
+            timeout=TIMEOUT,
         )
         time.sleep(0.2)  # the worker is busy with the slow request while the others queue up
         replies = list(pool.map(send, range(len(payloads))))
         assert slow.result().status_code == 200
     assert [r.status_code for r in replies] == [200, 200, 200, 200, 400]
     for payload, reply in zip(payloads[:4], replies[:4], strict=True):
-        expected = in_process(served, {"data": payload["data"], "upsample": "false"})
+        expected = in_process(served, {"data": payload["data"], **small})
         assert reply.json()["image_size"] == expected["image_size"]
         np.testing.assert_allclose(attention_of(reply), np.asarray(expected["attention"]), atol=1e-6)
     assert log.read_text().count("batch of") > batches_before  # TorchServe really handed over a batch
@@ -242,15 +248,16 @@ def test_random_weights_archive(tmp_path: Path) -> None:
     assert "scripts.download" not in imported and not any(n.startswith(("scripts/", "tests/")) for n in names)
 
 
-def test_dinov2_with_registers_is_served(tmp_path: Path, torchserve: TorchServe) -> None:
+def test_dinov2_with_registers_is_served(tmp_path: Path, model_api: ModelApiServer) -> None:
     """docs/models.md's DINOv2 walk-through: archive dinov2_vits14_reg (random weights), serve it, and curl a
-    non-square image with registers=true (its own TorchServe: the model API is off by default)."""
+    non-square image with registers=true (registered on the session's model-API TorchServe: the served
+    fixture's has the model API off, as by default)."""
     name, store = "dinov2_vits14_reg", tmp_path / "store"
     assert archive.main(["--model", name, "--weights", "random", "--export-path", str(store)]) == 0
     (tmp_path / "img.png").write_bytes(encode(random_rgb(300, 200, seed=9)))
     out = tmp_path / "out.json"
-    with torchserve(store, name) as server:
-        command = ["curl", "-sS", "--fail-with-body", "-F", f"data=@{tmp_path / 'img.png'}", "-F", "registers=true", server.url(name)]
+    with model_api.register(store / f"{name}.mar"):
+        command = ["curl", "-sS", "--fail-with-body", "-F", f"data=@{tmp_path / 'img.png'}", "-F", "registers=true", model_api.url(name)]
         subprocess.run([*command, "-o", str(out)], check=True, timeout=TIMEOUT)
     doc = orjson.loads(out.read_bytes())
     attention, registers = np.asarray(doc["attention"]), np.asarray(doc["registers"])

@@ -24,7 +24,7 @@ import yaml
 from bench.timing import hugging_face_twin
 from scripts import archive
 from testkit.checkpoints import encode, random_rgb, tiny_replica
-from testkit.torchserve import private_torchserve
+from testkit.torchserve import ModelApiServer
 from tests.support.references import timm_attention
 from vitscope import layout
 from vitscope.model.checkpoint import CheckpointError, build_model, filter_state_dict
@@ -237,14 +237,14 @@ def test_an_archived_hugging_face_model_serves_transformers_attention(tmp_path: 
     assert description["name"] == "my_dino" and description["source"] == settings["source"] and description["mean"] == [0.5, 0.4, 0.3]
 
 
-def test_a_hugging_face_archive_is_served_under_its_name(tmp_path: Path) -> None:
-    """Through TorchServe: /predictions/<NAME> answers, naming the model NAME."""
+def test_a_hugging_face_archive_is_served_under_its_name(tmp_path: Path, model_api: ModelApiServer) -> None:
+    """Through TorchServe (the session's model-API one): /predictions/<NAME> answers, naming the model NAME."""
     folder = tmp_path / "rad-dino-like"
     hf_dinov2().save_pretrained(folder)
     store = tmp_path / "store"
     assert archive.main(["--weights", str(folder), "--export-path", str(store)]) == 0  # NAME from the directory
-    with private_torchserve(store, "rad-dino-like") as server:
-        reply = requests.put(server.url("rad-dino-like"), data=encode(random_rgb(64, 96)), timeout=60)
+    with model_api.register(store / "rad-dino-like.mar") as name:
+        reply = requests.put(model_api.url(name), data=encode(random_rgb(64, 96)), timeout=60)
     assert reply.status_code == 200, reply.text
     body = orjson.loads(reply.content)
     assert body["model"] == "rad-dino-like" and body["weights"].startswith("model.safetensors@sha256:") and body["patch_size"] == 8

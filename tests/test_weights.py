@@ -75,7 +75,8 @@ def server() -> Iterator[FileServer]:
             self.wfile.write(payload)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's teardown
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
@@ -85,18 +86,24 @@ def server() -> Iterator[FileServer]:
         httpd.server_close()
 
 
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory) -> dict[str, bytes]:
+    """The bytes of the tiny checkpoints (made once: bytes are immutable, each test gets its own server)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return {
+        TEST_CKPT.name: save(backbone_state(seed=7), root / "a.pth").read_bytes(),
+        TEST_FULL.name: save(full_checkpoint(backbone_state(seed=8)), root / "b.pth").read_bytes(),
+    }
+
+
 @pytest.fixture
-def table(monkeypatch, server: FileServer, tmp_path_factory) -> dict[str, bytes]:
+def table(monkeypatch, server: FileServer, checkpoint_bytes: dict[str, bytes]) -> dict[str, bytes]:
     """Register tiny checkpoints in the table, served by ``server`` under DINO's URL layout."""
     monkeypatch.setitem(catalogue.CHECKPOINTS, TEST_CKPT.name, TEST_CKPT)
     monkeypatch.setitem(catalogue.CHECKPOINTS, TEST_FULL.name, TEST_FULL)
     monkeypatch.setitem(catalogue.DEFAULT_CHECKPOINTS, "dino_vitt16", TEST_CKPT.name)
     monkeypatch.setenv(catalogue.WEIGHTS_URL_ENV, server.url + "/dino/")
-    root = tmp_path_factory.mktemp("ckpt")
-    blobs = {
-        TEST_CKPT.name: save(backbone_state(seed=7), root / "a.pth").read_bytes(),
-        TEST_FULL.name: save(full_checkpoint(backbone_state(seed=8)), root / "b.pth").read_bytes(),
-    }
+    blobs = dict(checkpoint_bytes)
     for checkpoint in (TEST_CKPT, TEST_FULL):
         server.files[f"/dino/dino_vittiny16_test/{checkpoint.filename}"] = blobs[checkpoint.name]
     return blobs
