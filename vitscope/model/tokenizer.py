@@ -23,7 +23,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import regex  # type: ignore[import-untyped, unused-ignore]  # no stubs in the pinned dev set (types-regex)
 import torch
 
 if TYPE_CHECKING:
@@ -143,6 +142,8 @@ class ClipTokenizer:
         self.sot_token_id, self.eot_token_id = self.vocab[special[0]], self.vocab[special[1]]
         self._special = {token: self.vocab[token] for token in special}
         self._byte_encoder = bytes_to_unicode()
+        import regex  # type: ignore[import-untyped, unused-ignore]  # only a CLIP text tower needs it (the text extra); no stubs
+
         names = "|".join(regex.escape(token) for token in special)
         # IGNORECASE as open_clip (the text is lower case already; it only matters to the special names)
         self._pattern = regex.compile(f"{names}|{CLIP_PATTERN}", regex.IGNORECASE)
