@@ -322,6 +322,7 @@ def parse(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEF
         top_k=_checked_top_k(parsed, facts),
         labels=parsed.get("labels"),
     )
+    method.validate(options, facts)
     return Parsed(method, options)
 
 

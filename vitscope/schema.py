@@ -55,6 +55,8 @@ class AttentionResult:
     method_fields: dict[str, object] = field(default_factory=dict, metadata=NOT_IN_SCHEMA)  # how it ran, after ``method``
     mask: float | None = field(default=None, metadata=OPTIONAL)  # threshold t of the masks
     query: str | None = field(default=None, metadata=OPTIONAL)  # the token the maps are of, when the request named one
+    # What each relevance map explains, in order (the explanation methods): {target, index?, label?, score}
+    targets: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
     # The top classes (of the head, or of the request's labels), most probable first: {index, label, probability}
     predictions: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_SCHEMA)  # output name -> array

@@ -70,6 +70,8 @@ class ModelFacts:
     queries: tuple[str, ...] = ("cls",)  # the queries its maps can be of, the one it pools by first
     num_classes: int = 0  # its classifier head's classes (0: none)
     text: bool = False  # a text tower: zero-shot ``labels=``
+    labels: tuple[str, ...] = ()  # the head's class names (the service sets them: ``Predictor.labels``)
+    max_targets: int = 16  # targets one explanation request may name (the max_targets setting: targets.DEFAULT_MAX_TARGETS)
 
     @classmethod
     def of(cls, model: _Model) -> ModelFacts:

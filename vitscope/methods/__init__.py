@@ -7,6 +7,10 @@
     features    what the feature methods share: a block's normed patch features, features=true
     similarity  method=similarity: cosine similarity of the patch features to the patch at a point
     pca         method=pca: the PCA colours of the patch features (foreground, a reusable basis)
+    explain     what the explanation methods share: target=, the relevance output, the goals
+    legrad      method=legrad: LeGrad, each late block's score's gradient on its attention
+    chefer      method=chefer: Chefer's gradient x attention rule through every block
+    gradcam     method=gradcam: Grad-CAM on a block's tokens
 
 To add a method: write a module with a ``Method`` subclass and ``METHOD = YourMethod()``, and add
 its name to ``MODULES`` below (docs/guides/method.md). A method imports the option vocabulary from
@@ -28,6 +32,9 @@ MODULES: tuple[str, ...] = (
     "rollout",
     "similarity",
     "pca",
+    "legrad",
+    "chefer",
+    "gradcam",
 )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import OptionError
-from ..vocab import Options, OptionSpec, OutputSpec
+from ..vocab import ModelFacts, Options, OptionSpec, OutputSpec
 
 if TYPE_CHECKING:
     from ..model.vit import VisionTransformer
@@ -77,6 +77,9 @@ class Method(ABC):
         """Block-equivalents of the forward pass a request runs: blocks ``0..layer`` (the deepest of
         ``layers``) times ``cost_factor``."""
         return (options.layer + 1) * self.cost_factor
+
+    def validate(self, options: Options, facts: ModelFacts) -> None:  # noqa: B027 (optional hook: most methods need none)
+        """Reject (``OptionError``) what the parsed options ask of a model that lacks it (defaults included)."""
 
     def check(self, options: Options, image_size: tuple[int, int]) -> None:  # noqa: B027 (optional hook: most methods need none)
         """Reject (``OptionError``) what only the processed image's size (H, W) can tell is wrong."""

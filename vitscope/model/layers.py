@@ -4,7 +4,7 @@ SigLIP's attention-pool head. ``vit.py`` assembles image towers from them, ``tex
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +193,18 @@ class Attention(nn.Module):
         return logits.float().softmax(dim=-1).squeeze(2)  # (B, heads, N), fp32 even under bf16
 
 
+class Trace(NamedTuple):
+    """What a block's pass with autograd keeps for a gradient method (``Block.traced``): the normed input
+    ``h`` (B, N, C) (Grad-CAM's activations), the queries (scaled), keys and values (B, heads, N, d), and the
+    attention output ``o`` (B, heads, N, d) whose gradient dO gives dS/dA = dO V^T, one row chunk at a time."""
+
+    h: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+
+
 class BlockFacts(Protocol):
     """What a block reads of its tower's architecture (``Variant``, ``TextVariant``)."""
 
@@ -238,6 +250,16 @@ class Block(nn.Module):
         """(B, N, C) -> (B, heads, N): this block's attention row of the query of token ``index``."""
         return self.attn.cls_attention(self.norm1(x), rope, explicit, index)
 
+    def traced(self, x: torch.Tensor, rope: Rope | None = None) -> tuple[torch.Tensor, Trace]:
+        """``forward`` (the same maths, fused SDPA, whose backward holds no N x N tensor either) keeping
+        what a gradient method reads: (B, N, C) -> (B, N, C) and this block's ``Trace``."""
+        B, N, C = x.shape
+        h = self.norm1(x)
+        q, k, v = self.attn._qkv(h, rope)  # (B, heads, N, d) each
+        o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        x = x + self.ls1(self.attn.proj(o.transpose(1, 2).reshape(B, N, C)))
+        return x + self.ls2(self.mlp(self.norm2(x))), Trace(h, q * self.attn.scale, k, v, o)
+
 
 class AttentionPool(nn.Module):
     """SigLIP's attention-pool head (timm's ``AttentionPoolLatent``, transformers' ``SiglipMultiheadAttentionPoolingHead``):
@@ -264,6 +286,16 @@ class AttentionPool(nn.Module):
         q = self._split(self.q(self.latent).expand(x.shape[0], -1, -1))  # (B, heads, 1, d)
         k = self._split(F.linear(x, *(t.chunk(2)[0] for t in (self.kv.weight, self.kv.bias))))  # (B, heads, N, d)
         return ((q * self.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1).squeeze(2)  # (B, heads, N)
+
+    def traced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the probe's attention explicit (one row per head, no N x N): (B, N, C) ->
+        the pooled (B, C) and the attention (B, heads, N) it was computed with, for its gradient."""
+        B, _, C = x.shape
+        q = self._split(self.q(self.latent).expand(B, -1, -1))  # (B, heads, 1, d)
+        k, v = (self._split(t) for t in self.kv(x).chunk(2, dim=-1))  # (B, heads, N, d) each
+        weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0]  # (B, heads, N): the tensor the gradient is of
+        pooled = self.proj((weights[:, :, None] @ v).transpose(1, 2).reshape(B, 1, C))  # (B, 1, C)
+        return (pooled + self.mlp(self.norm(pooled)))[:, 0], weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, C = x.shape

@@ -10,6 +10,7 @@ from ..model.kernels import ATTENTION_KERNELS
 from ..model.variants import DEFAULT_MODEL, Variant, get_variant, variant_from_mapping
 from ..options import DEFAULTS, FORMATS, Defaults
 from ..precision import PRECISIONS
+from ..targets import DEFAULT_MAX_TARGETS
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ class ServiceConfig:
     source: str = ""  # e.g. "huggingface dinov2 (model.safetensors)", "timm (x.safetensors)", "hub (x.pth)"
     # A classifier head's class names, one per class (archived from id2label, LABELS= or ImageNet's); () : "class <i>"
     labels: tuple[str, ...] = ()
+    max_targets: int = DEFAULT_MAX_TARGETS  # targets one explanation request may name (target=); more -> 400
     tokenizer: str = ""  # the archive's folder of tokenizer files for a text tower (CLIP, SigLIP); "": none
 
     @classmethod

@@ -15,6 +15,7 @@ pass, across requests. In order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from ..errors import RequestError
 from ..image import prepare_image
 from ..methods import METHODS, Method
 from ..methods.base import ForwardSpec
+from ..methods.explain import ExplainMethod, targets_of
 from ..model.catalogue import licence_of
 from ..model.variants import Variant
 from ..model.vit import VisionTransformer
@@ -37,6 +39,7 @@ from ..precision import PRECISIONS, PrecisionPlan, autocast, plan_precisions
 from ..predictions import Predictor
 from ..protocols.base import Decoded
 from ..schema import AttentionResult, ImageRequest
+from ..targets import EMBEDDING, offered
 from ..vocab import DEFAULT_METHOD, ModelFacts
 from . import admission
 from .admission import Prepared
@@ -51,6 +54,7 @@ class Computed(NamedTuple):
     arrays: dict[str, np.ndarray]
     forward_ms: float
     predictions: list[dict[str, object]] | None = None
+    targets: list[dict[str, object]] | None = None  # what each relevance map explains (the explanation methods)
 
 
 class AttentionService:
@@ -77,8 +81,9 @@ class AttentionService:
         self.config = config
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.facts = ModelFacts.of(self.model)  # what option parsing and the description read of it
         self.predictor = predictor or Predictor(self.model)  # its head's classes, its text tower's tokenizer
+        # what option parsing and the description read of it
+        self.facts = dataclasses.replace(ModelFacts.of(self.model), labels=self.predictor.labels, max_targets=config.max_targets)
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
         self.cost_budget_s = cost_budget_s
         if cost is None and cost_budget_s is not None:
@@ -110,7 +115,8 @@ class AttentionService:
             admission.admit(items, self.cost, self.cost_budget_s, self.variant)
             admission.drop_late(items)
         good = [p for items in prepared for p in items if isinstance(p, Prepared)]
-        computed = dict(zip(map(id, good), self.predict(good), strict=True))
+        references = {key: value for items in prepared for key, value in self.references(items).items()}
+        computed = dict(zip(map(id, good), self.predict(good, references), strict=True))
         return [self._describe_together(items, computed) for items in prepared]
 
     def _prepare(self, request: ImageRequest) -> Prepared | RequestError:
@@ -176,7 +182,22 @@ class AttentionService:
         precision = self.precisions.resolve(options.precision)
         return Prepared(tensor, image, options, method, precision, elapsed_ms, cost_s, request.deadline, blocks)
 
-    def predict(self, items: Sequence[Prepared]) -> list[Computed]:
+    def references(self, items: Sequence[Prepared | RequestError]) -> dict[int, torch.Tensor]:
+        """For a group whose images explain ``target=embedding``: each image's reference embedding (D,), by
+        ``id``: the first image's embedding for the others, the mean of the others' for the first."""
+        group = [item for item in items if isinstance(item, Prepared)]
+        if len(group) < 2 or not any(
+            isinstance(p.method, ExplainMethod) and any(t.kind == EMBEDDING for t in targets_of(p.options)) for p in group
+        ):
+            return {}
+        embeddings = []
+        for item in group:
+            with torch.inference_mode(), autocast(self.device, item.precision):
+                embeddings.append(self.model.embed_image(self.model(item.tensor[None].to(self.device)))[0].float())  # (D,)
+        first, others = embeddings[0], torch.stack(embeddings[1:]).mean(dim=0)
+        return {id(item): (others if n == 0 else first) for n, item in enumerate(group)}
+
+    def predict(self, items: Sequence[Prepared], references: Mapping[int, torch.Tensor] | None = None) -> list[Computed]:
         """Each item's share of its method's tensors, with the milliseconds of the forward pass it was
         part of and its predictions (None: not asked); items alike in size, forward pass (``ForwardSpec``)
         and precision share one, which also gives the predictions (``VisionTransformer.recording_final``)."""
@@ -191,15 +212,27 @@ class AttentionService:
             start = time.perf_counter()
             batch = torch.stack([items[i].tensor for i in indices]).to(self.device)  # (B, 3, H, W)
             wanted = [self.predictor.wanted(items[i].options) for i in indices]
+            goals = None
+            if isinstance(method, ExplainMethod):  # each image's targets, its texts embedded (outside inference mode: autograd reads them)
+                options = [items[i].options for i in indices]
+                refs = [(references or {}).get(id(items[i])) for i in indices]
+                goals = method.goals(self.model, options, self.predictor.text_embeddings, refs, self.device)
             with torch.inference_mode(), autocast(self.device, precision), self.model.recording_final(any(wanted)) as final:
-                computed = method.compute(self.model, batch, spec)  # name -> (B, ...)
+                if isinstance(method, ExplainMethod) and goals is not None:
+                    computed = method.explain(self.model, batch, spec, goals)  # name -> (B, ...)
+                else:
+                    computed = method.compute(self.model, batch, spec)  # name -> (B, ...)
                 if any(wanted) and not final:  # a method whose pass does not record what the head reads
                     final.extend(self.model.head_tokens(batch))
             arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
             elapsed_ms = (time.perf_counter() - start) * 1000
             for n, i in enumerate(indices):
                 predictions = self.predictor.predict([t[n : n + 1] for t in final], items[i].options) if wanted[n] else None
-                results[i] = Computed({name: array[n] for name, array in arrays.items()}, elapsed_ms, predictions)
+                own = {name: array[n] for name, array in arrays.items()}
+                targets = (
+                    method.describe_targets(items[i].options, own, self.predictor.labels) if isinstance(method, ExplainMethod) else None
+                )
+                results[i] = Computed(own, elapsed_ms, predictions, targets)
         return results
 
     def describe(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> AttentionResult:
@@ -229,6 +262,7 @@ class AttentionService:
             method_fields=method.metadata(options, p),
             mask=options.mask,
             query=options.query,
+            targets=computed.targets,
             predictions=computed.predictions,
             arrays=arrays,
             outputs=method.outputs,
@@ -249,6 +283,7 @@ class AttentionService:
                 "mean": list(self.variant.mean),
                 "std": list(self.variant.std),
                 **licence_of(self.variant.family),
+                "targets": offered(self.facts),  # what target= may name (the explanation methods)
             },
             "default_method": DEFAULT_METHOD,
             "methods": [
