@@ -1,0 +1,325 @@
+"""The explanation methods (legrad, chefer, gradcam) against references written from their repositories'
+code, in the naive N x N form (every block's softmax attention explicit, its gradient read by autograd),
+on random models of every family, with registers and non-square grids; Grad-CAM also against
+pytorch-grad-cam itself."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from testkit.checkpoints import TINY, tiny_replica
+from tests.support.services import tiny_service
+from tests.test_predictions import CLASSIFIER, CLIP, DISTILLED, SIGLIP, png, service_of
+from vitscope.errors import RequestError
+from vitscope.model import relevance
+from vitscope.model.layers import Block
+from vitscope.model.vit import VisionTransformer
+from vitscope.schema import AttentionResult, ImageRequest
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+REGISTERS = replace(tiny_replica("dinov2_vits14_reg"), num_classes=5)  # a classifier with registers (patch 14)
+DINOV3 = replace(tiny_replica("dinov3_vits16"), num_classes=5)  # RoPE, storage tokens
+METHODS = ("legrad", "chefer", "gradcam")
+
+
+# ----------------------------------------------------------------------------- references (naive N x N)
+def naive_pass(model: VisionTransformer, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Every block with its softmax attention A (B, heads, N, N) explicit and kept for autograd, as the
+    repositories' hooked models: the A's, each block's normed input (norm1) and each block's output."""
+    tokens, rope = model.prepare_tokens(x)
+    attentions, inputs, outputs = [], [], []
+    for blk in model.blocks:
+        assert isinstance(blk, Block)
+        h = blk.norm1(tokens)
+        weights, v = blk.attn.explicit_weights(h, rope)  # (B, heads, N, N), (B, heads, N, d)
+        B, N, C = tokens.shape
+        tokens = tokens + blk.ls1(blk.attn.proj((weights @ v).transpose(1, 2).reshape(B, N, C)))
+        tokens = tokens + blk.ls2(blk.mlp(blk.norm2(tokens)))
+        attentions.append(weights)
+        inputs.append(h)
+        outputs.append(tokens)
+    return attentions, inputs, outputs
+
+
+def text_vectors(service, prompts: list[str]) -> torch.Tensor:
+    return service.predictor.text_embeddings(prompts).clone()
+
+
+def model_score(model: VisionTransformer, normed: torch.Tensor, target: tuple[str, object]) -> torch.Tensor:
+    """What Chefer's notebooks and pytorch-grad-cam differentiate: a class's logit; CLIP's logits_per_image
+    for a text (SigLIP's with its bias); an embedding's cosine. (B,)"""
+    kind, value = target
+    if kind == "class":
+        return model.logits(normed)[:, int(value)]  # type: ignore[call-overload]
+    embedding = F.normalize(model.embed_image(model.pool(normed)), dim=-1)
+    cosine = embedding @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
+    if kind == "text":
+        cosine = cosine * model.logit_scale.exp() + (model.logit_bias if model.variant.logit_bias else 0)
+    return cosine
+
+
+def min_max(m: torch.Tensor) -> torch.Tensor:  # LeGrad's utils.min_max (no epsilon)
+    return (m - m.min()) / (m.max() - m.min())
+
+
+def legrad_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], start: int, empty=None) -> torch.Tensor:
+    """LeGrad's compute_legrad_clip (and _siglip) for one image and one target, on the grid (before its bilinear upsampling)."""
+    kind, value = target
+    p, prefix = model.patch_size, model.num_prefix_tokens
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    with torch.enable_grad():
+        attentions, _, outputs = naive_pass(model, x.requires_grad_(True))
+        total, total_empty = 0, 0
+        for layer in range(start, model.depth):
+            feat = outputs[layer]
+            if model.attn_pool is not None:  # SigLIP: attn_pool over the raw block output, its probe's attention
+                pool = model.attn_pool
+                q = pool._split(pool.q(pool.latent).expand(feat.shape[0], -1, -1))
+                k, v = (pool._split(t) for t in pool.kv(feat).chunk(2, dim=-1))
+                probs = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, heads, 1, N)
+                o = pool.proj((probs @ v).transpose(1, 2).reshape(1, 1, -1))
+                pooled = (o + pool.mlp(pool.norm(o)))[:, 0]
+                wrt = probs
+            else:
+                pooled = model.norm(feat.mean(dim=1))  # ln_post(mean over tokens)
+                wrt = attentions[layer]
+            if kind == "class":
+                sim = model.head(pooled)[:, int(value)]  # type: ignore[index, call-overload]
+                if model.head_dist is not None:
+                    sim = (sim + model.head_dist(pooled)[:, int(value)]) / 2  # type: ignore[call-overload]
+            else:
+                sim = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
+            grad = torch.autograd.grad(sim.sum(), [wrt], retain_graph=True)[0].clamp(min=0)
+            if model.attn_pool is not None:
+                total = total + grad.mean(dim=1)[:, 0]  # (1, N)
+                if empty is not None:
+                    sim_empty = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(empty, dim=-1)
+                    grad_e = torch.autograd.grad(sim_empty.sum(), [wrt], retain_graph=True)[0].clamp(min=0)
+                    total_empty = total_empty + grad_e.mean(dim=1)[:, 0]
+            else:
+                total = total + grad.mean(dim=1).mean(dim=1)[:, prefix:]  # average over heads and query rows, patches
+    grid = total[0, -h * w :].reshape(h, w)
+    if empty is not None:
+        grid = grid.masked_fill(min_max(total_empty[0].reshape(h, w)) > 0.8, 0)
+    return min_max(grid).detach()
+
+
+def chefer_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], query: int = 0) -> torch.Tensor:
+    """Transformer-MM-Explainability's rule (its ViT notebook's generate_relevance): R = I, R += cam @ R per
+    block, the query's row over the patches (SigLIP: the probe's cam row times R)."""
+    p, prefix = model.patch_size, model.num_prefix_tokens
+    with torch.enable_grad():
+        attentions, _, outputs = naive_pass(model, x.requires_grad_(True))
+        normed = model.norm(outputs[-1])
+        probe = None
+        if model.attn_pool is not None:
+            pool = model.attn_pool
+            q = pool._split(pool.q(pool.latent).expand(1, -1, -1))
+            k, v = (pool._split(t) for t in pool.kv(normed).chunk(2, dim=-1))
+            probe = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, heads, 1, N)
+            o = pool.proj((probe @ v).transpose(1, 2).reshape(1, 1, -1))
+            pooled = (o + pool.mlp(pool.norm(o)))[:, 0]
+            kind, value = target
+            cosine = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
+            score = cosine * model.logit_scale.exp() + model.logit_bias if kind == "text" else cosine
+        else:
+            score = model_score(model, normed, target)
+        grads = torch.autograd.grad(score.sum(), attentions + ([probe] if probe is not None else []))
+    N = attentions[0].shape[-1]
+    R = torch.eye(N)[None]
+    for attention, grad in zip(attentions, grads[: len(attentions)], strict=True):
+        cam = (grad * attention).clamp(min=0).mean(dim=1)  # (1, N, N)
+        R = R + torch.bmm(cam, R)
+    row = ((grads[-1] * probe).clamp(min=0).mean(dim=1) @ R)[0, 0] if probe is not None else R[0, query]
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    return row[prefix:].reshape(h, w).detach()
+
+
+def gradcam_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], layer: int) -> torch.Tensor:
+    """pytorch-grad-cam's GradCAM with target_layers=[blocks[layer].norm1] and a reshape_transform that
+    drops the class and register tokens, on the grid: ReLU(sum_c mean(grad_c) a_c), then scale_cam_image."""
+    p, prefix = model.patch_size, model.num_prefix_tokens
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    with torch.enable_grad():
+        _, inputs, outputs = naive_pass(model, x.requires_grad_(True))
+        score = model_score(model, model.norm(outputs[-1]), target)
+        (grad,) = torch.autograd.grad(score.sum(), [inputs[layer]])
+    a = inputs[layer][0, prefix:].detach().numpy().reshape(h, w, -1).transpose(2, 0, 1)  # (C, h, w)
+    g = grad[0, prefix:].numpy().reshape(h, w, -1).transpose(2, 0, 1)
+    cam = np.maximum((g.mean(axis=(1, 2))[:, None, None] * a).sum(axis=0), 0)
+    cam = cam - cam.min()
+    return torch.from_numpy(cam / (1e-7 + cam.max()))
+
+
+# ----------------------------------------------------------------------------- helpers
+def served(service, options: dict, images: list[bytes] | None = None) -> list[AttentionResult]:
+    results = service.explain_together([[ImageRequest(image, options) for image in images or [png()]]])[0]
+    for result in results:
+        if isinstance(result, RequestError):
+            raise result
+    return results
+
+
+def tensor(service, image: bytes) -> torch.Tensor:
+    return service.prepare(ImageRequest(image, {})).tensor[None]
+
+
+FAMILIES = {
+    "vit": (CLASSIFIER, ()),
+    "deit_distilled": (DISTILLED, ()),
+    "registers": (REGISTERS, ()),
+    "dinov3": (DINOV3, ()),
+    "clip": (CLIP, ()),
+    "siglip": (SIGLIP, ()),
+}
+
+
+def family_service(name: str):
+    variant, labels = FAMILIES[name]
+    if variant.text is not None:
+        return service_of(variant, labels)
+    torch.manual_seed(0)
+    model = VisionTransformer(variant).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return tiny_service(variant, model=model, short_side=40)
+
+
+def targets_for(service, name: str) -> tuple[list[str], list[tuple[str, object]]]:
+    """Two targets the family offers, as the request names them and as the references take them."""
+    if service.variant.text is not None:
+        prompts = ["a photo of a cat", "a red car"]
+        return [f"text:{p}" for p in prompts], [("text", v) for v in text_vectors(service, prompts)]
+    return ["1", "3"], [("class", 1), ("class", 3)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_method_equals_its_reference(family: str, method: str) -> None:
+    """In fp32, every map equals the naive reference written from its repository's code to 1e-5, on a
+    non-square grid (40x56: 5x7 patches at 8; registers' 14-px patches: 2x4), each target its own map
+    from one request."""
+    service = family_service(family)
+    model = service.model
+    names, targets = targets_for(service, family)
+    (result,) = served(service, {"method": method, "target": names, "upsample": "false"})
+    ours = torch.from_numpy(result.arrays["relevance"])
+    assert ours.shape[0] == 2 and [t["target"] for t in result.targets] == [n if n.startswith("text:") else f"class {n}" for n in names]
+    x = tensor(service, png())
+    empty = text_vectors(service, [relevance.EMPTY_PROMPT])[0] if model.attn_pool is not None and method == "legrad" else None
+    for t, target in enumerate(targets):
+        if method == "legrad":
+            reference = legrad_reference(model, x.clone(), target, model.depth - 2, empty)
+        elif method == "chefer":
+            reference = chefer_reference(model, x.clone(), target)
+        else:
+            reference = gradcam_reference(model, x.clone(), target, model.depth - 1)
+        assert ours[t].shape == reference.shape
+        assert torch.allclose(ours[t], reference, **TOL), (family, method, t, (ours[t] - reference).abs().max())
+    assert not torch.allclose(ours[0], ours[1], atol=1e-3), "two targets, two different maps"
+
+
+def test_embedding_targets_on_a_backbone_equal_the_reference() -> None:
+    """DINO (no head): target=embedding explains each image's cosine to the first image's embedding (the
+    first image's: to the mean of the others'), for each method."""
+    service = tiny_service(TINY, short_side=32)
+    model = service.model
+    images = [png(32, 48, seed=s) for s in (1, 2, 3)]
+    xs = [tensor(service, image) for image in images]
+    with torch.no_grad():
+        embeddings = [model.embed_image(model(x))[0] for x in xs]
+    references = [torch.stack(embeddings[1:]).mean(0), embeddings[0], embeddings[0]]
+    for method in METHODS:
+        results = served(service, {"method": method, "target": "embedding", "upsample": "false"}, images)
+        for x, reference, result in zip(xs, references, results, strict=True):
+            target = ("embedding", reference)
+            if method == "legrad":
+                expected = legrad_reference(model, x.clone(), target, model.depth - 2)
+            elif method == "chefer":
+                expected = chefer_reference(model, x.clone(), target)
+            else:
+                expected = gradcam_reference(model, x.clone(), target, model.depth - 1)
+            assert torch.allclose(torch.from_numpy(result.arrays["relevance"][0]), expected, **TOL), method
+            cosine = F.cosine_similarity(model.embed_image(model(x))[0], reference, dim=0)
+            assert result.targets == [{"target": "embedding", "score": pytest.approx(float(cosine), abs=1e-5)}]
+
+
+def test_gradcam_equals_pytorch_grad_cam_itself() -> None:
+    """pytorch-grad-cam (pinned) on our model, target_layers=[blocks[-1].norm1] and a reshape_transform for
+    our token layout (registers and any grid), equals gradcam once resized as it resizes (cv2, linear)."""
+    cv2 = pytest.importorskip("cv2")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    for variant in (CLASSIFIER, REGISTERS):
+        service = family_service("vit" if variant is CLASSIFIER else "registers")
+        model = service.model
+        (result,) = served(service, {"method": "gradcam", "target": "2", "upsample": "false"})
+        x = tensor(service, png())
+        h, w = x.shape[-2] // model.patch_size, x.shape[-1] // model.patch_size
+
+        class Logits(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.vit = model
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                return self.vit.logits(self.vit.final_tokens(images))
+
+        def reshape(tokens: torch.Tensor) -> torch.Tensor:
+            patches = tokens[:, model.num_prefix_tokens :]
+            return patches.reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+        wrapper = Logits().requires_grad_(True)
+        with GradCAM(model=wrapper, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as cam:
+            theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(2)])[0]  # (H, W), resized
+        model.requires_grad_(False)
+        ours = cv2.resize(np.float32(result.arrays["relevance"][0]), (x.shape[-1], x.shape[-2]))
+        ours = ours - ours.min()
+        ours = ours / (1e-7 + ours.max())
+        assert np.allclose(ours, theirs, atol=1e-5), (variant.name, np.abs(ours - theirs).max())
+
+
+def test_top_is_the_prediction_and_the_predictions_come_alongside() -> None:
+    service = family_service("vit")
+    (result,) = served(service, {"method": "legrad"})
+    (top,) = result.targets
+    assert result.predictions and top["index"] == result.predictions[0]["index"] and top["target"] == "top"
+    assert top["score"] == pytest.approx(result.predictions[0]["probability"], abs=1e-6)
+    assert result.arrays["relevance"].shape == (1, 40, 56)  # upsampled as attention is
+    (explicit,) = served(service, {"method": "legrad", "target": str(top["index"])})
+    assert np.array_equal(explicit.arrays["relevance"], result.arrays["relevance"])
+
+
+def test_batched_images_with_different_targets_equal_each_alone() -> None:
+    """Images of one size share the pass whatever their targets (padding to the most): each map equals
+    the image's own request."""
+    service = family_service("clip")
+    images = [png(seed=s) for s in (4, 5)]
+    options = [{"method": m, "target": t, "upsample": "false"} for m in ("chefer",) for t in (["text:a cat"], ["text:a dog", "text:a car"])]
+    together = service.explain_together([[ImageRequest(images[0], options[0])], [ImageRequest(images[1], options[1])]])
+    for image, option, (result,) in zip(images, options, together, strict=True):
+        (alone,) = served(service, option, [image])
+        assert np.allclose(result.arrays["relevance"], alone.arrays["relevance"], atol=1e-6)
+        assert result.targets == [{**t, "score": pytest.approx(t["score"], abs=1e-6)} for t in alone.targets]
+
+
+def test_linear_memory_path_equals_the_naive_one_at_every_chunk() -> None:
+    """The row chunks (1, 7, all) give the same maps: nothing depends on how the rows are cut."""
+    service = family_service("registers")
+    model, x = service.model, tensor(service, png())
+    for function in (relevance.chefer, relevance.legrad):
+        maps = []
+        for chunk in (1, 7, 1000):
+            goals = relevance.make_goals([["class"]], [[2]], [[None]], model.variant.embed_dim, torch.device("cpu"))
+            with torch.enable_grad():
+                args = (0,) if function is relevance.chefer else (model.depth - 2,)
+                maps.append(function(model, x.clone(), goals, *args, chunk=chunk)[0])
+        assert all(torch.allclose(maps[0], m, atol=1e-6) for m in maps[1:])
