@@ -67,6 +67,12 @@ def is_describe(context: Any) -> bool:
     return bool(context.request_processor) and context.get_request_header(0, "describe") == "True"
 
 
+def is_explain(context: Any, idx: int) -> bool:
+    """Whether request ``idx`` came by ``/explanations/<model>`` (TorchServe's ``explain`` header, as
+    ``BaseHandler._is_explain`` reads it): its images default to ``method=legrad``."""
+    return request_headers(context, idx).get("explain") == "True"
+
+
 class AttentionHandler:
     """Per-head [CLS] attention of a DINO ViT, one answer per request of a batch."""
 
@@ -105,7 +111,10 @@ class AttentionHandler:
             headers = request_headers(context, idx)
             codec, row = route(raw, headers)
             try:
-                rows.append((codec, self.service.ingest(codec.decode(row, headers), received)))
+                decoded = codec.decode(row, headers)
+                if is_explain(context, idx):
+                    decoded = self.service.explaining(decoded)
+                rows.append((codec, self.service.ingest(decoded, received)))
             except RequestError as e:
                 logger.info("request rejected (%d): %s", e.status, e)
                 rows.append((codec, e))

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from tests.support.services import tiny_service
 from vitscope import options
 from vitscope.image import prepare_image
 from vitscope.methods import METHODS
+from vitscope.methods.explain import ExplainMethod
 from vitscope.service import create_service
 from vitscope_client import api, cli, draw, mirrors, response, views
 
@@ -309,7 +311,7 @@ def test_registers_survive_every_format_the_client_reads(fmt: str, tmp_path: Pat
     """The arrays an answer carries (here attention, masks, boxes, registers) reach the client whole,
     whether it asked for JSON or npz or reads a saved .npz (--from-file)."""
     variant = tiny_replica("dinov2_vits14_reg")
-    service = tiny_service(variant, weights="t")
+    backbone, classifier = tiny_service(variant, weights="t"), tiny_service(replace(variant, num_classes=3), weights="t")
     data = encode(smooth_rgb(56, 84))
     options = {"registers": "true", "upsample": "false", "layers": "0,2", "mask": "0.6", "boxes": "true"}
     (reference,) = answer(service, [{"data": data, **options}])
@@ -494,6 +496,7 @@ def test_every_method_the_server_registers_is_drawn_without_a_view(tmp_path: Pat
     for name, method in METHODS.items():
         asked = {o.asked_by: given[every_option[o.asked_by].type] for o in method.outputs if o.asked_by}
         required = {option: given[every_option[option].type] for option in method.requires}
+        service = classifier if isinstance(method, ExplainMethod) else backbone  # a decision to explain (target=top)
         (reply,) = answer(service, [{"data": data, "method": name, "upsample": "false", **asked, **required}])
         assert reply.status == 200, reply.body
         doc = {**orjson.loads(reply.body), "method": f"new_{name}"}

@@ -71,7 +71,8 @@ def test_describe_api_serves_the_registry(served: Served) -> None:
     assert served.in_process.config.source == "hub (tiny16_full.pth)"  # recorded by the archiver
     preprocessing = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": served.in_process.config.source}
     weights = served.in_process.config.weights
-    assert described["model"] == {**facts, "weights": weights, **preprocessing, "licence": "Apache-2.0", "licence_url": LICENCE}
+    targets = {"targets": ["embedding (two images or more)"]}  # a backbone: what target= may name
+    assert described["model"] == {**facts, "weights": weights, **preprocessing, "licence": "Apache-2.0", "licence_url": LICENCE, **targets}
     by_name = {m["name"]: m for m in described["methods"]}
     rollout_options = {o["name"]: o for o in by_name["rollout"]["options"]}
     assert rollout_options["head_fusion"]["choices"] == ["mean", "max", "min"] and "heads" not in rollout_options

@@ -231,7 +231,7 @@ def test_masks_with_layers_and_rollout(tiny) -> None:
         ({"layers": "0,99"}, "layers='0,99': layer=99 is out of range"),
         ({"layers": "a,b"}, "layers='a,b'"),
         ({"layers": "0,5", "layer": "3"}, "give layer=N .* or layers=.* not both"),
-        ({"method": "gradcam"}, "method='gradcam' is not one of"),
+        ({"method": "occlusion"}, "method='occlusion' is not one of"),
         ({"method": "rollout", "head_fusion": "median"}, "head_fusion='median' is not one of"),
         ({"method": "rollout", "discard_ratio": "1"}, r"discard_ratio='1' must be a number in \[0, 1\)"),
         ({"method": "rollout", "discard_ratio": "-0.1"}, "discard_ratio"),

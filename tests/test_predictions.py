@@ -22,6 +22,7 @@ from vitscope.errors import RequestError
 from vitscope.methods import METHODS
 from vitscope.model.checkpoint import CheckpointError, build_model
 from vitscope.model.rollout import cls_rollout, rollout_reference
+from vitscope.methods.explain import ExplainMethod
 from vitscope.model.sources import load_checkpoint
 from vitscope.model.tokenizer import ClipTokenizer
 from vitscope.model.variants import VARIANTS, TextVariant, Variant
@@ -290,6 +291,8 @@ def test_every_method_answers_for_every_family(variant: Variant) -> None:
     service = service_of(variant)
     needs = {"similarity": {"point": "3,3"}}
     for name in METHODS:
+        if isinstance(METHODS[name], ExplainMethod) and variant.text is not None:  # no head: a prompt to explain
+            needs[name] = {"target": "text:a photo"}
         result = explain(service, {"method": name, "upsample": "false", **needs.get(name, {})})
         main = result.arrays[result.outputs[0].name]
         assert main.shape[-2:] == (5, 7), (name, main.shape)

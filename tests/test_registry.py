@@ -22,6 +22,7 @@ from tests.support.services import tiny_service
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
 from vitscope.image import prepare_image
+from vitscope.methods.explain import ExplainMethod
 from vitscope.methods import METHODS, Method
 from vitscope.options import option_names, parse_options
 from vitscope.schema import SCHEMA_FIELDS
@@ -119,10 +120,18 @@ def test_registry_entries_declare_everything(service: AttentionService) -> None:
         raw = {"method": name, "upsample": "false", **{k: required[k] for k in method.requires}}
         if any(output.asked_by == "mask" for output in method.outputs):  # a method with masks: ask for them, and their boxes
             raw.update(mask="0.5", boxes="true")
+        if isinstance(method, ExplainMethod):  # a backbone: its embedding's cosine to another image's
+            raw["target"] = "embedding"
         options = parse_options(raw, facts)
-        method.check(options, (32, 48))
-        with torch.inference_mode():
-            computed = {k: v[0].numpy() for k, v in method.compute(service.model, x, method.forward_spec(options)).items()}
+        if isinstance(method, ExplainMethod):
+            reference = torch.randn(service.model.variant.embed_dim, generator=torch.Generator().manual_seed(1))
+            goals = method.goals(service.model, [options], service.predictor.text_embeddings, [reference], torch.device("cpu"))
+            tensors = method.explain(service.model, x, method.forward_spec(options), goals)
+        else:
+            method.check(options, (32, 48))
+            with torch.inference_mode():
+                tensors = method.compute(service.model, x, method.forward_spec(options))
+        computed = {k: v[0].numpy() for k, v in tensors.items()}
         arrays = method.arrays(options, computed, TINY.patch_size)
         assert list(arrays) == [o.name for o in method.outputs if o.name in arrays]  # declared order
         assert method.outputs[0].name in arrays and arrays[method.outputs[0].name].shape[-2:] == (2, 3)  # the main map, per patch

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import OptionError
 
 DEFAULT_METHOD = "attention"  # what a request that names no method gets (methods/ registers it)
+DEFAULT_EXPLAIN_METHOD = "legrad"  # what it gets on the explanation routes (TorchServe's /explanations, KServe's :explain)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _INTERVAL_RE = re.compile(r"^([\[(])\s*([-\d.]+)\s*,\s*([-\d.]+)\s*([\])])$")

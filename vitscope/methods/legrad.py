@@ -65,7 +65,7 @@ class LeGrad(ExplainMethod):
         self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec, goals: relevance.Goals
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = spec.param("layer_index")
-        return relevance.legrad(model, batch, goals, index if index >= 0 else model.depth + index)
+        return relevance.legrad(model, batch, goals, max(0, index if index >= 0 else model.depth + index))
 
     def empty_prompt(self, model: VisionTransformer, images: Sequence[Options], embed_texts: TextEmbedder) -> torch.Tensor | None:
         wanted = model.attn_pool is not None and model.text is not None and any(options.param("correction") for options in images)

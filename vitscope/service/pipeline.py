@@ -16,6 +16,7 @@ pass, across requests. In order:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from ..predictions import Predictor
 from ..protocols.base import Decoded
 from ..schema import AttentionResult, ImageRequest
 from ..targets import EMBEDDING, offered
-from ..vocab import DEFAULT_METHOD, ModelFacts
+from ..vocab import DEFAULT_EXPLAIN_METHOD, DEFAULT_METHOD, ModelFacts
 from . import admission
 from .admission import Prepared
 from .config import ServiceConfig
@@ -94,6 +95,13 @@ class AttentionService:
         """A request decoded by its codec, as it enters the service: its images with their deadline
         (``admission.ingest``; the model's ``deadline_s`` when the request names none). Both engines call it."""
         return admission.ingest(decoded, received, self.config.deadline_s or None)
+
+    @staticmethod
+    def explaining(decoded: Decoded) -> Decoded:
+        """A request that came by an explanation route (TorchServe's ``/explanations``, KServe's
+        ``:explain``): its images get ``method=legrad`` (``DEFAULT_EXPLAIN_METHOD``) unless they name one."""
+        requests = [replace(r, options={"method": DEFAULT_EXPLAIN_METHOD, **r.options}) for r in decoded.requests]
+        return replace(decoded, requests=requests)
 
     def deadline(self, received: float, timeout_s: float | None = None, deadline: float | None = None) -> float | None:
         """``admission.deadline`` with this model's ``deadline_s`` (if any) as the default timeout."""
