@@ -208,7 +208,7 @@ class AttentionModel(Model):
                 ADMITTED_COST.labels(self.name).observe(result.stats.get("cost_s", 0.0))
         return payload
 
-    async def explain(self, payload: Pending, headers: dict[str, str] | None = None) -> Pending:  # type: ignore[override]
+    async def explain(self, payload: Pending, headers: dict[str, str] | None = None) -> Pending:
         """KServe's v1 ``:explain`` (``/v1/models/<name>:explain``): ``predict`` with ``method=legrad`` where a
         request names no method, as TorchServe's ``/explanations``."""
         payload.decoded = self.service.explaining(payload.decoded)

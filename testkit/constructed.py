@@ -19,10 +19,12 @@ and its text tower maps the prompt ``REGION_PROMPTS[k]`` (one word) to joint dim
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import torch
 
+from vitscope.model.layers import Block
 from vitscope.model.tokenizer import Tokenizer
 from vitscope.model.variants import TextVariant, Variant
 from vitscope.model.vit import VisionTransformer
@@ -67,7 +69,7 @@ def _image_tower(model: VisionTransformer) -> None:
         model.patch_embed.proj.weight[1, 2] = 1.0 / (PATCH * PATCH)  # channel 1: mean blue
         model.cls_token[0, 0, 3] = 1.0
         model.cls_token[0, 0, 6], model.cls_token[0, 0, 7] = 10.0, -10.0
-        attn = model.blocks[0].attn
+        attn = cast(Block, model.blocks[0]).attn
         d = attn.head_dim  # 4
         C = model.variant.embed_dim
         qkv_w, qkv_b = attn.qkv.weight, attn.qkv.bias
@@ -108,7 +110,7 @@ def region_clip(tokenizer: Tokenizer) -> VisionTransformer:
             ids = [int(i) for i in tokenizer.encode([word])[0] if int(i) not in (0, 49406, 49407)]
             text.token_embedding.weight[ids, 1 + k] = 8.0
         text.token_embedding.weight[:, 3] = 1.0  # every token: a constant channel
-        attn = text.blocks[0].attn
+        attn = cast(Block, text.blocks[0]).attn
         C = REGION_TEXT.embed_dim
         for channel in range(C):
             attn.qkv.weight[2 * C + channel, channel] = 1.0  # values: the normed tokens; queries, keys 0: uniform

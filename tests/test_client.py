@@ -311,7 +311,7 @@ def test_registers_survive_every_format_the_client_reads(fmt: str, tmp_path: Pat
     """The arrays an answer carries (here attention, masks, boxes, registers) reach the client whole,
     whether it asked for JSON or npz or reads a saved .npz (--from-file)."""
     variant = tiny_replica("dinov2_vits14_reg")
-    backbone, classifier = tiny_service(variant, weights="t"), tiny_service(replace(variant, num_classes=3), weights="t")
+    service = tiny_service(variant, weights="t")
     data = encode(smooth_rgb(56, 84))
     options = {"registers": "true", "upsample": "false", "layers": "0,2", "mask": "0.6", "boxes": "true"}
     (reference,) = answer(service, [{"data": data, **options}])
@@ -489,7 +489,7 @@ def test_every_method_the_server_registers_is_drawn_without_a_view(tmp_path: Pat
     client has no view for: drawn from the outputs the server describes, its metadata and arrays split
     as the server sent them."""
     variant = tiny_replica("dinov2_vits14_reg")
-    service = tiny_service(variant, weights="t")
+    backbone, classifier = tiny_service(variant, weights="t"), tiny_service(replace(variant, num_classes=3), weights="t")
     data = encode(smooth_rgb(56, 84))
     given = {"boolean": "true", "number": "0.6", "point": "8,8"}  # a value of each type the options asking for outputs take
     every_option = options.all_options()

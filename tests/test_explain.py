@@ -251,6 +251,28 @@ def test_embedding_targets_on_a_backbone_equal_the_reference() -> None:
             assert result.targets == [{"target": "embedding", "score": pytest.approx(float(cosine), abs=1e-5)}]
 
 
+class Logits(nn.Module):
+    """Our model as pytorch-grad-cam calls a classifier: images -> logits."""
+
+    def __init__(self, model: VisionTransformer) -> None:
+        super().__init__()
+        self.vit = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit.logits(self.vit.final_tokens(images))
+
+
+class TokensToGrid:
+    """pytorch-grad-cam's reshape_transform for our token layout: the class and register tokens dropped,
+    the patches (B, h*w, C) -> (B, C, h, w)."""
+
+    def __init__(self, prefix: int, h: int, w: int) -> None:
+        self.prefix, self.h, self.w = prefix, h, w
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.prefix :].reshape(tokens.shape[0], self.h, self.w, -1).permute(0, 3, 1, 2)
+
+
 def test_gradcam_equals_pytorch_grad_cam_itself() -> None:
     """pytorch-grad-cam (pinned) on our model, target_layers=[blocks[-1].norm1] and a reshape_transform for
     our token layout (registers and any grid), equals gradcam once resized as it resizes (cv2, linear)."""
@@ -265,19 +287,8 @@ def test_gradcam_equals_pytorch_grad_cam_itself() -> None:
         x = tensor(service, png())
         h, w = x.shape[-2] // model.patch_size, x.shape[-1] // model.patch_size
 
-        class Logits(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.vit = model
-
-            def forward(self, images: torch.Tensor) -> torch.Tensor:
-                return self.vit.logits(self.vit.final_tokens(images))
-
-        def reshape(tokens: torch.Tensor) -> torch.Tensor:
-            patches = tokens[:, model.num_prefix_tokens :]
-            return patches.reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
-
-        wrapper = Logits().requires_grad_(True)
+        wrapper = Logits(model).requires_grad_(True)
+        reshape = TokensToGrid(model.num_prefix_tokens, h, w)
         with GradCAM(model=wrapper, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as cam:
             theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(2)])[0]  # (H, W), resized
         model.requires_grad_(False)
@@ -323,3 +334,99 @@ def test_linear_memory_path_equals_the_naive_one_at_every_chunk() -> None:
                 args = (0,) if function is relevance.chefer else (model.depth - 2,)
                 maps.append(function(model, x.clone(), goals, *args, chunk=chunk)[0])
         assert all(torch.allclose(maps[0], m, atol=1e-6) for m in maps[1:])
+
+
+# ----------------------------------------------------------------------------- constructed models
+def constructed_services():
+    """The region classifier and the region CLIP (testkit/constructed.py), served."""
+    from testkit.constructed import REGION_CLASSIFIER, REGION_CLIP, REGION_TEXT, region_classifier, region_clip
+    from tests.test_predictions import BPE
+    from vitscope.model.tokenizer import ClipTokenizer
+    from vitscope.predictions import Predictor
+
+    tokenizer = ClipTokenizer.from_bpe_file(BPE, REGION_TEXT.context_length)
+    clip = region_clip(tokenizer)
+    return (
+        tiny_service(REGION_CLASSIFIER, model=region_classifier(), short_side=32),
+        tiny_service(REGION_CLIP, model=clip, short_side=32, predictor=Predictor(clip, (), tokenizer)),
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_map_peaks_in_the_region_that_drives_the_decision(method: str) -> None:
+    """Class k (and prompt k) is driven by region k's patches only: for target k, the map's mass over
+    region k is at least 20 times its mass elsewhere, for both regions, for a classifier and a text tower."""
+    from testkit.checkpoints import encode
+    from testkit.constructed import REGION_PROMPTS, region_image, region_mask
+
+    classifier, clip = constructed_services()
+    for seed in (0, 1):
+        image = encode(region_image(seed))
+        for service, targets in ((classifier, ["0", "1"]), (clip, [f"text:{p}" for p in REGION_PROMPTS])):
+            (result,) = served(service, {"method": method, "target": targets, "upsample": "false"}, [image])
+            maps = result.arrays["relevance"]  # (2, 4, 4)
+            for k in (0, 1):
+                inside, outside = maps[k][region_mask(k).numpy()].sum(), maps[k][~region_mask(k).numpy()].sum()
+                assert inside > 20 * outside, (method, service.variant.name, k, inside, outside)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("family", "options", "message"),
+    [
+        ("vit", {"target": "7"}, r"target=7 is out of range: class indices are 0\.\.6"),
+        ("vit", {"target": "kind 9"}, r"not one of the model's labels; the closest labels: \['kind \d'"),
+        ("vit", {"target": "text:a dog"}, "target='text:a dog': text prompts need a text tower"),
+        ("clip", {"target": "text:"}, "give a prompt of 1..300 characters after 'text:'"),
+        ("clip", {"target": "text:  "}, "give a prompt"),
+        ("clip", {}, "target=top on a model without a classifier is the most probable of the labels= texts"),
+        ("clip", {"target": "3"}, "has no classifier head to take a class of; this model offers: top"),
+        ("vit", {"target": "embedding"}, "target=embedding compares the images sent together"),
+        ("vit", {"target": [str(i % 7) for i in range(17)]}, r"17 targets, more than this model's max_targets \(16\)"),
+        ("vit", {"target": "1|1"}, "each target once"),
+        ("vit", {"target": '["1", '}, "read as a JSON list of targets"),
+        ("vit", {"target": "1", "layers": "0,1"}, "give target=..., not layers"),
+        ("vit", {"target": "1", "method": "attention"}, "target applies to method=legrad or method=chefer or method=gradcam only"),
+        ("vit", {"layer_index": "9"}, r"layer_index=9 is out of range"),
+    ],
+)
+def test_each_bad_target_is_a_400_naming_the_option(family: str, options: dict, message: str) -> None:
+    import re
+
+    from tests.test_predictions import LABELS
+
+    service = service_of(FAMILIES[family][0], LABELS if family == "vit" else ())
+    (result,) = service.explain([ImageRequest(png(), {"method": "legrad", **options})])
+    assert isinstance(result, RequestError) and result.status == 400, result
+    assert re.search(message, str(result)), str(result)
+    (fine,) = service.explain([ImageRequest(png(), {})])
+    assert not isinstance(fine, RequestError)  # the service keeps serving
+
+
+def test_max_targets_is_a_setting_and_the_description_lists_the_targets() -> None:
+    service = tiny_service(CLASSIFIER, short_side=40, max_targets=2)
+    (result,) = service.explain([ImageRequest(png(), {"method": "chefer", "target": "0|1|2"})])
+    assert isinstance(result, RequestError) and "max_targets (2)" in str(result)
+    assert service.description()["model"]["targets"] == [
+        "top (the predicted class)",
+        "a class index 0..6 or one of its 7 labels",
+        "embedding (two images or more)",
+    ]
+
+
+def test_the_explanation_routes_default_to_legrad() -> None:
+    """TorchServe's /explanations (its explain header) and KServe's :explain: method=legrad unless named."""
+    from testkit.handler import handler_for, mock_context
+
+    service = family_service("vit")
+    handler = handler_for(service)
+    context = mock_context(headers=[{"explain": "True"}])
+    (body,) = handler.handle([{"data": png()}], context)
+    import orjson
+
+    doc = orjson.loads(body)
+    assert doc["method"] == "legrad" and doc["targets"][0]["target"] == "top" and "relevance" in doc
+    (body,) = handler.handle([{"data": png(), "method": "gradcam"}], mock_context(headers=[{"explain": "True"}]))
+    assert orjson.loads(body)["method"] == "gradcam"
+    (body,) = handler.handle([{"data": png()}], mock_context())
+    assert "method" not in orjson.loads(body)  # /predictions: attention, the default

@@ -20,9 +20,9 @@ from tests.support.services import tiny_service
 from vitscope.cost import CostModel
 from vitscope.errors import RequestError
 from vitscope.methods import METHODS
+from vitscope.methods.explain import ExplainMethod
 from vitscope.model.checkpoint import CheckpointError, build_model
 from vitscope.model.rollout import cls_rollout, rollout_reference
-from vitscope.methods.explain import ExplainMethod
 from vitscope.model.sources import load_checkpoint
 from vitscope.model.tokenizer import ClipTokenizer
 from vitscope.model.variants import VARIANTS, TextVariant, Variant

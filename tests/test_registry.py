@@ -22,8 +22,8 @@ from tests.support.services import tiny_service
 from vitscope.attention import patch_attention, to_tensor
 from vitscope.errors import OptionError
 from vitscope.image import prepare_image
-from vitscope.methods.explain import ExplainMethod
 from vitscope.methods import METHODS, Method
+from vitscope.methods.explain import ExplainMethod
 from vitscope.options import option_names, parse_options
 from vitscope.schema import SCHEMA_FIELDS
 from vitscope.service import AttentionService

@@ -16,10 +16,10 @@ pass, across requests. In order:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import replace
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
