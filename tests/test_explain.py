@@ -430,3 +430,21 @@ def test_the_explanation_routes_default_to_legrad() -> None:
     assert orjson.loads(body)["method"] == "gradcam"
     (body,) = handler.handle([{"data": png()}], mock_context())
     assert "method" not in orjson.loads(body)  # /predictions: attention, the default
+
+
+def test_the_client_titles_each_map_with_its_target_and_score(tmp_path) -> None:
+    """The client (its `--target`, passed on as the option) parses `targets` and names them in the figure's title."""
+    import orjson
+
+    from testkit.handler import answer
+    from vitscope_client import cli, response
+
+    service = family_service("vit")
+    (reply,) = answer(service, [{"data": png(), "method": "legrad", "target": "1|3", "upsample": "false"}])
+    doc = orjson.loads(reply.body)
+    drawn = response.parse_response(doc, None).with_image(png())
+    scores = [t["score"] for t in doc["targets"]]
+    assert drawn.targets == doc["targets"] and f"explains class 1 ({scores[0]:.3g}), class 3 ({scores[1]:.3g})" in drawn.title
+    drawn.figure().savefig(tmp_path / "legrad.png")
+    args = cli.parse_args(["x.jpg", "--method", "legrad", "--target", "text:a dog|top"])
+    assert cli.option_fields(args)["target"] == "text:a dog|top"

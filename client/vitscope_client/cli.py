@@ -189,6 +189,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--query", help="the token the maps are of: cls, distillation (DeiT's distilled models) or probe (SigLIP)")
     parser.add_argument("--top-k", dest="top_k", type=int, help="predictions: the top classes (0: none; default: the server's, 5)")
     parser.add_argument("--labels", help="CLIP/SigLIP: texts to score the image against, separated by '|' (zero-shot)")
+    parser.add_argument(
+        "--target",
+        help="method=legrad|chefer|gradcam: what the map explains: top, a class index or label, text:<prompt>, embedding; several "
+        "separated by '|'",
+    )
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--cmap", default="inferno")
     parser.add_argument("--color-scale", choices=("per-head", "shared"), default="per-head")

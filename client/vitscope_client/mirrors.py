@@ -31,7 +31,20 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
-METHOD_OPTIONS = ("layers", "method", "head_fusion", "discard_ratio", "mask", "boxes", "registers", "point", "query", "top_k", "labels")
+METHOD_OPTIONS = (
+    "layers",
+    "method",
+    "head_fusion",
+    "discard_ratio",
+    "mask",
+    "boxes",
+    "registers",
+    "point",
+    "query",
+    "top_k",
+    "labels",
+    "target",
+)
 SERVER_OPTIONS = MAP_OPTIONS + METHOD_OPTIONS
 RESAMPLE = Image.Resampling.BILINEAR  # the server's resize filter
 BACKGROUND = (255, 255, 255)  # the server composites transparent pixels onto white

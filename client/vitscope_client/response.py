@@ -55,9 +55,18 @@ class Response:
         return json.loads(value) if isinstance(value, str) else list(value)  # KServe v2 parameters carry it as JSON text
 
     @property
+    def targets(self) -> list[dict]:
+        """What each ``relevance`` map explains (the explanation methods): ``{"target", "index"?, "label"?,
+        "score"}`` in map order; [] when it sent none."""
+        value = self.meta.get("targets") or []
+        return json.loads(value) if isinstance(value, str) else list(value)
+
+    @property
     def title(self) -> str:
         top = self.predictions[:1]
         said = f"  {top[0]['label']} {top[0]['probability']:.0%}" if top else ""
+        if self.targets:  # each map's target with its score
+            said += "  explains " + ", ".join(f"{t.get('label') or t['target']} ({t['score']:.3g})" for t in self.targets)
         return f"{self.meta['model']}  {self.view.headline(self.meta)}{said}  weights: {self.meta['weights']}"
 
     @property
