@@ -227,3 +227,22 @@ def test_make_serve_kserve_starts_and_stop_stops(served: Served, tmp_path: Path,
     with pytest.raises(FileNotFoundError, match="make archive"):
         serve_kserve.model_folder(tmp_path, "dinov2_vits14")
     assert subprocess.run([sys.executable, "-m", "kserve_engine", "--model_dir", str(tmp_path)], capture_output=True).returncode == 2
+
+
+def test_explain_routes_on_both_engines(served: Served, engine: Engine) -> None:
+    """KServe v1 ``:explain`` on our engine and TorchServe's ``/explanations``: method=legrad by default;
+    a backbone explains the images' embeddings (target=embedding, instances sent together)."""
+    v1 = {"instances": [{"data": image_b64(s), "upsample": False, "target": "embedding"} for s in (1, 2)]}
+    ours = requests.post(f"{engine.base}/v1/models/{NAME}:explain", json=v1, timeout=TIMEOUT)
+    assert ours.status_code == 200, ours.text
+    answers = ours.json()["predictions"]
+    assert [a["method"] for a in answers] == ["legrad", "legrad"] and all(a["targets"][0]["target"] == "embedding" for a in answers)
+    plain = requests.post(
+        f"{served.server.props['inference_address']}/explanations/{NAME}",
+        json={"images": [image_b64(1), image_b64(2)], "upsample": False, "target": "embedding"},
+        timeout=TIMEOUT,
+    )
+    assert plain.status_code == 200, plain.text
+    body = plain.json()["images"]
+    assert [a["method"] for a in body] == ["legrad", "legrad"]
+    assert np.allclose(np.array(body[0]["relevance"]), np.array(answers[0]["relevance"]), atol=1e-6)
