@@ -8,7 +8,6 @@ method from there, never from the registry by name again. The vocabulary these a
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from .vocab import (
     choice_option,
     fraction_option,
     items_of,
+    listed,
     parse_int,
     parse_positive_float,
     parse_positive_int,
@@ -133,16 +133,8 @@ def _labels(value: object, facts: ModelFacts) -> tuple[str, ...]:
             f"labels= scores texts with a text tower (CLIP, SigLIP); {facts.name} has none"
             + (f": its predictions are its head's {facts.num_classes} classes (top_k=)" if facts.num_classes else "")
         )
-    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list sent as a form field
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise OptionError(f"labels: a form field starting with '[' is read as a JSON list of texts, and this one is not ({e})") from e
-    if isinstance(value, str):
-        items: list[object] = list(value.split(LABEL_SEPARATOR))
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
+    items = listed("labels", value, LABEL_SEPARATOR, "texts")
+    if items is None:
         raise OptionError(f"labels: give a JSON list of texts, or texts separated by '{LABEL_SEPARATOR}' in a form field")
     labels = tuple(item.strip() if isinstance(item, str) else item for item in items)
     bad = [repr(label)[:40] for label in labels if not _is_label(label)]

@@ -17,11 +17,10 @@ methods read it.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 
 from .errors import OptionError
-from .vocab import ModelFacts, OptionSpec
+from .vocab import ModelFacts, OptionSpec, listed
 
 TOP, CLASS, TEXT, EMBEDDING = "top", "class", "text", "embedding"  # the kinds of target
 TEXT_PREFIX = "text:"
@@ -62,17 +61,11 @@ def offered(facts: ModelFacts) -> list[str]:
 
 
 def _items(value: object) -> list[object]:
-    if isinstance(value, str) and value.lstrip().startswith("["):  # a JSON list sent as a form field
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise OptionError(f"target: a form field starting with '[' is read as a JSON list of targets, and this one is not ({e})") from e
-    if isinstance(value, str):
-        return list(value.split(SEPARATOR))
-    if isinstance(value, (list, tuple)):
-        return list(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
+    items = listed("target", value, SEPARATOR, "targets")
+    if items is not None:
+        return items
     raise OptionError(
         f"target: give a target (top, a class, text:<prompt>, embedding), a JSON list of them, or them separated by '{SEPARATOR}'"
     )

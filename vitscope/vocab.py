@@ -8,6 +8,7 @@ methods, the shared options in ``options.py``, a method a user adds) without an 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -290,6 +291,19 @@ def items_of(value: object) -> list[object]:
     if isinstance(value, str):
         return [s for s in value.split(",") if s.strip()]
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def listed(name: str, value: object, separator: str, noun: str) -> list[object] | None:
+    """The items of a list option sent as a JSON list, a form field holding a JSON list (starting with
+    '['), or text with ``separator`` between the items; None for any other value (the caller's 400)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise OptionError(f"{name}: a form field starting with '[' is read as a JSON list of {noun}, and this one is not ({e})") from e
+    if isinstance(value, str):
+        return list(value.split(separator))
+    return list(value) if isinstance(value, (list, tuple)) else None
 
 
 def choice_option(name: str, choices: tuple[str, ...], default: str, help: str) -> OptionSpec:

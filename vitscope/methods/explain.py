@@ -121,8 +121,8 @@ class ExplainMethod(Method):
             kinds.append([t.kind for t in targets])
             classes.append([t.index if t.kind == CLASS and t.index is not None else 0 for t in targets])
             vectors.append([embedded[t.text] if t.kind == TEXT and t.text else reference if t.kind == EMBEDDING else None for t in targets])
-            zero_shot = any(t.kind == TOP for t in targets) and model.head is None and options.labels
-            candidates.append(embed_texts(options.labels) if zero_shot and options.labels else None)
+            zero_shot = options.labels if model.head is None and any(t.kind == TOP for t in targets) else None
+            candidates.append(embed_texts(zero_shot) if zero_shot else None)
         dim = model.variant.proj_dim or model.variant.embed_dim
         return relevance.make_goals(kinds, classes, vectors, dim, device, candidates, self.empty_prompt(model, images, embed_texts))
 

@@ -15,7 +15,6 @@ pass, across requests. In order:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -84,7 +83,7 @@ class AttentionService:
         self.model = model.to(self.device).eval()
         self.predictor = predictor or Predictor(self.model)  # its head's classes, its text tower's tokenizer
         # what option parsing and the description read of it
-        self.facts = dataclasses.replace(ModelFacts.of(self.model), labels=self.predictor.labels, max_targets=config.max_targets)
+        self.facts = replace(ModelFacts.of(self.model), labels=self.predictor.labels, max_targets=config.max_targets)
         self.precisions = precisions or plan_precisions(self.device, lambda precision: map_agreement(self.model, self.device, precision))
         self.cost_budget_s = cost_budget_s
         if cost is None and cost_budget_s is not None:
