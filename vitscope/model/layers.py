@@ -4,6 +4,7 @@ SigLIP's attention-pool head. ``vit.py`` assembles image towers from them, ``tex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -47,18 +48,41 @@ def activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; choose one of {list(ACTS)}")
 
 
-class Mlp(nn.Module):
+class FFN(nn.Module):
+    """A block's feed-forward network, ``out(hidden(x))``: its last layer is linear, so the mean of
+    its outputs over tokens is ``out`` of the mean of ``hidden`` (``Block.mean_output``)."""
+
+    @property
+    def out(self) -> nn.Linear:
+        """The last, linear layer."""
+        raise NotImplementedError
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) → (B, N, F): everything before ``out``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(x))
+
+
+class Mlp(FFN):
+    """fc1, the activation, fc2."""
+
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = activation(act)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    @property
+    def out(self) -> nn.Linear:
+        return self.fc2
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc1(x))
 
 
-class SwiGLUFused(nn.Module):
+class SwiGLUFused(FFN):
     """DINOv2 ViT-g's FFN: one projection ``w12`` to both halves, silu(x1) * x2, then ``w3``."""
 
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu") -> None:
@@ -66,12 +90,16 @@ class SwiGLUFused(nn.Module):
         self.w12 = nn.Linear(dim, 2 * hidden_dim)
         self.w3 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def out(self) -> nn.Linear:
+        return self.w3
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(x1) * x2)
+        return F.silu(x1) * x2
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(FFN):
     """DINOv3's SwiGLU FFN (ViT-S+): separate ``w1``, ``w2``, then ``w3``."""
 
     def __init__(self, dim: int, hidden_dim: int, act: str = "gelu") -> None:
@@ -80,12 +108,16 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(dim, hidden_dim)
         self.w3 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+    @property
+    def out(self) -> nn.Linear:
+        return self.w3
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.w1(x)) * self.w2(x)
 
 
 # The module of each FFN the variants table names (variants.FFNS: the names, in this order).
-FFN_MODULES: dict[str, type[nn.Module]] = dict(zip(FFNS, (Mlp, SwiGLUFused, SwiGLU), strict=True))
+FFN_MODULES: dict[str, Callable[[int, int, str], FFN]] = dict(zip(FFNS, (Mlp, SwiGLUFused, SwiGLU), strict=True))
 
 
 class LayerScale(nn.Module):
@@ -196,13 +228,17 @@ class Attention(nn.Module):
 class Trace(NamedTuple):
     """What a block's pass with autograd keeps for a gradient method (``Block.traced``): the normed input
     ``h`` (B, N, C) (Grad-CAM's activations), the queries (scaled), keys and values (B, heads, N, d), and the
-    attention output ``o`` (B, heads, N, d) whose gradient dO gives dS/dA = dO V^T, one row chunk at a time."""
+    attention output ``o`` (B, heads, N, d) whose gradient dO gives dS/dA = dO V^T, one row chunk at a time;
+    the residual stream after attention ``mid`` (B, N, C) and the FFN's input to its last linear layer
+    ``hidden`` (B, N, F): output = mid + ls2(out(hidden))."""
 
     h: torch.Tensor
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     o: torch.Tensor
+    mid: torch.Tensor
+    hidden: torch.Tensor
 
 
 class BlockFacts(Protocol):
@@ -237,7 +273,7 @@ class Block(nn.Module):
         scale = variant.layerscale_init
         self.ls1 = LayerScale(dim, scale) if scale is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=variant.eps)
-        self.mlp = FFN_MODULES[variant.ffn](dim, variant.ffn_hidden, variant.act)
+        self.mlp: FFN = FFN_MODULES[variant.ffn](dim, variant.ffn_hidden, variant.act)
         self.ls2 = LayerScale(dim, scale) if scale is not None else nn.Identity()
 
     def forward(
@@ -257,8 +293,15 @@ class Block(nn.Module):
         h = self.norm1(x)
         q, k, v = self.attn._qkv(h, rope)  # (B, heads, N, d) each
         o = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
-        x = x + self.ls1(self.attn.proj(o.transpose(1, 2).reshape(B, N, C)))
-        return x + self.ls2(self.mlp(self.norm2(x))), Trace(h, q * self.attn.scale, k, v, o)
+        mid = x + self.ls1(self.attn.proj(o.transpose(1, 2).reshape(B, N, C)))
+        hidden = self.mlp.hidden(self.norm2(mid))  # (B, N, F)
+        return mid + self.ls2(self.mlp.out(hidden)), Trace(h, q * self.attn.scale, k, v, o, mid, hidden)
+
+    def mean_output(self, trace: Trace) -> torch.Tensor:
+        """The mean over tokens of the output ``traced`` returned, (B, C), written as the mean before
+        the FFN's last linear layer, so that its backward is one row per image rather than per token
+        (LeGrad's score of a block reads this mean once per goal)."""
+        return trace.mid.mean(dim=1) + self.ls2(self.mlp.out(trace.hidden.mean(dim=1)))
 
 
 class AttentionPool(nn.Module):

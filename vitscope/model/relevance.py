@@ -217,7 +217,7 @@ def positive_grad_columns(trace: Trace, grad_o: torch.Tensor, chunk: int) -> tor
     v_t = trace.v.float().transpose(-2, -1)  # (B, heads, d, N)
     out = grad_o.new_zeros(B, N, dtype=torch.float32)
     for rows in _chunks(N, chunk):
-        out += (grad_o[:, :, rows].float() @ v_t).clamp(min=0).sum(dim=(1, 2))  # (B, N)
+        out += (grad_o[:, :, rows].float() @ v_t).clamp_(min=0).sum(dim=(1, 2))  # (B, N)
     return out / (heads * N)
 
 
@@ -259,6 +259,13 @@ def _earlier(model: VisionTransformer, outputs: dict[int, torch.Tensor]) -> torc
     return torch.stack([model.norm(outputs[i][:, 0]) for i in range(model.depth - 4, model.depth - 1)], dim=1)
 
 
+def _each_goal(s: torch.Tensor) -> torch.Tensor:
+    """The T one-hot output gradients of the scores s (B, T), batched: (T, B, T), so that one
+    vectorised backward gives every goal's gradient (``is_grads_batched``)."""
+    T = s.shape[1]
+    return torch.eye(T, dtype=s.dtype, device=s.device)[:, None, :].expand(T, s.shape[0], T)
+
+
 def min_max(maps: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Each map (B, T, h, w) to [0, 1]: (m - min) / (max - min + eps); a constant map becomes 0."""
     flat = maps.flatten(2)
@@ -288,7 +295,7 @@ def legrad(
             pooled, weights = pool.traced(out)
             reads.append((i, out, pooled, weights))
         else:  # LeGrad's ln_post(mean of all tokens); A's gradient is read through dO
-            reads.append((i, out, model.norm(out.mean(dim=1)), trace.o))
+            reads.append((i, out, model.norm(blocks[i].mean_output(trace)), trace.o))
             traces[i] = trace
         outputs[i] = out.detach()
         model.note(i, outputs[i])
@@ -308,11 +315,11 @@ def legrad(
         embedding = model.embed_image(pooled)
         layer_logits = _layer_logits(model, i, out, pooled, outputs) if wants_logits else None
         s = scores(model, goals, layer_logits, embedding, scaled=False)  # (B, T)
+        (grads,) = torch.autograd.grad(s, read, grad_outputs=_each_goal(s), retain_graph=True, is_grads_batched=True)  # (T, *read)
         for t in range(goals.count):
-            if not bool(valid[:, t].any()):
-                continue
-            (grad,) = torch.autograd.grad(s[:, t].sum(), read, retain_graph=True)
-            maps[:, t] += grad.float().clamp(min=0).mean(dim=1) if pool is not None else positive_grad_columns(traces[i], grad, chunk)
+            if bool(valid[:, t].any()):
+                grad = grads[t]
+                maps[:, t] += grad.float().clamp(min=0).mean(dim=1) if pool is not None else positive_grad_columns(traces[i], grad, chunk)
         if correct and goals.empty is not None:
             cosine = F.normalize(embedding.float(), dim=-1) @ F.normalize(goals.empty, dim=-1)  # (B,)
             (grad,) = torch.autograd.grad(cosine.sum(), read, retain_graph=True)
