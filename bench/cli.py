@@ -23,7 +23,22 @@ from typing import Any
 
 import torch
 
-from bench import batching, coldstart, compiled, encoding, engines, families, forward, methods, overload, served, throughput, towers, video
+from bench import (
+    batching,
+    coldstart,
+    compiled,
+    encoding,
+    engines,
+    explain,
+    families,
+    forward,
+    methods,
+    overload,
+    served,
+    throughput,
+    towers,
+    video,
+)
 from bench.report import write_report
 from bench.section import Run, Section
 from bench.timing import HF_ROW, PATHS, parse_size, probe_machine
@@ -40,6 +55,7 @@ SECTIONS: tuple[Section, ...] = (
     methods.SECTION,
     families.SECTION,
     towers.SECTION,
+    explain.SECTION,
     encoding.SECTION,
     batching.SECTION,
     compiled.SECTION,
@@ -90,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
+    parser.add_argument(
+        "--explain-naive-budget-gb", type=float, default=12.0, help="explain: skip the naive N x N form above this estimated memory"
+    )
     parser.add_argument("--seed-budget-s", type=float, default=300.0, help="skip the seed path above this estimated time")
     keys = [s.key for s in SECTIONS]
     parser.add_argument(

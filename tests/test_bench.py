@@ -17,6 +17,7 @@ from bench.batching import CPU_BATCHES
 from bench.cli import SECTIONS
 from bench.coldstart import ColdStart, cold_start_table
 from bench.compiled import CompileFigures, compile_table
+from bench.explain import NAIVE, OURS, PROMPTS, Explain, MemoryRow, measure_memory
 from bench.report import build_report, cell_text, markdown, section_of, table_markdown
 from bench.section import Run
 from bench.tables import Column, Report, Skipped, Table, Target
@@ -26,7 +27,7 @@ from bench.towers import TOWERS, Shape, Towers
 from bench.video import VideoFigures, video_table
 from testkit.torchserve import TorchServe
 from vitscope.model.checkpoint import build_model
-from vitscope.model.variants import get_variant
+from vitscope.model.variants import TextVariant, get_variant
 from vitscope.precision import PrecisionPlan, Speed, probe_speed
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
@@ -278,6 +279,47 @@ def test_towers_rows_and_ratios_are_derived_from_the_measured_times(tmp_path: Pa
     for target, r in zip(targets, rows, strict=True):
         assert target.value == pytest.approx(r["(c)/(a)"]) and target.met is (target.value <= 1.0)
         assert ("meets" if target.met else "MISSES") in target.line()
+
+
+def test_explain_figures_are_derived_from_the_measured_times_and_memory(tmp_path: Path) -> None:
+    """The explain section at a tiny size: every method and the prompts timed per round, a memory row per
+    method, form and size from a worker process each (the naive form over its budget skipped, saying so),
+    and the ratios and targets derived from those figures."""
+    tiny = Shape(32, 2, 2, patch_size=16, num_classes=10, proj_dim=16, image_size=32)
+    text = TextVariant(vocab_size=49408, context_length=16, embed_dim=16, depth=1, num_heads=2, proj_dim=16)
+    section = Explain(cost_sizes=((32, 32),), memory_sizes=((32, 32), (64, 64)), shape=tiny, text=text)
+    machine = emulating_machine()
+    args = argparse.Namespace(repeats=2, device="cpu", explain_naive_budget_gb=5e-6, in_process=True)  # 64x64 over it, 32x32 under
+    figures = section.measure(Run(args, machine, tmp_path, b""))
+    methods, prompts, memory = section.tables(figures, args, machine)
+    (row,) = [dict(zip([c.name for c in methods.columns], r, strict=True)) for r in methods.rows]
+    assert row["tokens"] == 4 and row["last-layer s"] > 0
+    for m in ("legrad", "chefer", "gradcam"):
+        assert row[f"{m} s"] > 0 and row[f"{m} x last-layer"] == pytest.approx(row[f"{m} s"] / row["last-layer s"])
+    assert [r[2] for r in prompts.rows] == ["legrad", "chefer"]
+    for r in prompts.rows:
+        assert r[3] > 0 and r[4] > 0 and r[5] == pytest.approx(r[4] / r[3])
+    assert all(len(times) == 2 for c in figures.cost for times in c.times.values())
+    rows = {(r.method, r.form, r.size): r for r in figures.memory}
+    assert len(rows) == 8
+    for method in ("legrad", "chefer"):
+        assert rows[(method, NAIVE, (64, 64))].skipped.startswith("its N x N tensors alone are")
+        for form, size in ((OURS, (32, 32)), (OURS, (64, 64)), (NAIVE, (32, 32))):
+            r = rows[(method, form, size)]
+            assert not r.skipped and r.seconds > 0 and r.peak_rss_mb >= r.loaded_rss_mb > 0
+    assert sum(isinstance(cell, Skipped) for r in memory.rows for cell in r) == 2
+    alone = measure_memory(MemoryRow("chefer", NAIVE, (32, 32), 4), tiny)  # as the full run measures: a worker process
+    assert alone.seconds > 0 and alone.peak_rss_mb >= alone.loaded_rss_mb > 0
+    targets = {t.what: t for t in section.targets(figures, args, machine)}
+    assert targets["legrad at 32x32 (ViT classifier (32/2/2/16)), x a last-layer request"].value == row["legrad x last-layer"]
+    eight = targets[f"legrad, {len(PROMPTS)} text prompts x one, at 32x32 (CLIP with its text tower (32/2/2/16))"]
+    assert eight.value == prompts.rows[0][5]
+    small, big = rows[("legrad", OURS, (32, 32))], rows[("legrad", OURS, (64, 64))]
+    growth = targets["legrad: memory held from 4 to 16 tokens, over the tokens' growth (1: linear)"]
+    if small.held_mb > 0:
+        assert growth.value == pytest.approx((big.held_mb / small.held_mb) / 4)
+    else:  # in one process the first row's peak may already be the run's
+        assert growth.value is None and growth.met is None and "n/a here" in growth.line()
 
 
 def test_report_on_an_emulating_cpu_says_na_never_meets() -> None:

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from testkit.checkpoints import TINY, tiny_replica
+from testkit.references import chefer_reference, gradcam_reference, legrad_reference
 from tests.support.services import tiny_service
 from tests.test_predictions import CLASSIFIER, CLIP, DISTILLED, SIGLIP, png, service_of
 from vitscope.errors import RequestError
 from vitscope.model import relevance
-from vitscope.model.layers import Block
 from vitscope.model.vit import VisionTransformer
 from vitscope.schema import AttentionResult, ImageRequest
 
@@ -28,136 +28,11 @@ DINOV3 = replace(tiny_replica("dinov3_vits16"), num_classes=5)  # RoPE, storage 
 METHODS = ("legrad", "chefer", "gradcam")
 
 
-# ----------------------------------------------------------------------------- references (naive N x N)
-def naive_pass(model: VisionTransformer, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """Every block with its softmax attention A (B, heads, N, N) explicit and kept for autograd, as the
-    repositories' hooked models: the A's, each block's normed input (norm1) and each block's output."""
-    tokens, rope = model.prepare_tokens(x)
-    attentions, inputs, outputs = [], [], []
-    for blk in model.blocks:
-        assert isinstance(blk, Block)
-        h = blk.norm1(tokens)
-        weights, v = blk.attn.explicit_weights(h, rope)  # (B, heads, N, N), (B, heads, N, d)
-        B, N, C = tokens.shape
-        tokens = tokens + blk.ls1(blk.attn.proj((weights @ v).transpose(1, 2).reshape(B, N, C)))
-        tokens = tokens + blk.ls2(blk.mlp(blk.norm2(tokens)))
-        attentions.append(weights)
-        inputs.append(h)
-        outputs.append(tokens)
-    return attentions, inputs, outputs
-
-
+# ----------------------------------------------------------------------------- helpers
 def text_vectors(service, prompts: list[str]) -> torch.Tensor:
     return service.predictor.text_embeddings(prompts).clone()
 
 
-def model_score(model: VisionTransformer, normed: torch.Tensor, target: tuple[str, object]) -> torch.Tensor:
-    """What Chefer's notebooks and pytorch-grad-cam differentiate: a class's logit; CLIP's logits_per_image
-    for a text (SigLIP's with its bias); an embedding's cosine. (B,)"""
-    kind, value = target
-    if kind == "class":
-        return model.logits(normed)[:, int(value)]  # type: ignore[call-overload]
-    embedding = F.normalize(model.embed_image(model.pool(normed)), dim=-1)
-    cosine = embedding @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
-    if kind == "text":
-        cosine = cosine * model.logit_scale.exp() + (model.logit_bias if model.variant.logit_bias else 0)
-    return cosine
-
-
-def min_max(m: torch.Tensor) -> torch.Tensor:  # LeGrad's utils.min_max (no epsilon)
-    return (m - m.min()) / (m.max() - m.min())
-
-
-def legrad_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], start: int, empty=None) -> torch.Tensor:
-    """LeGrad's compute_legrad_clip (and _siglip) for one image and one target, on the grid (before its bilinear upsampling)."""
-    kind, value = target
-    p, prefix = model.patch_size, model.num_prefix_tokens
-    h, w = x.shape[-2] // p, x.shape[-1] // p
-    with torch.enable_grad():
-        attentions, _, outputs = naive_pass(model, x.requires_grad_(True))
-        total, total_empty = 0, 0
-        for layer in range(start, model.depth):
-            feat = outputs[layer]
-            if model.attn_pool is not None:  # SigLIP: attn_pool over the raw block output, its probe's attention
-                pool = model.attn_pool
-                q = pool._split(pool.q(pool.latent).expand(feat.shape[0], -1, -1))
-                k, v = (pool._split(t) for t in pool.kv(feat).chunk(2, dim=-1))
-                probs = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, heads, 1, N)
-                o = pool.proj((probs @ v).transpose(1, 2).reshape(1, 1, -1))
-                pooled = (o + pool.mlp(pool.norm(o)))[:, 0]
-                wrt = probs
-            else:
-                pooled = model.norm(feat.mean(dim=1))  # ln_post(mean over tokens)
-                wrt = attentions[layer]
-            if kind == "class":
-                sim = model.head(pooled)[:, int(value)]  # type: ignore[index, call-overload]
-                if model.head_dist is not None:
-                    sim = (sim + model.head_dist(pooled)[:, int(value)]) / 2  # type: ignore[call-overload]
-            else:
-                sim = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
-            grad = torch.autograd.grad(sim.sum(), [wrt], retain_graph=True)[0].clamp(min=0)
-            if model.attn_pool is not None:
-                total = total + grad.mean(dim=1)[:, 0]  # (1, N)
-                if empty is not None:
-                    sim_empty = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(empty, dim=-1)
-                    grad_e = torch.autograd.grad(sim_empty.sum(), [wrt], retain_graph=True)[0].clamp(min=0)
-                    total_empty = total_empty + grad_e.mean(dim=1)[:, 0]
-            else:
-                total = total + grad.mean(dim=1).mean(dim=1)[:, prefix:]  # average over heads and query rows, patches
-    grid = total[0, -h * w :].reshape(h, w)
-    if empty is not None:
-        grid = grid.masked_fill(min_max(total_empty[0].reshape(h, w)) > 0.8, 0)
-    return min_max(grid).detach()
-
-
-def chefer_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], query: int = 0) -> torch.Tensor:
-    """Transformer-MM-Explainability's rule (its ViT notebook's generate_relevance): R = I, R += cam @ R per
-    block, the query's row over the patches (SigLIP: the probe's cam row times R)."""
-    p, prefix = model.patch_size, model.num_prefix_tokens
-    with torch.enable_grad():
-        attentions, _, outputs = naive_pass(model, x.requires_grad_(True))
-        normed = model.norm(outputs[-1])
-        probe = None
-        if model.attn_pool is not None:
-            pool = model.attn_pool
-            q = pool._split(pool.q(pool.latent).expand(1, -1, -1))
-            k, v = (pool._split(t) for t in pool.kv(normed).chunk(2, dim=-1))
-            probe = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, heads, 1, N)
-            o = pool.proj((probe @ v).transpose(1, 2).reshape(1, 1, -1))
-            pooled = (o + pool.mlp(pool.norm(o)))[:, 0]
-            kind, value = target
-            cosine = F.normalize(model.embed_image(pooled), dim=-1) @ F.normalize(value, dim=-1)  # type: ignore[arg-type]
-            score = cosine * model.logit_scale.exp() + model.logit_bias if kind == "text" else cosine
-        else:
-            score = model_score(model, normed, target)
-        grads = torch.autograd.grad(score.sum(), attentions + ([probe] if probe is not None else []))
-    N = attentions[0].shape[-1]
-    R = torch.eye(N)[None]
-    for attention, grad in zip(attentions, grads[: len(attentions)], strict=True):
-        cam = (grad * attention).clamp(min=0).mean(dim=1)  # (1, N, N)
-        R = R + torch.bmm(cam, R)
-    row = ((grads[-1] * probe).clamp(min=0).mean(dim=1) @ R)[0, 0] if probe is not None else R[0, query]
-    h, w = x.shape[-2] // p, x.shape[-1] // p
-    return row[prefix:].reshape(h, w).detach()
-
-
-def gradcam_reference(model: VisionTransformer, x: torch.Tensor, target: tuple[str, object], layer: int) -> torch.Tensor:
-    """pytorch-grad-cam's GradCAM with target_layers=[blocks[layer].norm1] and a reshape_transform that
-    drops the class and register tokens, on the grid: ReLU(sum_c mean(grad_c) a_c), then scale_cam_image."""
-    p, prefix = model.patch_size, model.num_prefix_tokens
-    h, w = x.shape[-2] // p, x.shape[-1] // p
-    with torch.enable_grad():
-        _, inputs, outputs = naive_pass(model, x.requires_grad_(True))
-        score = model_score(model, model.norm(outputs[-1]), target)
-        (grad,) = torch.autograd.grad(score.sum(), [inputs[layer]])
-    a = inputs[layer][0, prefix:].detach().numpy().reshape(h, w, -1).transpose(2, 0, 1)  # (C, h, w)
-    g = grad[0, prefix:].numpy().reshape(h, w, -1).transpose(2, 0, 1)
-    cam = np.maximum((g.mean(axis=(1, 2))[:, None, None] * a).sum(axis=0), 0)
-    cam = cam - cam.min()
-    return torch.from_numpy(cam / (1e-7 + cam.max()))
-
-
-# ----------------------------------------------------------------------------- helpers
 def served(service, options: dict, images: list[bytes] | None = None) -> list[AttentionResult]:
     results = service.explain_together([[ImageRequest(image, options) for image in images or [png()]]])[0]
     for result in results:
@@ -433,7 +308,8 @@ def test_the_explanation_routes_default_to_legrad() -> None:
 
 
 def test_the_client_titles_each_map_with_its_target_and_score(tmp_path) -> None:
-    """The client (its `--target`, passed on as the option) parses `targets` and names them in the figure's title."""
+    """The client (its `--target`, passed on as the option) parses `targets` and names them in the figure's title,
+    and each map's panel by its target and score."""
     import orjson
 
     from testkit.handler import answer
@@ -445,6 +321,12 @@ def test_the_client_titles_each_map_with_its_target_and_score(tmp_path) -> None:
     drawn = response.parse_response(doc, None).with_image(png())
     scores = [t["score"] for t in doc["targets"]]
     assert drawn.targets == doc["targets"] and f"explains class 1 ({scores[0]:.3g}), class 3 ({scores[1]:.3g})" in drawn.title
-    drawn.figure().savefig(tmp_path / "legrad.png")
+    figure = drawn.figure()
+    titles = [ax.get_title() for ax in figure.axes]
+    assert f"class 1 ({scores[0]:.3g})" in titles and f"class 3 ({scores[1]:.3g})" in titles  # a panel per map, named by its target
+    figure.savefig(tmp_path / "legrad.png")
+    (reply,) = answer(service, [{"data": png(), "method": "chefer", "target": "2"}])
+    one = response.parse_response(orjson.loads(reply.body), None).with_image(png())
+    assert f"relevance: class 2 ({one.targets[0]['score']:.3g})" in [ax.get_title() for ax in one.figure().axes]
     args = cli.parse_args(["x.jpg", "--method", "legrad", "--target", "text:a dog|top"])
     assert cli.option_fields(args)["target"] == "text:a dog|top"

@@ -24,6 +24,18 @@ ImageLike = str | Path | bytes | Image.Image | np.ndarray
 OutputDescription = Mapping[str, object]  # one of a method's outputs as the describe API serves it: name, dtype, axes, rgb, ...
 
 
+def listed(value: object) -> list[dict]:
+    """A response's list field (``predictions``, ``targets``); KServe v2 parameters carry it as JSON text."""
+    if not value:
+        return []
+    return json.loads(value) if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+
+
+def target_name(target: dict) -> str:
+    """What a relevance map explains, with its score: ``tabby (0.91)``, ``text:a dog (0.31)``."""
+    return f"{target.get('label') or target['target']} ({target['score']:.3g})"
+
+
 @dataclass(frozen=True)
 class Response:
     """A parsed server response, and (once aligned) the image it is about.
@@ -51,22 +63,20 @@ class Response:
     def predictions(self) -> list[dict]:
         """The server's ``predictions`` (a head's classes, or CLIP/SigLIP scores of ``labels``): each
         ``{"index", "label", "probability"}``, most probable first; [] when it sent none."""
-        value = self.meta.get("predictions") or []
-        return json.loads(value) if isinstance(value, str) else list(value)  # KServe v2 parameters carry it as JSON text
+        return listed(self.meta.get("predictions"))
 
     @property
     def targets(self) -> list[dict]:
         """What each ``relevance`` map explains (the explanation methods): ``{"target", "index"?, "label"?,
         "score"}`` in map order; [] when it sent none."""
-        value = self.meta.get("targets") or []
-        return json.loads(value) if isinstance(value, str) else list(value)
+        return listed(self.meta.get("targets"))
 
     @property
     def title(self) -> str:
         top = self.predictions[:1]
         said = f"  {top[0]['label']} {top[0]['probability']:.0%}" if top else ""
         if self.targets:  # each map's target with its score
-            said += "  explains " + ", ".join(f"{t.get('label') or t['target']} ({t['score']:.3g})" for t in self.targets)
+            said += "  explains " + ", ".join(target_name(t) for t in self.targets)
         return f"{self.meta['model']}  {self.view.headline(self.meta)}{said}  weights: {self.meta['weights']}"
 
     @property
@@ -196,7 +206,8 @@ def parse_response(doc: object, outputs: Sequence[OutputDescription] | None = No
         arrays = {k: decode_masks(doc[k]) if isinstance(doc[k], dict) else np.asarray(doc[k]) for k in array_fields if k not in taken}
     except (KeyError, TypeError, ValueError) as e:
         raise ClientError(f"response arrays are malformed: {e}") from e
-    drawn_as = None if known else generic_view(output, grid, layers, rgb)
+    names = [target_name(t) for t in listed(doc.get("targets"))]  # an explanation's maps, each named by its target
+    drawn_as = None if known else generic_view(output, grid, layers, rgb, names)
     return Response(meta, grid, pixels, masks=masks, boxes=boxes, registers=registers, arrays=arrays, drawn_as=drawn_as)
 
 

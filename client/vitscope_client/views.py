@@ -5,7 +5,7 @@ parsing (``response``) and the drawing (``draw``) both read it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,16 +79,21 @@ def view_of(meta: dict) -> MethodView:
     return METHOD_VIEWS.get(meta.get("method") or DEFAULT_METHOD, OTHER_METHOD)
 
 
-def generic_view(output: str, maps: np.ndarray, layers: bool = False, rgb: bool = False) -> MethodView:
+def generic_view(output: str, maps: np.ndarray, layers: bool = False, rgb: bool = False, names: Sequence[str] = ()) -> MethodView:
     """The view of a method the client has none for, from its main output ``output`` (``maps``: the
     array, on the patch grid or in pixels; ``layers``: its first axis is the layers of ``layers=``):
     a colour image when the output is one (``rgb``), else one map, or numbered maps of its leading axes
-    flattened (DINO's masks with ``--mask`` only for maps with no negative values)."""
+    flattened (DINO's masks with ``--mask`` only for maps with no negative values). ``names``: the
+    server's name of each map (an explanation's targets), used when there is one per map."""
     if rgb:
         return MethodView(other_headline, fused=True, output=output, fused_title=output, masks=False, rgb=True)
     lead = maps.shape[1 if layers else 0 : -2]
     masks = bool(maps.size) and float(np.nanmin(maps)) >= 0
-    if int(np.prod(lead, dtype=np.int64)) == 1:
-        return MethodView(other_headline, fused=True, output=output, fused_title=output, masks=masks)
-    panels = tuple(f"{output} {','.join(map(str, index))}" for index in np.ndindex(*lead))
+    count = int(np.prod(lead, dtype=np.int64))
+    named = len(names) == count
+    if count == 1:
+        title = f"{output}: {names[0]}" if named else output
+        escaped = title.replace("{", "{{").replace("}", "}}")  # fused_title is a format string of the response's meta
+        return MethodView(other_headline, fused=True, output=output, fused_title=escaped, masks=masks, panels=(title,))
+    panels = tuple(names) if named else tuple(f"{output} {','.join(map(str, index))}" for index in np.ndindex(*lead))
     return MethodView(other_headline, fused=False, output=output, masks=masks, mean_title="mean", panels=panels)
