@@ -215,6 +215,11 @@ def memory_worker(method: str, form: str, size: tuple[int, int], shape: Shape) -
     return {"loaded_rss_mb": loaded, "peak_rss_mb": max_rss_mb(), "seconds": time.perf_counter() - start}
 
 
+def measured(row: MemoryRow, figures: dict[str, float]) -> MemoryRow:
+    """``row`` with a worker's figures."""
+    return replace(row, loaded_rss_mb=figures["loaded_rss_mb"], peak_rss_mb=figures["peak_rss_mb"], seconds=figures["seconds"])
+
+
 def measure_memory(row: MemoryRow, shape: Shape) -> MemoryRow:
     command = [
         sys.executable,
@@ -229,7 +234,7 @@ def measure_memory(row: MemoryRow, shape: Shape) -> MemoryRow:
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the memory worker {row.method}/{row.form} at {size_name(row.size)} failed:\n{done.stderr[-2000:]}")
-    return replace(row, **json.loads(done.stdout.strip().splitlines()[-1]))
+    return measured(row, json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def bench_memory(shape: Shape, sizes: Sequence[tuple[int, int]], naive_budget_gb: float, in_process: bool = False) -> list[MemoryRow]:
@@ -247,7 +252,7 @@ def bench_memory(shape: Shape, sizes: Sequence[tuple[int, int]], naive_budget_gb
                     continue
                 logger.info("  explain memory %s %s at %s ...", method, form, size_name(size))
                 if in_process:
-                    rows.append(replace(row, **memory_worker(method, form, size, shape)))
+                    rows.append(measured(row, memory_worker(method, form, size, shape)))
                 else:
                     rows.append(measure_memory(row, shape))
     return rows
