@@ -386,10 +386,11 @@ class Explain:
         self.cost_sizes, self.memory_sizes, self.shape, self.text = tuple(cost_sizes), tuple(memory_sizes), shape, text
 
     def measure(self, run: Run) -> Figures:
-        logger.info("explain: cost (round-robin in this process), then memory (a process each) ...")
+        # memory first: its workers need the RAM that this process's cost runs (large explanations) hold on to
+        logger.info("explain: memory (a process each), then cost (round-robin in this process) ...")
         torch.set_grad_enabled(False)
-        cost = bench_cost(self.shape, self.text, self.cost_sizes, run.args.repeats, torch.device(run.args.device))
         memory = bench_memory(self.shape, self.memory_sizes, run.args.explain_naive_budget_gb, run.args.in_process)
+        cost = bench_cost(self.shape, self.text, self.cost_sizes, run.args.repeats, torch.device(run.args.device))
         return Figures(cost, memory, self.shape.name)
 
     def tables(self, figures: Figures, args: argparse.Namespace, machine: Machine) -> list[Table]:

@@ -227,6 +227,9 @@ def tokenizer_files(args: argparse.Namespace, variant: Variant) -> tuple[Path, .
 # Modules of the package used only while archiving (other libraries' checkpoints are converted to the
 # hub layout here): the worker never imports them, so the .mar does not ship them.
 ARCHIVE_TIME_MODULES = ("keymaps.py", "sources.py", "towers.py")
+# The device decode routes and the size grouping / encode pool (issue 34): built and tested, not yet in
+# the request path, so the worker does not import them and the .mar does not ship them yet.
+NOT_YET_SERVED_MODULES = ("decoding.py", "batching.py")
 
 
 def archive(args: argparse.Namespace, base: Variant | None) -> Path:
@@ -235,7 +238,7 @@ def archive(args: argparse.Namespace, base: Variant | None) -> Path:
         stage = Path(tmp)
         # --extra-files copies a directory's *contents* into the archive root, so the package is
         # staged one level down to arrive as vitscope/ (importable from TorchServe's model_dir).
-        ignored = shutil.ignore_patterns("__pycache__", "*.pyc", *ARCHIVE_TIME_MODULES)
+        ignored = shutil.ignore_patterns("__pycache__", "*.pyc", *ARCHIVE_TIME_MODULES, *NOT_YET_SERVED_MODULES)
         shutil.copytree(PACKAGE, stage / "extra" / PACKAGE.name, ignore=ignored)
         staged = stage_weights(args, base, stage)
         variant = staged.variant

@@ -8,6 +8,7 @@ no Java). Run one kind with ``pytest -m unit`` or ``pytest -m e2e``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import zipfile
@@ -27,6 +28,16 @@ from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
 E2E_FIXTURES = ("served", "torchserve", "model_api", "browser")  # they start a JVM (TorchServe) or a browser
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test``: ``-n auto``), each worker takes its share of the cores for
+    torch's threads, so that the workers do not oversubscribe them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -19,7 +19,7 @@ from testkit.checkpoints import TINY, encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import ModelApiServer
 from tests.support.services import tiny_service
-from vitscope.cost import PAIR_TOKENS, PROBE_TOKENS, CostModel
+from vitscope.cost import CORRECTION_BOUNDS, LEARNING_RATE, PAIR_TOKENS, PROBE_TOKENS, CostModel, Learned
 from vitscope.model.checkpoint import build_model
 from vitscope.model.variants import get_variant
 from vitscope.schema import AttentionResult, ImageRequest
@@ -38,6 +38,45 @@ def test_the_cost_model_is_measured_on_the_block_and_inverts() -> None:
     for seconds in (0.01, 1.0, 100.0):
         fits = cost.tokens_within(seconds, 12)
         assert cost.estimate(fits, 12) <= seconds < cost.estimate(fits + 1, 12)
+
+
+def test_each_methods_correction_is_learned_from_the_passes_served() -> None:
+    """The correction starts at 1, jumps to the first observed ratio, then moves by LEARNING_RATE of
+    each new log-ratio; it stays within its bounds, ignores timer noise, and keeps methods apart."""
+    learned = Learned()
+    assert learned.correction("legrad") == 1.0
+    learned.observe("legrad", estimated_s=1.0, measured_s=2.0)
+    assert learned.correction("legrad") == pytest.approx(2.0) and learned.correction("chefer") == 1.0
+    learned.observe("legrad", estimated_s=1.0, measured_s=0.5)
+    assert learned.correction("legrad") == pytest.approx(2.0 ** (1 - LEARNING_RATE) * 0.5**LEARNING_RATE)
+    for _ in range(100):
+        learned.observe("chefer", estimated_s=0.1, measured_s=100.0)
+    assert learned.correction("chefer") == pytest.approx(CORRECTION_BOUNDS[1])
+    before = learned.correction("legrad")
+    learned.observe("legrad", estimated_s=1.0, measured_s=1e-4)  # under MIN_OBSERVED_S: noise
+    learned.observe("legrad", estimated_s=0.0, measured_s=1.0)  # nothing estimated: no ratio
+    assert learned.correction("legrad") == before and set(learned.summary()) == {"legrad", "chefer"}
+
+
+def test_the_service_scales_a_methods_estimates_by_what_its_passes_took() -> None:
+    """With ``cost_learning`` on, each forward pass teaches the method's correction: a cost model that
+    is 1000x too slow for this machine is corrected down (to its bound), for that method only, and the
+    describe API shows the factor."""
+    slow = CostModel(per_token=1.0, per_pair=0.0)  # 25 tokens x 12 blocks: 300 s estimated, milliseconds measured
+    service = tiny_service(short_side=64, cost=slow, cost_learning=True)
+    request = ImageRequest(PNG, {"upsample": "false", "method": "rollout"})
+    before = service.prepare(request).cost_s
+    for _ in range(3):  # a pass may fall under MIN_OBSERVED_S on a fast machine: slow it down
+        (result,) = service.explain([request])
+        assert isinstance(result, AttentionResult)
+    assert service.learned is not None
+    low = CORRECTION_BOUNDS[0]
+    if service.learned.summary():  # passes of >= 5 ms were observed
+        assert service.prepare(request).cost_s == pytest.approx(before * low)
+        assert service.description()["cost_corrections"] == {"rollout": low}
+        assert service.prepare(ImageRequest(PNG, {"upsample": "false"})).cost_s == pytest.approx(before / 2)  # attention: untouched
+    else:
+        pytest.fail("no pass of 3 took 5 ms: the test model is too small to observe on this machine")
 
 
 def service_with_budget(budget: float) -> AttentionService:

@@ -334,7 +334,7 @@ def test_predictions_come_from_the_methods_own_pass_each_block_once(variant: Var
 
 def test_the_cost_counts_the_heads_blocks_and_the_uncached_texts() -> None:
     service = service_of(CLIP)
-    service.cost = CostModel(per_token=1e-6, per_pair=1e-9)
+    service.cost, service.learned = CostModel(per_token=1e-6, per_pair=1e-9), None  # the declared factors only
     request = ImageRequest(png(), {"layer": 0, "labels": ["a cat", "a dog"]})
     without = service.prepare(ImageRequest(png(), {"layer": 0})).cost_s
     first = service.prepare(request).cost_s

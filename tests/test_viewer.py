@@ -1,6 +1,8 @@
 """The attention viewer in a real browser: headless Chromium (Debian's chromium + chromium-driver,
 driven by selenium) against a real TorchServe serving a constructed dino_vits8 whose layer-0 [CLS]
-attends to bright patches. Screenshots and the measured redraw times go to build/test-artifacts/.
+attends to bright patches (and, registered beside it, a tiny random classifier and a tiny random
+CLIP for the explanation methods' predictions list and prompt box). Screenshots and the measured
+redraw times go to build/test-artifacts/.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+import torch
+import yaml
 
 from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
 from scripts.viewer import VIEWER_DIR, url_of
-from testkit.checkpoints import brightness_seeking_state, encode, save
+from testkit.checkpoints import brightness_seeking_state, encode, random_rgb, save
 from testkit.torchserve import TorchServe, free_ports
 from vitscope.masks import threshold_masks
 from vitscope.methods import METHODS
@@ -43,6 +47,7 @@ class Page:
     driver: object  # selenium WebDriver
     url: str  # the viewer, pointed at the private TorchServe
     inference: str
+    management: str
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,7 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
             driver = driver_started.result()
             driver.set_script_timeout(TIMEOUT)
             inference, management = server.props["inference_address"], server.props["management_address"]
-            yield Page(driver, f"{origin}/?server={inference}&management={management}", inference)
+            yield Page(driver, f"{origin}/?server={inference}&management={management}", inference, management)
     finally:
         starting.shutdown()  # waits for the start, whatever went wrong meanwhile
         if driver_started.exception() is None:
@@ -447,3 +452,179 @@ def test_predictions_and_a_distilled_models_query_come_from_its_description(page
         assert console_errors(driver) == []
     finally:
         requests.delete(f"{management}/models/{name}", timeout=TIMEOUT)
+
+
+# The explanation methods' controls: a tiny random classifier with named classes (transformers' ViT) and a
+# tiny random CLIP (transformers' CLIPModel, open_clip's BPE), registered beside the DINO model.
+CLASSIFIER, CLIP = "viewer_pets", "viewer_clip"
+CLASSES = {0: "cat", 1: "dog", 2: "car", 3: "tree"}
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def explainers(page: Page, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """The page's TorchServe with the classifier and the CLIP registered too (unregistered after)."""
+    transformers = pytest.importorskip("transformers")
+    open_clip = pytest.importorskip("open_clip")
+    tmp = tmp_path_factory.mktemp("explainers")
+    torch.manual_seed(0)
+    labelled = {"num_labels": len(CLASSES), "id2label": CLASSES, "label2id": {v: k for k, v in CLASSES.items()}}
+    transformers.ViTForImageClassification(transformers.ViTConfig(**TINY, **labelled)).save_pretrained(tmp / CLASSIFIER)
+    text = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 77}
+    clip = transformers.CLIPConfig(text_config=text, vision_config=TINY, projection_dim=16)
+    transformers.CLIPModel(clip).save_pretrained(tmp / CLIP)
+    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    config["handler"]["attention_kernel"] = "sdpa"  # no kernel measurement at load: a quicker registration
+    config["handler"]["short_side"] = 64  # the test images as they are (8 x 8 patches), not resized to 480
+    (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
+    common = ["--export-path", str(tmp / "store"), "--config", str(tmp / "model-config.yaml")]
+    assert archive.main(["--weights", str(tmp / CLASSIFIER), "--name", CLASSIFIER, *common]) == 0
+    tokenizer = str(Path(open_clip.__file__).parent)  # bpe_simple_vocab_16e6.txt.gz
+    assert archive.main(["--weights", str(tmp / CLIP), "--name", CLIP, "--tokenizer", tokenizer, *common]) == 0
+
+    def register(name: str) -> requests.Response:
+        params = {"url": (tmp / "store" / f"{name}.mar").as_uri(), "initial_workers": 1, "synchronous": "true"}
+        return requests.post(f"{page.management}/models", params=params, timeout=TIMEOUT)
+
+    with ThreadPoolExecutor(2) as pool:  # both workers start at once
+        registered = list(pool.map(register, (CLASSIFIER, CLIP)))
+    try:
+        assert [r.status_code for r in registered] == [200, 200], [r.text for r in registered]
+        yield page
+    finally:
+        for name, reply in zip((CLASSIFIER, CLIP), registered, strict=True):
+            if reply.status_code == 200:
+                requests.delete(f"{page.management}/models/{name}", timeout=TIMEOUT)
+
+
+def choose_model(driver, name: str) -> None:
+    """Type the model's name and read its description, as a change of the Model field does (no request)."""
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "document.getElementById('model').value = arguments[0];"
+        "window.viewer.describe().then(() => done());",
+        name,
+    )
+
+
+def record_requests(driver) -> None:
+    """From now on, every multipart request's text fields are kept in window.sent (the image left out)."""
+    driver.execute_script(
+        "window.sent = []; const real = window.fetch;"
+        "window.fetch = (url, init) => {"
+        "  const texts = init?.body instanceof FormData ? [...init.body].filter(([, v]) => typeof v === 'string') : null;"
+        "  if (texts) window.sent.push(Object.fromEntries(texts));"
+        "  return real(url, init);"
+        "};"
+    )
+
+
+def answered(driver, action: Callable[[], object]) -> dict:
+    """Do ``action`` (which makes a request) and wait for its answer drawn, or its error shown: the fields sent."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    before = driver.execute_script("return window.viewer.state.requestId")
+    action()
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: d.execute_script("return window.viewer.state.requestId") > before and not d.find_element("id", "loading").is_displayed()
+    )
+    return driver.execute_script("return window.sent.at(-1)")
+
+
+def shown_title(driver) -> tuple[str, float]:
+    """The map's title, ``<target>: score <s>``: the target part and the score."""
+    title = driver.find_element("id", "map-title")
+    assert title.is_displayed()
+    named, score = title.text.rsplit(": score ", 1)
+    return named, float(score)
+
+
+def small_png(path: Path) -> Path:
+    path.write_bytes(encode(random_rgb(64, 64, seed=4)))
+    return path
+
+
+def test_predictions_are_a_list_whose_classes_are_explained_on_click(explainers: Page, tmp_path: Path) -> None:
+    """A head-only classifier: no prompt box; its predictions are buttons, and a click asks for that class's
+    map (target=<index>) with legrad (or the explanation method selected), shown titled by the target and
+    its score, the class marked as chosen."""
+    from selenium.webdriver.support.ui import Select
+
+    driver = open_viewer(explainers)
+    choose_model(driver, CLASSIFIER)
+    assert not driver.find_element("id", "prompt-form").is_displayed()  # no text tower: no prompt box
+    record_requests(driver)
+    answered(driver, lambda: driver.find_element("id", "file").send_keys(str(small_png(tmp_path / "pets.png"))))
+    predictions = driver.execute_script("return window.viewer.state.doc.predictions")
+    buttons = driver.find_elements("css selector", "#predictions li button")
+    assert len(predictions) == len(CLASSES)
+    assert [b.text for b in buttons] == [f"{p['label']}: {100 * p['probability']:.1f}%" for p in predictions]
+    assert driver.find_element("id", "map-title").is_displayed() is False  # attention: no target to title
+    pick = predictions[2]
+    sent = answered(driver, buttons[2].click)
+    assert (sent["method"], sent["target"]) == ("legrad", str(pick["index"])) and "layer" not in sent
+    doc = driver.execute_script("return window.viewer.state.doc")
+    assert doc["method"] == "legrad" and np.shape(doc["relevance"]) == (1, *doc["grid"])
+    (target,) = doc["targets"]
+    assert (target["target"], target["index"], target["label"]) == (f"class {pick['index']}", pick["index"], pick["label"])
+    named, score = shown_title(driver)
+    assert named == f"class {pick['index']} ({pick['label']})" and score == pytest.approx(target["score"], rel=1e-2)
+    pressed = [b.get_attribute("aria-pressed") for b in driver.find_elements("css selector", "#predictions li button")]
+    assert pressed == ["false", "false", "true", "false"]
+    gallery = driver.find_elements("css selector", "#gallery button")
+    assert [b.text for b in gallery] == [driver.find_element("id", "map-title").text]  # the one map, not a head mean
+    assert Select(driver.find_element("id", "method")).first_selected_option.text == "legrad"
+    screenshot(driver, "viewer-explain-class.png")
+    # an explanation method already selected is the one a click uses
+    answered(driver, lambda: Select(driver.find_element("id", "method")).select_by_value("gradcam"))
+    pick = predictions[0]
+    sent = answered(driver, driver.find_elements("css selector", "#predictions li button")[0].click)
+    assert (sent["method"], sent["target"]) == ("gradcam", str(pick["index"]))
+    assert driver.execute_script("return window.viewer.state.doc.method") == "gradcam"
+    assert shown_title(driver)[0] == f"class {pick['index']} ({pick['label']})"
+    assert driver.find_element("css selector", "#predictions li button").get_attribute("aria-pressed") == "true"
+    assert console_errors(driver) == []
+
+
+def test_a_text_towers_prompt_box_explains_prompts_and_shows_the_servers_400(explainers: Page, tmp_path: Path) -> None:
+    """A CLIP: the prompt box appears; prompts separated by | give one map each (target=text:...|text:...),
+    each titled by its prompt and score; an empty prompt is sent and the server's 400 message shown;
+    the next prompt works."""
+    from selenium.webdriver.common.keys import Keys
+
+    driver = open_viewer(explainers)
+    choose_model(driver, CLIP)
+    box = driver.find_element("id", "prompt-form")
+    assert box.is_displayed()
+    record_requests(driver)
+    image = small_png(tmp_path / "clip.png")
+    answered(driver, lambda: driver.find_element("id", "file").send_keys(str(image)))
+    prompt = driver.find_element("id", "prompt")
+    prompt.send_keys("a red car | a dog")
+    sent = answered(driver, lambda: prompt.send_keys(Keys.ENTER))
+    assert (sent["method"], sent["target"]) == ("legrad", "text:a red car|text:a dog")
+    doc = driver.execute_script("return window.viewer.state.doc")
+    assert [t["target"] for t in doc["targets"]] == ["text:a red car", "text:a dog"]
+    assert np.shape(doc["relevance"]) == (2, *doc["grid"])  # two maps, one per prompt
+    named, score = shown_title(driver)
+    assert named == "text:a red car" and score == pytest.approx(doc["targets"][0]["score"], rel=1e-2, abs=1e-3)
+    gallery = driver.find_elements("css selector", "#gallery button")
+    assert [b.text.rsplit(": score", 1)[0] for b in gallery] == ["text:a red car", "text:a dog"]
+    gallery[1].click()  # the second prompt's map: no request
+    assert shown_title(driver)[0] == "text:a dog" and driver.execute_script("return window.viewer.state.selected") == 1
+    # an empty prompt: sent as it is, and the server's own message shown
+    prompt.clear()
+    sent = answered(driver, driver.find_element("id", "explain-prompt").click)
+    assert sent["target"] == "text:"
+    direct = requests.post(f"{explainers.inference}/predictions/{CLIP}", files={"data": image.read_bytes()}, data=sent, timeout=TIMEOUT)
+    assert direct.status_code == 400
+    error = driver.find_element("id", "error")
+    assert error.is_displayed() and error.text == f"400: {direct.json()['error']}"
+    screenshot(driver, "viewer-empty-prompt.png")
+    # ... and the viewer goes on
+    prompt.send_keys("a cat")
+    answered(driver, lambda: prompt.send_keys(Keys.ENTER))
+    assert not error.is_displayed()
+    assert [t["target"] for t in driver.execute_script("return window.viewer.state.doc.targets")] == ["text:a cat"]
+    assert shown_title(driver)[0] == "text:a cat"
+    assert console_errors(driver, allowed=("status of 400",)) == []

@@ -53,3 +53,8 @@ def upsample_nearest(maps: np.ndarray, factor: int) -> np.ndarray:
     *lead, h, w = maps.shape
     tiled = np.broadcast_to(maps[..., :, None, :, None], (*lead, h, factor, w, factor))
     return np.ascontiguousarray(tiled.reshape(*lead, h * factor, w * factor))
+
+
+def on_patch_grid(maps: np.ndarray, factor: int) -> np.ndarray:
+    """``upsample_nearest``'s inverse: maps upsampled by ``factor`` (..., h*f, w*f) -> their patch grid (..., h, w)."""
+    return np.ascontiguousarray(maps[..., ::factor, ::factor])

@@ -7,12 +7,18 @@ loaded model (``a``: the rest of its time) on its device; a method says how many
 (``Method.cost_blocks``). The service refuses, with 413, a request whose estimate exceeds its budget
 (``ServiceConfig.cost_budget_s``, by default half of TorchServe's ``responseTimeout``): a request
 that would run past the timeout makes TorchServe kill the worker and fail everything in flight.
+
+A method's block-equivalents are declared from measurements on one machine; ``Learned`` corrects
+them on this one: after each forward pass the service tells it the seconds the pass took and what
+was estimated, and each method's estimates are scaled by the running geometric mean of that ratio.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+import threading
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +30,9 @@ logger = logging.getLogger(__name__)
 PROBE_TOKENS = 1025  # a 32x32 patch grid plus [CLS]: the whole block, mostly its linear work
 PAIR_TOKENS = 2049  # the attention kernel alone at ~45x45 patches: its quadratic work, measured apart
 PROBE_REPEATS = 2  # best of, after one warm-up
+LEARNING_RATE = 0.25  # the weight of each new pass's log-ratio in a method's running correction
+CORRECTION_BOUNDS = (0.25, 4.0)  # a correction stays within these: one odd pass cannot open or shut admission
+MIN_OBSERVED_S = 0.005  # passes shorter than this are timer noise, not evidence
 
 
 @dataclass(frozen=True)
@@ -71,3 +80,46 @@ class CostModel:
             per_pair,
         )
         return cls(per_token, per_pair)
+
+
+@dataclass
+class Learned:
+    """Each method's measured seconds over its estimate, learned from the passes served (thread-safe).
+
+    ``correction(method)`` is 1 until a pass of that method is observed, then the exponential moving
+    average (weight ``LEARNING_RATE``) of log(measured / estimated), exponentiated and kept within
+    ``CORRECTION_BOUNDS``. The estimates it is fed are the uncorrected ones, so it converges to the
+    ratio itself rather than chasing its own output."""
+
+    rate: float = LEARNING_RATE
+    bounds: tuple[float, float] = CORRECTION_BOUNDS
+    _log_ratios: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def correction(self, method: str) -> float:
+        """What to multiply ``method``'s estimates by on this machine (1.0: nothing observed yet)."""
+        with self._lock:
+            return math.exp(self._log_ratios.get(method, 0.0))
+
+    def observe(self, method: str, estimated_s: float, measured_s: float) -> None:
+        """One forward pass of ``method``: the seconds it took and the (uncorrected) seconds estimated for it."""
+        if estimated_s <= 0 or measured_s < MIN_OBSERVED_S:
+            return
+        low, high = (math.log(bound) for bound in self.bounds)
+        ratio = math.log(measured_s / estimated_s)
+        with self._lock:
+            old = self._log_ratios.get(method)
+            new = ratio if old is None else (1 - self.rate) * old + self.rate * ratio
+            self._log_ratios[method] = min(max(new, low), high)
+        logger.debug(
+            "cost of %s: %.3f s measured over %.3f s estimated; correction now %.2f",
+            method,
+            measured_s,
+            estimated_s,
+            self.correction(method),
+        )
+
+    def summary(self) -> dict[str, float]:
+        """Each observed method's correction (for the describe API)."""
+        with self._lock:
+            return {method: round(math.exp(value), 3) for method, value in sorted(self._log_ratios.items())}

@@ -2,6 +2,8 @@
 
 Steps, in order: decode (allowed formats only, first frame) -> EXIF orientation -> RGB ->
 resize (short side, scale factor or exact size) -> crop bottom/right to a multiple of the patch.
+``open_image`` (the header and its limits) and ``checked_sizes`` (the sizes and theirs) are shared
+with the tensor decoders of ``decoding.py``, so that every route answers a bad image alike.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ class PreparedImage:
     image_size: Size  # after the crop to a multiple of the patch size
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode bytes to an RGB ``PIL.Image`` (first frame, EXIF-oriented); ``RequestError`` if not possible."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read only the header of an allowed format: a lazy ``PIL.Image`` (nothing decoded yet) whose
+    size is within ``max_pixels``; the same ``RequestError`` as ``decode_image`` otherwise. The
+    decompression-bomb guard of every decoder (``decoding.py`` too): it runs before any pixel is decoded."""
     if not data:
         raise ImageError("empty request body: send an image (JPEG, PNG, WebP, BMP, GIF or TIFF)")
     Image.init()  # register every plugin (idempotent): Image.open(formats=...) needs them loaded
@@ -49,6 +53,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image is {height}x{width} = {width * height} pixels, over the limit of {max_pixels} pixels (max_pixels)")
+    return img
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode bytes to an RGB ``PIL.Image`` (first frame, EXIF-oriented); ``RequestError`` if not possible."""
+    img = open_image(data, max_pixels)
     try:
         img.load()
         return to_rgb(ImageOps.exif_transpose(img))
@@ -108,19 +118,17 @@ def crop_size(size: Size, patch_size: int) -> Size:
     return h - h % patch_size, w - w % patch_size
 
 
-def prepare_image(
-    data: bytes,
+def checked_sizes(
+    input_size: Size,
     *,
     patch_size: int,
-    max_pixels: int,
     max_tokens: int,
     short_side: int | None = None,
     scale: float | None = None,
     size: Size | None = None,
-) -> PreparedImage:
-    """Decode, resize and crop; sizes are checked against the limits before any resampling."""
-    img = decode_image(data, max_pixels)
-    input_size = (img.height, img.width)
+) -> tuple[Size, Size]:
+    """(resized, cropped) sizes of a decoded image of ``input_size``, checked against the patch and
+    ``max_tokens`` before any resampling; ``ImageError`` / ``PayloadTooLarge`` saying what to change."""
     if min(input_size) < patch_size:
         raise ImageError(
             f"image is {input_size[0]}x{input_size[1]}, smaller than one {patch_size}x{patch_size} patch "
@@ -139,6 +147,25 @@ def prepare_image(
             f"{cropped[0]}x{cropped[1]} pixels make {tokens} patch tokens, over the limit of {max_tokens} "
             "(max_tokens); ask for a smaller short_side, scale or size"
         )
+    return resized, cropped
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    patch_size: int,
+    max_pixels: int,
+    max_tokens: int,
+    short_side: int | None = None,
+    scale: float | None = None,
+    size: Size | None = None,
+) -> PreparedImage:
+    """Decode, resize and crop; sizes are checked against the limits before any resampling."""
+    img = decode_image(data, max_pixels)
+    input_size = (img.height, img.width)
+    resized, cropped = checked_sizes(
+        input_size, patch_size=patch_size, max_tokens=max_tokens, short_side=short_side, scale=scale, size=size
+    )
     if resized != input_size:
         img = img.resize((resized[1], resized[0]), RESAMPLE)
     if cropped != resized:

@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from . import faithfulness
 from .errors import OptionError
 from .image import Size
 from .methods import METHODS, Method, method_options
 from .model.variants import resolve_layer
 from .precision import PRECISIONS
 from .vocab import (
+    DEFAULT_FAITHFULNESS_BASELINE,
+    DEFAULT_FAITHFULNESS_STEPS,
     DEFAULT_METHOD,
     ModelFacts,
     Options,
@@ -256,12 +259,12 @@ def method_option() -> OptionSpec:
 
 def shared_options() -> tuple[OptionSpec, ...]:
     """The options every method may take (unless it refuses one, ``Method.excludes``)."""
-    return (*REQUEST_OPTIONS, method_option(), *MAP_OPTIONS)
+    return (*REQUEST_OPTIONS, method_option(), *MAP_OPTIONS, *faithfulness.OPTIONS)
 
 
 def all_options() -> dict[str, OptionSpec]:
     """Every option a request may give, in docs/api.md's order: the shared ones, each method's own after ``method``."""
-    return {spec.name: spec for spec in (*REQUEST_OPTIONS, method_option(), *method_options(), *MAP_OPTIONS)}
+    return {spec.name: spec for spec in (*REQUEST_OPTIONS, method_option(), *method_options(), *MAP_OPTIONS, *faithfulness.OPTIONS)}
 
 
 def option_names() -> tuple[str, ...]:
@@ -313,6 +316,9 @@ def parse(raw: Mapping[str, object], facts: ModelFacts, defaults: Defaults = DEF
         query=parsed.get("query"),
         top_k=_checked_top_k(parsed, facts),
         labels=parsed.get("labels"),
+        faithfulness=parsed.get("faithfulness", ()),
+        faithfulness_steps=parsed.get("faithfulness_steps", DEFAULT_FAITHFULNESS_STEPS),
+        faithfulness_baseline=parsed.get("faithfulness_baseline", DEFAULT_FAITHFULNESS_BASELINE),
     )
     method.validate(options, facts)
     return Parsed(method, options)
@@ -364,6 +370,9 @@ def _check_combination(given: list[str], parsed: Mapping[str, Any], method: Meth
         raise OptionError(
             "format=npy carries one array, the attention: ask format=npz (arrays attention, registers) or json with registers"
         )
+    faithfulness.check_combination(given, fmt)
+    if "faithfulness" in given and main.rgb:
+        raise OptionError(f"faithfulness does not apply to method={method.name}: its {main.name} is colours, not one value per patch")
     for output in others:
         if fmt == "npy" and parsed.get(output.asked_by):
             raise OptionError(

@@ -59,6 +59,9 @@ class AttentionResult:
     targets: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
     # The top classes (of the head, or of the request's labels), most probable first: {index, label, probability}
     predictions: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
+    # With faithfulness=: per map (per target for relevance, aligned with ``targets``), its deletion/insertion
+    # curves and AUCs and a random order's: {target, score, deletion?, insertion?, random} (faithfulness.py)
+    faithfulness: list[dict[str, object]] | None = field(default=None, metadata=OPTIONAL)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_SCHEMA)  # output name -> array
     outputs: tuple[OutputSpec, ...] = field(default=(), repr=False, metadata=NOT_IN_SCHEMA)  # the method's, in order
     format: str = field(default="json", metadata=NOT_IN_SCHEMA)  # response encoding asked for: json|npy|npz

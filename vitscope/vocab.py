@@ -21,6 +21,8 @@ from .errors import OptionError
 
 DEFAULT_METHOD = "attention"  # what a request that names no method gets (methods/ registers it)
 DEFAULT_EXPLAIN_METHOD = "legrad"  # what it gets on the explanation routes (TorchServe's /explanations, KServe's :explain)
+DEFAULT_FAITHFULNESS_STEPS = 16  # what faithfulness= gets unless it says faithfulness_steps (faithfulness.py)
+DEFAULT_FAITHFULNESS_BASELINE = "blur"  # what a perturbed patch becomes unless it says faithfulness_baseline
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _INTERVAL_RE = re.compile(r"^([\[(])\s*([-\d.]+)\s*,\s*([-\d.]+)\s*([\])])$")
@@ -191,6 +193,9 @@ class Options:
     query: str | None = None  # the token whose attention the maps are of (None: the one the model pools by)
     top_k: int = 0  # predictions: the top classes (of the head, or of ``labels``); 0: none
     labels: tuple[str, ...] | None = None  # zero-shot texts (CLIP, SigLIP), scored against the image
+    faithfulness: tuple[str, ...] = ()  # the map's deletion/insertion curves to measure (faithfulness.py); (): none
+    faithfulness_steps: int = DEFAULT_FAITHFULNESS_STEPS  # points per curve, less one
+    faithfulness_baseline: str = DEFAULT_FAITHFULNESS_BASELINE  # what a perturbed patch becomes: blur or mean
 
     def param(self, name: str) -> Any:
         """The value of one of the method's own options."""

@@ -26,11 +26,14 @@ def tiny_service(
 ) -> AttentionService:
     """An ``AttentionService`` over ``variant`` built from ``state`` (None: random weights, seeded 0) or
     an already built ``model``, with handler ``settings`` (e.g. ``short_side=32``). Precisions are
-    planned fp32-only, so no test pays for the device probe unless it asks for one itself."""
+    planned fp32-only, so no test pays for the device probe unless it asks for one itself. A ``cost``
+    given is used as it is (``cost_learning`` off unless ``settings`` turn it on): the test is about
+    the rule, not this machine's timings."""
     if model is None:
         torch.manual_seed(0)
         model = build_model(variant, state)
-    config = ServiceConfig.from_mapping({"model": variant.name, "weights": weights, **settings})
+    learning = {"cost_learning": False} if cost is not None else {}
+    config = ServiceConfig.from_mapping({"model": variant.name, "weights": weights, **learning, **settings})
     return AttentionService(
         model, variant, config, precisions=PrecisionPlan.fp32_only(), cost_budget_s=cost_budget_s, cost=cost, predictor=predictor
     )

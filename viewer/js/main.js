@@ -29,7 +29,7 @@ const state = {
   maps: null, // parseMaps(doc)
   features: null, // unitFeatures of the last response, for a method the page computes (IN_PAGE)
   aligned: null, // the image resized and cropped as the server reports
-  selected: "mean", // "mean" or a head's index in the row
+  selected: "mean", // "mean" or a map's index in the row (a head's, or an explanation's target's)
   lut: lookupTable("inferno"),
   mapCanvas: document.createElement("canvas"),
   means: new Map(), // row index -> mean map
@@ -60,6 +60,10 @@ function init() {
     request();
   });
   $("layer").addEventListener("input", onLayer);
+  $("prompt-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    explainPrompt();
+  });
   $("cmap").addEventListener("change", () => {
     state.lut = lookupTable($("cmap").value);
     redraw(true);
@@ -153,19 +157,76 @@ function buildModelOptions() {
     optionControl(o.name === "query" ? { ...o, choices: model.queries } : o),
   );
   $("model-options").replaceChildren(...controls);
+  $("prompt-form").hidden = !hasTextTower(model); // prompts are a text tower's targets
 }
 
-/** The answer's predictions, most probable first, as text. */
+/** Whether the model takes ``text:<prompt>`` targets: its description's targets say so (or, from a
+ * server that lists none, its text tower). */
+function hasTextTower(model) {
+  return Array.isArray(model.targets) ? model.targets.some((t) => String(t).startsWith("text:")) : model.text_tower === true;
+}
+
+/** The answer's predictions, most probable first: each a button that explains that class (a head's
+ * index; a text tower's label as its prompt). */
 function showPredictions(doc) {
   const list = $("predictions");
+  const byIndex = (state.description.model?.classes ?? 0) > 0;
   const items = (doc.predictions ?? []).map((p) => {
     const item = document.createElement("li");
-    item.textContent = `${p.label}: ${(100 * p.probability).toFixed(1)}%`;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = `${p.label}: ${(100 * p.probability).toFixed(1)}%`;
+    button.title = `explain ${p.label}`;
+    Object.assign(button.dataset, { index: String(p.index), label: p.label });
+    button.addEventListener("click", () => explainTarget(byIndex ? String(p.index) : `text:${p.label}`));
     item.dataset.index = String(p.index);
+    item.append(button);
     return item;
   });
   list.replaceChildren(...items);
   list.hidden = items.length === 0;
+}
+
+/** Mark the prediction the shown map explains (pressed), if one does. */
+function markPredictions() {
+  const shown = state.maps?.targets?.[state.selected];
+  for (const button of $("predictions").querySelectorAll("button")) {
+    const { index, label } = button.dataset;
+    const chosen =
+      shown !== undefined && (String(shown.target).startsWith("text:") ? shown.label === label : shown.index === Number(index));
+    button.setAttribute("aria-pressed", String(chosen));
+  }
+}
+
+/** The method a chosen class or prompt is explained by: the selected one where it takes a target
+ * (legrad, chefer, gradcam), else legrad (else the first served that takes one). */
+function explainingMethod() {
+  const explains = (m) => (m.own_options ?? []).includes("target") && takes(m, "target");
+  const current = currentMethod();
+  if (explains(current)) return current;
+  const methods = state.description.methods;
+  return methods.find((m) => m.name === "legrad" && explains(m)) ?? methods.find(explains) ?? null;
+}
+
+/** Ask for the map of ``target`` (as the server's target= option takes it): the explanation method
+ * selected, its target field set to it. The server judges it (a bad one: its 400 is shown). */
+function explainTarget(target) {
+  const method = explainingMethod();
+  if (!method) return showError(`${$("model").value || "this model"} serves no method that explains a target (legrad, chefer, gradcam).`);
+  if (method.name !== $("method").value) {
+    $("method").value = method.name;
+    buildMethodOptions();
+  }
+  $("method-options").querySelector("[data-option=target]").value = target;
+  if (!state.image) return showError("Choose an image first, then a class or a prompt to explain.");
+  return request();
+}
+
+/** The prompt box: target=text:<prompt>, one per prompt separated by |, as the user wrote them (an
+ * empty one is sent too: the server's message says what is wrong). */
+function explainPrompt() {
+  const prompts = $("prompt").value.split("|").map((prompt) => `text:${prompt.trim()}`);
+  return explainTarget(prompts.join("|"));
 }
 
 function currentMethod() {
@@ -225,10 +286,12 @@ function methodFields() {
   const method = currentMethod();
   const fields = method.name === state.description.default_method ? {} : { method: method.name };
   for (const input of document.querySelectorAll("#method-options [data-option], #model-options [data-option]")) {
+    if (!takes(method, input.dataset.option)) continue; // a model control this method does not take (query for legrad)
     const value = input.type === "checkbox" ? String(input.checked) : input.value.trim();
     if (value !== "") fields[input.dataset.option] = value; // an empty field is an option left out
   }
-  Object.assign(fields, takes(method, "layers") ? { layers: "all" } : { layer: $("layer").value });
+  if (takes(method, "layers")) fields.layers = "all";
+  else if (takes(method, "layer")) fields.layer = $("layer").value; // legrad and chefer choose their blocks otherwise
   return fields;
 }
 
@@ -257,7 +320,7 @@ async function request() {
     state.features = features ?? null;
     const main = method.outputs[0];
     const maps = parseMaps(doc, main.name, main.rgb === true); // a colour image (PCA) is drawn as it is
-    Object.assign(state, { doc, text, maps, means: new Map(), selected: "mean" });
+    Object.assign(state, { doc, text, maps, means: new Map(), selected: maps.targets ? 0 : "mean" }); // a target's map, not their mean
     if (doc.layers) $("layer").max = String(Math.max(...maps.layers));
     state.aligned = state.bitmap ? alignedImage(state.bitmap, doc.resized_size, doc.image_size) : blank(doc.image_size);
     $("error").hidden = true;
@@ -284,7 +347,9 @@ async function explainFeatures(model, fields, main, signal) {
 
 function onLayer() {
   showValues();
-  if (!takes(currentMethod(), "layers")) {
+  const method = currentMethod();
+  if (!takes(method, "layers") && !takes(method, "layer")) return; // its maps do not depend on it
+  if (!takes(method, "layers")) {
     clearTimeout(state.layerTimer);
     state.layerTimer = setTimeout(request, LAYER_DELAY_MS);
   } else {
@@ -336,7 +401,12 @@ function redraw(gallery) {
   }
   if (gallery) drawGallery();
   const r = currentRowIndex();
-  const what = state.maps.heads.length === 1 ? "" : `, ${state.selected === "mean" ? "head mean" : state.maps.heads[state.selected]}`;
+  const title = state.maps.targets ? state.maps.heads[state.selected] : "";
+  $("map-title").textContent = title; // what the map explains, and its score
+  $("map-title").hidden = !title;
+  markPredictions();
+  const single = state.maps.heads.length === 1 && !state.maps.targets;
+  const what = single ? "" : `, ${state.selected === "mean" ? "head mean" : state.maps.heads[state.selected]}`;
   const d = state.doc;
   $("caption").textContent =
     `${d.model}, ${state.maps.labels[r]}${what}; image ${d.image_size[0]}x${d.image_size[1]} ` +
@@ -348,7 +418,10 @@ function redraw(gallery) {
 }
 
 function buildGallery() {
-  const names = state.maps.heads.length > 1 ? ["mean", ...state.maps.heads.keys()] : ["mean"];
+  const { heads, targets } = state.maps;
+  // an explanation: each target's map (their mean explains nothing); else the head mean and each head
+  const names = targets ? [...heads.keys()] : heads.length > 1 ? ["mean", ...heads.keys()] : ["mean"];
+  $("gallery").setAttribute("aria-label", targets ? "Maps: one per target" : "Maps: the head mean and every head");
   $("gallery").replaceChildren(
     ...names.map((key) => {
       const button = document.createElement("button");

@@ -1,10 +1,13 @@
 // The maths of the page, free of the DOM: the server's response as patch-grid maps, their mean,
 // DINO's threshold masks (as the server's vitscope/masks.py) and the masks' outlines.
 
-/** A response document (upsample=false) -> {rows, grid, patch, labels, heads, layers, rgb}: rows[r][m]
- * is a Float64Array (h * w, row-major) of map m of row r (a layer, or the one row of a fused map).
- * ``output``: the method's main output, the array holding its maps (the server's description names
- * it); ``rgb``: that output is a colour image (red, green, blue maps in [0, 1]), drawn as it is. */
+/** A response document (upsample=false) -> {rows, grid, patch, labels, heads, layers, rgb, targets}:
+ * rows[r][m] is a Float64Array (h * w, row-major) of map m of row r (a layer, or the one row of a
+ * fused map). ``output``: the method's main output, the array holding its maps (the server's
+ * description names it); ``rgb``: that output is a colour image (red, green, blue maps in [0, 1]),
+ * drawn as it is. The leading axis of one row is the heads, or one fused map, or (an explanation
+ * method's ``relevance``, [targets, H, W]) one map per target: then ``targets`` holds the response's
+ * {target, index?, label?, score} of each map, in order, and ``heads`` their titles; else it is null. */
 export function parseMaps(doc, output = "attention", rgb = false) {
   if (!doc || !Array.isArray(doc[output]) || !Array.isArray(doc.grid) || doc.upsampled) {
     throw new Error(`the response holds no patch-grid ${output} (the viewer asks upsample=false)`);
@@ -12,11 +15,23 @@ export function parseMaps(doc, output = "attention", rgb = false) {
   const [h, w] = doc.grid;
   const nested = doc.layers ? doc[output] : [doc[output]]; // (rows, maps, h, w)
   const rows = nested.map((maps) => maps.map((map) => flatten(map, h, w)));
+  const what = doc.method ? `${doc.method}${doc.layer === undefined ? "" : ` through layer ${doc.layer}`}` : `layer ${doc.layer}`;
+  const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [what];
+  const layers = doc.layers ?? [doc.layer];
+  const targets = !doc.layers && Array.isArray(doc.targets) && doc.targets.length === rows[0].length ? doc.targets : null;
+  if (targets) return { rows, grid: [h, w], patch: doc.patch_size, labels, heads: targets.map(targetTitle), layers, rgb, targets };
   // a map per head, or one map of a method that fuses the heads (named after the method)
   const fused = rgb || rows[0].length !== doc.heads.length; // a colour image is one map of three channels
-  const labels = doc.layers ? doc.layers.map((layer) => `layer ${layer}`) : [doc.method ? `${doc.method} through layer ${doc.layer}` : `layer ${doc.layer}`];
   const heads = fused ? [doc.method ?? "map"] : doc.heads.map((head) => `head ${head}`);
-  return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers: doc.layers ?? [doc.layer], rgb };
+  return { rows, grid: [h, w], patch: doc.patch_size, labels, heads, layers, rgb, targets: null };
+}
+
+/** What a relevance map explains, with its score, as a title: ``class 281 (tabby): score 0.912``,
+ * ``text:a dog: score 0.312`` (the label only where it says more than the target). */
+export function targetTitle({ target, label, score }) {
+  const said = label !== undefined && label !== target && `text:${label}` !== target;
+  const named = said ? `${target} (${label})` : String(target);
+  return typeof score === "number" ? `${named}: score ${score.toPrecision(3)}` : named;
 }
 
 function flatten(map, h, w) {

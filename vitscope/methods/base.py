@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from ..attention import on_patch_grid
 from ..errors import OptionError
 from ..vocab import ModelFacts, Options, OptionSpec, OutputSpec
 
@@ -101,6 +102,22 @@ class Method(ABC):
         """The arrays of each image of one request using this method ((options, its share of ``compute``)
         in order). By default each image on its own (``arrays``); a method may treat them together."""
         return [self.arrays(options, computed, patch_size) for options, computed in images]
+
+    def patch_values(self, options: Options, arrays: Mapping[str, np.ndarray], patch_size: int) -> np.ndarray:
+        """The value per patch that ``faithfulness=`` orders the patches by, from one image's response
+        arrays (``arrays``, as ``arrays`` returned them): (maps, H/p, W/p) float, one curve set per map.
+        By default the main output on the patch grid, averaged over its leading axes: one map.
+        ``OptionError`` for a main output of colours (``rgb``): no single value per patch."""
+        main = self.outputs[0]
+        if main.rgb:
+            raise OptionError(f"faithfulness does not apply to method={self.name}: its {main.name} is colours, not one value per patch")
+        grid = arrays[main.name]
+        grid = on_patch_grid(grid, patch_size) if options.upsample else grid
+        return grid.reshape(-1, *grid.shape[-2:]).mean(axis=0, keepdims=True)  # (1, h, w)
+
+    def scored_maps(self, options: Options) -> int:
+        """The maps ``patch_values`` gives for a request (``faithfulness``'s curve sets, for its cost)."""
+        return 1
 
     def metadata(self, options: Options, patch_size: int) -> dict[str, object]:
         """The response fields that say how the method ran (after ``method``): its own options' values."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from ..attention import upsample_nearest
+from ..attention import on_patch_grid, upsample_nearest
 from ..errors import OptionError
 from ..model import relevance
 from ..targets import CLASS, EMBEDDING, TARGET_OPTION, TEXT, TOP, Target, offered
@@ -133,6 +133,14 @@ class ExplainMethod(Method):
     def arrays(self, options: Options, computed: Mapping[str, np.ndarray], patch_size: int) -> dict[str, np.ndarray]:
         grid = computed[GRID][: len(targets_of(options))]  # (T, H/p, W/p)
         return {RELEVANCE.name: upsample_nearest(grid, patch_size) if options.upsample else np.ascontiguousarray(grid)}
+
+    def patch_values(self, options: Options, arrays: Mapping[str, np.ndarray], patch_size: int) -> np.ndarray:
+        """Each target's own map (T, H/p, W/p): one curve set per target, in the order of ``targets``."""
+        grid = arrays[RELEVANCE.name]
+        return on_patch_grid(grid, patch_size) if options.upsample else grid
+
+    def scored_maps(self, options: Options) -> int:
+        return len(targets_of(options))
 
     def describe_targets(self, options: Options, computed: Mapping[str, np.ndarray], labels: Sequence[str]) -> list[dict[str, object]]:
         """What each map of one image explains, in order: the target as asked, the class or text it

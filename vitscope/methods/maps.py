@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..attention import upsample_nearest
+from ..attention import on_patch_grid, upsample_nearest
 from ..masks import boxes_of, threshold_masks
 from ..vocab import Options, OutputSpec
 from .base import Method
@@ -71,3 +71,11 @@ class MapMethod(Method):
         if options.registers:
             out[REGISTERS.name] = np.ascontiguousarray(registers)
         return out
+
+    def patch_values(self, options: Options, arrays: Mapping[str, np.ndarray], patch_size: int) -> np.ndarray:
+        """One map: the mean over the maps returned (the heads asked for; rollout's one), of the deepest block with ``layers``."""
+        grid = arrays[MAPS.name]
+        grid = on_patch_grid(grid, patch_size) if options.upsample else grid  # (maps, h, w), or (layers, maps, h, w)
+        if options.layers is not None:
+            grid = grid[-1]  # the deepest block (layers ascend)
+        return grid.mean(axis=0, keepdims=True)  # (1, h, w)

@@ -188,8 +188,15 @@ class PCAColours(Method):
         FEATURES_OPTION,
     )
     excludes: ClassVar[Mapping[str, str]] = {
-        name: f"{name} does not apply to method=pca: it colours the patch features of one block"
-        for name in ("heads", "layers", "boxes", "registers")
+        **{
+            name: f"{name} does not apply to method=pca: it colours the patch features of one block"
+            for name in ("heads", "layers", "boxes", "registers")
+        },
+        **{
+            name: f"{name} does not apply to method=pca: its colours are three components whose signs are a convention, not one "
+            "value per patch to order the patches by; ask it of method=attention, rollout, similarity or an explanation method"
+            for name in ("faithfulness", "faithfulness_steps", "faithfulness_baseline")
+        },
     }
     outputs = (PCA, FOREGROUND, BASIS, FEATURES)
     fields = ("foreground", "pca_fit")

@@ -78,6 +78,27 @@ class Goals:
         """(B, T) bool: the goals that are not padding."""
         return torch.tensor([[kind != NONE for kind in row] for row in self.kinds], device=self.classes.device)
 
+    def image(self, index: int, count: int) -> Goals:
+        """Image ``index``'s first ``count`` goals as a batch of one (TOP goals stay as ``resolve_top`` resolved them)."""
+        chosen = self.chosen[index : index + 1, :count].clone() if self.chosen is not None else None
+        kinds = [list(self.kinds[index][:count])]
+        classes, vectors = self.classes[index : index + 1, :count].clone(), self.vectors[index : index + 1, :count].clone()
+        return Goals(kinds, classes, vectors, [None], None, chosen)
+
+    def repeated(self, copies: int) -> Goals:
+        """A batch of one's goals for ``copies`` images, each scored against the same goals (views, not copies)."""
+        if self.classes.shape[0] != 1:
+            raise ValueError(f"repeated takes the goals of one image, not of {self.classes.shape[0]}")
+        chosen = self.chosen.expand(copies, -1) if self.chosen is not None else None
+        return Goals(
+            [list(self.kinds[0]) for _ in range(copies)],
+            self.classes.expand(copies, -1),
+            self.vectors.expand(copies, -1, -1),
+            self.candidates * copies,
+            self.empty,
+            chosen,
+        )
+
 
 def make_goals(
     kinds: Sequence[Sequence[str]],
@@ -210,6 +231,7 @@ def _chunks(n: int, chunk: int) -> list[slice]:
     return [slice(start, min(start + chunk, n)) for start in range(0, n, chunk)]
 
 
+@torch.no_grad()  # a read-out: recorded for autograd, its chunks (heads, rows, N) would all be kept, N x N in all
 def positive_grad_columns(trace: Trace, grad_o: torch.Tensor, chunk: int) -> torch.Tensor:
     """LeGrad's read of a block: the mean over heads and query rows of clamp(dS/dA, 0), dS/dA = dO V^T:
     (B, heads, N, d) -> (B, N), float32, ``chunk`` rows at a time."""
@@ -221,6 +243,7 @@ def positive_grad_columns(trace: Trace, grad_o: torch.Tensor, chunk: int) -> tor
     return out / (heads * N)
 
 
+@torch.no_grad()  # as positive_grad_columns: nothing differentiates through the relevance
 def cam_rows(trace: Trace, grad_o: torch.Tensor, r: torch.Tensor, live: int, chunk: int) -> torch.Tensor:
     """Chefer's step r <- r + r cam for one block, cam = mean_heads(clamp(dO V^T * A, 0)): r (B, N) ->
     (B, N), float32. Only rows ``0..live-1`` of r may be non-zero; A's rows are rebuilt from q k^T."""

@@ -103,6 +103,9 @@ def over_budget(items: Sequence[Prepared], total: float, cost: CostModel, budget
     ways = [f"lower short_side (about {side} px fits this image)"]
     if p < 16:
         ways.append(f"use a patch-16 model ({(16 / p) ** 2:.0f}x fewer tokens)")
+    if largest.options.faithfulness:
+        steps = largest.options.faithfulness_steps
+        ways.append(f"lower faithfulness_steps (now {steps}: each curve is {steps + 1} whole forward passes) or ask one metric")
     if method.name != DEFAULT_METHOD:
         ways.append(f"use method={DEFAULT_METHOD}")
     return (

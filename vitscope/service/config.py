@@ -33,6 +33,8 @@ class ServiceConfig:
     # Seconds one request may be estimated to take (cost.py, measured at load); over it -> 413.
     # 0: ADMISSION_SHARE of the model's responseTimeout, past which TorchServe kills the worker.
     cost_budget_s: float = 0.0
+    # Scale each method's estimates by what its passes measured here (cost.Learned); false: the declared factors only.
+    cost_learning: bool = True
     # Seconds from a request's arrival after which its answer is of no use, when it names no timeout
     # itself (KServe v2 ``timeout``, the X-Request-Timeout header); 0: none. Not computed past it: 504.
     deadline_s: float = 0.0

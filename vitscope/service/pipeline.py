@@ -11,6 +11,7 @@ pass, across requests. In order:
     admit:   over the cost budget -> 413; past the deadline -> 504                   (admission.py)
     predict: tensors -> the method's tensors, batched                                 (methods/ -> model/)
     describe: a request's tensors -> the method's arrays -> AttentionResults          (methods/, schema.py)
+              (with faithfulness=: each map's deletion/insertion curves, batched)     (faithfulness.py)
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import faithfulness
 from ..attention import map_agreement, to_tensor
-from ..cost import CostModel
+from ..cost import CostModel, Learned
 from ..errors import RequestError
 from ..image import prepare_image
 from ..methods import METHODS, Method
 from ..methods.base import ForwardSpec
 from ..methods.explain import ExplainMethod, targets_of
+from ..model import relevance
 from ..model.catalogue import licence_of
 from ..model.variants import Variant
 from ..model.vit import VisionTransformer
@@ -55,6 +58,7 @@ class Computed(NamedTuple):
     forward_ms: float
     predictions: list[dict[str, object]] | None = None
     targets: list[dict[str, object]] | None = None  # what each relevance map explains (the explanation methods)
+    goals: relevance.Goals | None = None  # with faithfulness=: the image's goals as the explanation resolved them
 
 
 class AttentionService:
@@ -63,7 +67,8 @@ class AttentionService:
     ``precisions``: what each requested precision runs as; by default decided here, once, by
     probing the device and the model (``precision.plan_precisions``). ``cost_budget_s``: the seconds
     a request may be estimated to take (None: no admission control); the estimates come from
-    ``cost``, by default measured here on the model's first block (``cost.CostModel.measure``).
+    ``cost``, by default measured here on the model's first block (``cost.CostModel.measure``), and
+    corrected per method by what its passes take here (``cost.Learned``; handler ``cost_learning``).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class AttentionService:
         if cost is None and cost_budget_s is not None:
             cost = CostModel.measure(self.model.blocks[0], variant.embed_dim, variant.num_heads, self.device)
         self.cost = cost
+        self.learned = Learned() if config.cost_learning else None
 
     def ingest(self, decoded: Decoded, received: float) -> Decoded:
         """A request decoded by its codec, as it enters the service: its images with their deadline
@@ -161,7 +167,8 @@ class AttentionService:
             for i, own in zip(indices, arrays, strict=True):
                 item = items[i]
                 assert isinstance(item, Prepared)
-                described[i] = self.describe(item, own, computed[id(item)])
+                faithful = self.faithfulness(item, own, computed[id(item)]) if item.options.faithfulness else None
+                described[i] = self.describe(item, own, computed[id(item)], faithful)
         return [item if isinstance(item, RequestError) else described[i] for i, item in enumerate(items)]
 
     def prepare(self, request: ImageRequest) -> Prepared:
@@ -183,9 +190,14 @@ class AttentionService:
         cost_s, blocks = 0.0, method.cost_blocks(options)
         if self.predictor.wanted(options):  # the head reads the last block: the blocks after the method's run too
             blocks += self.variant.depth - 1 - options.layer
-        if self.cost is not None:
+        targeted = isinstance(method, ExplainMethod)
+        perturbed = faithfulness.forwards(options, method.scored_maps(options), targeted) * self.variant.depth  # whole passes
+        if self.cost is not None:  # the learned correction is the method's: the perturbed passes are plain forwards
             tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
-            cost_s = self.cost.estimate(tokens, blocks) + self.predictor.text_cost_s(options, self.cost)
+            correction = self.learned.correction(method.name) if self.learned is not None else 1.0
+            cost_s = self.cost.estimate(tokens, blocks) * correction + self.cost.estimate(tokens, perturbed)
+            cost_s += self.predictor.text_cost_s(options, self.cost)
+        blocks += perturbed
         precision = self.precisions.resolve(options.precision)
         return Prepared(tensor, image, options, method, precision, elapsed_ms, cost_s, request.deadline, blocks)
 
@@ -224,6 +236,7 @@ class AttentionService:
                 options = [items[i].options for i in indices]
                 refs = [(references or {}).get(id(items[i])) for i in indices]
                 goals = method.goals(self.model, options, self.predictor.text_embeddings, refs, self.device)
+            passed = time.perf_counter()  # the texts are embedded: what the estimate's blocks price starts here
             with torch.inference_mode(), autocast(self.device, precision), self.model.recording_final(any(wanted)) as final:
                 if isinstance(method, ExplainMethod) and goals is not None:
                     computed = method.explain(self.model, batch, spec, goals)  # name -> (B, ...)
@@ -232,18 +245,44 @@ class AttentionService:
                 if any(wanted) and not final:  # a method whose pass does not record what the head reads
                     final.extend(self.model.head_tokens(batch))
             arrays = {name: tensor.cpu().numpy() for name, tensor in computed.items()}  # the method chose the dtypes
-            elapsed_ms = (time.perf_counter() - start) * 1000
+            done = time.perf_counter()
+            elapsed_ms = (done - start) * 1000
+            self._learn(method, [items[i] for i in indices], done - passed)
             for n, i in enumerate(indices):
                 predictions = self.predictor.predict([t[n : n + 1] for t in final], items[i].options) if wanted[n] else None
                 own = {name: array[n] for name, array in arrays.items()}
                 targets = (
                     method.describe_targets(items[i].options, own, self.predictor.labels) if isinstance(method, ExplainMethod) else None
                 )
-                results[i] = Computed(own, elapsed_ms, predictions, targets)
+                faithful = bool(items[i].options.faithfulness)  # its goals, as resolved, score its perturbed copies
+                resolved = goals.image(n, len(targets_of(items[i].options))) if goals is not None and faithful else None
+                results[i] = Computed(own, elapsed_ms, predictions, targets, resolved)
         return results
 
-    def describe(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> AttentionResult:
-        """The result of one item from the method's arrays for it (``Method.arrays``) and the metadata."""
+    def _learn(self, method: Method, items: Sequence[Prepared], seconds: float) -> None:
+        """Tell the learned correction what one pass of ``method`` over ``items`` took (``seconds``, the
+        texts' embedding not included), against their uncorrected estimates."""
+        if self.learned is None or self.cost is None or any(item.options.faithfulness for item in items):
+            return  # (faithfulness= prices its perturbed passes too, which run after this pass)
+        estimated = 0.0
+        for item in items:
+            tokens = self.variant.num_prefix_tokens + item.tensor.shape[1] * item.tensor.shape[2] // self.variant.patch_size**2
+            estimated += self.cost.estimate(tokens, item.blocks)
+        self.learned.observe(method.name, estimated, seconds)
+
+    def faithfulness(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> list[dict[str, object]]:
+        """The ``faithfulness`` field of one item: its maps' values per patch (``Method.patch_values``) ordered,
+        perturbed and scored (``faithfulness.measure``), against its targets' goals, or its own embedding."""
+        values = item.method.patch_values(item.options, arrays, self.variant.patch_size)  # (C, h, w)
+        names = [t.name for t in targets_of(item.options)] if computed.goals is not None else None
+        image = item.tensor.to(self.device)  # (3, H, W)
+        return faithfulness.measure(self.model, image, values, item.options, item.precision, computed.goals, names)
+
+    def describe(
+        self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed, faithful: list[dict[str, object]] | None = None
+    ) -> AttentionResult:
+        """The result of one item from the method's arrays for it (``Method.arrays``), the metadata and
+        its ``faithfulness`` (None: not asked)."""
         forward_ms = computed.forward_ms
         p = self.variant.patch_size
         options = item.options
@@ -271,6 +310,7 @@ class AttentionService:
             query=options.query,
             targets=computed.targets,
             predictions=computed.predictions,
+            faithfulness=faithful,
             arrays=arrays,
             outputs=method.outputs,
             format=options.format,
@@ -301,4 +341,5 @@ class AttentionService:
             "precisions": {name: self.precisions.resolve(name) for name in PRECISIONS},
             "attention_kernel": self.model.kernels.summary(),
             "limits": {"max_tokens": self.config.max_tokens, "max_pixels": self.config.max_pixels, "cost_budget_s": self.cost_budget_s},
+            "cost_corrections": self.learned.summary() if self.learned is not None else {},  # each method's learned factor
         }
