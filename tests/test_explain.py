@@ -211,6 +211,29 @@ def test_linear_memory_path_equals_the_naive_one_at_every_chunk() -> None:
         assert all(torch.allclose(maps[0], m, atol=1e-6) for m in maps[1:])
 
 
+def test_no_n_by_n_tensor_is_kept_for_autograd() -> None:
+    """Linear memory: all that autograd saves while legrad or chefer runs, together, is less than one
+    block's (heads, N, N) attention (the read-outs of dS/dA run without autograd, a chunk of rows at a
+    time; SDPA's backward keeps q, k, v, o and a row statistic)."""
+    from vitscope.model.checkpoint import build_model
+
+    torch.manual_seed(0)
+    model = build_model(CLASSIFIER, None).eval()
+    x = torch.randn(1, 3, 256, 256)  # 32 x 32 patches of 8: N = 1025 tokens
+    n = 1 + (256 // CLASSIFIER.patch_size) ** 2
+    for function in (relevance.legrad, relevance.chefer):
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel()
+            return t
+
+        goals = relevance.make_goals([["class"]], [[1]], [[None]], model.variant.embed_dim, torch.device("cpu"))
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            function(model, x.clone(), goals, 0)
+        assert 0 < saved[0] < CLASSIFIER.num_heads * n * n, (function.__name__, saved[0], CLASSIFIER.num_heads * n * n)
+
+
 # ----------------------------------------------------------------------------- constructed models
 def constructed_services():
     """The region classifier and the region CLIP (testkit/constructed.py), served."""
