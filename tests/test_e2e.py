@@ -61,11 +61,12 @@ def test_describe_api_serves_the_registry(served: Served) -> None:
     each with its options (the model's defaults) and outputs, and the model's facts."""
     described = AttentionClient(served.url, management=served.management).describe()
     expected = json.loads(json.dumps(served.in_process.description()))
-    measured = ("precisions", "attention_kernel", "limits")  # what each process measures of the device for itself
+    measured = ("precisions", "attention_kernel", "limits", "cost_corrections")  # what each process measures for itself
     assert {k: v for k, v in described.items() if k not in measured} == {k: v for k, v in expected.items() if k not in measured}
     assert set(described["precisions"]) == {"fp32", "bf16", "fp16", "auto"}  # what each runs as: the worker's own probe
     assert described["attention_kernel"] == "attention kernel: sdpa (not measured)"  # the fixture's attention_kernel: sdpa
     assert described["limits"] == {**expected["limits"], "cost_budget_s": 60.0}  # half the archive's responseTimeout
+    assert all(0.25 <= factor <= 4.0 for factor in described["cost_corrections"].values())  # learned from what it served
     assert [m["name"] for m in described["methods"]] == list(METHODS) and described["default_method"] == DEFAULT_METHOD
     facts = ModelFacts.of(served.in_process.model).describe()
     assert served.in_process.config.source == "hub (tiny16_full.pth)"  # recorded by the archiver

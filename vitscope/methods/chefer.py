@@ -29,7 +29,7 @@ class Chefer(ExplainMethod):
     needs = Needs(
         blocks="all, with autograd", keeps="every block's queries, keys, values and the gradient of its attention output (O(N) each)"
     )
-    cost_factor = 3.0  # per target and block; measured on 2 AVX2 cores, ViT-B/16: 2.31x (224²), 3.67x (480²): errs high
+    cost_factor = 3.0  # per target and block; ViT-B/16 on 2 EPYC cores: 2.34x (224²), 2.55x (480²), 8 prompts 4.6-5.6x one: errs high
 
     def run(
         self, model: VisionTransformer, batch: torch.Tensor, spec: ForwardSpec, goals: relevance.Goals

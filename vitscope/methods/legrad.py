@@ -55,7 +55,7 @@ class LeGrad(ExplainMethod):
         blocks="all (the last -layer_index with autograd)",
         keeps="each explained block's queries, keys, values and the gradient of its attention output (O(N) each)",
     )
-    cost_factor = 1.0  # per target and explained block; measured on 2 AVX2 cores, ViT-B/16: 1.23x (224²), 1.17x (480²) a last-layer request
+    cost_factor = 1.0  # per target and explained block; ViT-B/16 on 2 EPYC cores: 1.17x (224²), 1.02x (480²) last-layer (bench explain)
 
     def backward_blocks(self, options: Options) -> int:
         index, depth = options.param("layer_index"), options.layer + 1
