@@ -193,7 +193,7 @@ class AttentionService:
         targeted = isinstance(method, ExplainMethod)
         perturbed = faithfulness.forwards(options, method.scored_maps(options), targeted) * self.variant.depth  # whole passes
         if self.cost is not None:  # the learned correction is the method's: the perturbed passes are plain forwards
-            tokens = self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
+            tokens = self.tokens(tensor)
             correction = self.learned.correction(method.name) if self.learned is not None else 1.0
             cost_s = self.cost.estimate(tokens, blocks) * correction + self.cost.estimate(tokens, perturbed)
             cost_s += self.predictor.text_cost_s(options, self.cost)
@@ -259,15 +259,16 @@ class AttentionService:
                 results[i] = Computed(own, elapsed_ms, predictions, targets, resolved)
         return results
 
+    def tokens(self, tensor: torch.Tensor) -> int:
+        """The tokens a (3, H, W) input makes: its patches and the prefix tokens ([CLS], registers)."""
+        return self.variant.num_prefix_tokens + tensor.shape[1] * tensor.shape[2] // self.variant.patch_size**2
+
     def _learn(self, method: Method, items: Sequence[Prepared], seconds: float) -> None:
         """Tell the learned correction what one pass of ``method`` over ``items`` took (``seconds``, the
         texts' embedding not included), against their uncorrected estimates."""
         if self.learned is None or self.cost is None or any(item.options.faithfulness for item in items):
             return  # (faithfulness= prices its perturbed passes too, which run after this pass)
-        estimated = 0.0
-        for item in items:
-            tokens = self.variant.num_prefix_tokens + item.tensor.shape[1] * item.tensor.shape[2] // self.variant.patch_size**2
-            estimated += self.cost.estimate(tokens, item.blocks)
+        estimated = sum(self.cost.estimate(self.tokens(item.tensor), item.blocks) for item in items)
         self.learned.observe(method.name, estimated, seconds)
 
     def faithfulness(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> list[dict[str, object]]:
