@@ -80,13 +80,14 @@ def _image_tower(model: VisionTransformer) -> None:
             attn.proj.weight[4 + k, k * d] = 1.0  # head k's output -> channel 4 + k
 
 
-def region_classifier() -> VisionTransformer:
-    """The classifier: logit k = the normed [CLS]'s channel 4 + k, the colour k of the patches of colour k."""
+def region_classifier(head_scale: float = 1.0) -> VisionTransformer:
+    """The classifier: logit k = ``head_scale`` x the normed [CLS]'s channel 4 + k, the colour k of the
+    patches of colour k (a steeper head: probabilities that move by tenths as a region goes)."""
     model = VisionTransformer(REGION_CLASSIFIER)
     _image_tower(model)
     assert model.head is not None
     with torch.no_grad():
-        model.head.weight[0, 4] = model.head.weight[1, 5] = 1.0
+        model.head.weight[0, 4] = model.head.weight[1, 5] = head_scale
     return model.eval().requires_grad_(False)
 
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 import base64
 import io
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 import torch
 
+from bench import faithfulness as harness
+from bench.faithfulness import REGION_HEAD_SCALE
 from testkit.checkpoints import encode
 from testkit.constructed import REGION_CLASSIFIER, region_classifier, region_image, region_mask
 from testkit.handler import answer
 from tests.support.services import tiny_service
-from tests.test_explain import family_service, served
+from tests.test_explain import FAMILIES, family_service, served
 from tests.test_predictions import png
 from vitscope import faithfulness
 from vitscope.cost import CostModel
@@ -125,11 +129,7 @@ def test_batched_perturbations_equal_one_by_one(family: str) -> None:
 def region_service():
     """The region classifier (testkit/constructed.py), its head 20 times steeper: class k reads region
     k's colour only, and its probability moves by tenths (not hundredths) as the region goes."""
-    model = region_classifier()
-    assert model.head is not None
-    with torch.no_grad():
-        model.head.weight.mul_(20.0)
-    return tiny_service(REGION_CLASSIFIER, model=model, short_side=32)
+    return tiny_service(REGION_CLASSIFIER, model=region_classifier(head_scale=REGION_HEAD_SCALE), short_side=32)
 
 
 def test_the_true_region_beats_the_random_order_and_the_inverted_map() -> None:
@@ -175,9 +175,12 @@ def test_each_target_gets_its_own_curves_aligned_with_targets() -> None:
 
 
 def test_maps_without_a_target_score_the_cosine_to_the_unperturbed_embedding() -> None:
-    """attention (the mean of the heads asked, the deepest of layers), rollout, similarity: one entry,
-    target "image", whose deletion starts and whose insertion ends at cosine 1."""
-    service = family_service("registers")
+    """On a backbone (DINOv2 with registers, no head), attention (the mean of the heads asked, the
+    deepest of layers), rollout, similarity: one entry, target "image", whose deletion starts and whose
+    insertion ends at cosine 1."""
+    backbone = replace(FAMILIES["registers"][0], num_classes=0, head_input="token")
+    torch.manual_seed(0)
+    service = tiny_service(backbone, short_side=40)
     for options in (
         {"heads": "0,2", "layers": "0,1", "dtype": "float16"},
         {"method": "rollout", "faithfulness_steps": "4"},
@@ -193,6 +196,19 @@ def test_maps_without_a_target_score_the_cosine_to_the_unperturbed_embedding() -
     (deepest,) = served(service, {"heads": "0,2", "layer": str(last), "faithfulness": "deletion"})
     (layered,) = served(service, {"heads": "0,2", "layers": f"0,{last}", "faithfulness": "deletion"})
     assert deepest.faithfulness == layered.faithfulness  # with layers=, the deepest block's head mean orders the patches
+
+
+def test_maps_without_a_target_on_a_classifier_score_its_top_class() -> None:
+    """On a classifier, attention and rollout score the unperturbed image's top class (as a relevance
+    map's target=top would): target "class <k>", a probability, the deletion curve starting at the
+    top prediction's probability, so that every method's AUCs on one model are comparable."""
+    service = region_service()
+    for options in ({}, {"method": "rollout"}):
+        (result,) = served(service, {**options, "faithfulness": "deletion", "top_k": "1"}, [encode(region_image(0))])
+        (entry,) = result.faithfulness or []
+        (top,) = result.predictions or []
+        assert (entry["target"], entry["score"]) == (f"class {top['index']}", "probability"), options
+        assert entry["deletion"]["curve"][0] == pytest.approx(top["probability"], abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- cost and errors
@@ -279,3 +295,60 @@ def test_the_field_is_in_every_protocol_that_carries_the_metadata() -> None:
     (several,) = answer(service, [{"body": listed}])
     for item in orjson.loads(several.body)["images"]:
         same(item["faithfulness"])
+
+
+# ----------------------------------------------------------------------------- the harness (bench/faithfulness.py)
+def test_the_harness_statistics() -> None:
+    """Spearman with ties equals scipy's; the bootstrap interval holds the mean and is seeded."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 30).astype(float), rng.normal(size=30)
+    assert harness.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert harness.spearman(a, np.ones(30)) == 0.0  # a constant map has no order
+    values = rng.normal(size=12)
+    mean, low, high = harness.bootstrap(values, 500)
+    assert mean == pytest.approx(values.mean()) and low < mean < high
+    assert harness.bootstrap(values, 500) == (mean, low, high)
+    assert harness.bootstrap([0.25], 100) == (0.25, 0.25, 0.25)
+
+
+def test_the_harness_ranks_the_methods_and_the_randomisation_check_flags_the_edge_detector() -> None:
+    """On the region classifier: the explanation maps (legrad, Captum's Integrated Gradients) beat the
+    random order on both metrics, by MARGIN_RANDOM; re-initialising its one block moves attention's,
+    legrad's and ig's maps, while the edge detector (image gradients) stays put: "ignores the weights"."""
+    subject = harness.region_subject()
+    images = harness.read_images(None, 2)
+    options = harness.Options(steps=8, baseline="mean", ig_steps=16)
+    run = harness.Run(["attention", "legrad", "ig", "edge"], [name for name, _ in images])
+    run.measured, tops = harness.measure_all(subject, images, run.methods, options)
+    assert tops == [0, 0]  # region 0 is brighter in these images: the top class
+    for method in ("legrad", "ig"):
+        assert np.mean(run.aucs(method, DELETION)) + MARGIN_RANDOM < np.mean(run.aucs(method, DELETION, random=True)), method
+        assert np.mean(run.aucs(method, INSERTION)) > np.mean(run.aucs(method, INSERTION, random=True)) + MARGIN_RANDOM, method
+    harness.randomisation(subject, images, run, tops, 1, options)
+    size = {method: float(np.mean(np.abs(values))) for method, values in run.correlations.items()}
+    assert size["edge"] == pytest.approx(1.0) and size["edge"] >= harness.IGNORES
+    assert max(size["attention"], size["legrad"], size["ig"]) < harness.IGNORES, size
+    check = harness.tables(run, 100, 1)[2]
+    verdicts = {row[0]: row[-1] for row in check.rows}
+    assert verdicts == {"attention": harness.CHANGED, "legrad": harness.CHANGED, "ig": harness.CHANGED, "edge": harness.IGNORED}
+
+
+def test_the_harness_writes_its_report(tmp_path: Path) -> None:
+    """``python -m bench.faithfulness``: Markdown, JSON in bench/report's format (docs generate from it)
+    and a plot; the ranking tables list every method once, ranked; bad arguments say what to give."""
+    args = ["--model", "region", "--baseline", "mean", "--methods", "rollout,gradcam", "--steps", "4", "--limit", "2"]
+    assert harness.main([*args, "--bootstrap", "50", "--out", str(tmp_path), "--name", "region"]) == 0
+    report = orjson.loads((tmp_path / "region.json").read_bytes())
+    deletion, insertion, check = report["tables"]
+    assert [row[0] for row in deletion["rows"]] == [1, 2] and {row[1] for row in insertion["rows"]} == {"rollout", "gradcam"}
+    assert deletion["rows"][0][1] == "gradcam"  # the class's map removes the class first; rollout's does not
+    assert "Spearman" in check["title"] and "Machine: " in report["machine"][0]
+    assert (tmp_path / "region.png").stat().st_size > 0 and "# Faithfulness: region_classifier" in (tmp_path / "region.md").read_text()
+    with pytest.raises(SystemExit, match="unknown \\['blur'\\]"):
+        harness.main(["--model", "region", "--methods", "legrad,blur"])
+    with pytest.raises(SystemExit, match="need the model in process"):
+        harness.main(["--model", "x", "--images", str(tmp_path), "--methods", "ig", "--url", "http://127.0.0.1:1"])
+    with pytest.raises(SystemExit, match="--images DIR"):
+        harness.main(["--model", "dino_vitt16"])

@@ -22,21 +22,24 @@ The protocol, exactly (docs/faithfulness.md says the same):
 5. **The score** of each perturbed image (the score a relevance map explains, as the response's
    ``targets`` report it, ``model.relevance.reported``): a class's softmax probability; a text's
    SigLIP sigmoid probability, or CLIP's cosine to the prompt; an ``embedding`` target's cosine to
-   its reference. A map without a target (attention, rollout, similarity) scores the cosine of the
-   perturbed image's pooled embedding to the unperturbed image's.
+   its reference. A map without a target (attention, rollout, similarity) scores, on a classifier,
+   the probability of its top class on the unperturbed image (target ``class <k>``), so that every
+   method's curves on one model are of the same score; on a model without a head, the cosine of the
+   perturbed image's pooled embedding to the unperturbed image's (target ``image``).
 6. **The answer.** ``faithfulness`` is a list, one entry per curve set (for ``relevance`` aligned
    with ``targets``; otherwise one entry), each ``{"target", "score", "deletion": {"auc", "curve"},
    "insertion": {...}, "random": {"deletion": {...}, "insertion": {...}}}`` with only the metrics
    asked for. ``curve`` holds the S + 1 scores; ``auc`` is the trapezoid over the fractions k/S:
-   Σ_k (c_k + c_{k+1}) / 2S. ``target`` is the target's name as in ``targets`` (``image`` for a map
-   without one), ``score`` is ``probability`` or ``cosine``. A faithful map has a low deletion AUC
-   and a high insertion AUC, compared with its random order's.
+   Σ_k (c_k + c_{k+1}) / 2S. ``target`` is the target's name as in ``targets`` (for a map without
+   one ``class <k>`` on a classifier, ``image`` otherwise), ``score`` is ``probability`` or
+   ``cosine``. A faithful map has a low deletion AUC and a high insertion AUC, compared with its
+   random order's.
 
 The perturbed copies run through the whole model with no autograd, ``batch_size`` copies per
 forward pass (at most ``MAX_BATCH``, fewer for large images: ``MAX_BATCH_TOKENS``), under the
 request's precision. One image costs ``forwards`` passes (the cost model counts them): per metric
 S + 1 for each curve set and S + 1 for the random order, which every target of an image shares,
-and for a map without a target one pass for the unperturbed embedding.
+and for a map without a target one pass for the unperturbed image (its top class or embedding).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ BLUR_SIGMA = 1.0  # the blur baseline's sigma, in patch sizes
 BLUR_RADIUS = 3.0  # its kernel's radius, in sigmas (rounded up to whole pixels)
 MAX_BATCH = 32  # perturbed copies per forward pass, at most
 MAX_BATCH_TOKENS = 16384  # ... and at most this many tokens in one pass (large images: fewer copies)
-IMAGE_TARGET = "image"  # the ``target`` of a map without one: the unperturbed image's embedding
+IMAGE_TARGET = "image"  # the ``target`` of a map without one on a model without a head: the unperturbed image's embedding
 PROBABILITY, COSINE = "probability", "cosine"  # what a curve's scores are
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # perturbed images (M, 3, H, W) -> scores (M, C), one column per curve set
@@ -291,12 +294,16 @@ def goal_scorer(model: VisionTransformer, goals: relevance.Goals, precision: str
     return score
 
 
-def image_goals(model: VisionTransformer, image: torch.Tensor, precision: str) -> relevance.Goals:
-    """The goal of a map without a target: the unperturbed image's (1, 3, H, W) pooled embedding (an embedding goal)."""
+def image_goals(model: VisionTransformer, image: torch.Tensor, precision: str) -> tuple[relevance.Goals, str]:
+    """The goal of a map without a target and its name, from the unperturbed image (1, 3, H, W): on a
+    classifier its top class (``class <k>``), else its pooled embedding (``image``, an embedding goal)."""
     with torch.inference_mode(), autocast(image.device, precision):
-        normed = model.head_tokens(image)[0]
+        normed, *earlier = model.head_tokens(image)
         reference = model.embed_image(model.pool(normed))[0].float()  # (D,)
-    return relevance.make_goals([[relevance.EMBEDDING]], [[0]], [[reference]], reference.shape[0], image.device)
+        if model.head is None:
+            return relevance.make_goals([[relevance.EMBEDDING]], [[0]], [[reference]], reference.shape[0], image.device), IMAGE_TARGET
+        top = int(model.logits(normed, earlier[0] if earlier else None)[0].argmax())
+    return relevance.make_goals([[relevance.CLASS]], [[top]], [[None]], reference.shape[0], image.device), f"class {top}"
 
 
 def score_kinds(model: VisionTransformer, goals: relevance.Goals) -> list[str]:
@@ -316,13 +323,14 @@ def measure(
 ) -> list[dict[str, object]]:
     """The ``faithfulness`` field of one image: ``image`` (3, H, W) normalised, on the model's device;
     ``values`` (C, h, w) its maps' values per patch (``Method.patch_values``); ``goals``: its resolved
-    goals (a batch of one; None: a map without a target, scored by the cosine to its own embedding)
+    goals (a batch of one; None: a map without a target, scored by its top class or its own embedding)
     and ``targets`` their names (as the response's ``targets``)."""
     start = time.perf_counter()
     p = model.patch_size
     image = image.float()
     if goals is None:
-        goals, targets = image_goals(model, image[None], precision), [IMAGE_TARGET]
+        goals, name = image_goals(model, image[None], precision)
+        targets = [name]
     if targets is None or len(targets) != values.shape[0] or goals.count != values.shape[0]:
         raise ValueError(f"{values.shape[0]} maps to measure for {goals.count} goals and targets {targets}: one map per target")
     tokens = model.num_prefix_tokens + (image.shape[1] // p) * (image.shape[2] // p)

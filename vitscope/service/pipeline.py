@@ -273,7 +273,7 @@ class AttentionService:
 
     def faithfulness(self, item: Prepared, arrays: dict[str, np.ndarray], computed: Computed) -> list[dict[str, object]]:
         """The ``faithfulness`` field of one item: its maps' values per patch (``Method.patch_values``) ordered,
-        perturbed and scored (``faithfulness.measure``), against its targets' goals, or its own embedding."""
+        perturbed and scored (``faithfulness.measure``), against its targets' goals, or (no target) its top class or own embedding."""
         values = item.method.patch_values(item.options, arrays, self.variant.patch_size)  # (C, h, w)
         names = [t.name for t in targets_of(item.options)] if computed.goals is not None else None
         image = item.tensor.to(self.device)  # (3, H, W)
