@@ -125,10 +125,10 @@ class Subject:
 
 
 def serve_in_process(model: VisionTransformer, variant: Variant, weights: str, short_side: int | None = None) -> AttentionService:
-    """A service around ``model`` (exact fp32, no admission limit that a benchmark image would meet)."""
+    """A service around ``model`` (exact fp32, no admission limit that a benchmark image would meet),
+    resizing each image's shorter side to ``short_side`` (default: the model's pretraining size)."""
     settings: dict[str, object] = {"model": variant.name, "weights": weights, "max_tokens": 1 << 20, "max_pixels": 1 << 26}
-    if short_side is not None:
-        settings["short_side"] = short_side
+    settings["short_side"] = short_side or variant.pretrain_img_size
     config = ServiceConfig.from_mapping(settings)
     return AttentionService(model, variant, config, precisions=PrecisionPlan.fp32_only(), predictor=Predictor(model, ()))
 
@@ -141,7 +141,7 @@ def region_subject() -> Subject:
     return Subject(model, REGION_CLASSIFIER, serve_in_process(model, REGION_CLASSIFIER, "constructed", SIZE), "constructed")
 
 
-def load_subject(name: str, weights: str, device: torch.device) -> Subject:
+def load_subject(name: str, weights: str, device: torch.device, short_side: int | None = None) -> Subject:
     """``name``: a hub name (docs/models.md), ``timm:<model>`` or ``open_clip:<config>``, or ``region``;
     ``weights``: a checkpoint (as ``make archive`` takes) or ``random`` (seeded)."""
     if name == REGION:
@@ -156,7 +156,7 @@ def load_subject(name: str, weights: str, device: torch.device) -> Subject:
     if variant.text is not None:
         raise SystemExit(f"{name}: a model with a text tower; the harness explains image classifiers and backbones (its top class)")
     model = model.eval().requires_grad_(False).to(device)
-    return Subject(model, variant, serve_in_process(model, variant, weights), weights)
+    return Subject(model, variant, serve_in_process(model, variant, weights, short_side), weights)
 
 
 def reinitialised(subject: Subject, blocks: int, seed: int = SEED) -> Subject:
@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url", help="a TorchServe inference URL (http://127.0.0.1:8080): the served model's curves; no randomisation check"
     )
+    parser.add_argument(
+        "--short-side", type=int, help="in process: resize each image's shorter side to this (default: the model's pretraining size)"
+    )
     parser.add_argument("--steps", type=int, default=faithfulness.DEFAULT_FAITHFULNESS_STEPS, help="faithfulness_steps")
     parser.add_argument("--baseline", choices=faithfulness.BASELINES, default=faithfulness.DEFAULT_FAITHFULNESS_BASELINE)
     parser.add_argument("--limit", type=int, help="images at most (the first by name; default 100, or the region model's 4)")
@@ -512,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.measured = {m: [http_map(args.url, args.model, image, m, options) for _, image in images] for m in methods}
         subject_line, blocks = f"{args.model} served at {args.url}", None
     else:
-        subject = load_subject(args.model, args.weights, device)
+        subject = load_subject(args.model, args.weights, device, args.short_side)
         needs_class = [m for m in methods if m in (*EXPLAIN, "ig")]
         if subject.model.head is None and needs_class:
             raise SystemExit(

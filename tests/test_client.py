@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 from scripts import REPO
@@ -547,3 +548,96 @@ def test_videos_without_the_video_extra_say_which_extra_to_install(tmp_path: Pat
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: videos need PyAV") and extra in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def curves(entry_target: str, score: str, aucs: dict[str, tuple[float, float]], steps: int = 4) -> dict:
+    """A faithfulness entry as the server answers it: per metric asked, the map's curve and AUC and the random order's."""
+    entry: dict = {"target": entry_target, "score": score, "random": {}}
+    for i, (metric, (auc, random_auc)) in enumerate(aucs.items()):
+        ramp = np.linspace(1, 0, steps + 1) if metric == "deletion" else np.linspace(0, 1, steps + 1)
+        entry[metric] = {"auc": auc, "curve": (ramp * auc).tolist()}
+        entry["random"][metric] = {"auc": random_auc, "curve": (ramp * random_auc + 0.01 * i).tolist()}
+    return entry
+
+
+def legrad_answer(faithfulness: list[dict] | None) -> dict:
+    """A legrad answer of two targets for a 32x48 image (patch 16), built by hand as the schema says."""
+    targets = [
+        {"target": "class 281", "index": 281, "label": "tabby", "score": 0.91},
+        {"target": "text:a dog", "score": 0.3},
+    ]
+    relevance = np.random.default_rng(0).random((2, 2, 3)).tolist()
+    doc = {
+        "model": "vit_b16",
+        "method": "legrad",
+        "patch_size": 16,
+        "layer": 11,
+        "heads": [0, 1, 2],
+        "weights": "test",
+        "input_size": [32, 48],
+        "resized_size": [32, 48],
+        "image_size": [32, 48],
+        "grid": [2, 3],
+        "targets": targets,
+        "relevance": relevance,
+    }
+    return doc if faithfulness is None else {**doc, "faithfulness": faithfulness}
+
+
+def curve_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_xlabel() == "fraction of patches"]
+
+
+def test_faithfulness_curves_are_drawn_beside_the_maps(tmp_path: Path) -> None:
+    """An answer with ``faithfulness``: one axes per curve set beside the maps, each metric's curve solid
+    and its random order's dashed in the same colour against k/S, the AUCs in the title, the score as
+    the y label; only the metrics asked for; a KServe v2 answer's JSON text alike; the CLI draws them,
+    ``faithfulness=False`` (``--no-faithfulness``) leaves them out."""
+    entries = [
+        curves("class 281", "probability", {"deletion": (0.21, 0.58), "insertion": (0.74, 0.37)}),
+        curves("text:a dog", "cosine", {"deletion": (0.125, 0.5), "insertion": (0.5, 0.25)}),
+    ]
+    image = smooth_rgb(32, 48)
+    att = response.parse_response(legrad_answer(entries)).with_image(image)
+    fig = att.figure()
+    axes = curve_axes(fig)
+    assert [ax.get_title() for ax in axes] == [
+        "class 281 (tabby):\ndel 0.21 (random 0.58) · ins 0.74 (random 0.37)",
+        "text:a dog:\ndel 0.12 (random 0.50) · ins 0.50 (random 0.25)",
+    ]
+    assert [ax.get_ylabel() for ax in axes] == ["probability", "cosine"]
+    top = [{"index": 3, "label": "dog", "probability": 0.4}]  # a map without a target on a classifier: scored on its top class
+    assert draw.curve_set_name({"target": "class 3"}, [], top) == "class 3 (dog)"
+    assert draw.curve_set_name({"target": "image"}, []) == "image"
+    for ax, entry in zip(axes, entries, strict=True):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["deletion", "random deletion", "insertion", "random insertion"]
+        assert [line.get_linestyle() for line in lines] == ["-", "--", "-", "--"]
+        assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
+        expected = [entry["deletion"], entry["random"]["deletion"], entry["insertion"], entry["random"]["insertion"]]
+        for line, metric in zip(lines, expected, strict=True):
+            np.testing.assert_allclose(line.get_xdata(), [0, 0.25, 0.5, 0.75, 1])  # k/S, S = 4: five points
+            np.testing.assert_allclose(line.get_ydata(), metric["curve"])
+        assert ax.get_xlim() == (0, 1)
+    maps = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert min(ax.get_position().x0 for ax in axes) > max(ax.get_position().x1 for ax in maps)  # beside the maps
+    assert curve_axes(att.figure(faithfulness=False)) == []
+    deletion = curves("class 281", "probability", {"deletion": (0.5, 0.625)})  # one metric asked for
+    kserve = response.parse_response({**legrad_answer(None), "faithfulness": json.dumps([deletion])})  # KServe v2: JSON text
+    assert kserve.faithfulness == [deletion] and draw.auc_title(deletion, "class 281") == "class 281:\ndel 0.50 (random 0.62)"
+    draw.draw_curves(ax := Figure().add_subplot(), deletion, "")
+    assert [line.get_label() for line in ax.get_lines()] == ["deletion", "random deletion"]
+    (tmp_path / "answer.json").write_text(json.dumps(legrad_answer(entries)))
+    (tmp_path / "img.png").write_bytes(encode(image))
+    argv = ["--from-file", str(tmp_path / "answer.json"), "--image", str(tmp_path / "img.png"), "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    assert Image.open(tmp_path / "img_attention.png").size[0] == round(draw.figure_size(2, 3 + 1, 32 / 48)[0] * 100)  # a column more
+    assert cli.parse_args([*argv, "--no-faithfulness"]).no_faithfulness and not cli.parse_args(argv).no_faithfulness
+
+
+def test_no_faithfulness_no_curve_axes() -> None:
+    """An answer without ``faithfulness`` gets no curve axes: its figure is the maps alone."""
+    att = response.parse_response(legrad_answer(None)).with_image(smooth_rgb(32, 48))
+    fig = att.figure()
+    rows, cols = draw.figure_layout(att, None)
+    assert att.faithfulness == [] and curve_axes(fig) == [] and fig.get_size_inches()[0] == draw.figure_size(rows, cols, 1)[0]

@@ -400,6 +400,7 @@ def test_pca_colours_view(page: Page, tmp_path: Path) -> None:
     upload(driver, bright_square_png(tmp_path / "square.png"))
     WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "pca")
     assert driver.execute_script("return window.viewer.state.maps.rgb") is True
+    assert not driver.find_element("id", "faithfulness").is_enabled()  # colours: no one value per patch to order the patches by
     driver.find_element("id", "opacity").send_keys(Keys.END)  # opacity 1: the colours alone
     rgba = driver.execute_script(
         "const c = document.getElementById('overlay'); return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);"
@@ -544,17 +545,63 @@ def small_png(path: Path) -> Path:
     return path
 
 
+def faithfulness_shown(driver) -> list[dict[str, Any]]:
+    """The faithfulness panel's rows: the curve set's target, name and score, each AUC cell as shown and as
+    data-auc ("map deletion", "random deletion", ...), and the curves drawn."""
+    shown = []
+    for row in driver.find_elements("css selector", "#faithfulness-panel tbody tr.faithfulness-entry"):
+        cells = row.find_elements("css selector", "td.auc")
+        shown.append(
+            {
+                "target": row.get_attribute("data-target"),
+                "name": row.find_element("css selector", "th").text,
+                "score": row.find_element("css selector", ".faithfulness-score").text,
+                "aucs": {
+                    f"{c.get_attribute('data-order')} {c.get_attribute('data-metric')}": (c.text, c.get_attribute("data-auc"))
+                    for c in cells
+                },
+                "lines": len(row.find_elements("css selector", "svg.faithfulness-curves polyline.curve")),
+            }
+        )
+    return shown
+
+
+def assert_faithfulness_shown(driver, entries: list[dict]) -> list[str]:
+    """The panel shows the server's ``faithfulness`` entries, one row each: every AUC to 3 decimals (the
+    value itself in data-auc), the map's and the random order's, and four curves; the rows' names."""
+    shown = faithfulness_shown(driver)
+    assert driver.find_element("id", "faithfulness-panel").is_displayed() and len(shown) == len(entries)
+    for row, entry in zip(shown, entries, strict=True):
+        assert (row["target"], row["score"], row["lines"]) == (entry["target"], entry["score"], 4)
+        for metric in ("deletion", "insertion"):
+            for order, auc in (("map", entry[metric]["auc"]), ("random", entry["random"][metric]["auc"])):
+                text, exact = row["aucs"][f"{order} {metric}"]
+                assert float(exact) == auc and float(text) == pytest.approx(auc, abs=5e-4) and len(text.split(".")[1]) == 3
+    return [row["name"] for row in shown]
+
+
 def test_predictions_are_a_list_whose_classes_are_explained_on_click(explainers: Page, tmp_path: Path) -> None:
     """A head-only classifier: no prompt box; its predictions are buttons, and a click asks for that class's
     map (target=<index>) with legrad (or the explanation method selected), shown titled by the target and
-    its score, the class marked as chosen."""
+    its score, the class marked as chosen. With faithfulness ticked, each answer's deletion and insertion
+    AUCs (and the random order's) are shown in a panel, equal to the server's."""
     from selenium.webdriver.support.ui import Select
 
     driver = open_viewer(explainers)
     choose_model(driver, CLASSIFIER)
     assert not driver.find_element("id", "prompt-form").is_displayed()  # no text tower: no prompt box
+    assert not driver.find_element("id", "faithfulness-panel").is_displayed()
+    driver.find_element("id", "faithfulness").click()  # no image yet: no request
     record_requests(driver)
-    answered(driver, lambda: driver.find_element("id", "file").send_keys(str(small_png(tmp_path / "pets.png"))))
+    image = small_png(tmp_path / "pets.png")
+    sent = answered(driver, lambda: driver.find_element("id", "file").send_keys(str(image)))
+    assert sent["faithfulness"] == "deletion,insertion"
+    doc = driver.execute_script("return window.viewer.state.doc")
+    (entry,) = doc["faithfulness"]
+    top = doc["predictions"][0]  # attention, a map without a target: scored on the classifier's top class
+    assert (entry["target"], entry["score"]) == (f"class {top['index']}", "probability")
+    named = f"layer 1 head mean, class {top['index']} ({top['label']})"  # the deepest layer's, as the server ranks it
+    assert assert_faithfulness_shown(driver, [entry]) == [named]
     predictions = driver.execute_script("return window.viewer.state.doc.predictions")
     buttons = driver.find_elements("css selector", "#predictions li button")
     assert len(predictions) == len(CLASSES)
@@ -569,14 +616,25 @@ def test_predictions_are_a_list_whose_classes_are_explained_on_click(explainers:
     assert (target["target"], target["index"], target["label"]) == (f"class {pick['index']}", pick["index"], pick["label"])
     named, score = shown_title(driver)
     assert named == f"class {pick['index']} ({pick['label']})" and score == pytest.approx(target["score"], rel=1e-2)
+    assert sent["faithfulness"] == "deletion,insertion"
+    direct = requests.post(
+        f"{explainers.inference}/predictions/{CLASSIFIER}", files={"data": image.read_bytes()}, data=sent, timeout=TIMEOUT
+    )
+    assert direct.status_code == 200, direct.text
+    (served,) = direct.json()["faithfulness"]  # the server's own, asked directly
+    assert assert_faithfulness_shown(driver, [served]) == [named]
+    assert doc["faithfulness"] == [served] and len(served["deletion"]["curve"]) == 17  # 16 steps, the default
+    screenshot(driver, "viewer-faithfulness.png")
     pressed = [b.get_attribute("aria-pressed") for b in driver.find_elements("css selector", "#predictions li button")]
     assert pressed == ["false", "false", "true", "false"]
     gallery = driver.find_elements("css selector", "#gallery button")
     assert [b.text for b in gallery] == [driver.find_element("id", "map-title").text]  # the one map, not a head mean
     assert Select(driver.find_element("id", "method")).first_selected_option.text == "legrad"
     screenshot(driver, "viewer-explain-class.png")
-    # an explanation method already selected is the one a click uses
-    answered(driver, lambda: Select(driver.find_element("id", "method")).select_by_value("gradcam"))
+    # an explanation method already selected is the one a click uses (faithfulness unticked, with no request: an answer without it)
+    driver.execute_script("document.getElementById('faithfulness').checked = false")
+    sent = answered(driver, lambda: Select(driver.find_element("id", "method")).select_by_value("gradcam"))
+    assert "faithfulness" not in sent and not driver.find_element("id", "faithfulness-panel").is_displayed()
     pick = predictions[0]
     sent = answered(driver, driver.find_elements("css selector", "#predictions li button")[0].click)
     assert (sent["method"], sent["target"]) == ("gradcam", str(pick["index"]))

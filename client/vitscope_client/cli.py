@@ -5,6 +5,7 @@
     python client/render_attention.py --from-file out/astronaut.json --image data/samples/astronaut.jpg
     python client/render_attention.py --from-file out/astronaut.npz --image data/samples/astronaut.jpg
     python client/render_attention.py a.jpg b.jpg --together --method pca --option pca_fit=joint
+    python client/render_attention.py cat.jpg --method legrad --target 281 --faithfulness    # + deletion/insertion curves
 
 Installed (``pip install ./client``), the same is the ``render-attention`` command. In a notebook::
 
@@ -47,6 +48,8 @@ def option_fields(args: argparse.Namespace) -> dict[str, str]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = str(value)
+    if args.faithfulness:
+        fields["faithfulness"] = args.faithfulness
     return {**fields, **dict(args.options)}
 
 
@@ -73,7 +76,8 @@ def render_one(
     att = parse_response(doc, outputs).with_image(image_path)
     out_dir = args.out or image_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = att.figure(cmap=args.cmap, shared_scale=args.color_scale == "shared", mask=args.mask, dpi=args.dpi)
+    shared = args.color_scale == "shared"
+    fig = att.figure(cmap=args.cmap, shared_scale=shared, mask=args.mask, dpi=args.dpi, faithfulness=not args.no_faithfulness)
     target = out_dir / f"{image_path.stem}_attention.png"
     fig.savefig(target)
     if args.save_heads:
@@ -193,6 +197,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target",
         help="method=legrad|chefer|gradcam: what the map explains: top, a class index or label, text:<prompt>, embedding; several "
         "separated by '|'",
+    )
+    parser.add_argument(
+        "--faithfulness",
+        nargs="?",
+        const="deletion,insertion",
+        metavar="METRICS",
+        help="ask the server how faithful the map is: deletion, insertion or both (the default), drawn as curves beside the maps",
+    )
+    parser.add_argument(
+        "--no-faithfulness",
+        dest="no_faithfulness",
+        action="store_true",
+        help="leave out the faithfulness curves an answer holds (e.g. a saved one) from the figure",
     )
     parser.add_argument("--format", choices=FORMATS, help="response format to ask for (default: the server's)")
     parser.add_argument("--cmap", default="inferno")

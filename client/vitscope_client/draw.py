@@ -3,8 +3,11 @@
 A method with a view of its own (``METHOD_VIEWS``) is drawn in its way (titles, masks, colours); any
 other is drawn from its declared outputs (``generic_view``): its main output's float maps, leading
 axes flattened to panels, or its colour image ``[3, H, W]`` (an output the server describes with
-``rgb: true``), with the ``point`` an answer carries marked. The figures take any ``Drawable``
-(``response.Response`` is one): this module does not import ``response``, which imports it.
+``rgb: true``), with the ``point`` an answer carries marked. An answer with ``faithfulness`` (asked
+with ``faithfulness=deletion,insertion``) gets, beside its maps, one small axes per curve set: the
+deletion and insertion curves against the fraction of patches, the random order's dashed. The figures
+take any ``Drawable`` (``response.Response`` is one): this module does not import ``response``, which
+imports it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ PANEL_INCHES = 2.6  # width of one map
 TITLE_INCHES = 0.25  # one line of panel title
 COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
+METRICS = ("deletion", "insertion")  # the faithfulness curves an answer may hold, in its order
+METRIC_COLOURS = {"deletion": "tab:red", "insertion": "tab:blue"}  # the map's order solid, the random order's dashed
+METRIC_ABBREVIATIONS = {"deletion": "del", "insertion": "ins"}
 
 
 class Drawable(Protocol):
@@ -55,6 +61,12 @@ class Drawable(Protocol):
     def title(self) -> str: ...
     @property
     def rows(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]: ...
+    @property
+    def targets(self) -> list[dict]: ...
+    @property
+    def predictions(self) -> list[dict]: ...
+    @property
+    def faithfulness(self) -> list[dict]: ...
 
 
 def normalize(a: np.ndarray) -> np.ndarray:
@@ -134,21 +146,80 @@ def draw_masks(ax: Axes, masks: np.ndarray, boxes: np.ndarray | None, patch: int
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
 
 
-def render_figure(image: np.ndarray, att: Drawable, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int) -> Figure:
+def curve_columns(sets: int, rows: int) -> int:
+    """Columns of faithfulness axes beside the maps: one axes per curve set, down the figure's rows first."""
+    return -(-sets // rows)
+
+
+def figure_axes(fig: Figure, rows: int, cols: int, sets: int) -> tuple[np.ndarray, list[Axes]]:
+    """The maps' axes, (rows, cols), and beside them the ``sets`` faithfulness axes (``curve_columns``)."""
+    grid = fig.add_gridspec(rows, cols + curve_columns(sets, rows))
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(cols)] for r in range(rows)])
+    return axes, [fig.add_subplot(grid[i % rows, cols + i // rows]) for i in range(sets)]
+
+
+def curve_set_name(entry: dict, targets: Sequence[dict], predictions: Sequence[dict] = ()) -> str:
+    """What a curve set is of: its target as ``targets`` names it (a map without a target: the top class
+    it is scored on, ``class <k>``, or ``image``), with the class's label where the answer gives one."""
+    name = str(entry["target"])
+    labels = {f"class {p.get('index')}": p.get("label") for p in predictions} | {t.get("target"): t.get("label") for t in targets}
+    label = labels.get(name)
+    return f"{name} ({label})" if label and label != name else name
+
+
+def auc_title(entry: dict, name: str) -> str:
+    """A curve set's title: each metric's AUC and its random order's, ``class 281: del 0.21 (random 0.58) · ins ...``."""
+    aucs = [
+        f"{METRIC_ABBREVIATIONS[metric]} {entry[metric]['auc']:.2f} (random {entry['random'][metric]['auc']:.2f})"
+        for metric in METRICS
+        if metric in entry
+    ]
+    return f"{name}:\n{' · '.join(aucs)}"
+
+
+def draw_curves(ax: Axes, entry: dict, title: str) -> None:
+    """One curve set against the fraction k/S of patches removed (deletion) or put back (insertion):
+    the map's order solid, the random order's of the same metric dashed in the same colour; the scores
+    on [0, 1] (wider where a cosine leaves it), as probabilities are."""
+    scores = [0.0, 1.0]
+    for metric in METRICS:
+        if metric not in entry:
+            continue
+        for curve, style, label in ((entry[metric]["curve"], "-", metric), (entry["random"][metric]["curve"], "--", f"random {metric}")):
+            ax.plot(np.linspace(0, 1, len(curve)), curve, style, color=METRIC_COLOURS[metric], linewidth=1, label=label)
+            scores += [min(curve), max(curve)]
+    ax.set_xlim(0, 1)
+    margin = 0.04 * (max(scores) - min(scores))
+    ax.set_ylim(min(scores) - margin, max(scores) + margin)
+    ax.set_xlabel("fraction of patches", fontsize=7, labelpad=1)
+    ax.set_ylabel(str(entry["score"]), fontsize=7, labelpad=1)
+    ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=7, pad=2)
+    ax.legend(fontsize=5, frameon=False)
+
+
+def render_figure(
+    image: np.ndarray, att: Drawable, *, cmap: str, shared_scale: bool, mask: float | None, dpi: int, faithfulness: bool = True
+) -> Figure:
     """The whole picture for one image; returns a matplotlib Figure.
 
     Masks: the server's (``mask=t``, with ``boxes``), else the client's own DINO masks keeping ``mask``
-    (for maps they make sense of). A ``point`` the response names is marked on the top row.
+    (for maps they make sense of). A ``point`` the response names is marked on the top row. With
+    ``faithfulness``, the answer's faithfulness curves (if it holds them) beside the maps.
     """
     if att.view.rgb:
         return render_colours(image, att, dpi)
     mask = mask if att.view.masks else None
     rows, cols = figure_layout(att, mask)
     grid_view = len(att.rows) > 1  # layers x heads: no colour bars, one row per layer
+    entries = att.faithfulness if faithfulness else []
     layout = ConstrainedLayoutEngine(w_pad=0.02, h_pad=0.02, hspace=0, wspace=0)
-    fig = Figure(figsize=figure_size(rows, cols, image.shape[0] / image.shape[1]), dpi=dpi, layout=layout)
+    size = figure_size(rows, cols + curve_columns(len(entries), rows), image.shape[0] / image.shape[1])
+    fig = Figure(figsize=size, dpi=dpi, layout=layout)
     fig.suptitle(att.title, fontsize=9)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    axes, curve_axes = figure_axes(fig, rows, cols, len(entries))
+    for ax, entry in zip(curve_axes, entries, strict=True):
+        draw_curves(ax, entry, auc_title(entry, curve_set_name(entry, att.targets, att.predictions)))
     for ax in axes.flat:
         ax.set_axis_off()
     patch = att.meta["patch_size"]

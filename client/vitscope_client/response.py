@@ -72,6 +72,13 @@ class Response:
         return listed(self.meta.get("targets"))
 
     @property
+    def faithfulness(self) -> list[dict]:
+        """The server's ``faithfulness`` (asked with ``faithfulness=deletion,insertion``): per curve set
+        (an explanation's target, aligned with ``targets``; else the one map) ``{"target", "score",
+        "deletion"?, "insertion"?, "random"}``, each metric ``{"auc", "curve"}``; [] when it sent none."""
+        return listed(self.meta.get("faithfulness"))
+
+    @property
     def title(self) -> str:
         top = self.predictions[:1]
         said = f"  {top[0]['label']} {top[0]['probability']:.0%}" if top else ""
@@ -90,12 +97,15 @@ class Response:
         label = self.view.map_names(m)[0] if self.view.fused else f"layer {m['layer']}"
         return [(label, maps_of(self.pixels), masks_of(self.masks))]
 
-    def figure(self, *, mask: float | None = None, cmap: str = "inferno", shared_scale: bool = False, dpi: int = 100) -> Figure:
+    def figure(
+        self, *, mask: float | None = None, cmap: str = "inferno", shared_scale: bool = False, dpi: int = 100, faithfulness: bool = True
+    ) -> Figure:
         """The picture: image, head mean, overlay, every head, and DINO's masks: the server's, else
-        the client's own keeping a fraction ``mask`` of each map's mass."""
+        the client's own keeping a fraction ``mask`` of each map's mass; beside them, with
+        ``faithfulness``, the answer's deletion and insertion curves (if it holds them)."""
         if self.image is None:
             raise ClientError("no image to draw on: build the result with AttentionClient.explain or with_image()")
-        return render_figure(self.image, self, cmap=cmap, shared_scale=shared_scale, mask=mask, dpi=dpi)
+        return render_figure(self.image, self, cmap=cmap, shared_scale=shared_scale, mask=mask, dpi=dpi, faithfulness=faithfulness)
 
     def with_image(self, image: ImageLike) -> Response:
         """This result with ``image`` (the one sent) aligned to the maps."""

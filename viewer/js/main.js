@@ -6,6 +6,7 @@
 import { describeModel, explain, explainBinary, listModels } from "./api.js";
 import { COLORMAPS, lookupTable } from "./colormaps.js";
 import { alignedImage, colourImage, colourMap, marker, outline, overlay } from "./draw.js";
+import { showFaithfulness } from "./faithfulness.js";
 import { cosineMap, maskOutline, meanMap, nested, parseMaps, thresholdMask, unitFeatures } from "./maps.js";
 
 const $ = (id) => document.getElementById(id);
@@ -69,6 +70,7 @@ function init() {
     redraw(true);
   });
   for (const id of ["opacity", "mask"]) $(id).addEventListener("input", () => redraw(false));
+  $("faithfulness").addEventListener("change", request);
   $("overlay").addEventListener("mousemove", hover);
   $("overlay").addEventListener("click", choosePoint);
   $("overlay").addEventListener("mouseleave", () => ($("hover").textContent = "Hover the image for a patch's value."));
@@ -247,6 +249,9 @@ function buildMethodOptions() {
   const method = currentMethod();
   const controls = method.options.filter((o) => method.own_options.includes(o.name)).flatMap(optionControl);
   $("method-options").replaceChildren(...controls);
+  const faithfulness = method.options.find((o) => o.name === "faithfulness"); // none for a method without one value per patch (pca)
+  $("faithfulness").disabled = !faithfulness;
+  $("faithfulness").title = faithfulness?.help ?? `${method.name} has no one value per patch to order the patches by`;
 }
 
 function optionControl(option) {
@@ -281,7 +286,8 @@ function optionControl(option) {
   return [label, input];
 }
 
-/** The request's fields for the current method: its own options' values, and the layers. */
+/** The request's fields for the current method: its own options' values, the layers, and both
+ * faithfulness metrics when asked for. */
 function methodFields() {
   const method = currentMethod();
   const fields = method.name === state.description.default_method ? {} : { method: method.name };
@@ -292,6 +298,7 @@ function methodFields() {
   }
   if (takes(method, "layers")) fields.layers = "all";
   else if (takes(method, "layer")) fields.layer = $("layer").value; // legrad and chefer choose their blocks otherwise
+  if ($("faithfulness").checked && takes(method, "faithfulness")) fields.faithfulness = "deletion,insertion";
   return fields;
 }
 
@@ -327,6 +334,7 @@ async function request() {
     $("save-png").disabled = $("save-json").disabled = false;
     buildGallery();
     showPredictions(doc);
+    showFaithfulness($("faithfulness-panel"), doc);
     redraw(true);
   } catch (error) {
     if (error.name !== "AbortError" && id === state.requestId) showError(error.message);
@@ -465,7 +473,8 @@ function hover(event) {
 }
 
 /** A click on the image: where a method takes a point (similarity), it is that pixel. A method the page
- * computes is recomputed here from the features in memory; any other asks the server again. */
+ * computes is recomputed here from the features in memory (unless its faithfulness is asked for); any
+ * other asks the server again. */
 function choosePoint(event) {
   const input = $("method-options").querySelector("[data-type=point]");
   if (!input || !state.maps) return;
@@ -473,7 +482,8 @@ function choosePoint(event) {
   const [x, y] = pixelAt(event);
   input.value = `${x},${y}`;
   const method = currentMethod();
-  if (!state.features || !inPage(method) || state.doc.method !== method.name) return request();
+  const scored = $("faithfulness").checked; // the server scores the new map's faithfulness: ask it
+  if (!state.features || !inPage(method) || state.doc.method !== method.name || scored) return request();
   const [h, w] = state.maps.grid;
   const patch = [Math.min(h - 1, Math.floor(y / state.maps.patch)), Math.min(w - 1, Math.floor(x / state.maps.patch))];
   const map = IN_PAGE[method.name](state.features, patch[0] * w + patch[1]);
