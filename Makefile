@@ -83,7 +83,7 @@ browser:
 	@scripts/install_browser.sh
 
 test: install browser
-	$(PY) -m pytest -q --durations=10 -n auto --dist loadscope tests
+	$(PY) -m pytest -q --durations=10 -n auto --dist loadscope --no-loadscope-reorder tests
 
 # ruff (style, imports, bugbear) and mypy (types), settings in pyproject.toml; CI runs it before the tests.
 lint: install

@@ -72,8 +72,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 IGNORES = 0.9  # a mean |Spearman| at or above this after re-initialisation: the map ignores the weights
 IGNORED, CHANGED = "ignores the weights", "changes with the weights"  # the randomisation check's verdicts
 CONFIDENCE = 0.95
-SEED = 0
+SEED = 0  # random weights (--weights random) and the bootstrap's resamples
+REINIT_SEED = 1  # the randomisation check's fresh blocks
 RESULTS = Path(__file__).resolve().parent / "results"
+SECTION = "faithfulness"  # its tables' section in the report's JSON (bench/report.py's format)
 REGION_HEAD_SCALE = 20.0  # the region model's head steepened: probabilities that move by tenths as a region goes
 REGION_IMAGES = 4  # --model region without --images: its constructed images, seeds 0..3
 
@@ -159,9 +161,10 @@ def load_subject(name: str, weights: str, device: torch.device, short_side: int 
     return Subject(model, variant, serve_in_process(model, variant, weights, short_side), weights)
 
 
-def reinitialised(subject: Subject, blocks: int, seed: int = SEED) -> Subject:
+def reinitialised(subject: Subject, blocks: int, seed: int = REINIT_SEED) -> Subject:
     """A copy of ``subject`` whose last ``blocks`` blocks hold a fresh model's (the model's own
-    initialisation, seeded ``seed``): the randomisation check's model."""
+    initialisation, seeded ``seed``: not the seed of a random-weight subject's own, which would give its
+    blocks back): the randomisation check's model."""
     if not 1 <= blocks <= subject.variant.depth:
         raise SystemExit(f"--blocks {blocks}: give 1..{subject.variant.depth} (the model's blocks)")
     torch.manual_seed(seed)
@@ -192,15 +195,12 @@ class Options:
     ig_steps: int = 32
 
 
-def request_options(method: str, options: Options, target: str) -> dict[str, object]:
-    """What a request for ``method``'s map and its curves sends (``target``: ``top`` or ``<k>``, for the explanation methods)."""
-    fields: dict[str, object] = {
-        "faithfulness": ",".join(METRICS),
-        "faithfulness_steps": str(options.steps),
-        "faithfulness_baseline": options.baseline,
-        "upsample": "false",
-        "top_k": "1",
-    }
+def request_options(method: str, options: Options, target: str, curves: bool = True) -> dict[str, object]:
+    """What a request for ``method``'s map (and, with ``curves``, its curves) sends (``target``: ``top``
+    or ``<k>``, for the explanation methods)."""
+    fields: dict[str, object] = {"upsample": "false", "top_k": "1"}
+    if curves:
+        fields |= {"faithfulness": ",".join(METRICS), "faithfulness_steps": str(options.steps), "faithfulness_baseline": options.baseline}
     if method != "attention":
         fields["method"] = method
     if method in EXPLAIN:
@@ -208,9 +208,10 @@ def request_options(method: str, options: Options, target: str) -> dict[str, obj
     return fields
 
 
-def served_map(subject: Subject, image: bytes, method: str, options: Options, target: str) -> tuple[Measured, int]:
-    """``method`` on ``image`` through the service in process: its map, curves and the top class."""
-    request = ImageRequest(image, request_options(method, options, target))
+def served_map(subject: Subject, image: bytes, method: str, options: Options, target: str, curves: bool = True) -> tuple[Measured, int]:
+    """``method`` on ``image`` through the service in process: its map, its curves (unless not
+    ``curves``: an empty entry) and the top class."""
+    request = ImageRequest(image, request_options(method, options, target, curves))
     (result,) = subject.service.explain([request])
     if isinstance(result, RequestError):
         raise RuntimeError(f"{method} on an image failed: {result}")
@@ -259,13 +260,23 @@ def per_patch(pixels: torch.Tensor, patch: int) -> np.ndarray:
     return pixels.detach().reshape(H // patch, patch, W // patch, patch).sum(dim=(1, 3)).double().cpu().numpy()
 
 
-def local_map(subject: Subject, image: bytes, method: str, options: Options, top: int) -> Measured:
-    """``ig`` or ``edge`` on ``image``, scored by the served protocol against the same goal (its top class)."""
+def local_values(subject: Subject, tensor: torch.Tensor, goals: relevance.Goals, method: str, options: Options) -> np.ndarray:
+    """``ig``'s or ``edge``'s map (h, w) of the processed image ``tensor`` (3, H, W)."""
+    if method == "ig":
+        return ig_values(subject.model, tensor, goals, options.ig_steps)
+    return edge_values(tensor, subject.model.patch_size)
+
+
+def local_map(subject: Subject, image: bytes, method: str, options: Options, top: int, curves: bool = True) -> Measured:
+    """``ig`` or ``edge`` on ``image``, scored (unless not ``curves``) by the served protocol against the
+    same goal (its top class)."""
     model = subject.model
     tensor = subject.service.prepare(ImageRequest(image, {})).tensor.float()  # (3, H, W) normalised, as the maps' requests
     goals = target_goals(model, tensor, top)
     p = model.patch_size
-    values = ig_values(model, tensor, goals, options.ig_steps) if method == "ig" else edge_values(tensor, p)
+    values = local_values(subject, tensor, goals, method, options)
+    if not curves:
+        return Measured(values, {})
     tokens = model.num_prefix_tokens + values.size
     (entry,) = faithfulness.curves(
         values[None],
@@ -373,10 +384,10 @@ def randomisation(
     for method in run.methods:
         after = []
         for (_, image), top in zip(images, tops, strict=True):
-            if method in LOCAL:
-                after.append(local_map(changed, image, method, options, top).values)
+            if method in LOCAL:  # the maps only: no curves
+                after.append(local_map(changed, image, method, options, top, curves=False).values)
             else:
-                after.append(served_map(changed, image, method, options, str(top) if top >= 0 else "top")[0].values)
+                after.append(served_map(changed, image, method, options, str(top) if top >= 0 else "top", curves=False)[0].values)
         run.correlations[method] = [
             spearman(m.values, a) for m, a in zip(run.measured[method], after, strict=True) if m.values is not None and a is not None
         ]
@@ -395,6 +406,7 @@ def tables(run: Run, resamples: int, blocks: int | None) -> list[Table]:
         table = Table(
             f"Faithfulness by {metric} AUC ({better} is better), mean over {len(run.images)} images [95% bootstrap interval]",
             (Column("rank"), Column("method"), Column(f"{metric} AUC"), Column("random order"), Column("map - random")),
+            section=SECTION,
         )
         rows = []
         for method in run.methods:
@@ -407,7 +419,8 @@ def tables(run: Run, resamples: int, blocks: int | None) -> list[Table]:
     if blocks is not None and run.correlations:
         table = Table(
             f"Randomisation check: the last {blocks} block(s) re-initialised, Spearman correlation of each map before and after",
-            (Column("method"), Column("mean Spearman"), Column("mean |Spearman|"), Column("min"), Column("max"), Column("verdict")),
+            (Column("method"), Column("mean Spearman"), Column("mean abs(Spearman)"), Column("min"), Column("max"), Column("verdict")),
+            section=SECTION,
         )
         for method in run.methods:
             values = run.correlations.get(method, [])
@@ -416,7 +429,7 @@ def tables(run: Run, resamples: int, blocks: int | None) -> list[Table]:
                 verdict = IGNORED if size >= IGNORES else CHANGED
                 table.add(method, f"{np.mean(values):.3f}", f"{size:.3f}", f"{min(values):.3f}", f"{max(values):.3f}", verdict)
         table.notes.append(
-            f'A mean |Spearman| of {IGNORES} or more reads "{IGNORED}": the map hardly moved (up to its sign) when the model did.'
+            f'A mean abs(Spearman) of {IGNORES} or more reads "{IGNORED}": the map hardly moved (up to its sign) when the model did.'
         )
         out.append(table)
     return out

@@ -30,20 +30,41 @@ NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
 E2E_FIXTURES = ("served", "torchserve", "model_api", "browser")  # they start a JVM (TorchServe) or a browser
 
 
+# The modules measured slowest (each one worker's for minutes): scheduled first, so that the other
+# worker's share of the rest does not leave one of them running alone at the end (make test passes
+# --no-loadscope-reorder, which keeps this order instead of xdist's by test count).
+SLOWEST_FIRST = ("test_viewer.py", "test_hardening.py", "test_client.py", "test_bench.py", "test_kserve_engine.py", "test_e2e.py")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (``make test``: ``-n auto``), each worker takes its share of the cores for
-    torch's threads, so that the workers do not oversubscribe them."""
+    torch's threads, and so do the processes it starts (TorchServe's and KServe's workers, scripts run
+    as subprocesses: ``OMP_NUM_THREADS``), so that nothing oversubscribes them: OpenMP threads that
+    wait for a core by spinning make every process on the machine many times slower."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs (``e2e``, else ``unit``); order the modules that start servers
+    first (``SLOWEST_FIRST``, then the other e2e modules, then the rest), each module's tests as written."""
+    e2e_modules: set[str] = set()
     for item in items:
         e2e = any(name in E2E_FIXTURES for name in getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.e2e if e2e else pytest.mark.unit)
+        if e2e:
+            e2e_modules.add(item.path.name)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        return (SLOWEST_FIRST.index(name), 0) if name in SLOWEST_FIRST else (len(SLOWEST_FIRST), 0 if name in e2e_modules else 1)
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import batching, cli
+from bench import batching, cli, faithfulness
 from bench.batching import CPU_BATCHES
 from bench.cli import SECTIONS
 from bench.coldstart import ColdStart, cold_start_table
@@ -89,7 +89,7 @@ def test_each_table_target_and_anchor_names_its_section(tiny_run: tuple[dict, st
 
 def test_committed_results_name_the_sections_by_their_titles() -> None:
     """bench/results/*.json written before the tables named their section: each table's section from its title."""
-    keys = {s.key for s in SECTIONS}
+    keys = {s.key for s in SECTIONS} | {faithfulness.SECTION}  # and python -m bench.faithfulness's reports
     found = {path.stem: [section_of(t) for t in json.loads(path.read_text())["tables"]] for path in RESULTS.glob("*.json")}
     assert found["bench"][:3] == ["forward", "methods", "encoding"] and found["video"] == ["coldstart", "video"]
     assert found["overload"] == ["overload", "overload"] and {key for tables in found.values() for key in tables} == keys

@@ -352,3 +352,13 @@ def test_the_harness_writes_its_report(tmp_path: Path) -> None:
         harness.main(["--model", "x", "--images", str(tmp_path), "--methods", "ig", "--url", "http://127.0.0.1:1"])
     with pytest.raises(SystemExit, match="--images DIR"):
         harness.main(["--model", "dino_vitt16"])
+
+
+def test_the_randomisation_check_changes_the_last_blocks_only() -> None:
+    """The re-initialised copy differs from a random-weight model in its last k blocks (a fresh seed,
+    not the model's own, which would give the same blocks back) and equals it elsewhere."""
+    subject = harness.load_subject("dino_vitt16", "random", torch.device("cpu"))
+    changed = harness.reinitialised(subject, 2).model.state_dict()
+    for key, value in subject.model.state_dict().items():
+        last = key.startswith(("blocks.10.", "blocks.11.")) and key.endswith("weight") and "norm" not in key
+        assert torch.equal(value, changed[key]) != last, key

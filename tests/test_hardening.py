@@ -210,7 +210,22 @@ def test_load_refuses_non_loopback() -> None:
 def store(tmp_path_factory) -> Path:
     """A model store with the tiny random-weights archive, for servers of their own."""
     path = tmp_path_factory.mktemp("store")
-    assert archive.main(["--model", "vit_tiny", "--patch", "16", "--weights", "random", "--export-path", str(path)]) == 0
+    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    config["handler"]["attention_kernel"] = "sdpa"  # a worker (re)started in seconds: faults are the test, not the kernel measured at load
+    (path / "model-config.yaml").write_text(yaml.safe_dump(config))
+    args = [
+        "--model",
+        "vit_tiny",
+        "--patch",
+        "16",
+        "--weights",
+        "random",
+        "--export-path",
+        str(path),
+        "--config",
+        str(path / "model-config.yaml"),
+    ]
+    assert archive.main(args) == 0
     return path
 
 

@@ -129,23 +129,24 @@ def test_the_kserve_engine_refuses_past_its_queue_at_once(monkeypatch: pytest.Mo
 
 
 def test_torchserve_refuses_past_its_job_queue_at_once_and_keeps_its_worker(tmp_path: Path, model_api: ModelApiServer) -> None:
-    """jobQueueSize 1 in model-config.yaml, vit_small/8 at 480x480 (seconds per request): of 4 requests
+    """jobQueueSize 1 in model-config.yaml, vit_tiny/8 at 480x480 (seconds per request): of 4 requests
     at once, 1 computes, 1 waits, 2 are refused within half a second; the worker keeps its pid."""
     config = yaml.safe_load((REPO / "model-config.yaml").read_text())
     config["jobQueueSize"] = 1
+    config["handler"]["attention_kernel"] = "sdpa"  # the queue is the test, not the kernel measured at load
     (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(config))
     store = tmp_path / "store"
-    args = ["--model", "dino_vits8", "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
+    args = ["--model", "dino_vitt8", "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
     assert archive.main(args) == 0
     image = encode(random_rgb(480, 480))
-    with model_api.register(store / "dino_vits8.mar"):  # its model-config.yaml (jobQueueSize 1) applies
-        management = f"{model_api.props['management_address']}/models/dino_vits8"
+    with model_api.register(store / "dino_vitt8.mar"):  # its model-config.yaml (jobQueueSize 1) applies
+        management = f"{model_api.props['management_address']}/models/dino_vitt8"
         before = requests.get(management, timeout=30).json()[0]["workers"][0]["pid"]
         results: list[tuple[int, float]] = []
 
         def send() -> None:
             start = time.monotonic()
-            reply = requests.post(model_api.url("dino_vits8"), files={"data": image}, data={"upsample": "false"}, timeout=120)
+            reply = requests.post(model_api.url("dino_vitt8"), files={"data": image}, data={"upsample": "false"}, timeout=120)
             results.append((reply.status_code, time.monotonic() - start))
 
         threads = [threading.Thread(target=send) for _ in range(4)]
