@@ -198,7 +198,7 @@ class Options:
 def request_options(method: str, options: Options, target: str, curves: bool = True) -> dict[str, object]:
     """What a request for ``method``'s map (and, with ``curves``, its curves) sends (``target``: ``top``
     or ``<k>``, for the explanation methods)."""
-    fields: dict[str, object] = {"upsample": "false", "top_k": "1"}
+    fields: dict[str, object] = {"upsample": "false"}
     if curves:
         fields |= {"faithfulness": ",".join(METRICS), "faithfulness_steps": str(options.steps), "faithfulness_baseline": options.baseline}
     if method != "attention":
@@ -221,8 +221,9 @@ def served_map(subject: Subject, image: bytes, method: str, options: Options, ta
 
 
 def top_of(result: AttentionResult) -> int:
-    (top,) = result.predictions or [{"index": -1}]
-    return int(str(top["index"]))
+    """The most probable class of an answer's ``predictions`` (-1: none, a model without a head)."""
+    predictions = result.predictions or []
+    return int(str(predictions[0]["index"])) if predictions else -1
 
 
 def ig_values(model: VisionTransformer, image: torch.Tensor, goals: relevance.Goals, steps: int) -> np.ndarray:

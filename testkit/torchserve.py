@@ -33,9 +33,15 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+VMARGS_ENV = "VITSCOPE_TEST_VMARGS"  # JVM flags of every private server, where set (tests/conftest.py: short-lived JVMs)
+
+
 def write_private_config(source: Path, path: Path, model_store: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """``source`` config.properties moved to free loopback ports and ``model_store``; returns its properties."""
+    """``source`` config.properties moved to free loopback ports and ``model_store``, with the JVM flags
+    of ``VMARGS_ENV`` where it is set and neither names any; returns its properties."""
     props = read_properties(source)
+    if os.environ.get(VMARGS_ENV) and "vmargs" not in props and "vmargs" not in (extra or {}):
+        props["vmargs"] = os.environ[VMARGS_ENV]
     if "metrics_config" in props:  # relative to the config's folder; the private server runs elsewhere
         props["metrics_config"] = str((source.parent / props["metrics_config"]).resolve())
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)

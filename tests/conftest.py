@@ -23,7 +23,7 @@ import yaml
 from scripts import REPO, archive
 from testkit.checkpoints import backbone_state, full_checkpoint, save
 from testkit.handler import MODEL_NAME
-from testkit.torchserve import ModelApiServer, PrivateServer, TorchServe, model_api_torchserve, private_torchserve
+from testkit.torchserve import VMARGS_ENV, ModelApiServer, PrivateServer, TorchServe, model_api_torchserve, private_torchserve
 from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
@@ -48,6 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
         share = max(1, (os.cpu_count() or 1) // int(workers))
         torch.set_num_threads(share)
         os.environ["OMP_NUM_THREADS"] = str(share)
+    # The tests' TorchServes live for seconds to minutes: the client JIT alone and the serial GC start
+    # them faster and spend less of the cores on compiling and collecting (bench/'s servers keep the defaults).
+    os.environ.setdefault(VMARGS_ENV, "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

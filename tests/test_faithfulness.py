@@ -20,6 +20,7 @@ from bench import faithfulness as harness
 from bench.faithfulness import REGION_HEAD_SCALE
 from testkit.checkpoints import encode
 from testkit.constructed import REGION_CLASSIFIER, region_classifier, region_image, region_mask
+from testkit.handler import MODEL_NAME as NAME
 from testkit.handler import answer
 from tests.support.services import tiny_service
 from tests.test_explain import FAMILIES, family_service, served
@@ -362,3 +363,25 @@ def test_the_randomisation_check_changes_the_last_blocks_only() -> None:
     for key, value in subject.model.state_dict().items():
         last = key.startswith(("blocks.10.", "blocks.11.")) and key.endswith("weight") and "norm" not in key
         assert torch.equal(value, changed[key]) != last, key
+
+
+def test_the_harness_against_a_served_model_equals_the_service_in_process(served, tmp_path: Path) -> None:
+    """``--url``: TorchServe's answers give the same curves as the same checkpoint served in process;
+    the report ranks what was served, without a randomisation check (the model is not here)."""
+    base = served.url.rsplit("/predictions/", 1)[0]
+    image = encode(region_image(0))
+    options = harness.Options(steps=4, baseline="mean")
+    over_http = harness.http_map(base, NAME, image, "rollout", options).curves
+    (local,) = served.in_process.explain([ImageRequest(image, harness.request_options("rollout", options, "top"))])
+    assert not isinstance(local, RequestError)
+    (entry,) = local.faithfulness or []
+    for metric in METRICS:
+        assert np.allclose(over_http[metric]["curve"], entry[metric]["curve"], **TOL)
+        assert np.allclose(over_http["random"][metric]["curve"], entry["random"][metric]["curve"], **TOL)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "region.png").write_bytes(image)
+    args = ["--images", str(tmp_path / "images"), "--model", NAME, "--url", base, "--methods", "attention,rollout", "--steps", "4"]
+    assert harness.main([*args, "--bootstrap", "20", "--out", str(tmp_path), "--name", "served"]) == 0
+    report = orjson.loads((tmp_path / "served.json").read_bytes())
+    assert [t["title"].split(" ")[0] for t in report["tables"]] == ["Faithfulness", "Faithfulness"]  # no randomisation check
+    assert f"{NAME} served at {base}" in report["title"]
