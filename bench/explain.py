@@ -188,9 +188,9 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+@torch.no_grad()  # (not torch.set_grad_enabled(False): run in process, --in-process, it would outlive the call)
 def memory_worker(method: str, form: str, size: tuple[int, int], shape: Shape) -> dict[str, float]:
     """Run one explanation (target: class 0) in this process; its RSS before and at its peak, and its seconds."""
-    torch.set_grad_enabled(False)
     variant = vit_classifier(shape)
     if form == OURS:
         service = service_of(variant, torch.device("cpu"))
@@ -388,9 +388,9 @@ class Explain:
     def measure(self, run: Run) -> Figures:
         # memory first: its workers need the RAM that this process's cost runs (large explanations) hold on to
         logger.info("explain: memory (a process each), then cost (round-robin in this process) ...")
-        torch.set_grad_enabled(False)
-        memory = bench_memory(self.shape, self.memory_sizes, run.args.explain_naive_budget_gb, run.args.in_process)
-        cost = bench_cost(self.shape, self.text, self.cost_sizes, run.args.repeats, torch.device(run.args.device))
+        with torch.no_grad():
+            memory = bench_memory(self.shape, self.memory_sizes, run.args.explain_naive_budget_gb, run.args.in_process)
+            cost = bench_cost(self.shape, self.text, self.cost_sizes, run.args.repeats, torch.device(run.args.device))
         return Figures(cost, memory, self.shape.name)
 
     def tables(self, figures: Figures, args: argparse.Namespace, machine: Machine) -> list[Table]:

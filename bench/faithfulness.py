@@ -193,12 +193,15 @@ class Options:
     steps: int = faithfulness.DEFAULT_FAITHFULNESS_STEPS
     baseline: str = faithfulness.DEFAULT_FAITHFULNESS_BASELINE
     ig_steps: int = 32
+    short_side: int | None = None  # each request's short_side (None: the service's default; in process, the model's size)
 
 
 def request_options(method: str, options: Options, target: str, curves: bool = True) -> dict[str, object]:
     """What a request for ``method``'s map (and, with ``curves``, its curves) sends (``target``: ``top``
     or ``<k>``, for the explanation methods)."""
     fields: dict[str, object] = {"upsample": "false"}
+    if options.short_side is not None:
+        fields["short_side"] = str(options.short_side)
     if curves:
         fields |= {"faithfulness": ",".join(METRICS), "faithfulness_steps": str(options.steps), "faithfulness_baseline": options.baseline}
     if method != "attention":
@@ -500,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="a TorchServe inference URL (http://127.0.0.1:8080): the served model's curves; no randomisation check"
     )
     parser.add_argument(
-        "--short-side", type=int, help="in process: resize each image's shorter side to this (default: the model's pretraining size)"
+        "--short-side",
+        type=int,
+        help="resize each image's shorter side to this (default: in process the model's pretraining size, else the server's)",
     )
     parser.add_argument("--steps", type=int, default=faithfulness.DEFAULT_FAITHFULNESS_STEPS, help="faithfulness_steps")
     parser.add_argument("--baseline", choices=faithfulness.BASELINES, default=faithfulness.DEFAULT_FAITHFULNESS_BASELINE)
@@ -520,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = parse_methods(args.methods, args.url)
     if args.images is None and args.model != REGION:
         raise SystemExit("--images DIR: the images to explain (only --model region brings its own)")
-    options = Options(args.steps, args.baseline, args.ig_steps)
+    options = Options(args.steps, args.baseline, args.ig_steps, args.short_side)
     images = read_images(args.images, args.limit or (100 if args.images is not None else REGION_IMAGES))
     run = Run(methods, [name for name, _ in images])
     start = time.perf_counter()

@@ -291,6 +291,7 @@ def test_explain_figures_are_derived_from_the_measured_times_and_memory(tmp_path
     machine = emulating_machine()
     args = argparse.Namespace(repeats=2, device="cpu", explain_naive_budget_gb=5e-6, in_process=True)  # 64x64 over it, 32x32 under
     figures = section.measure(Run(args, machine, tmp_path, b""))
+    assert torch.is_grad_enabled()  # its no-grad ends with it: a later test's autograd in this process needs that
     methods, prompts, memory = section.tables(figures, args, machine)
     (row,) = [dict(zip([c.name for c in methods.columns], r, strict=True)) for r in methods.rows]
     assert row["tokens"] == 4 and row["last-layer s"] > 0

@@ -370,7 +370,7 @@ def test_the_harness_against_a_served_model_equals_the_service_in_process(served
     the report ranks what was served, without a randomisation check (the model is not here)."""
     base = served.url.rsplit("/predictions/", 1)[0]
     image = encode(region_image(0))
-    options = harness.Options(steps=4, baseline="mean")
+    options = harness.Options(steps=4, baseline="mean", short_side=64)
     over_http = harness.http_map(base, NAME, image, "rollout", options).curves
     (local,) = served.in_process.explain([ImageRequest(image, harness.request_options("rollout", options, "top"))])
     assert not isinstance(local, RequestError)
@@ -380,7 +380,20 @@ def test_the_harness_against_a_served_model_equals_the_service_in_process(served
         assert np.allclose(over_http["random"][metric]["curve"], entry["random"][metric]["curve"], **TOL)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "region.png").write_bytes(image)
-    args = ["--images", str(tmp_path / "images"), "--model", NAME, "--url", base, "--methods", "attention,rollout", "--steps", "4"]
+    args = [
+        "--images",
+        str(tmp_path / "images"),
+        "--model",
+        NAME,
+        "--url",
+        base,
+        "--methods",
+        "attention,rollout",
+        "--steps",
+        "4",
+        "--short-side",
+        "64",
+    ]
     assert harness.main([*args, "--bootstrap", "20", "--out", str(tmp_path), "--name", "served"]) == 0
     report = orjson.loads((tmp_path / "served.json").read_bytes())
     assert [t["title"].split(" ")[0] for t in report["tables"]] == ["Faithfulness", "Faithfulness"]  # no randomisation check
