@@ -38,7 +38,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +174,8 @@ def reinitialised(subject: Subject, blocks: int, seed: int = REINIT_SEED) -> Sub
     for index in range(depth - blocks, depth):
         model.blocks[index].load_state_dict(fresh.blocks[index].state_dict())
     model = model.eval().requires_grad_(False)
-    config = replace(subject.service.config, weights=f"{subject.weights}, last {blocks} re-initialised")
-    service = AttentionService(model, subject.variant, config, precisions=PrecisionPlan.fp32_only(), predictor=Predictor(model, ()))
-    return Subject(model, subject.variant, service, config.weights)
+    weights = f"{subject.weights}, last {blocks} re-initialised"
+    return Subject(model, subject.variant, serve_in_process(model, subject.variant, weights, subject.service.config.short_side), weights)
 
 
 # ----------------------------------------------------------------------------- one image's maps and curves
