@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -267,7 +268,10 @@ def archive(args: argparse.Namespace, base: Variant | None) -> Path:
         ]
         if staged.path is not None:
             cmd += ["--serialized-file", str(staged.path)]
-        subprocess.run(cmd, check=True)
+        # torch-model-archiver packs in $TMPDIR/<model name>: a folder of this run's own, so that two
+        # archives of the same name made at once (two shells, two test workers) do not collide
+        (stage / "tmp").mkdir()
+        subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": str(stage / "tmp")})
     return args.export_path / f"{variant.name}.mar"
 
 

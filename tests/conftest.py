@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts import REPO, archive
+from scripts import archive
 from testkit.checkpoints import backbone_state, full_checkpoint, save
 from testkit.handler import MODEL_NAME
 from testkit.torchserve import VMARGS_ENV, ModelApiServer, PrivateServer, TorchServe, model_api_torchserve, private_torchserve
+from tests.support.archives import model_config
 from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
@@ -128,15 +129,12 @@ def served() -> Iterator[Served]:
         # batchSize 4 (the default is 1 on CPUs): TorchServe's batching is part of what is tested; it
         # batches what has queued (test_e2e queues requests behind a slow one), so the tests' mostly
         # one-at-a-time requests need not each wait 50 ms for a batch that never fills
-        config = yaml.safe_load((REPO / "model-config.yaml").read_text())
         # jobQueueSize 16: these tests run up to 8 clients at once and expect every answer (the queue's
-        # bound, 503 past it, is tested on servers of their own in test_overload.py)
-        config.update(batchSize=4, maxBatchDelay=5, jobQueueSize=16)
+        # bound, 503 past it, is tested on servers of their own in test_overload.py).
         # One attention kernel in every process that serves this archive (TorchServe's worker, the KServe
         # engine, in process): the tests compare their answers to the last bit, and each process would
         # otherwise measure its own choice under the test suite's load.
-        config["handler"]["attention_kernel"] = "sdpa"
-        (Path(tmp) / "model-config.yaml").write_text(yaml.safe_dump(config))
+        settings = model_config(Path(tmp), {"attention_kernel": "sdpa"}, batchSize=4, maxBatchDelay=5, jobQueueSize=16)
         args = [
             "--model",
             "vit_tiny",
@@ -147,7 +145,7 @@ def served() -> Iterator[Served]:
             "--export-path",
             str(store),
             "--config",
-            str(Path(tmp) / "model-config.yaml"),
+            str(settings),
         ]
         assert archive.main(args) == 0
         config = yaml.safe_load(zipfile.ZipFile(store / f"{NAME}.mar").read("model-config.yaml"))

@@ -12,12 +12,12 @@ import orjson
 import pytest
 import requests
 import torch
-import yaml
 
-from scripts import REPO, archive
+from scripts import archive
 from testkit.checkpoints import TINY, encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import ModelApiServer
+from tests.support.archives import model_config
 from tests.support.services import tiny_service
 from vitscope.cost import CORRECTION_BOUNDS, LEARNING_RATE, PAIR_TOKENS, PROBE_TOKENS, CostModel, Learned
 from vitscope.model.checkpoint import build_model
@@ -134,12 +134,9 @@ def test_a_huge_valid_request_is_refused_and_the_worker_lives(tmp_path: Path, mo
     responseTimeout of 20 s TorchServe would kill the worker after 20 s of computing; the estimate
     refuses it at once, the worker keeps its pid, and the next request is answered."""
     variant = get_variant("dino_vitb8")
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config["responseTimeout"] = 20
-    config["handler"]["attention_kernel"] = "sdpa"  # the admission is the test, not the kernel measured at load
-    (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(config))
+    settings = model_config(tmp_path, {"attention_kernel": "sdpa"}, responseTimeout=20)  # the admission is the test, not the kernel
     store = tmp_path / "store"
-    args = ["--model", variant.name, "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
+    args = ["--model", variant.name, "--weights", "random", "--export-path", str(store), "--config", str(settings)]
     assert archive.main(args) == 0
     image = encode(random_rgb(1024, 1024, seed=2), "JPEG")
     with model_api.register(store / f"{variant.name}.mar"):  # its model-config.yaml (responseTimeout 20) applies

@@ -22,13 +22,14 @@ import yaml
 from PIL import Image
 
 from bench.load import Probe, run_load
-from scripts import archive, serve
+from scripts import REPO, archive, serve
 from scripts.serve import ServeError
 from testkit.checkpoints import encode, random_rgb, smooth_rgb
 from testkit.handler import answer
 from testkit.torchserve import ModelApiServer, TorchServe, write_private_config
+from tests.support.archives import model_config
 
-from .conftest import NAME, REPO, Served
+from .conftest import NAME, Served
 
 TIMEOUT = 120
 SMOOTH = smooth_rgb(48, 64)
@@ -210,9 +211,7 @@ def test_load_refuses_non_loopback() -> None:
 def store(tmp_path_factory) -> Path:
     """A model store with the tiny random-weights archive, for servers of their own."""
     path = tmp_path_factory.mktemp("store")
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config["handler"]["attention_kernel"] = "sdpa"  # a worker (re)started in seconds: faults are the test, not the kernel measured at load
-    (path / "model-config.yaml").write_text(yaml.safe_dump(config))
+    settings = model_config(path, {"attention_kernel": "sdpa"})  # a worker (re)started in seconds: no kernel measurement at load
     args = [
         "--model",
         "vit_tiny",
@@ -223,7 +222,7 @@ def store(tmp_path_factory) -> Path:
         "--export-path",
         str(path),
         "--config",
-        str(path / "model-config.yaml"),
+        str(settings),
     ]
     assert archive.main(args) == 0
     return path

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-import yaml
 
 from kserve_engine.model import AttentionModel, EngineError
-from scripts import REPO, archive
+from scripts import archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.handler import answer
 from testkit.torchserve import ModelApiServer
+from tests.support.archives import model_config
 from tests.support.services import tiny_service
 from vitscope.cost import CostModel
 from vitscope.methods import METHODS
@@ -131,12 +131,9 @@ def test_the_kserve_engine_refuses_past_its_queue_at_once(monkeypatch: pytest.Mo
 def test_torchserve_refuses_past_its_job_queue_at_once_and_keeps_its_worker(tmp_path: Path, model_api: ModelApiServer) -> None:
     """jobQueueSize 1 in model-config.yaml, vit_tiny/8 at 480x480 (seconds per request): of 4 requests
     at once, 1 computes, 1 waits, 2 are refused within half a second; the worker keeps its pid."""
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config["jobQueueSize"] = 1
-    config["handler"]["attention_kernel"] = "sdpa"  # the queue is the test, not the kernel measured at load
-    (tmp_path / "model-config.yaml").write_text(yaml.safe_dump(config))
+    settings = model_config(tmp_path, {"attention_kernel": "sdpa"}, jobQueueSize=1)  # the queue is the test, not the kernel
     store = tmp_path / "store"
-    args = ["--model", "dino_vitt8", "--weights", "random", "--export-path", str(store), "--config", str(tmp_path / "model-config.yaml")]
+    args = ["--model", "dino_vitt8", "--weights", "random", "--export-path", str(store), "--config", str(settings)]
     assert archive.main(args) == 0
     image = encode(random_rgb(480, 480))
     with model_api.register(store / "dino_vitt8.mar"):  # its model-config.yaml (jobQueueSize 1) applies

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import requests
 import torch
-import yaml
 
-from scripts import REPO, archive
+from scripts import archive
 from testkit.checkpoints import encode, random_rgb
 from testkit.torchserve import TorchServe
+from tests.support.archives import model_config
 from vitscope.attention import to_tensor
 from vitscope.image import prepare_image
 from vitscope.model.tokenizer import ClipTokenizer
@@ -44,12 +44,10 @@ def clip_served(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory
     torch.manual_seed(0)
     model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     model.save_pretrained(tmp / "clip")
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config["handler"]["attention_kernel"] = "sdpa"
-    (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
+    settings = model_config(tmp, {"attention_kernel": "sdpa"})
     store = tmp / "store"
     args = ["--weights", str(tmp / "clip"), "--name", NAME, "--tokenizer", str(OPEN_CLIP_DIR), "--export-path", str(store)]
-    assert archive.main([*args, "--config", str(tmp / "model-config.yaml")]) == 0
+    assert archive.main([*args, "--config", str(settings)]) == 0
     names = zipfile.ZipFile(store / f"{NAME}.mar").namelist()
     assert "tokenizer/bpe_simple_vocab_16e6.txt.gz" in names and not any(n.endswith(("towers.py", "sources.py")) for n in names)
     with torchserve(store, NAME) as server:

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 import requests
 import torch
-import yaml
 
 from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
 from scripts.viewer import VIEWER_DIR, url_of
 from testkit.checkpoints import brightness_seeking_state, encode, random_rgb, save
 from testkit.torchserve import TorchServe, free_ports
+from tests.support.archives import model_config
 from vitscope.masks import threshold_masks
 from vitscope.methods import METHODS
 from vitscope.model.variants import get_variant
@@ -61,9 +61,7 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
     driver_started = starting.submit(browser)
     try:
         weights = save(brightness_seeking_state(1.0, MODEL), tmp / "bright_vitt8.pth")
-        config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-        config["handler"]["attention_kernel"] = "sdpa"  # no kernel measurement at load: the page is the test
-        (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
+        settings = model_config(tmp, {"attention_kernel": "sdpa"})  # no kernel measurement at load: the page is the test
         args = [
             "--model",
             MODEL.name,
@@ -72,7 +70,7 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
             "--export-path",
             str(tmp / "store"),
             "--config",
-            str(tmp / "model-config.yaml"),
+            str(settings),
         ]
         assert archive.main(args) == 0
         cors = {
@@ -487,11 +485,9 @@ def explainers(page: Page, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     text = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 77}
     clip = transformers.CLIPConfig(text_config=text, vision_config=TINY, projection_dim=16)
     transformers.CLIPModel(clip).save_pretrained(tmp / CLIP)
-    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
-    config["handler"]["attention_kernel"] = "sdpa"  # no kernel measurement at load: a quicker registration
-    config["handler"]["short_side"] = 64  # the test images as they are (8 x 8 patches), not resized to 480
-    (tmp / "model-config.yaml").write_text(yaml.safe_dump(config))
-    common = ["--export-path", str(tmp / "store"), "--config", str(tmp / "model-config.yaml")]
+    # no kernel measurement at load (a quicker registration); the test images as they are (8 x 8 patches), not resized to 480
+    settings = model_config(tmp, {"attention_kernel": "sdpa", "short_side": 64})
+    common = ["--export-path", str(tmp / "store"), "--config", str(settings)]
     assert archive.main(["--weights", str(tmp / CLASSIFIER), "--name", CLASSIFIER, *common]) == 0
     tokenizer = str(Path(open_clip.__file__).parent)  # bpe_simple_vocab_16e6.txt.gz
     assert archive.main(["--weights", str(tmp / CLIP), "--name", CLIP, "--tokenizer", tokenizer, *common]) == 0

@@ -1,0 +1,20 @@
+"""The one way tests write a changed model-config.yaml for ``make archive``'s ``--config``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from scripts import REPO
+
+
+def model_config(folder: Path, handler: dict[str, object] | None = None, **frontend: object) -> Path:
+    """The shipped model-config.yaml with ``frontend`` settings (``jobQueueSize=1``, ...) and ``handler``
+    settings (``{"attention_kernel": "sdpa"}``, ...) changed, written as ``folder/model-config.yaml``: its path."""
+    config = yaml.safe_load((REPO / "model-config.yaml").read_text())
+    config.update(frontend)
+    config["handler"].update(handler or {})
+    path = folder / "model-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
