@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts import archive
 from testkit.checkpoints import backbone_state, full_checkpoint, save
 from testkit.handler import MODEL_NAME
 from testkit.torchserve import VMARGS_ENV, ModelApiServer, PrivateServer, TorchServe, model_api_torchserve, private_torchserve
-from tests.support.archives import model_config
+from tests.support.archives import archive_tiny, model_config
 from vitscope.service import AttentionService, create_service
 
 NAME = MODEL_NAME  # the archive of TINY (vit_tiny/16)
@@ -135,19 +134,7 @@ def served() -> Iterator[Served]:
         # engine, in process): the tests compare their answers to the last bit, and each process would
         # otherwise measure its own choice under the test suite's load.
         settings = model_config(Path(tmp), {"attention_kernel": "sdpa"}, batchSize=4, maxBatchDelay=5, jobQueueSize=16)
-        args = [
-            "--model",
-            "vit_tiny",
-            "--patch",
-            "16",
-            "--weights",
-            str(checkpoint),
-            "--export-path",
-            str(store),
-            "--config",
-            str(settings),
-        ]
-        assert archive.main(args) == 0
+        archive_tiny(store, checkpoint, settings)
         config = yaml.safe_load(zipfile.ZipFile(store / f"{NAME}.mar").read("model-config.yaml"))
         with private_torchserve(store, NAME) as server:
             yield Served(

@@ -22,12 +22,12 @@ import yaml
 from PIL import Image
 
 from bench.load import Probe, run_load
-from scripts import REPO, archive, serve
+from scripts import REPO, serve
 from scripts.serve import ServeError
 from testkit.checkpoints import encode, random_rgb, smooth_rgb
 from testkit.handler import answer
 from testkit.torchserve import ModelApiServer, TorchServe, write_private_config
-from tests.support.archives import model_config
+from tests.support.archives import archive_tiny, model_config
 
 from .conftest import NAME, Served
 
@@ -212,20 +212,7 @@ def store(tmp_path_factory) -> Path:
     """A model store with the tiny random-weights archive, for servers of their own."""
     path = tmp_path_factory.mktemp("store")
     settings = model_config(path, {"attention_kernel": "sdpa"})  # a worker (re)started in seconds: no kernel measurement at load
-    args = [
-        "--model",
-        "vit_tiny",
-        "--patch",
-        "16",
-        "--weights",
-        "random",
-        "--export-path",
-        str(path),
-        "--config",
-        str(settings),
-    ]
-    assert archive.main(args) == 0
-    return path
+    return archive_tiny(path, "random", settings)
 
 
 def test_killed_worker_is_restarted_and_only_in_flight_requests_fail(store: Path, model_api: ModelApiServer) -> None:
