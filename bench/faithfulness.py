@@ -56,6 +56,7 @@ from vitscope.model.checkpoint import RANDOM_WEIGHTS, build_model
 from vitscope.model.sources import base_from_spec, load_checkpoint
 from vitscope.model.variants import Variant, get_variant
 from vitscope.model.vit import VisionTransformer
+from vitscope.options import parse
 from vitscope.precision import PrecisionPlan, describe_device
 from vitscope.predictions import Predictor
 from vitscope.schema import AttentionResult, ImageRequest
@@ -94,17 +95,9 @@ def bootstrap(values: Sequence[float] | np.ndarray, resamples: int, seed: int = 
 
 def ranks(values: np.ndarray) -> np.ndarray:
     """The ranks of ``values`` (P,) from 1, ties given their average rank."""
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    out = np.empty(values.size, dtype=np.float64)
-    start = 0
-    while start < values.size:
-        end = start
-        while end + 1 < values.size and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        out[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return out
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # each distinct value's highest rank
+    return (last - (counts - 1) / 2)[inverse].astype(np.float64)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -213,13 +206,19 @@ def request_options(method: str, options: Options, target: str, curves: bool = T
 def served_map(subject: Subject, image: bytes, method: str, options: Options, target: str, curves: bool = True) -> tuple[Measured, int]:
     """``method`` on ``image`` through the service in process: its map, its curves (unless not
     ``curves``: an empty entry) and the top class."""
-    request = ImageRequest(image, request_options(method, options, target, curves))
-    (result,) = subject.service.explain([request])
+    fields = request_options(method, options, target, curves)
+    service = subject.service
+    (result,) = service.explain([ImageRequest(image, fields)])
     if isinstance(result, RequestError):
         raise RuntimeError(f"{method} on an image failed: {result}")
-    prepared = subject.service.prepare(request)
-    values = prepared.method.patch_values(prepared.options, result.arrays, subject.variant.patch_size)[0]  # (h, w)
+    served, parsed = parse(fields, service.facts, service.config.defaults())  # the request's method and options, as it ran
+    values = served.patch_values(parsed, result.arrays, subject.variant.patch_size)[0]  # (h, w)
     return Measured(values, (result.faithfulness or [{}])[0]), top_of(result)
+
+
+def target_of(top: int) -> str:
+    """What an explanation method's request names as its target: the image's top class, ``top`` on a backbone (-1)."""
+    return str(top) if top >= 0 else "top"
 
 
 def top_of(result: AttentionResult) -> int:
@@ -357,11 +356,10 @@ def measure_all(
         top = top_class(subject, image)
         tops.append(top)
         for method in methods:
-            target = str(top) if top >= 0 else "top"
             m = (
                 local_map(subject, image, method, options, top)
                 if method in LOCAL
-                else served_map(subject, image, method, options, target)[0]
+                else served_map(subject, image, method, options, target_of(top))[0]
             )
             measured[method].append(m)
         logger.info("%s: %s", name, ", ".join(f"{m} del {measured[m][-1].curves[DELETION]['auc']:.3f}" for m in methods))
@@ -390,7 +388,7 @@ def randomisation(
             if method in LOCAL:  # the maps only: no curves
                 after.append(local_map(changed, image, method, options, top, curves=False).values)
             else:
-                after.append(served_map(changed, image, method, options, str(top) if top >= 0 else "top", curves=False)[0].values)
+                after.append(served_map(changed, image, method, options, target_of(top), curves=False)[0].values)
         run.correlations[method] = [
             spearman(m.values, a) for m, a in zip(run.measured[method], after, strict=True) if m.values is not None and a is not None
         ]

@@ -300,10 +300,13 @@ def image_goals(model: VisionTransformer, image: torch.Tensor, precision: str) -
     with torch.inference_mode(), autocast(image.device, precision):
         normed, *earlier = model.head_tokens(image)
         reference = model.embed_image(model.pool(normed))[0].float()  # (D,)
-        if model.head is None:
-            return relevance.make_goals([[relevance.EMBEDDING]], [[0]], [[reference]], reference.shape[0], image.device), IMAGE_TARGET
-        top = int(model.logits(normed, earlier[0] if earlier else None)[0].argmax())
-    return relevance.make_goals([[relevance.CLASS]], [[top]], [[None]], reference.shape[0], image.device), f"class {top}"
+        logits = model.logits(normed, earlier[0] if earlier else None) if model.head is not None else None
+    if logits is None:
+        return relevance.make_goals([[relevance.EMBEDDING]], [[0]], [[reference]], reference.shape[0], image.device), IMAGE_TARGET
+    # made outside inference mode: resolve_top writes the class into it
+    goals = relevance.make_goals([[relevance.TOP]], [[0]], [[None]], reference.shape[0], image.device)
+    (top,) = relevance.resolve_top(model, goals, logits, reference[None])[0]
+    return goals, f"class {int(top)}"
 
 
 def score_kinds(model: VisionTransformer, goals: relevance.Goals) -> list[str]:
