@@ -3,6 +3,7 @@ the client's protocol constants, the shipped defaults (model-config.yaml), what 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from scripts import KSERVE_ENGINE_PORT, KSERVE_TORCHSERVE_PORT, REPO, VIEWER_PORT, docs, kserve_bundle
 from scripts.serve import read_properties
-from vitscope import image, options
+from vitscope import faithfulness, image, options
 from vitscope.masks import encode_masks, threshold_masks
 from vitscope.methods import METHODS, all_outputs
 from vitscope.model.variants import DEFAULT_MODEL
@@ -62,6 +63,9 @@ def test_client_facts_match_the_server() -> None:
     assert client.NPZ_META == NPZ_META and client.DEFAULT_MODEL == DEFAULT_MODEL
     assert client.TIMEOUT_HEADER.lower() == TIMEOUT_HEADER  # the client says how long it waits
     assert client.DEFAULT_METHOD == DEFAULT_METHOD
+    assert (client.FAITHFULNESS_METRICS, client.FAITHFULNESS_RANDOM) == (faithfulness.METRICS, faithfulness.RANDOM)
+    viewer = (REPO / "viewer" / "js" / "faithfulness.js").read_text()  # the viewer's copy, likewise
+    assert re.search(r"^const METRICS = (\[.*\]);$", viewer, re.MULTILINE)[1] == json.dumps(list(faithfulness.METRICS))
     p, (h, w) = 16, (32, 48)
     sizes = {"H": h, "W": w, "H/p": h // p, "W/p": w // p}  # any other axis (maps, D, R): 2
     rng = np.random.default_rng(3)

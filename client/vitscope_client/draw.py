@@ -24,6 +24,8 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
 
 from .errors import ClientError
+from .mirrors import FAITHFULNESS_METRICS as METRICS
+from .mirrors import FAITHFULNESS_RANDOM as RANDOM
 from .mirrors import threshold_masks
 from .views import MethodView
 
@@ -32,7 +34,6 @@ PANEL_INCHES = 2.6  # width of one map
 TITLE_INCHES = 0.25  # one line of panel title
 COLORBAR_INCHES = 0.35  # a panel's colour bar and its labels, beside the map
 MAX_COLS = 4
-METRICS = ("deletion", "insertion")  # the faithfulness curves an answer may hold, in its order
 METRIC_COLOURS = {"deletion": "tab:red", "insertion": "tab:blue"}  # the map's order solid, the random order's dashed
 METRIC_ABBREVIATIONS = {"deletion": "del", "insertion": "ins"}
 
@@ -170,7 +171,7 @@ def curve_set_name(entry: dict, targets: Sequence[dict], predictions: Sequence[d
 def auc_title(entry: dict, name: str) -> str:
     """A curve set's title: each metric's AUC and its random order's, ``class 281: del 0.21 (random 0.58) · ins ...``."""
     aucs = [
-        f"{METRIC_ABBREVIATIONS[metric]} {entry[metric]['auc']:.2f} (random {entry['random'][metric]['auc']:.2f})"
+        f"{METRIC_ABBREVIATIONS[metric]} {entry[metric]['auc']:.2f} (random {entry[RANDOM][metric]['auc']:.2f})"
         for metric in METRICS
         if metric in entry
     ]
@@ -185,7 +186,7 @@ def draw_curves(ax: Axes, entry: dict, title: str) -> None:
     for metric in METRICS:
         if metric not in entry:
             continue
-        for curve, style, label in ((entry[metric]["curve"], "-", metric), (entry["random"][metric]["curve"], "--", f"random {metric}")):
+        for curve, style, label in ((entry[metric]["curve"], "-", metric), (entry[RANDOM][metric]["curve"], "--", f"random {metric}")):
             ax.plot(np.linspace(0, 1, len(curve)), curve, style, color=METRIC_COLOURS[metric], linewidth=1, label=label)
             scores += [min(curve), max(curve)]
     ax.set_xlim(0, 1)

@@ -28,6 +28,8 @@ FORMATS = tuple(CONTENT_TYPES)
 META_HEADER = "X-Attention-Meta"  # .npy answers carry their metadata in this header
 TIMEOUT_HEADER = "X-Request-Timeout"  # the seconds we wait: the server computes no answer we would not wait for
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+FAITHFULNESS_METRICS = ("deletion", "insertion")  # the curves a ``faithfulness`` entry may hold, in its order
+FAITHFULNESS_RANDOM = "random"  # an entry's key of the random order's curves
 HEAD_FUSIONS = ("mean", "max", "min")
 # Options passed on to the server as they are (the client itself always asks for the patch grid).
 MAP_OPTIONS = ("layer", "short_side", "scale", "size", "heads", "precision")
