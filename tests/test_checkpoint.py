@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,28 @@ def test_every_layout_loads_strictly(tmp_path: Path, state, layout: str) -> None
     model = build_model(TINY, filtered)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def test_a_checkpoint_is_loaded_without_a_random_initialisation(state, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network is made on the meta device and filled from the checkpoint alone (a ViT-g's random
+    init costs seconds of a cold start); every tensor is the checkpoint's, in float32 on the CPU."""
+
+    def only_on_meta(init: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def guarded(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+            assert tensor.device.type == "meta", "a random initialisation the checkpoint overwrites"
+            return init(tensor, *args, **kwargs)
+
+        return guarded
+
+    for name in ("trunc_normal_", "kaiming_uniform_", "normal_", "uniform_", "zeros_", "ones_"):
+        monkeypatch.setattr(torch.nn.init, name, only_on_meta(getattr(torch.nn.init, name)))
+    half = {key: value.half() for key, value in state.items()}  # a checkpoint stored in fp16
+    model = build_model(TINY, half)
+    for key, value in model.state_dict().items():
+        assert value.device.type == "cpu" and value.dtype == torch.float32, key
+        torch.testing.assert_close(value, half[key].float())
+    with pytest.raises(CheckpointError, match="missing keys \\(1\\)"):
+        build_model(TINY, {key: value for key, value in state.items() if key != "cls_token"})
 
 
 def test_filter_is_pure_and_picks_teacher_by_default(state) -> None:

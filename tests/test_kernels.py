@@ -46,6 +46,21 @@ def test_plan_kernels_measures_each_dtype_and_logs_it(caplog: pytest.LogCaptureF
     assert "sdpa " in plan.measured[0] and "chunked(64) " in plan.measured[0] and plan.summary() in caplog.text
 
 
+def test_a_shape_is_measured_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second model of the same shape on the same device runs the plan measured for the first."""
+    from vitscope.model import kernels
+
+    first = plan_kernels(torch.device("cpu"), [torch.float32], heads=2, head_dim=8, tokens=(33, 65))
+
+    def no_measuring(*_args: object, **_kwargs: object) -> float:
+        raise AssertionError("measured twice")
+
+    monkeypatch.setattr(kernels, "probe_seconds", no_measuring)
+    assert plan_kernels(torch.device("cpu"), (torch.float32,), 2, 8, [33, 65]) is first
+    with pytest.raises(AssertionError, match="measured twice"):  # another shape is measured
+        plan_kernels(torch.device("cpu"), [torch.float32], heads=2, head_dim=8, tokens=(33, 129))
+
+
 def test_a_model_answers_alike_with_either_kernel() -> None:
     torch.manual_seed(0)
     model = build_model(TINY, None).eval()

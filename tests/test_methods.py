@@ -109,23 +109,28 @@ def test_rollout_finds_what_the_last_layer_does_not() -> None:
     assert (rollout["method"], rollout["head_fusion"], rollout["discard_ratio"], rollout["layer"]) == ("rollout", "mean", 0.0, 11)
 
 
-def peak_rss_mb(side: int) -> float:
-    """Peak RSS growth (MB) of one rollout of a side x side image in a fresh process (vit_tiny/16)."""
+def peak_rss_mb(sides: tuple[int, ...], depth: int = 4) -> list[float]:
+    """Peak RSS growth (MB) of one rollout of each side x side image, in one fresh process (vit_tiny/16's
+    width and heads, ``depth`` blocks: the memory is per token; the depth only adds the kept O(N)
+    queries and keys). Linux's peak RSS (VmHWM) is reset before each rollout (/proc/self/clear_refs)."""
     code = (
-        "import resource, sys, torch; sys.path.insert(0, '.'); "
+        "import dataclasses, sys, torch; sys.path.insert(0, '.'); "
         "from vitscope.model.checkpoint import build_model; from vitscope.model.variants import get_variant; "
         "from vitscope.model.rollout import cls_rollout; torch.manual_seed(0); "
-        "m = build_model(get_variant('vit_tiny', 16), None); cls_rollout(m, torch.randn(1, 3, 64, 64)); "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        f"cls_rollout(m, torch.randn(1, 3, {side}, {side})); "
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        f"m = build_model(dataclasses.replace(get_variant('vit_tiny', 16), depth={depth}), None)\n"
+        "cls_rollout(m, torch.randn(1, 3, 64, 64))\n"
+        "def status(key): return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key + ':'))\n"
+        f"for side in {list(sides)}:\n"
+        "    open('/proc/self/clear_refs', 'w').write('5'); before = status('VmRSS')\n"
+        "    cls_rollout(m, torch.randn(1, 3, side, side))\n"
+        "    print((status('VmHWM') - before) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return [float(line) for line in out.stdout.strip().splitlines()[-len(sides) :]]
 
 
 def test_rollout_memory_grows_linearly_in_tokens() -> None:
-    small, large = peak_rss_mb(512), peak_rss_mb(1024)  # 1,024 and 4,096 patch tokens
+    small, large = peak_rss_mb((512, 1024))  # 1,024 and 4,096 patch tokens
     naive_mb = (2 * TINY.num_heads + 4) * 4097**2 * 4 / 2**20  # the naive rollout's N x N matrices at 4,096 tokens: 640 MB
     assert large < naive_mb / 3, (small, large)
     assert large < 6 * max(small, 5.0), (small, large)  # 4x the tokens: linear ~4x, quadratic ~16x

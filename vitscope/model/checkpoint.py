@@ -145,11 +145,16 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 
 def build_model(variant: Variant, state: Mapping[str, torch.Tensor] | None) -> VisionTransformer:
-    """The variant's network in eval mode; ``state=None`` keeps the random initialisation."""
-    model = VisionTransformer(variant)
-    if state is not None:
-        check_state_dict(model, state)
-        model.load_state_dict(state, strict=True)
+    """The variant's network in eval mode; ``state=None`` keeps the random initialisation. With a
+    ``state``, the network is made on the meta device and its tensors filled from ``state`` alone (every
+    key checked first): no random initialisation that the checkpoint would overwrite."""
+    if state is None:
+        return VisionTransformer(variant).eval().requires_grad_(False)
+    with torch.device("meta"):
+        model = VisionTransformer(variant)
+    check_state_dict(model, state)
+    model = model.to_empty(device=torch.get_default_device())
+    model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
 
 

@@ -9,7 +9,9 @@ Candidates, all ``softmax(q k^T / sqrt(d)) v`` with memory linear in N:
 
 ``plan_kernels`` times each candidate on tensors of the model's shape at a few token counts and
 keeps ``chunked`` only where it beats SDPA by ``MIN_GAIN``; each measured count decides the range
-up to the geometric middle of it and the next. ``SDPA_ONLY`` is the plan before (or without) one.
+up to the geometric middle of it and the next. A process measures each (device, dtypes, shape) once:
+a second model of that shape (a model registered beside another, a benchmark's next configuration)
+runs the plan measured for the first. ``SDPA_ONLY`` is the plan before (or without) one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +104,14 @@ def plan_kernels(
     device: torch.device, dtypes: Sequence[torch.dtype], heads: int, head_dim: int, tokens: Sequence[int] = PROBE_TOKENS
 ) -> KernelPlan:
     """Time SDPA and ``chunked`` (each of ``CHUNKS``) on (1, heads, N, head_dim) tensors of each dtype
-    at each of ``tokens``; per dtype, the winner of each count for the range around it."""
+    at each of ``tokens``; per dtype, the winner of each count for the range around it. Measured once
+    per process for each set of arguments (the plan is immutable); later calls return that plan."""
+    return _measured_plan(torch.device(device), tuple(dtypes), heads, head_dim, tuple(tokens))
+
+
+@lru_cache(maxsize=64)
+def _measured_plan(device: torch.device, dtypes: tuple[torch.dtype, ...], heads: int, head_dim: int, tokens: tuple[int, ...]) -> KernelPlan:
+    """``plan_kernels``'s measurement, cached by its (hashable) arguments."""
     generator = torch.Generator().manual_seed(0)
     choices: dict[torch.dtype, tuple[KernelChoice, ...]] = {}
     measured = []

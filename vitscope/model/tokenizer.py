@@ -19,7 +19,7 @@ import unicodedata
 import zlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from itertools import pairwise
+from itertools import islice, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -157,7 +157,8 @@ class ClipTokenizer:
             lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
         except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
             raise TokenizerError(f"cannot read {path} as open_clip's gzipped BPE merges: {e}") from e
-        merges = [_merge(line, path) for line in lines[1:] if line.strip()][:OPENCLIP_MERGES]
+        # the file holds 262,144 merges; only CLIP's first ones are read (and checked)
+        merges = [_merge(line, path) for line in islice(filter(str.strip, lines[1:]), OPENCLIP_MERGES)]
         if len(merges) < OPENCLIP_MERGES:
             raise TokenizerError(f"{path} holds {len(merges)} merges, not CLIP's {OPENCLIP_MERGES}")
         symbols = list(bytes_to_unicode().values())
