@@ -1,8 +1,8 @@
 """The attention viewer in a real browser: headless Chromium (Debian's chromium + chromium-driver,
-driven by selenium) against a real TorchServe serving a constructed dino_vitt8 whose layer-0 [CLS]
-attends to bright patches (and, registered beside it, a tiny random classifier and a tiny random
-CLIP for the explanation methods' predictions list and prompt box). Screenshots and the measured
-redraw times go to build/test-artifacts/.
+driven by selenium) against a real TorchServe serving a constructed two-block DINOv2 of ViT-Ti/8's
+width (a Hugging Face directory) whose layer-0 [CLS] attends to bright patches (and, registered
+beside it, a tiny random classifier and a tiny random CLIP for the explanation methods' predictions
+list and prompt box). Screenshots and the measured redraw times go to build/test-artifacts/.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from scripts import REPO, VIEWER_PORT, archive
 from scripts.serve import read_properties
 from scripts.viewer import VIEWER_DIR, url_of
-from testkit.checkpoints import brightness_seeking_state, encode, random_rgb, save
+from testkit.checkpoints import brightness_seeking_state, encode, random_rgb
 from testkit.torchserve import TorchServe, free_ports
 from tests.support.archives import model_config
 from vitscope.masks import threshold_masks
@@ -37,7 +37,12 @@ from vitscope.model.variants import get_variant
 from vitscope.options import all_options
 
 ARTIFACTS = REPO / "build" / "test-artifacts"
-MODEL = get_variant("dino_vitt8")  # vit_tiny/8: 60 x 60 patches at 480 x 480, as vit_small/8 (which costs the server 2.5x)
+# The page's model: ViT-Ti/8's width, so 60 x 60 patches at 480 x 480 as ViT-S/8 and ViT-B/8 have, in two
+# blocks (a Hugging Face DINOv2 directory, served as fine-tuned models are): every request of the page's
+# tests costs the server a sixth of the twelve-block model's, and the slider still has layers to move through.
+WIDTH = get_variant("dino_vitt8")
+MODEL = "bright-vitt8"  # the directory's name: the archive's and the answers' model name
+DEPTH = 2
 SQUARE = (slice(160, 288), slice(256, 384))  # rows, columns of the bright square in the 480x480 image
 TIMEOUT = 120
 
@@ -60,26 +65,16 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
     starting = ThreadPoolExecutor(1)  # chromium starts while the archive is made and TorchServe loads it
     driver_started = starting.submit(browser)
     try:
-        weights = save(brightness_seeking_state(1.0, MODEL), tmp / "bright_vitt8.pth")
+        weights = bright_hugging_face_model(tmp / MODEL)
         settings = model_config(tmp, {"attention_kernel": "sdpa"})  # no kernel measurement at load: the page is the test
-        args = [
-            "--model",
-            MODEL.name,
-            "--weights",
-            str(weights),
-            "--export-path",
-            str(tmp / "store"),
-            "--config",
-            str(settings),
-        ]
-        assert archive.main(args) == 0
+        assert archive.main(["--weights", str(weights), "--export-path", str(tmp / "store"), "--config", str(settings)]) == 0
         cors = {
             "cors_allowed_origin": origin,
             "cors_allowed_methods": "GET, POST, OPTIONS",
             "cors_allowed_headers": "Authorization, Content-Type",
             "enable_model_api": "true",  # a test registers a second model (a distilled DeiT) beside it
         }
-        with torchserve(tmp / "store", MODEL.name, extra=cors) as server:
+        with torchserve(tmp / "store", MODEL, extra=cors) as server:
             driver = driver_started.result()
             driver.set_script_timeout(TIMEOUT)
             inference, management = server.props["inference_address"], server.props["management_address"]
@@ -91,6 +86,40 @@ def page(torchserve: TorchServe, browser: Callable[[], Any]) -> Iterator[Page]:
         static.shutdown()
         static.server_close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bright_hugging_face_model(folder: Path) -> Path:
+    """transformers' Dinov2Model of ``WIDTH``'s width and patch in ``DEPTH`` blocks, saved to ``folder``:
+    the embeddings and block 0's queries and keys of ``brightness_seeking_state`` (its [CLS] attends
+    to bright patches), the rest random."""
+    transformers = pytest.importorskip("transformers")
+    ours = brightness_seeking_state(1.0, WIDTH)
+    query, key, value = ours["blocks.0.attn.qkv.weight"].chunk(3)
+    query_bias, key_bias, value_bias = ours["blocks.0.attn.qkv.bias"].chunk(3)
+    attention = "encoder.layer.0.attention."
+    embeddings = "embeddings.patch_embeddings.projection."
+    constructed = {
+        f"{embeddings}weight": ours["patch_embed.proj.weight"],
+        f"{embeddings}bias": ours["patch_embed.proj.bias"],
+        "embeddings.cls_token": ours["cls_token"],
+        "embeddings.position_embeddings": ours["pos_embed"],
+        **{f"{attention}{name}_proj.weight": w for name, w in (("q", query), ("k", key), ("v", value))},
+        **{f"{attention}{name}_proj.bias": b for name, b in (("q", query_bias), ("k", key_bias), ("v", value_bias))},
+    }
+    torch.manual_seed(0)
+    config = transformers.Dinov2Config(
+        hidden_size=WIDTH.embed_dim,
+        num_attention_heads=WIDTH.num_heads,
+        num_hidden_layers=DEPTH,
+        patch_size=WIDTH.patch_size,
+        image_size=224,
+    )
+    model = transformers.Dinov2Model(config)
+    with torch.no_grad():
+        for name, tensor in constructed.items():
+            model.get_parameter(name).copy_(tensor)
+    model.save_pretrained(folder)
+    return folder
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -142,11 +171,11 @@ def test_bright_square_is_where_the_overlay_is_hottest(page: Page, tmp_path: Pat
     from selenium.webdriver.support.ui import Select
 
     driver = open_viewer(page)
-    assert driver.find_element("id", "model").get_attribute("value") == MODEL.name  # picked from the management API's list
+    assert driver.find_element("id", "model").get_attribute("value") == MODEL  # picked from the management API's list
     upload(driver, bright_square_png(tmp_path / "square.png"))
     doc = driver.execute_script("return window.viewer.state.doc")
-    assert (doc["model"], doc["image_size"], doc["grid"], doc["upsampled"]) == (MODEL.name, [480, 480], [60, 60], False)
-    assert doc["layers"] == list(range(12))  # one request for every layer: the slider needs no other
+    assert (doc["model"], doc["image_size"], doc["grid"], doc["upsampled"]) == (MODEL, [480, 480], [60, 60], False)
+    assert doc["layers"] == list(range(DEPTH))  # one request for every layer: the slider needs no other
     layer = driver.find_element("id", "layer")
     layer.send_keys(Keys.HOME)  # keyboard: layer 0, the block that seeks brightness
     Select(driver.find_element("id", "cmap")).select_by_value("gray")
@@ -185,14 +214,14 @@ def test_threshold_slider_recomputes_the_mask_in_the_page(page: Page, tmp_path: 
     assert driver.execute_script("return window.viewer.state.requestId") == 1  # no new request
     # the page's masks are the server's: vitscope/masks.py on the same map
     doc = driver.execute_script("return window.viewer.state.doc")
-    head = np.asarray(doc["attention"][11][2], dtype=np.float64)  # layer 11, head 2
+    head = np.asarray(doc["attention"][DEPTH - 1][2], dtype=np.float64)  # the last layer, head 2
     page_mask = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "import('./js/maps.js').then((m) => {"
         "  const map = Float64Array.from(arguments[0].flat());"
         "  done(Array.from(m.thresholdMask(map, 0.6)));"
         "});",
-        doc["attention"][11][2],
+        doc["attention"][DEPTH - 1][2],
     )
     np.testing.assert_array_equal(np.asarray(page_mask, bool).reshape(60, 60), threshold_masks(head, 0.6))
     # a slider move that needs no request: redraw times, measured in the page with performance.now()
@@ -203,7 +232,7 @@ def test_threshold_slider_recomputes_the_mask_in_the_page(page: Page, tmp_path: 
         layer.send_keys(key)
     redraws = driver.execute_script("return window.viewer.stats.redraws")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "viewer-redraw-ms.json").write_text(json.dumps({"model": MODEL.name, "image": [480, 480], "redraw_ms": redraws}))
+    (ARTIFACTS / "viewer-redraw-ms.json").write_text(json.dumps({"model": MODEL, "image": [480, 480], "redraw_ms": redraws}))
     assert len(redraws) >= 20 and all(ms > 0 for ms in redraws)
     assert console_errors(driver) == []
 
@@ -302,7 +331,7 @@ def test_rollout_hover_token_drop_and_downloads(page: Page, tmp_path: Path) -> N
     WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "rollout")
     assert driver.find_element("id", "head-fusion").is_enabled()
     assert len(driver.find_elements("css selector", "#gallery button")) == 1
-    assert "rollout through layer 11" in driver.find_element("id", "caption").text
+    assert f"rollout through layer {DEPTH - 1}" in driver.find_element("id", "caption").text
     # hover: the patch under the pointer (the canvas is shown at 480 px: one CSS pixel per image pixel)
     overlay = driver.find_element("id", "overlay")
     ActionChains(driver).move_to_element_with_offset(overlay, 300 - overlay.size["width"] // 2, 204 - overlay.size["height"] // 2).perform()
@@ -375,7 +404,7 @@ def test_similarity_follows_a_click_computed_in_the_page(page: Page, tmp_path: P
     upload(driver, image)
     WebDriverWait(driver, TIMEOUT).until(lambda d: d.execute_script("return window.viewer.state.doc.method") == "similarity")
     assert driver.find_element("id", "point").get_attribute("value") == "0,0"
-    assert driver.execute_script("const f = window.viewer.state.features; return [f.dim, f.patches]") == [MODEL.embed_dim, 3600]
+    assert driver.execute_script("const f = window.viewer.state.features; return [f.dim, f.patches]") == [WIDTH.embed_dim, 3600]
     requests_made = driver.execute_script("return window.viewer.state.requestId")
     overlay = driver.find_element("id", "overlay")
     clicks = [(300, 204), (40, 40), (320, 220), (100, 400), (300, 204)]
@@ -387,14 +416,14 @@ def test_similarity_follows_a_click_computed_in_the_page(page: Page, tmp_path: P
     assert (doc["patch"], np.shape(doc["similarity"])) == ([25, 37], (1, 60, 60))
     assert abs(doc["point"][0] - 300) <= 1 and abs(doc["point"][1] - 204) <= 1  # the pixel clicked (to the pointer's rounding)
     fields = {"method": "similarity", "point": ",".join(map(str, doc["point"])), "upsample": "false"}
-    served = requests.post(f"{page.inference}/predictions/{MODEL.name}", files={"data": image.read_bytes()}, data=fields, timeout=TIMEOUT)
+    served = requests.post(f"{page.inference}/predictions/{MODEL}", files={"data": image.read_bytes()}, data=fields, timeout=TIMEOUT)
     assert served.status_code == 200, served.text
     np.testing.assert_allclose(doc["similarity"], served.json()["similarity"], atol=2e-3)  # features sent as float16
     ActionChains(driver).move_to_element_with_offset(overlay, 300 - overlay.size["width"] // 2, 204 - overlay.size["height"] // 2).perform()
     assert driver.find_element("id", "hover").text == "Patch row 25, column 37: 1.000"
     times = driver.execute_script("return window.viewer.stats.clicks")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / "similarity_click_ms.json").write_text(json.dumps({"model": MODEL.name, "image": [480, 480], "clicks_ms": times}))
+    (ARTIFACTS / "similarity_click_ms.json").write_text(json.dumps({"model": MODEL, "image": [480, 480], "clicks_ms": times}))
     screenshot(driver, "similarity_click.png")
     assert len(times) == len(clicks) and max(times) < 50, times
     assert len(driver.find_elements("css selector", "#gallery button")) == 1
