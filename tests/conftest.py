@@ -33,7 +33,7 @@ E2E_FIXTURES = ("served", "torchserve", "model_api", "browser")  # they start a 
 # The modules measured slowest (each one worker's for minutes): scheduled first, so that the other
 # worker's share of the rest does not leave one of them running alone at the end (make test passes
 # --no-loadscope-reorder, which keeps this order instead of xdist's by test count).
-SLOWEST_FIRST = ("test_viewer.py", "test_hardening.py", "test_client.py", "test_bench.py", "test_kserve_engine.py", "test_e2e.py")
+SLOWEST_FIRST = ("test_client.py", "test_hardening.py", "test_viewer.py", "test_bench.py", "test_kserve_engine.py", "test_e2e.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
