@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="224 and 480 only, 5 served requests")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (1 above 4000 tokens)")
     parser.add_argument("--requests", type=int, default=20, help="sequential requests for served latency")
+    parser.add_argument(
+        "--batching-side", type=int, default=batching.SIDE, help="batching: the requests' short side (default: the served default, 480)"
+    )
     parser.add_argument("--seed-budget-gb", type=float, default=4.0, help="skip the seed path above this N x N memory")
     parser.add_argument(
         "--explain-naive-budget-gb", type=float, default=12.0, help="explain: skip the naive N x N form above this estimated memory"

@@ -33,7 +33,8 @@ from vitscope.precision import PrecisionPlan, Speed, probe_speed
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 TINY_RUN = [
     *("--model", "vit_tiny", "--patch", "16", "--sizes", "32x48", "--repeats", "1", "--device", "cpu"),
-    *("--method-sizes", "32x48", "--requests", "2", "--families", "dinov2_vits14_reg:28x42", "hf:dinov2_vits14_reg:28x42"),
+    *("--method-sizes", "32x48", "--requests", "2", "--batching-side", "64"),
+    *("--families", "dinov2_vits14_reg:28x42", "hf:dinov2_vits14_reg:28x42"),
     *("--sections", "forward", "methods", "families", "encoding", "batching", "engines", "--in-process"),
 ]
 
@@ -204,6 +205,7 @@ def test_a_run_cut_short_keeps_the_sections_it_measured(tmp_path: Path, monkeypa
 
 def test_batching_figures_are_derived_from_the_batch_times(tiny_run: tuple[dict, str, Path]) -> None:
     rows = rows_of(tiny_run[0], "Batching")
+    assert "## Batching in process (64x64, upsample=false;" in tiny_run[1]  # --batching-side: the requests' short side
     forward = {r["path"]: r for r in rows_of(tiny_run[0], "Forward")}
     native = [p for p in ("fp32", "bf16", "fp16") if not isinstance(forward[p]["min s"], dict)]  # timed, not skipped, in this run
     assert native[0] == "fp32"
